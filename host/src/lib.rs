@@ -1,0 +1,23 @@
+//! # `host`: the hypervisor proper
+//!
+//! This crate is everything that judges a guest, written in safe Rust so that
+//! a hostile guest meets no `unsafe` on its way in, and so that all of it runs
+//! in `cargo test` on Linux. The bare-metal kernel (`kernel/`) supplies the
+//! hardware through small traits and calls in here.
+//!
+//! Read the modules in story order:
+//!
+//! 1. [`addr`]: the three address spaces we juggle (host-physical,
+//!    guest-physical, guest-virtual), as distinct types.
+//! 2. [`config`]: the kernel command line, parsed into a typed [`config::Config`].
+//! 3. [`frames`]: the physical frame allocator's bookkeeping: which 4 KiB
+//!    frames of host RAM are free, counted so leaks show.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod addr;
+pub mod config;
+pub mod frames;
