@@ -41,7 +41,7 @@ impl fmt::Display for FrameStats {
             f,
             "{} frames usable ({} MiB), {} free, {} used",
             self.usable,
-            self.usable * PAGE_SIZE >> 20,
+            (self.usable * PAGE_SIZE) >> 20,
             self.free,
             self.used()
         )

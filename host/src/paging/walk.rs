@@ -1,0 +1,182 @@
+//! Walking the guest's own page tables, the way the CPU would.
+//!
+//! [`walk_guest`] follows the four levels from a guest root for one virtual
+//! address, checking each present entry with [`GuestEntry::decode`] as it
+//! goes, and gathers what the fault handler needs: where each entry lives
+//! (to set its accessed and dirty bits later), the rights of the whole walk,
+//! and the guest page the address lands in. It never writes: deciding and
+//! changing are kept apart, so a walk can also serve the eager fill of
+//! `set_entry`, which must not touch the guest's bits.
+//!
+//! The loop runs over [`Level::TOP_DOWN`], so a malformed (even cyclic) guest
+//! table cannot make it run longer than four steps.
+
+use super::entry::{GuestEntry, GuestEntryKind, GuestLimits, Level, PteFlags, Rights};
+use super::error::PagingError;
+use super::hw::GuestMemory;
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
+use bitflags::bitflags;
+
+bitflags! {
+    /// The error code of a page fault (the bits the host looks at).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FaultCode: u64 {
+        /// Set: the page was present but the access not allowed; clear:
+        /// nothing was mapped.
+        const PROTECTION = 1 << 0;
+        /// The access was a write.
+        const WRITE = 1 << 1;
+        /// The access came from ring 3.
+        const USER = 1 << 2;
+        /// A reserved bit was set in a table entry.
+        const RESERVED = 1 << 3;
+        /// The access was an instruction fetch.
+        const FETCH = 1 << 4;
+    }
+}
+
+/// One kind of memory access, as a page fault reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// A write (else a read or fetch).
+    pub write: bool,
+    /// From ring 3 (else from the guest kernel in ring 1: supervisor).
+    pub user: bool,
+    /// An instruction fetch.
+    pub fetch: bool,
+}
+
+impl Access {
+    /// A supervisor write: what pinning the kernel stack asks for.
+    pub const KERNEL_WRITE: Self = Self {
+        write: true,
+        user: false,
+        fetch: false,
+    };
+
+    /// The access a page-fault error code describes.
+    pub const fn from_error_code(code: u64) -> Self {
+        let code = FaultCode::from_bits_truncate(code);
+        Self {
+            write: code.contains(FaultCode::WRITE),
+            user: code.contains(FaultCode::USER),
+            fetch: code.contains(FaultCode::FETCH),
+        }
+    }
+
+    /// The error code the guest should see for this access, found not
+    /// present (`present == false`) or present but forbidden.
+    pub const fn error_code(self, present: bool) -> u64 {
+        let mut code = FaultCode::empty();
+        if present {
+            code = code.union(FaultCode::PROTECTION);
+        }
+        if self.write {
+            code = code.union(FaultCode::WRITE);
+        }
+        if self.user {
+            code = code.union(FaultCode::USER);
+        }
+        if self.fetch {
+            code = code.union(FaultCode::FETCH);
+        }
+        code.bits()
+    }
+
+    /// Whether `rights` allow this access. The guest kernel is supervisor
+    /// and CR0.WP is on, so a write needs write rights from it too.
+    pub const fn allowed_by(self, rights: Rights) -> bool {
+        (!self.write || rights.write) && (!self.user || rights.user) && (!self.fetch || rights.execute)
+    }
+}
+
+/// A walk that reached a page.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestWalk {
+    /// Where each entry of the walk lives and what it held, top level
+    /// first; the first `depth` are used.
+    entries: [(GuestPhysAddr, GuestEntry); 4],
+    /// How many entries the walk went through (2..=4 for large pages).
+    depth: usize,
+    /// The level of the leaf entry.
+    pub leaf_level: Level,
+    /// The 4 KiB guest page the address lands in.
+    pub page: GuestPhysAddr,
+    /// The rights of the whole walk.
+    pub rights: Rights,
+}
+
+impl GuestWalk {
+    /// The entries walked, top level first, with their addresses.
+    pub fn entries(&self) -> &[(GuestPhysAddr, GuestEntry)] {
+        self.entries.get(..self.depth).unwrap_or(&[])
+    }
+
+    /// The leaf entry (the one that maps the page).
+    pub fn leaf(&self) -> GuestEntry {
+        self.entries().last().map_or(GuestEntry::new(0), |&(_, e)| e)
+    }
+
+    /// Whether every entry of the walk already has its accessed bit.
+    pub fn all_accessed(&self) -> bool {
+        self.entries()
+            .iter()
+            .all(|(_, e)| e.flags().contains(PteFlags::ACCESSED))
+    }
+}
+
+/// Where a walk ended.
+#[derive(Clone, Copy, Debug)]
+pub enum WalkOutcome {
+    /// A page is mapped.
+    Mapped(GuestWalk),
+    /// The entry at `level` is not present.
+    NotPresent {
+        /// The level of the absent entry.
+        level: Level,
+    },
+}
+
+/// Walks the guest's tables from `root` for `vaddr`; see the module docs.
+pub fn walk_guest<M: GuestMemory>(
+    mem: &M,
+    root: GuestPhysAddr,
+    vaddr: GuestVirtAddr,
+    limits: &GuestLimits,
+) -> Result<WalkOutcome, PagingError> {
+    let mut table = root;
+    let mut rights = Rights::ALL;
+    let mut entries = [(GuestPhysAddr::new(0), GuestEntry::new(0)); 4];
+    for (depth, level) in Level::TOP_DOWN.into_iter().enumerate() {
+        let index = vaddr.table_index(level.number()) as u64;
+        let entry_gpa = GuestPhysAddr::new(table.as_u64() + index * 8);
+        let entry = GuestEntry::new(
+            mem.read_u64(entry_gpa)
+                .map_err(|_| PagingError::GuestMemory { gpa: entry_gpa })?,
+        );
+        // `depth` counts the four levels, so it is always below 4.
+        if let Some(slot) = entries.get_mut(depth) {
+            *slot = (entry_gpa, entry);
+        }
+        match entry.decode(level, vaddr, limits)? {
+            GuestEntryKind::Absent => return Ok(WalkOutcome::NotPresent { level }),
+            GuestEntryKind::Table(next) => {
+                rights = rights.narrowed_by(entry.flags());
+                table = next;
+            }
+            GuestEntryKind::Page { base, level } => {
+                let offset = vaddr.as_u64() & (level.bytes_mapped() - 1) & !(PAGE_SIZE - 1);
+                return Ok(WalkOutcome::Mapped(GuestWalk {
+                    entries,
+                    depth: depth + 1,
+                    leaf_level: level,
+                    page: GuestPhysAddr::new(base.as_u64() + offset),
+                    rights: rights.narrowed_by(entry.flags()),
+                }));
+            }
+        }
+    }
+    // Level 1 entries always decode to a page or absent, so the loop
+    // returns before this; a walk that did not is treated as not present.
+    Ok(WalkOutcome::NotPresent { level: Level::L1 })
+}

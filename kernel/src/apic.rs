@@ -1,0 +1,192 @@
+//! Time: the local APIC timer, calibrated against the PIT, and the TSC rate.
+//!
+//! The host needs a periodic tick to take the CPU back from guests that do
+//! not give it up (a guest spinning with its virtual interrupts off is still
+//! preempted by this real interrupt), and it needs to know how fast its
+//! clocks run. The local APIC timer and the TSC run at rates no register
+//! tells us, so we count both across 10 ms of the one clock whose rate is
+//! fixed by the PC's design: the 8254 PIT at 1.193182 MHz.
+//!
+//! The legacy 8259 PICs are moved out of the exception vectors and masked:
+//! all interrupts arrive through the local APIC.
+
+use crate::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::memory::paging::map_mmio;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use host::addr::HostPhysAddr;
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+/// Local APIC register offsets (Intel SDM vol. 3, table 11-1).
+mod reg {
+    pub const EOI: usize = 0xb0;
+    pub const SPURIOUS: usize = 0xf0;
+    pub const LVT_TIMER: usize = 0x320;
+    pub const TIMER_INITIAL: usize = 0x380;
+    pub const TIMER_CURRENT: usize = 0x390;
+    pub const TIMER_DIVIDE: usize = 0x3e0;
+    pub const TASK_PRIORITY: usize = 0x80;
+}
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const PIT_HZ: u64 = 1_193_182;
+const CALIBRATION_MS: u64 = 10;
+/// LVT timer mode bit: periodic rather than one-shot.
+const TIMER_PERIODIC: u32 = 1 << 17;
+/// LVT mask bit.
+const MASKED: u32 = 1 << 16;
+
+static APIC_BASE: AtomicUsize = AtomicUsize::new(0);
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// What calibration measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Clocks {
+    /// The TSC's rate.
+    pub tsc_hz: u64,
+    /// The APIC timer's input rate after its divider (16).
+    pub apic_timer_hz: u64,
+    /// The tick rate configured.
+    pub tick_hz: u32,
+}
+
+/// Why the timer could not be set up.
+#[derive(Debug)]
+pub enum ApicError {
+    /// CPUID says there is no local APIC.
+    NoApic,
+    /// Its registers could not be mapped.
+    Map,
+    /// The PIT did not count (no PIT, or a broken one).
+    NoPit,
+}
+
+/// Maps the local APIC, masks the PICs, calibrates, and starts the periodic
+/// tick at `tick_hz`. Interrupts stay off; the caller enables them.
+pub fn init(tick_hz: u32, has_apic: bool) -> Result<Clocks, ApicError> {
+    if !has_apic {
+        return Err(ApicError::NoApic);
+    }
+    disable_legacy_pics();
+    // SAFETY: reading IA32_APIC_BASE has no side effects; CPUID said the
+    // APIC (and so the MSR) exists.
+    let base_msr = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    let phys = HostPhysAddr::new(base_msr & 0x000f_ffff_ffff_f000);
+    let virt = map_mmio(phys, 4096).map_err(|_| ApicError::Map)?;
+    APIC_BASE.store(virt.as_u64() as usize, Ordering::Release);
+
+    write(reg::TASK_PRIORITY, 0);
+    write(reg::SPURIOUS, (1 << 8) | u32::from(SPURIOUS_VECTOR));
+    write(reg::TIMER_DIVIDE, 0b0011); // divide by 16
+    write(reg::LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+
+    let (tsc_ticks, apic_ticks) = count_across_pit_interval().ok_or(ApicError::NoPit)?;
+    let tsc_hz = tsc_ticks * 1000 / CALIBRATION_MS;
+    let apic_timer_hz = apic_ticks * 1000 / CALIBRATION_MS;
+
+    let period = (apic_timer_hz / u64::from(tick_hz)).clamp(1, u64::from(u32::MAX));
+    write(reg::LVT_TIMER, TIMER_PERIODIC | u32::from(TIMER_VECTOR));
+    write(reg::TIMER_INITIAL, period as u32);
+    Ok(Clocks {
+        tsc_hz,
+        apic_timer_hz,
+        tick_hz,
+    })
+}
+
+/// Runs the APIC timer (one-shot, masked) and the TSC while PIT channel 2
+/// counts down 10 ms; returns how far each advanced.
+fn count_across_pit_interval() -> Option<(u64, u64)> {
+    let latch = (PIT_HZ * CALIBRATION_MS / 1000) as u16;
+    let mut gate = Port::<u8>::new(0x61);
+    let mut command = Port::<u8>::new(0x43);
+    let mut channel2 = Port::<u8>::new(0x42);
+    // SAFETY: the PIT's ports; channel 2 drives only the (gated-off)
+    // speaker, so programming it disturbs nothing else.
+    unsafe {
+        // Gate on, speaker off.
+        let g = gate.read();
+        gate.write((g & !0x02) | 0x01);
+        // Channel 2, low then high byte, mode 0 (interrupt on terminal count).
+        command.write(0b1011_0000);
+        channel2.write(latch as u8);
+        channel2.write((latch >> 8) as u8);
+    }
+    write(reg::TIMER_INITIAL, u32::MAX);
+    let tsc_start = rdtsc();
+    // Bounded: a machine without a PIT must not hang here forever.
+    let mut spins: u64 = 0;
+    // SAFETY: reading the gate port has no side effects.
+    while unsafe { gate.read() } & 0x20 == 0 {
+        spins += 1;
+        if spins > 500_000_000 {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+    let tsc = rdtsc() - tsc_start;
+    let apic = u64::from(u32::MAX - read(reg::TIMER_CURRENT));
+    write(reg::TIMER_INITIAL, 0);
+    Some((tsc, apic))
+}
+
+/// Moves the 8259 PICs to vectors 0xe0-0xef (away from the exceptions,
+/// where a stray legacy interrupt would pass for a CPU fault) and masks
+/// every line.
+fn disable_legacy_pics() {
+    const INIT: u8 = 0x11;
+    let steps: [(u16, u8); 10] = [
+        (0x20, INIT),
+        (0xa0, INIT),
+        (0x21, 0xe0), // master's vector base
+        (0xa1, 0xe8), // slave's vector base
+        (0x21, 4),    // slave on line 2
+        (0xa1, 2),    // slave identity
+        (0x21, 1),    // 8086 mode
+        (0xa1, 1),
+        (0x21, 0xff), // mask all
+        (0xa1, 0xff),
+    ];
+    for (port, value) in steps {
+        // SAFETY: the standard PIC initialisation sequence on the PIC ports.
+        unsafe { Port::<u8>::new(port).write(value) };
+    }
+}
+
+/// Called by the timer interrupt.
+pub fn on_timer_tick() {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Ticks since the timer started.
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// Tells the local APIC the current interrupt is handled.
+pub fn end_of_interrupt() {
+    if APIC_BASE.load(Ordering::Acquire) != 0 {
+        write(reg::EOI, 0);
+    }
+}
+
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc only reads a counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn register(offset: usize) -> *mut u32 {
+    (APIC_BASE.load(Ordering::Acquire) + offset) as *mut u32
+}
+
+fn write(offset: usize, value: u32) {
+    // SAFETY: `offset` is one of the register offsets above, inside the
+    // uncached page `init` mapped; APIC registers take 32-bit accesses.
+    unsafe { register(offset).write_volatile(value) }
+}
+
+fn read(offset: usize) -> u32 {
+    // SAFETY: as for `write`.
+    unsafe { register(offset).read_volatile() }
+}

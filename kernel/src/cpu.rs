@@ -1,0 +1,87 @@
+//! What this CPU can do, asked of CPUID once at boot.
+//!
+//! The host adapts to the CPU instead of assuming: NX is used when present,
+//! UMIP (which makes `sgdt`/`sidt` fault in a guest's ring 1) is turned on
+//! when present. Two features are reported but deliberately never used:
+//! XSAVE (enabling it has crashed the software hypervisor on the machines
+//! this project is built on; FPU state is saved with `fxsave`) and PCID
+//! (TCG ignores it and the KVM here refuses it).
+
+use raw_cpuid::CpuId;
+
+/// The features the host cares about.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// No-execute page protection.
+    pub nx: bool,
+    /// A local APIC.
+    pub apic: bool,
+    /// 1 GiB pages.
+    pub huge_1g: bool,
+    /// User-mode instruction prevention.
+    pub umip: bool,
+    /// Supervisor-mode execution/access prevention.
+    pub smep: bool,
+    /// Supervisor-mode access prevention.
+    pub smap: bool,
+    /// Process-context identifiers (reported, not used).
+    pub pcid: bool,
+    /// XSAVE (reported, not used).
+    pub xsave: bool,
+    /// The TSC runs at a constant rate.
+    pub invariant_tsc: bool,
+    /// Hardware virtualization (VT-x or AMD-V) visible to us.
+    pub hw_virt: bool,
+    /// We run under a hypervisor.
+    pub hypervisor: bool,
+}
+
+/// Reads CPUID and prints one summary line.
+pub fn detect() -> Features {
+    let cpuid = CpuId::new();
+    let basic = cpuid.get_feature_info();
+    let ext = cpuid.get_extended_processor_and_feature_identifiers();
+    let leaf7 = cpuid.get_extended_feature_info();
+    let features = Features {
+        nx: ext.as_ref().is_some_and(|e| e.has_execute_disable()),
+        apic: basic.as_ref().is_some_and(|f| f.has_apic()),
+        huge_1g: ext.as_ref().is_some_and(|e| e.has_1gib_pages()),
+        umip: leaf7.as_ref().is_some_and(|f| f.has_umip()),
+        smep: leaf7.as_ref().is_some_and(|f| f.has_smep()),
+        smap: leaf7.as_ref().is_some_and(|f| f.has_smap()),
+        pcid: basic.as_ref().is_some_and(|f| f.has_pcid()),
+        xsave: basic.as_ref().is_some_and(|f| f.has_xsave()),
+        invariant_tsc: cpuid
+            .get_advanced_power_mgmt_info()
+            .is_some_and(|p| p.has_invariant_tsc()),
+        hw_virt: basic.as_ref().is_some_and(|f| f.has_vmx())
+            || ext.as_ref().is_some_and(|e| e.has_svm()),
+        hypervisor: basic.as_ref().is_some_and(|f| f.has_hypervisor()),
+    };
+    let vendor = cpuid.get_vendor_info();
+    let brand = cpuid.get_processor_brand_string();
+    let (family, model) = basic
+        .as_ref()
+        .map_or((0, 0), |f| (f.family_id(), f.model_id()));
+    crate::println!(
+        "cpu: {} \"{}\" family {family:#x} model {model:#x}",
+        vendor.as_ref().map_or("unknown", |v| v.as_str()),
+        brand.as_ref().map_or("", |b| b.as_str().trim()),
+    );
+    let f = features;
+    crate::println!(
+        "cpu: nx={} apic={} 1g-pages={} umip={} smep={} smap={} invariant-tsc={} hypervisor={} vmx/svm={} (pcid={} xsave={}: not used)",
+        f.nx,
+        f.apic,
+        f.huge_1g,
+        f.umip,
+        f.smep,
+        f.smap,
+        f.invariant_tsc,
+        f.hypervisor,
+        f.hw_virt,
+        f.pcid,
+        f.xsave
+    );
+    features
+}

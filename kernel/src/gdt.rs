@@ -1,0 +1,94 @@
+//! The host's segment descriptors and task state.
+//!
+//! Long mode has almost no use for segments, but the CPU still needs a GDT
+//! for its code and stack selectors, and a TSS for one thing that matters a
+//! great deal: the *interrupt stack table*. A double fault (typically from
+//! overflowing the kernel stack), an NMI or a machine check must run on a
+//! stack known to be good, so each gets its own (IST slots 1-3).
+//!
+//! The selectors match the boot GDT in `boot/entry.rs`, so reloading changes
+//! nothing for the code that is running. Guests never see this GDT: the
+//! switcher loads a per-CPU guest GDT of its own.
+
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slot (0-based in the TSS, 1-based in IDT gates) for `#DF`.
+pub const DOUBLE_FAULT_IST: u16 = 0;
+/// IST slot for NMI.
+pub const NMI_IST: u16 = 1;
+/// IST slot for `#MC`.
+pub const MACHINE_CHECK_IST: u16 = 2;
+
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(16))]
+struct IstStack([u8; IST_STACK_SIZE]);
+
+// Written only by the CPU when it switches to them; Rust never reads them.
+static mut IST_STACKS: [IstStack; 3] = [const { IstStack([0; IST_STACK_SIZE]) }; 3];
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
+
+/// The selectors the rest of the kernel needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Selectors {
+    /// 64-bit ring-0 code.
+    pub kernel_code: SegmentSelector,
+    /// Ring-0 data and stack.
+    pub kernel_data: SegmentSelector,
+    /// The task state segment.
+    pub tss: SegmentSelector,
+}
+
+/// Builds and loads the GDT and TSS of this (the boot) CPU.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        let stacks = &raw mut IST_STACKS;
+        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
+            .into_iter()
+            .enumerate()
+        {
+            // Stacks grow down: the IST entry is one past the top.
+            let base = VirtAddr::from_ptr(stacks.cast::<IstStack>().wrapping_add(slot));
+            tss.interrupt_stack_table[usize::from(ist)] = base + IST_STACK_SIZE as u64;
+        }
+        tss
+    });
+    let (gdt, selectors) = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        (
+            gdt,
+            Selectors {
+                kernel_code,
+                kernel_data,
+                tss,
+            },
+        )
+    });
+    gdt.load();
+    // SAFETY: the selectors name descriptors of the GDT just loaded, which
+    // lives forever in a `static`; code and data are flat ring-0 segments
+    // identical to the boot GDT's, so the running code is unaffected.
+    unsafe {
+        CS::set_reg(selectors.kernel_code);
+        SS::set_reg(selectors.kernel_data);
+        DS::set_reg(selectors.kernel_data);
+        ES::set_reg(selectors.kernel_data);
+        load_tss(selectors.tss);
+    }
+}
+
+/// The selectors of the loaded GDT.
+pub fn selectors() -> Selectors {
+    GDT.get().expect("gdt::init runs first").1
+}

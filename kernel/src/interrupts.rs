@@ -1,0 +1,286 @@
+//! The host's interrupt descriptor table, and what happens on each vector.
+//!
+//! Every one of the 256 vectors enters through a tiny assembly stub that
+//! makes the stack look the same for all of them (a dummy error code where
+//! the CPU pushes none, then the vector number), saves the general registers
+//! and calls [`trap_dispatch`] with a [`TrapFrame`]. One shape for every
+//! trap keeps the report code simple, and it is the same shape the switcher
+//! will give a guest's registers.
+//!
+//! In the host itself an exception is always a bug: the report names the
+//! exception and shows the registers, and the machine stops with the failure
+//! status. External interrupts (the APIC timer) are counted and acknowledged.
+
+use crate::{apic, gdt, power};
+use core::arch::global_asm;
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::DescriptorTablePointer;
+
+/// The vector of the host's periodic timer interrupt.
+pub const TIMER_VECTOR: u8 = 32;
+/// The vector the local APIC uses for spurious interrupts.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// The registers at the moment of a trap, as the stubs leave them on the
+/// stack: general registers (pushed by `trap_common`), then the vector and
+/// error code (pushed by the stub), then the CPU's own interrupt frame.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+// The stubs: 256 of them, 16 bytes apart, so the IDT can be filled by
+// arithmetic. Vectors 8, 10-14, 17, 21, 29 and 30 come with an error code
+// from the CPU; the rest push a zero in its place.
+global_asm!(
+    r#"
+    .section .text.trap_stubs, "ax"
+    .balign 16
+    .global trap_stubs
+trap_stubs:
+    .set vector, 0
+    .rept 256
+    .balign 16
+    .if !(vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 || vector == 29 || vector == 30)
+    push $0
+    .endif
+    push $vector
+    jmp trap_common
+    .set vector, vector + 1
+    .endr
+
+trap_common:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    /* 22 quadwords on a stack the CPU aligned to 16: still aligned. */
+    mov %rsp, %rdi
+    cld
+    call trap_dispatch
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp
+    iretq
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    /// The first of the 256 stubs above.
+    static trap_stubs: [u8; 256 * 16];
+}
+
+/// One 16-byte IDT gate.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    /// A present ring-0 interrupt gate (type 0xE: IF is cleared on entry, so
+    /// handlers are never themselves interrupted), on IST slot `ist` (0 =
+    /// the current stack).
+    fn interrupt(handler: u64, selector: u16, ist: u8) -> Self {
+        Gate {
+            offset_low: handler as u16,
+            selector,
+            ist,
+            attributes: 0x8e,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+static IDT: Once<[Gate; 256]> = Once::new();
+
+/// Builds and loads the IDT of this CPU.
+pub fn init() {
+    let idt = IDT.call_once(|| {
+        let stubs = (&raw const trap_stubs) as u64;
+        let code = gdt::selectors().kernel_code.0;
+        let mut idt = [Gate::default(); 256];
+        for (vector, gate) in idt.iter_mut().enumerate() {
+            let ist = match vector {
+                2 => gdt::NMI_IST + 1,
+                8 => gdt::DOUBLE_FAULT_IST + 1,
+                18 => gdt::MACHINE_CHECK_IST + 1,
+                _ => 0,
+            };
+            *gate = Gate::interrupt(stubs + 16 * vector as u64, code, ist as u8);
+        }
+        idt
+    });
+    let pointer = DescriptorTablePointer {
+        limit: (size_of::<[Gate; 256]>() - 1) as u16,
+        base: VirtAddr::from_ptr(idt.as_ptr()),
+    };
+    // SAFETY: the table lives forever in a `static` and every gate points at
+    // a stub above, with the kernel code selector of the loaded GDT.
+    unsafe { lidt(&pointer) };
+}
+
+/// Called by `trap_common` for every trap, with interrupts off.
+#[unsafe(no_mangle)]
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector as u8 {
+        TIMER_VECTOR => {
+            apic::on_timer_tick();
+            apic::end_of_interrupt();
+        }
+        SPURIOUS_VECTOR => {}
+        0..=31 => exception_report(frame),
+        vector => {
+            log::warn!("unexpected interrupt on vector {vector}");
+            apic::end_of_interrupt();
+        }
+    }
+}
+
+/// The mnemonic and name of each exception vector.
+const EXCEPTIONS: [(&str, &str); 32] = [
+    ("#DE", "divide error"),
+    ("#DB", "debug"),
+    ("NMI", "non-maskable interrupt"),
+    ("#BP", "breakpoint"),
+    ("#OF", "overflow"),
+    ("#BR", "bound range exceeded"),
+    ("#UD", "invalid opcode"),
+    ("#NM", "device not available"),
+    ("#DF", "double fault"),
+    ("#CSO", "coprocessor segment overrun"),
+    ("#TS", "invalid TSS"),
+    ("#NP", "segment not present"),
+    ("#SS", "stack-segment fault"),
+    ("#GP", "general protection"),
+    ("#PF", "page fault"),
+    ("#15", "reserved"),
+    ("#MF", "x87 floating point"),
+    ("#AC", "alignment check"),
+    ("#MC", "machine check"),
+    ("#XM", "SIMD floating point"),
+    ("#VE", "virtualization"),
+    ("#CP", "control protection"),
+    ("#22", "reserved"),
+    ("#23", "reserved"),
+    ("#24", "reserved"),
+    ("#25", "reserved"),
+    ("#26", "reserved"),
+    ("#27", "reserved"),
+    ("#HV", "hypervisor injection"),
+    ("#VC", "VMM communication"),
+    ("#SX", "security"),
+    ("#31", "reserved"),
+];
+
+/// Prints everything we know about a host exception and stops the machine.
+fn exception_report(frame: &TrapFrame) -> ! {
+    use crate::console::emergency;
+    let (mnemonic, name) = EXCEPTIONS[frame.vector as usize % 32];
+    emergency(format_args!(
+        "\nEXCEPTION {mnemonic} ({name}, vector {}) in the host\n",
+        frame.vector
+    ));
+    emergency(format_args!(
+        "  rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x} error={:#x}\n",
+        frame.rip, frame.cs, frame.rflags, frame.rsp, frame.ss, frame.error_code
+    ));
+    if frame.vector == 14 {
+        let cr2 = Cr2::read_raw();
+        let e = frame.error_code;
+        emergency(format_args!(
+            "  cr2={cr2:#018x} ({} {}{}{})\n",
+            if e & 1 != 0 {
+                "protection violation"
+            } else {
+                "not present"
+            },
+            if e & 2 != 0 { "on write" } else { "on read" },
+            if e & 4 != 0 { ", user" } else { "" },
+            if e & 16 != 0 {
+                ", instruction fetch"
+            } else {
+                ""
+            },
+        ));
+    }
+    let f = frame;
+    emergency(format_args!(
+        "  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x}\n  r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}\n  r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n",
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15
+    ));
+    power::exit(power::FAILURE)
+}
