@@ -1,1 +1,58 @@
-//! placeholder
+//! `cargo xtask`: the one entry point for people and CI.
+//!
+//! Everything a person or a CI machine does with rguest goes through here:
+//! build the kernel ELF, boot it under QEMU, run the tests. The binary
+//! (`main.rs`) only parses the command line; the work lives in this library
+//! so that the QEMU integration tests in `tests/` boot the kernel with
+//! exactly the same QEMU command line, time limit and exit-status rules as
+//! `cargo xtask run` does.
+//!
+//! The modules, in the order a run needs them:
+//!
+//! - [`workspace`]: where the workspace and its `target/` directory are;
+//! - [`toolchain`]: make sure rustup has the pinned toolchain, its targets
+//!   and components (these machines do not fetch them by themselves);
+//! - [`packages`]: make sure QEMU and friends are installed (installing the
+//!   Debian package when we are root, or saying the exact command);
+//! - [`artefacts`]: build the kernel ELF with cargo;
+//! - [`qemu`]: the QEMU command line: accelerator, firmware, devices;
+//! - [`session`]: run QEMU under a time limit, capture the serial console,
+//!   and turn QEMU's exit status into an [`session::Outcome`];
+//! - [`cli`]: the `cargo xtask` command line;
+//! - [`commands`]: `build`, `run`, `test` and `boot-times`, built from the
+//!   above.
+
+pub mod artefacts;
+pub mod cli;
+pub mod commands;
+pub mod packages;
+pub mod qemu;
+pub mod session;
+pub mod toolchain;
+pub mod workspace;
+
+/// What can go wrong in an xtask step: a one-line, human-readable reason.
+///
+/// xtask prints it as `xtask: <reason>` and exits non-zero; there is nothing
+/// a caller could do with a richer type, and a sentence is what a person
+/// needs to fix the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl Error {
+    /// An error with the given explanation.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The result type of every xtask step.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,327 @@
+//! The `cargo xtask` command line, parsed by hand.
+//!
+//! A handful of subcommands with a few flags each does not need an argument
+//! parsing crate; this file is the whole grammar, and [`USAGE`] is its
+//! documentation.
+
+use crate::artefacts::Profile;
+use crate::qemu::{self, AccelRequest, Firmware};
+use crate::{Error, Result};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The help text.
+pub const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build                  build every artefact (the kernel ELF)
+  run [options] [-- <kernel command-line words>]
+                         build, then boot the kernel under QEMU, serial on
+                         this terminal; exits 0 only on a clean shutdown
+  test [options] [-- <test filter and libtest options>]
+                         unit tests on Linux, then the QEMU integration tests
+  boot-times [--runs N]  measure QEMU start -> first serial byte -> banner
+                         for every firmware
+  help                   this text
+
+options (run, test, boot-times):
+  --debug                build with the dev profile instead of release
+  --accel auto|kvm|tcg   auto (default): KVM only when the CPU has VT-x/AMD-V
+                         and /dev/kvm opens, TCG otherwise
+  --firmware seabios|qboot|microvm
+                         (default qboot; boot-times tries all)
+options (run):
+  --smp N                number of CPUs (default 1)
+  --mem SIZE             memory, QEMU syntax: 512M, 2G (default 512M)
+  --timeout SECS         kill QEMU after SECS seconds (default 60)
+  --gdb                  start halted and wait for gdb on :1234 (no timeout)
+options (run, boot-times):
+  --kernel ELF           boot this ELF instead of building the kernel
+";
+
+/// What `cargo xtask` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// `build`
+    Build(Common),
+    /// `run`
+    Run(RunArgs),
+    /// `test`
+    Test(TestArgs),
+    /// `boot-times`
+    BootTimes(BootTimesArgs),
+    /// `help`, `--help`, or nothing
+    Help,
+}
+
+/// Options every booting command shares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Common {
+    /// The cargo profile for the kernel.
+    pub profile: Profile,
+    /// `--accel`.
+    pub accel: AccelRequest,
+    /// `--firmware`.
+    pub firmware: Firmware,
+}
+
+/// `cargo xtask run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Profile, accelerator, firmware.
+    pub common: Common,
+    /// `--smp`.
+    pub cpus: u32,
+    /// `--mem`.
+    pub memory: String,
+    /// `--gdb`.
+    pub gdb: bool,
+    /// `--timeout` (ignored with `--gdb`).
+    pub time_limit: Duration,
+    /// The words after `--`, appended to the kernel command line.
+    pub kernel_words: Vec<String>,
+    /// `--kernel`: a prebuilt ELF to boot instead of building one.
+    pub kernel: Option<PathBuf>,
+}
+
+/// `cargo xtask test`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestArgs {
+    /// Profile, accelerator, firmware.
+    pub common: Common,
+    /// The words after `--`, passed to the test binaries (a filter, ...).
+    pub test_words: Vec<String>,
+}
+
+/// `cargo xtask boot-times`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootTimesArgs {
+    /// Profile and accelerator (the firmware is varied).
+    pub common: Common,
+    /// Boots per firmware.
+    pub runs: u32,
+    /// `--kernel`: a prebuilt ELF to boot instead of building one.
+    pub kernel: Option<PathBuf>,
+}
+
+/// Parses the arguments after `cargo xtask`.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
+    let mut args = args.into_iter();
+    let Some(command) = args.next() else {
+        return Ok(Task::Help);
+    };
+    let mut flags = Flags::new(args.collect());
+    let task = match command.as_str() {
+        "help" | "--help" | "-h" => return Ok(Task::Help),
+        "build" => Task::Build(flags.common()?),
+        "run" => Task::Run(RunArgs {
+            common: flags.common()?,
+            cpus: flags.number("--smp")?.unwrap_or(1),
+            memory: flags.memory()?,
+            gdb: flags.switch("--gdb"),
+            time_limit: Duration::from_secs(flags.number("--timeout")?.unwrap_or(60).into()),
+            kernel_words: flags.take_rest(),
+            kernel: flags.value("--kernel")?.map(PathBuf::from),
+        }),
+        "test" => Task::Test(TestArgs {
+            common: flags.common()?,
+            test_words: flags.take_rest(),
+        }),
+        "boot-times" => Task::BootTimes(BootTimesArgs {
+            common: flags.common()?,
+            runs: flags.number("--runs")?.unwrap_or(5),
+            kernel: flags.value("--kernel")?.map(PathBuf::from),
+        }),
+        other => {
+            return Err(Error::new(format!(
+                "unknown command `{other}` (try `cargo xtask help`)"
+            )));
+        }
+    };
+    flags.finish(&command)?;
+    Ok(task)
+}
+
+/// The flags of one subcommand, consumed as the parser asks for them.
+struct Flags {
+    /// Words before `--`, not yet consumed.
+    words: Vec<String>,
+    /// Words after `--`.
+    rest: Vec<String>,
+}
+
+impl Flags {
+    fn new(mut words: Vec<String>) -> Self {
+        let rest = match words.iter().position(|w| w == "--") {
+            Some(dash) => {
+                let rest = words.split_off(dash + 1);
+                words.pop();
+                rest
+            }
+            None => Vec::new(),
+        };
+        Self { words, rest }
+    }
+
+    fn common(&mut self) -> Result<Common> {
+        Ok(Common {
+            profile: if self.switch("--debug") {
+                Profile::Debug
+            } else {
+                Profile::Release
+            },
+            accel: self
+                .value("--accel")?
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or_default(),
+            firmware: self
+                .value("--firmware")?
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+
+    fn switch(&mut self, name: &str) -> bool {
+        let before = self.words.len();
+        self.words.retain(|w| w != name);
+        self.words.len() != before
+    }
+
+    /// `--name value` or `--name=value`; the last one wins.
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        let mut found = None;
+        let mut i = 0;
+        while i < self.words.len() {
+            if self.words[i] == name {
+                if i + 1 >= self.words.len() {
+                    return Err(Error::new(format!("{name} needs a value")));
+                }
+                found = Some(self.words.remove(i + 1));
+                self.words.remove(i);
+            } else if let Some(value) = self.words[i]
+                .strip_prefix(name)
+                .and_then(|tail| tail.strip_prefix('='))
+            {
+                found = Some(value.to_string());
+                self.words.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    fn number(&mut self, name: &str) -> Result<Option<u32>> {
+        self.value(name)?
+            .map(|v| match v.parse() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(Error::new(format!(
+                    "{name} {v}: expected a whole number above 0"
+                ))),
+            })
+            .transpose()
+    }
+
+    fn memory(&mut self) -> Result<String> {
+        match self.value("--mem")? {
+            None => Ok("512M".into()),
+            Some(size) if qemu::valid_memory_size(&size) => Ok(size),
+            Some(size) => Err(Error::new(format!(
+                "--mem {size}: expected a size such as 512M or 2G"
+            ))),
+        }
+    }
+
+    fn take_rest(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// Anything left over is a mistake worth stopping for.
+    fn finish(self, command: &str) -> Result<()> {
+        if let Some(word) = self.words.first() {
+            return Err(Error::new(format!(
+                "`cargo xtask {command}` does not take `{word}` (try `cargo xtask help`)"
+            )));
+        }
+        if !self.rest.is_empty() {
+            return Err(Error::new(format!(
+                "`cargo xtask {command}` takes nothing after `--`"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::Accel;
+
+    fn parse_words(line: &str) -> Result<Task> {
+        parse(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn run_with_every_flag() {
+        let Task::Run(run) = parse_words(
+            "run --debug --smp 2 --mem=1G --gdb --accel tcg --firmware microvm \
+             --timeout 5 -- log=debug test=panic",
+        )
+        .unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.common.profile, Profile::Debug);
+        assert_eq!(run.common.accel, AccelRequest::Forced(Accel::Tcg));
+        assert_eq!(run.common.firmware, Firmware::Microvm);
+        assert_eq!((run.cpus, run.memory.as_str(), run.gdb), (2, "1G", true));
+        assert_eq!(run.time_limit, Duration::from_secs(5));
+        assert_eq!(run.kernel_words, ["log=debug", "test=panic"]);
+    }
+
+    #[test]
+    fn defaults() {
+        let Task::Run(run) = parse_words("run").unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.common, Common::default());
+        assert_eq!(run.common.firmware, Firmware::Qboot);
+        assert_eq!((run.cpus, run.memory.as_str(), run.gdb), (1, "512M", false));
+        assert_eq!(run.time_limit, Duration::from_secs(60));
+        assert!(run.kernel_words.is_empty());
+        assert_eq!(parse_words("").unwrap(), Task::Help);
+        assert_eq!(
+            parse_words("build").unwrap(),
+            Task::Build(Common::default())
+        );
+    }
+
+    #[test]
+    fn test_passes_words_after_dashes_to_the_tests() {
+        let Task::Test(test) = parse_words("test -- faults --nocapture").unwrap() else {
+            panic!("not a test")
+        };
+        assert_eq!(test.test_words, ["faults", "--nocapture"]);
+    }
+
+    #[test]
+    fn mistakes_are_one_line_errors() {
+        for line in [
+            "frobnicate",
+            "run --smp",
+            "run --smp 0",
+            "run --smp two",
+            "run --mem lots",
+            "run --accel hvf",
+            "run --firmware uefi",
+            "run --verbose",
+            "build --gdb",
+            "build -- log=debug",
+        ] {
+            let error = parse_words(line).unwrap_err();
+            assert!(!error.0.contains('\n'), "{line}: {error}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The subcommands: `build`, `run`, `test`, `boot-times`.
+//!
+//! Each returns the process exit status for `main` to use: 0 only when
+//! everything worked, so CI and scripts can trust it.
+
+use crate::artefacts;
+use crate::cli::{BootTimesArgs, Common, RunArgs, TestArgs};
+use crate::qemu::{self, Accel, Firmware, Machine};
+use crate::session::{self, Options};
+use crate::toolchain;
+use crate::workspace::Workspace;
+use crate::{Error, Result};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// The kernel command line every boot starts with; `cargo xtask run -- ...`
+/// appends to it. Empty: the kernel's own defaults are the ones we want.
+pub const DEFAULT_CMDLINE: &str = "";
+
+/// Environment variables through which `cargo xtask test` tells the QEMU
+/// tests what to boot and how (the tests work without them too).
+pub mod test_env {
+    /// Path of the kernel ELF to boot (so the tests do not build it again).
+    pub const KERNEL: &str = "RGUEST_KERNEL";
+    /// `kvm` or `tcg`: the accelerator already chosen (and explained).
+    pub const ACCEL: &str = "RGUEST_ACCEL";
+    /// `seabios`, `qboot` or `microvm`.
+    pub const FIRMWARE: &str = "RGUEST_FIRMWARE";
+}
+
+/// `cargo xtask build`: every artefact, then where the kernel is.
+pub fn build(common: &Common) -> Result<u8> {
+    let workspace = Workspace::current();
+    let kernel = artefacts::build_all(&workspace, common.profile)?;
+    eprintln!("xtask: kernel: {}", kernel.display());
+    Ok(0)
+}
+
+/// `cargo xtask run`: build, boot, and exit as the kernel did.
+pub fn run(args: &RunArgs) -> Result<u8> {
+    let kernel = kernel_to_boot(args.kernel.as_deref(), &args.common)?;
+    let accel = announce_accel(&args.common);
+    let mut machine = Machine::new(&kernel);
+    machine.cmdline = kernel_cmdline(&args.kernel_words);
+    machine.cpus = args.cpus;
+    machine.memory = args.memory.clone();
+    machine.accel = accel;
+    machine.firmware = args.common.firmware;
+    machine.wait_for_gdb = args.gdb;
+    if args.gdb {
+        eprintln!(
+            "xtask: QEMU waits for gdb; attach with: gdb {} -ex 'target remote :{}'",
+            kernel.display(),
+            qemu::GDB_PORT
+        );
+    }
+    let options = Options {
+        time_limit: (!args.gdb).then_some(args.time_limit),
+        echo: true,
+        interactive: std::io::stdin().is_terminal(),
+    };
+    let record = session::run(machine.command()?, &options)?;
+    eprintln!("xtask: {}", record.summary());
+    Ok(record.outcome.exit_code())
+}
+
+/// The ELF given with `--kernel`, or the kernel freshly built.
+fn kernel_to_boot(given: Option<&Path>, common: &Common) -> Result<PathBuf> {
+    match given {
+        Some(elf) => Ok(elf.to_path_buf()),
+        None => artefacts::build_kernel(&Workspace::current(), common.profile),
+    }
+}
+
+/// The default command line with the user's words appended.
+fn kernel_cmdline(words: &[String]) -> String {
+    let mut line = DEFAULT_CMDLINE.to_string();
+    for word in words {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    line
+}
+
+/// Resolves `--accel` and says, in one line, what was chosen and why.
+fn announce_accel(common: &Common) -> Accel {
+    let choice = qemu::choose_accel(common.accel);
+    eprintln!("xtask: {choice}");
+    choice.accel
+}
+
+/// `cargo xtask test`: unit tests on Linux, the kernel, the QEMU tests.
+pub fn test(args: &TestArgs) -> Result<u8> {
+    let workspace = Workspace::current();
+    toolchain::ensure_complete(&workspace)?;
+
+    eprintln!("xtask: 1/3 unit tests on Linux");
+    let unit = cargo_test(
+        &workspace,
+        &["--workspace", "--exclude", "qemu-tests"],
+        &[],
+        &args.test_words,
+    )?;
+
+    eprintln!("xtask: 2/3 building the kernel");
+    let kernel = artefacts::build_kernel(&workspace, args.common.profile)?;
+    // Make sure QEMU is there before the tests start several boots at once.
+    crate::packages::ensure(crate::packages::QEMU)?;
+
+    eprintln!("xtask: 3/3 QEMU integration tests");
+    let accel = announce_accel(&args.common);
+    let kernel_path = kernel.to_string_lossy().into_owned();
+    let env = [
+        (test_env::KERNEL, kernel_path.as_str()),
+        (test_env::ACCEL, accel.name()),
+        (test_env::FIRMWARE, args.common.firmware.name()),
+    ];
+    let qemu = cargo_test(
+        &workspace,
+        &["--package", "qemu-tests"],
+        &env,
+        &args.test_words,
+    )?;
+
+    eprintln!("xtask: unit tests: {unit}; QEMU tests: {qemu}");
+    if unit.all_passed() && qemu.all_passed() {
+        Ok(0)
+    } else {
+        Ok(1)
+    }
+}
+
+/// Test counts summed over every `test result:` line of a `cargo test`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TestCounts {
+    /// Tests that passed.
+    pub passed: u32,
+    /// Tests that failed.
+    pub failed: u32,
+    /// Whether cargo itself succeeded (it fails on a build error too).
+    pub cargo_succeeded: bool,
+}
+
+impl TestCounts {
+    fn all_passed(self) -> bool {
+        self.cargo_succeeded && self.failed == 0
+    }
+
+    /// Adds the counts of one libtest summary line such as
+    /// `test result: ok. 7 passed; 0 failed; 0 ignored; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(tail) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in tail.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                match (n.parse::<u32>(), what) {
+                    (Ok(n), "passed") => self.passed += n,
+                    (Ok(n), "failed") => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TestCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if !self.cargo_succeeded && self.failed == 0 {
+            write!(f, " (cargo test failed)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `cargo test <selection>`, showing its output as it comes and
+/// counting the results.
+fn cargo_test(
+    workspace: &Workspace,
+    selection: &[&str],
+    env: &[(&str, &str)],
+    test_words: &[String],
+) -> Result<TestCounts> {
+    let mut cargo = artefacts::cargo(workspace);
+    cargo.arg("test").args(selection).envs(env.iter().copied());
+    if !test_words.is_empty() {
+        cargo.arg("--").args(test_words);
+    }
+    let mut child = cargo
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(format!("cannot start cargo test: {e}")))?;
+    let mut counts = TestCounts::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        counts.add_line(&line);
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::new(format!("cargo test: {e}")))?;
+    counts.cargo_succeeded = status.success();
+    Ok(counts)
+}
+
+/// `cargo xtask boot-times`: for every firmware, boot the kernel `runs`
+/// times and print the median time from QEMU's start to the first serial
+/// byte, to the banner, and to QEMU's exit.
+pub fn boot_times(args: &BootTimesArgs) -> Result<u8> {
+    let kernel = kernel_to_boot(args.kernel.as_deref(), &args.common)?;
+    let accel = announce_accel(&args.common);
+    println!(
+        "firmware   first byte   banner   exit   (median of {} boots)",
+        args.runs
+    );
+    for firmware in Firmware::ALL {
+        let mut machine = Machine::new(&kernel);
+        machine.accel = accel;
+        machine.firmware = firmware;
+        let times = measure(&machine, args.runs)?;
+        println!(
+            "{:<10} {:>10}   {:>6}   {:>4}",
+            firmware.name(),
+            millis(median(&times.first_byte)),
+            millis(median(&times.banner)),
+            millis(median(&times.exit)),
+        );
+    }
+    Ok(0)
+}
+
+/// The banner's first word, from which `boot-times` measures "booted".
+pub const BANNER_PREFIX: &str = "rguest ";
+
+#[derive(Default)]
+struct BootTimes {
+    first_byte: Vec<Duration>,
+    banner: Vec<Duration>,
+    exit: Vec<Duration>,
+}
+
+fn measure(machine: &Machine, runs: u32) -> Result<BootTimes> {
+    let mut times = BootTimes::default();
+    for _ in 0..runs {
+        let record = session::run(
+            machine.command()?,
+            &Options::captured(Duration::from_secs(60)),
+        )?;
+        if !record.outcome.is_success() {
+            return Err(Error::new(format!(
+                "{} boot did not succeed:\n{}",
+                machine.firmware.name(),
+                record.transcript()
+            )));
+        }
+        times.first_byte.extend(record.first_output());
+        times.banner.extend(record.time_to(BANNER_PREFIX));
+        times.exit.push(record.elapsed);
+    }
+    Ok(times)
+}
+
+fn median(samples: &[Duration]) -> Option<Duration> {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted.get(sorted.len() / 2).copied()
+}
+
+fn millis(duration: Option<Duration>) -> String {
+    duration.map_or("-".into(), |d| format!("{} ms", d.as_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_summaries_are_counted() {
+        let mut counts = TestCounts::default();
+        counts.add_line("test result: ok. 7 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        counts.add_line(
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        counts.add_line("running 3 tests");
+        assert_eq!((counts.passed, counts.failed), (9, 1));
+        counts.cargo_succeeded = true;
+        assert!(!counts.all_passed());
+    }
+
+    #[test]
+    fn user_words_follow_the_default_command_line() {
+        let words = ["log=debug".to_string(), "test=panic".to_string()];
+        let line = kernel_cmdline(&words);
+        assert!(line.ends_with("log=debug test=panic"), "{line}");
+        assert!(!line.starts_with(' '));
+    }
+}

@@ -1,0 +1,130 @@
+//! Make sure the host tools are installed: QEMU and the files it needs.
+//!
+//! The README promises that `cargo xtask run` and `cargo xtask test` do all
+//! the set-up on a fresh Debian machine, and CI is such a machine (running as
+//! root, with no QEMU). So when a tool is missing and we are root on a system
+//! with `apt-get`, we install its Debian package ourselves and say so in one
+//! line. Otherwise we stop with one line naming the exact command to run:
+//! installing software with someone else's `sudo` is not ours to do.
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+/// Something on disk that a Debian package provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requirement {
+    /// A program looked up in `PATH` (`qemu-system-x86_64`), or an absolute
+    /// path to a data file (`/usr/share/qemu/qboot.rom`).
+    pub name: &'static str,
+    /// The Debian package that ships it.
+    pub debian_package: &'static str,
+}
+
+/// The emulator itself.
+pub const QEMU: Requirement = Requirement {
+    name: "qemu-system-x86_64",
+    debian_package: "qemu-system-x86",
+};
+
+/// qboot, the minimal firmware that boots a PVH kernel fastest on a full PC
+/// machine (Debian: `qemu-system-data`, a dependency of `qemu-system-x86`).
+pub const QBOOT_ROM: Requirement = Requirement {
+    name: "/usr/share/qemu/qboot.rom",
+    debian_package: "qemu-system-data",
+};
+
+/// Makes sure `requirement` is present, installing its package when we may.
+/// Returns where it is.
+pub fn ensure(requirement: Requirement) -> Result<PathBuf> {
+    if let Some(found) = locate(requirement.name) {
+        return Ok(found);
+    }
+    let package = requirement.debian_package;
+    let command = format!("apt-get install -y --no-install-recommends {package}");
+    if !is_root() || locate("apt-get").is_none() {
+        return Err(Error::new(format!(
+            "{} not found: install the Debian package {package} (sudo {command})",
+            requirement.name
+        )));
+    }
+    eprintln!(
+        "xtask: {} not found; installing the Debian package {package} ({command})",
+        requirement.name
+    );
+    apt_get_update_once()?;
+    apt_get(&["install", "-y", "--no-install-recommends", package])?;
+    locate(requirement.name).ok_or_else(|| {
+        Error::new(format!(
+            "installed {package} but {} is still missing",
+            requirement.name
+        ))
+    })
+}
+
+/// A program in `PATH`, or an absolute path that exists.
+fn locate(name: &str) -> Option<PathBuf> {
+    if Path::new(name).is_absolute() {
+        return Path::new(name).exists().then(|| PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A fresh machine's package lists may be empty or stale; refresh them
+/// before the first install, and only then.
+fn apt_get_update_once() -> Result<()> {
+    static UPDATED: Once = Once::new();
+    let mut result = Ok(());
+    UPDATED.call_once(|| result = apt_get(&["update"]));
+    result
+}
+
+fn apt_get(args: &[&str]) -> Result<()> {
+    let output = Command::new("apt-get")
+        .arg("-q")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| Error::new(format!("cannot run apt-get: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::new(format!(
+        "`apt-get {}` failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_in_path_and_files_by_absolute_path() {
+        assert!(locate("sh").is_some());
+        assert!(locate("/").is_some());
+        assert!(locate("surely-no-such-program-here").is_none());
+        assert!(locate("/surely/no/such/file").is_none());
+    }
+
+    #[test]
+    fn a_present_requirement_needs_no_install() {
+        let sh = Requirement {
+            name: "sh",
+            debian_package: "dash",
+        };
+        assert!(ensure(sh).is_ok());
+    }
+}
