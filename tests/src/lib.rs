@@ -1,1 +1,257 @@
-//! placeholder
+//! The harness of the QEMU integration tests: boot the real kernel, read
+//! what it prints, judge how it ends.
+//!
+//! These tests are the second of the three depths in DESIGN.md: `host/`'s
+//! logic is unit-tested on Linux, but only a real boot shows that the
+//! kernel's exception reports, exit statuses and allocators work on an
+//! (emulated) machine. Each test calls [`boot`] (or [`boot_machine`] for a
+//! machine of another shape), which runs QEMU exactly as `cargo xtask run`
+//! does (the same [`xtask::qemu::Machine`] and [`xtask::session::run`]),
+//! under a time limit, and returns a [`Boot`] to question:
+//!
+//! ```no_run
+//! let boot = qemu_tests::boot("test=fault-pf");
+//! boot.expect_kernel_failure();
+//! let report = boot.line_containing(&["EXCEPTION ", "#PF"]);
+//! ```
+//!
+//! Every `expect_*` and `line_*` method that does not find what it wants
+//! panics with the whole transcript (serial console, QEMU's messages, the
+//! outcome), so a failing test shows everything the machine said.
+//!
+//! What to boot and how comes from the environment that `cargo xtask test`
+//! sets ([`xtask::commands::test_env`]): the kernel ELF (otherwise the
+//! harness builds it once), the accelerator (otherwise chosen as
+//! `--accel auto` would) and the firmware (otherwise the default). At most
+//! [`MAX_PARALLEL_BOOTS`] machines run at once, however many test threads
+//! libtest starts: TCG is CPU-bound, and the time limits assume a core each.
+
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+use xtask::artefacts::{self, Profile};
+use xtask::commands::test_env;
+use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine};
+use xtask::session::{self, Options};
+use xtask::workspace::Workspace;
+
+pub use xtask::session::{Outcome, Record};
+
+/// How long one boot may take before it counts as wedged. A boot to the
+/// banner takes well under a second under TCG; the margin is for a loaded
+/// 2-core CI machine.
+pub const TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// How many QEMUs may run at the same time.
+pub const MAX_PARALLEL_BOOTS: usize = 2;
+
+/// Boots the kernel with `cmdline` on the default machine (1 CPU, 512 MiB)
+/// and waits for it to end.
+pub fn boot(cmdline: &str) -> Boot {
+    boot_machine(cmdline, |_| {})
+}
+
+/// Boots the kernel with `cmdline` on a machine that `shape` adjusts (more
+/// CPUs, other memory size, ...).
+pub fn boot_machine(cmdline: &str, shape: impl FnOnce(&mut Machine)) -> Boot {
+    let mut machine = Machine::new(kernel());
+    machine.cmdline = cmdline.to_string();
+    machine.accel = accel();
+    machine.firmware = firmware();
+    shape(&mut machine);
+    let command = machine
+        .command()
+        .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
+    let record = {
+        let _slot = BOOT_SLOTS.take();
+        session::run(command, &Options::captured(TIME_LIMIT))
+    }
+    .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
+    Boot {
+        cmdline: cmdline.to_string(),
+        record,
+    }
+}
+
+/// One finished boot, and questions to ask it.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// The kernel command line it was booted with.
+    pub cmdline: String,
+    /// What QEMU and the kernel did.
+    pub record: Record,
+}
+
+impl Boot {
+    /// How the machine ended.
+    pub fn outcome(&self) -> Outcome {
+        self.record.outcome
+    }
+
+    /// Everything the kernel printed.
+    pub fn serial(&self) -> &str {
+        &self.record.serial
+    }
+
+    /// Stops the test with `complaint` and the whole transcript.
+    #[track_caller]
+    pub fn fail(&self, complaint: &str) -> ! {
+        panic!(
+            "boot with command line `{}`: {complaint}\n{}",
+            self.cmdline,
+            self.record.transcript()
+        )
+    }
+
+    /// Checks that the machine ended as `expected`.
+    #[track_caller]
+    pub fn expect_outcome(&self, expected: Outcome) -> &Self {
+        if self.outcome() != expected {
+            self.fail(&format!(
+                "expected \"{expected}\", got \"{}\"",
+                self.record.summary()
+            ));
+        }
+        self
+    }
+
+    /// Checks that the kernel shut down cleanly (exit byte 0x10).
+    #[track_caller]
+    pub fn expect_success(&self) -> &Self {
+        self.expect_outcome(Outcome::Success)
+    }
+
+    /// Checks that the kernel reported a failure (exit byte 0x11): not a
+    /// reset, not a time-out, not QEMU dying.
+    #[track_caller]
+    pub fn expect_kernel_failure(&self) -> &Self {
+        self.expect_outcome(Outcome::KernelFailure)
+    }
+
+    /// Checks that the serial output contains `needle` somewhere.
+    #[track_caller]
+    pub fn expect_printed(&self, needle: &str) -> &Self {
+        if !self.serial().contains(needle) {
+            self.fail(&format!("expected the kernel to print `{needle}`"));
+        }
+        self
+    }
+
+    /// The first line that starts with `prefix` (leading blanks ignored).
+    #[track_caller]
+    pub fn line_starting(&self, prefix: &str) -> &str {
+        self.lines()
+            .find(|line| line.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| self.fail(&format!("no line starts with `{prefix}`")))
+    }
+
+    /// The first line that contains every one of `needles`.
+    #[track_caller]
+    pub fn line_containing(&self, needles: &[&str]) -> &str {
+        self.lines()
+            .find(|line| needles.iter().all(|needle| line.contains(needle)))
+            .unwrap_or_else(|| self.fail(&format!("no line contains all of {needles:?}")))
+    }
+
+    /// The text from the first line starting with `prefix` to the end: a
+    /// multi-line report such as an exception's.
+    #[track_caller]
+    pub fn report_starting(&self, prefix: &str) -> &str {
+        let line = self.line_starting(prefix);
+        let start = line.as_ptr() as usize - self.serial().as_ptr() as usize;
+        &self.serial()[start..]
+    }
+
+    /// The serial output's lines, without the `\r` a serial console may add.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.serial()
+            .lines()
+            .map(|line| line.trim_end_matches('\r'))
+    }
+}
+
+/// The first whole number in `text` after `marker`, e.g. the 511 of
+/// `memory: 511 MiB usable` after `memory:`.
+pub fn number_after(text: &str, marker: &str) -> Option<u64> {
+    let tail = &text[text.find(marker)? + marker.len()..];
+    let digits: String = tail
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The kernel ELF: the one `cargo xtask test` built, or one built now (once
+/// per test binary) when the tests run on their own.
+pub fn kernel() -> PathBuf {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| match std::env::var_os(test_env::KERNEL) {
+            Some(path) => PathBuf::from(path),
+            None => artefacts::build_kernel(&Workspace::current(), Profile::Release)
+                .unwrap_or_else(|e| panic!("cannot build the kernel: {e}")),
+        })
+        .clone()
+}
+
+fn accel() -> Accel {
+    match std::env::var(test_env::ACCEL).ok().as_deref() {
+        Some("kvm") => Accel::Kvm,
+        Some("tcg") => Accel::Tcg,
+        _ => qemu::choose_accel(AccelRequest::Auto).accel,
+    }
+}
+
+fn firmware() -> Firmware {
+    std::env::var(test_env::FIRMWARE)
+        .ok()
+        .and_then(|name| name.parse().ok())
+        .unwrap_or_default()
+}
+
+/// A counting semaphore: std has none, and two fields are all it takes.
+struct Slots {
+    in_use: Mutex<usize>,
+    freed: Condvar,
+}
+
+static BOOT_SLOTS: Slots = Slots {
+    in_use: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+impl Slots {
+    /// Waits for a free slot; it is given back when the guard drops.
+    fn take(&'static self) -> SlotGuard {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_use >= MAX_PARALLEL_BOOTS {
+            in_use = self.freed.wait(in_use).unwrap_or_else(|e| e.into_inner());
+        }
+        *in_use += 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard(&'static Slots);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.in_use.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_read_after_their_marker() {
+        let line = "memory: 511 MiB usable in 6 map entries";
+        assert_eq!(number_after(line, "memory:"), Some(511));
+        assert_eq!(number_after(line, "in"), Some(6));
+        assert_eq!(number_after(line, "MiB"), None);
+        assert_eq!(number_after(line, "absent"), None);
+    }
+}
