@@ -6,9 +6,14 @@
 //! when a guest starts; a guest built against another version is refused.
 //!
 //! The hypercalls, the shared data page and the boot parameters arrive with
-//! the switcher; page-table entry meanings with the shadow page tables.
+//! the switcher. Already here:
+//!
+//! - [`pte`]: what the bits of the guest's page-table entries mean to the
+//!   host, and the ring through which the guest reports its changes.
 #![no_std]
 #![forbid(unsafe_code)]
 
 /// The version of this contract. Bump it on any incompatible change.
 pub const ABI_VERSION: u32 = 1;
+
+pub mod pte;

@@ -12,6 +12,8 @@
 //! 2. [`config`]: the kernel command line, parsed into a typed [`config::Config`].
 //! 3. [`frames`]: the physical frame allocator's bookkeeping: which 4 KiB
 //!    frames of host RAM are free, counted so leaks show.
+//! 4. [`paging`]: the shadow page tables, the real tables the CPU uses while
+//!    a guest runs, built from the guest's own and never granting more.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -21,3 +23,4 @@ extern crate std;
 pub mod addr;
 pub mod config;
 pub mod frames;
+pub mod paging;

@@ -463,7 +463,10 @@ mod tests {
     #[test]
     fn absent_entries_may_hold_anything() {
         let e = GuestEntry::new(u64::MAX & !pte::PRESENT);
-        assert_eq!(e.decode(Level::L1, va(0), &limits()), Ok(GuestEntryKind::Absent));
+        assert_eq!(
+            e.decode(Level::L1, va(0), &limits()),
+            Ok(GuestEntryKind::Absent)
+        );
     }
 
     #[test]
@@ -492,7 +495,10 @@ mod tests {
         );
         assert_eq!(big.frame(Level::L2), Err(FrameError::LargePage));
         assert_eq!(page.frame(Level::L1), Ok(GuestPhysAddr::new(0x7000)));
-        assert_eq!(GuestEntry::new(0).frame(Level::L1), Err(FrameError::NotPresent));
+        assert_eq!(
+            GuestEntry::new(0).frame(Level::L1),
+            Err(FrameError::NotPresent)
+        );
     }
 
     #[test]
@@ -509,7 +515,7 @@ mod tests {
                 bits: 1 << 45
             })
         );
-        let outside = GuestEntry::new(4 * GIB | 1);
+        let outside = GuestEntry::new((4 * GIB) | 1);
         assert!(matches!(
             outside.decode(Level::L3, v, &l),
             Err(PagingError::OutsideGuestMemory { .. })
@@ -525,7 +531,7 @@ mod tests {
             Err(PagingError::MisalignedLargePage { .. })
         ));
         // A 1 GiB page whose end passes the end of memory.
-        let tail = GuestEntry::new(3 * GIB | pte::HUGE_PAGE | 1);
+        let tail = GuestEntry::new((3 * GIB) | pte::HUGE_PAGE | 1);
         assert!(tail.decode(Level::L3, v, &l).is_ok());
         let small = GuestLimits::new(3 * GIB + 4096, 40);
         assert!(tail.decode(Level::L3, v, &small).is_err());
@@ -550,8 +556,14 @@ mod tests {
         assert!(!k.flags().intersects(PteFlags::WRITABLE | PteFlags::USER));
         assert!(k.flags().contains(PteFlags::NO_EXECUTE));
         assert_eq!(k.decode(Level::L1), ShadowEntryKind::Page(f));
-        assert_eq!(ShadowEntry::table(f).decode(Level::L2), ShadowEntryKind::Table(f));
-        assert_eq!(ShadowEntry::ABSENT.decode(Level::L3), ShadowEntryKind::Absent);
+        assert_eq!(
+            ShadowEntry::table(f).decode(Level::L2),
+            ShadowEntryKind::Table(f)
+        );
+        assert_eq!(
+            ShadowEntry::ABSENT.decode(Level::L3),
+            ShadowEntryKind::Absent
+        );
         assert_eq!(TableIndex::new(512), None);
         assert_eq!(TableIndex::range(510, 600).count(), 2);
     }

@@ -179,10 +179,16 @@ impl fmt::Display for PagingError {
                 "guest kernel stack page {vaddr} cannot be mapped writable (fault code {error_code:#x})"
             ),
             Self::BadStack { top, pages } => {
-                write!(f, "guest kernel stack of {pages} pages below {top:#x} is not usable")
+                write!(
+                    f,
+                    "guest kernel stack of {pages} pages below {top:#x} is not usable"
+                )
             }
             Self::BadRing { ring } => {
-                write!(f, "MMU ring at gpa:{ring:#x} is not aligned inside guest memory")
+                write!(
+                    f,
+                    "MMU ring at gpa:{ring:#x} is not aligned inside guest memory"
+                )
             }
             Self::RingOverrun { head, applied } => write!(
                 f,
@@ -194,7 +200,10 @@ impl fmt::Display for PagingError {
             }
             Self::GuestMemory { gpa } => write!(f, "guest memory refused access to {gpa}"),
             Self::BadConfig { cached_roots } => {
-                write!(f, "{cached_roots} cached shadow roots is not a supported cache size")
+                write!(
+                    f,
+                    "{cached_roots} cached shadow roots is not a supported cache size"
+                )
             }
         }
     }

@@ -86,7 +86,9 @@ impl Access {
     /// Whether `rights` allow this access. The guest kernel is supervisor
     /// and CR0.WP is on, so a write needs write rights from it too.
     pub const fn allowed_by(self, rights: Rights) -> bool {
-        (!self.write || rights.write) && (!self.user || rights.user) && (!self.fetch || rights.execute)
+        (!self.write || rights.write)
+            && (!self.user || rights.user)
+            && (!self.fetch || rights.execute)
     }
 }
 
@@ -114,7 +116,9 @@ impl GuestWalk {
 
     /// The leaf entry (the one that maps the page).
     pub fn leaf(&self) -> GuestEntry {
-        self.entries().last().map_or(GuestEntry::new(0), |&(_, e)| e)
+        self.entries()
+            .last()
+            .map_or(GuestEntry::new(0), |&(_, e)| e)
     }
 
     /// Whether every entry of the walk already has its accessed bit.

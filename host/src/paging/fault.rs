@@ -1,0 +1,497 @@
+//! (i) Filling the shadow on a page fault, and (ii) keeping the guest
+//! kernel stack mapped.
+//!
+//! The shadow starts empty and is filled lazily: every page fault while a
+//! guest runs comes to the host first, and [`ShadowPaging::demand_page`]
+//! decides. It walks the guest's tables like the CPU would
+//! ([`super::walk`]); if the guest's own tables allow the access it maps
+//! the page in the shadow and the guest never knows; if they do not, the
+//! fault is the guest's and is reflected to it; if they are malformed, the
+//! guest dies with the reason.
+//!
+//! Accessed and dirty bits are the CPU's job on real tables, so here they
+//! are ours: a fault sets accessed in every guest entry of the walk, and a
+//! write sets dirty in the leaf. The trick (lguest's) that keeps dirty
+//! honest: a read maps the page read-only even if the guest allows writes,
+//! so the first write faults again and we can set dirty then.
+//!
+//! A trap into the guest kernel pushes a frame on its stack; if that stack
+//! were not mapped the push would fault inside the switcher with no way to
+//! tell the guest. So the stack is pinned: [`ShadowPaging::pin_stack`]
+//! makes sure it is mapped writable in the running root before the guest
+//! runs, and a guest whose stack cannot be mapped is killed.
+
+use super::entry::{Level, PteFlags, ShadowEntry};
+use super::error::PagingError;
+use super::hw::{GuestMemory, ShadowFrames};
+use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
+use super::{KernelStack, MAX_STACK_PAGES, ShadowPaging};
+use crate::addr::{GuestVirtAddr, PAGE_SIZE};
+use guest_abi::pte::SWITCHER_PML4_INDEX;
+
+/// What to do about a page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultDecision {
+    /// The shadow now maps the page (or the guest's entry changed while we
+    /// looked): resume the guest, which retries the access.
+    Fixed,
+    /// The guest's own tables forbid the access: deliver a page fault to
+    /// the guest.
+    Reflect {
+        /// The faulting address, for the guest's CR2.
+        address: GuestVirtAddr,
+        /// The error code, as the CPU would have made it from the guest's
+        /// tables.
+        error_code: u64,
+    },
+    /// The guest's tables are malformed (or the host is out of frames):
+    /// kill the guest with this reason.
+    Kill(PagingError),
+}
+
+/// What filling one page came to, before it is told to the caller.
+enum Fill {
+    Mapped,
+    Raced,
+    Forbidden { present: bool },
+}
+
+impl ShadowPaging {
+    /// (i) Handles a page fault at `vaddr` with the hardware `error_code`,
+    /// in the running address space.
+    pub fn demand_page<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+        error_code: u64,
+    ) -> FaultDecision {
+        let access = Access::from_error_code(error_code);
+        match self.fill(mem, frames, vaddr, access) {
+            Ok(Fill::Mapped) => {
+                self.stats.faults_fixed += 1;
+                FaultDecision::Fixed
+            }
+            Ok(Fill::Raced) => {
+                self.stats.faults_raced += 1;
+                FaultDecision::Fixed
+            }
+            Ok(Fill::Forbidden { present }) => {
+                self.stats.faults_reflected += 1;
+                FaultDecision::Reflect {
+                    address: vaddr,
+                    error_code: access.error_code(present),
+                }
+            }
+            Err(reason) => FaultDecision::Kill(reason),
+        }
+    }
+
+    /// Walks, judges, updates the guest's bits and maps: the body of
+    /// [`Self::demand_page`].
+    fn fill<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+        access: Access,
+    ) -> Result<Fill, PagingError> {
+        // The switcher's slot: nothing of the guest's can be there, so to
+        // the guest it is simply not mapped (a stray pointer in guest user
+        // code must not kill the whole guest).
+        if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
+            return Ok(Fill::Forbidden { present: false });
+        }
+        let root = self.roots.current().guest_root;
+        let walk = match walk_guest(mem, root, vaddr, &self.limits)? {
+            WalkOutcome::NotPresent { .. } => return Ok(Fill::Forbidden { present: false }),
+            WalkOutcome::Mapped(walk) => walk,
+        };
+        if !access.allowed_by(walk.rights) {
+            return Ok(Fill::Forbidden { present: true });
+        }
+        let Some(dirty) = Self::mark_accessed(mem, &walk, access.write)? else {
+            return Ok(Fill::Raced);
+        };
+        let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
+        let shadow_root = self.roots.current().shadow;
+        self.map_page(frames, shadow_root, vaddr, leaf)?;
+        Ok(Fill::Mapped)
+    }
+
+    /// Sets accessed in every entry of the walk, and dirty in the leaf for
+    /// a write, as the CPU would. Returns whether the leaf is now dirty, or
+    /// `None` if the guest changed an entry under us (the guest will fault
+    /// again and we walk afresh).
+    fn mark_accessed<M: GuestMemory>(
+        mem: &mut M,
+        walk: &GuestWalk,
+        write: bool,
+    ) -> Result<Option<bool>, PagingError> {
+        let entries = walk.entries();
+        let mut dirty = false;
+        for (i, &(gpa, entry)) in entries.iter().enumerate() {
+            let is_leaf = i + 1 == entries.len();
+            let mut wanted = entry.with(PteFlags::ACCESSED);
+            if is_leaf && write {
+                wanted = wanted.with(PteFlags::DIRTY);
+            }
+            if is_leaf {
+                dirty = wanted.flags().contains(PteFlags::DIRTY);
+            }
+            if wanted != entry {
+                let swapped = mem
+                    .compare_exchange_u64(gpa, entry.raw(), wanted.raw())
+                    .map_err(|_| PagingError::GuestMemory { gpa })?;
+                if !swapped {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(dirty))
+    }
+
+    /// The shadow leaf for a walk: the host frame behind the guest page,
+    /// with the walk's rights, writable only once the guest's leaf is dirty.
+    pub(super) fn shadow_leaf_for<M: GuestMemory>(
+        &self,
+        mem: &M,
+        walk: &GuestWalk,
+        dirty: bool,
+        vaddr: GuestVirtAddr,
+    ) -> Result<ShadowEntry, PagingError> {
+        let frame = mem
+            .host_frame(walk.page)
+            .ok_or(PagingError::OutsideGuestMemory {
+                value: walk.leaf().raw(),
+                level: walk.leaf_level,
+                vaddr,
+                gpa: walk.page,
+                memory_size: self.limits.memory_size,
+            })?;
+        Ok(ShadowEntry::page(frame, walk.rights, dirty))
+    }
+
+    /// (ii) Records where the guest kernel stack is (`pages` pages ending
+    /// at `top`, the value of the guest's ring-1 stack pointer) and pins it
+    /// in the running root.
+    pub fn set_kernel_stack<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        top: u64,
+        pages: u64,
+    ) -> Result<(), PagingError> {
+        let bad = PagingError::BadStack { top, pages };
+        if pages == 0 || pages > MAX_STACK_PAGES {
+            return Err(bad);
+        }
+        // The lowest byte of the stack and the highest must be canonical
+        // and in the same half, outside the switcher slot.
+        let highest = top.checked_sub(1).ok_or(bad)?;
+        let lowest = top.checked_sub(pages * PAGE_SIZE).ok_or(bad)?;
+        let (Ok(low), Ok(high)) = (
+            GuestVirtAddr::try_new(lowest),
+            GuestVirtAddr::try_new(highest),
+        ) else {
+            return Err(bad);
+        };
+        if low.is_upper_half() != high.is_upper_half() || high.table_index(4) == SWITCHER_PML4_INDEX
+        {
+            return Err(bad);
+        }
+        self.stack = Some(KernelStack {
+            bottom: low.page_base(),
+            pages: pages + u64::from(low.page_base() != low),
+        });
+        self.pin_stack(mem, frames)
+    }
+
+    /// (ii) Makes sure every page of the kernel stack is mapped writable in
+    /// the running root, faulting the missing ones in as supervisor writes.
+    /// An error here means a trap could not be delivered: kill the guest.
+    pub fn pin_stack<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+    ) -> Result<(), PagingError> {
+        let Some(stack) = self.stack else {
+            self.stack_needs_pin = false;
+            return Ok(());
+        };
+        for page in 0..stack.pages {
+            let vaddr = GuestVirtAddr::new_truncate(stack.bottom.as_u64() + page * PAGE_SIZE);
+            self.pin_page(mem, frames, vaddr)?;
+        }
+        self.stack_needs_pin = false;
+        Ok(())
+    }
+
+    /// Pins one stack page. Two tries: the first may find the guest
+    /// changing the entry under us.
+    fn pin_page<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+    ) -> Result<(), PagingError> {
+        let write = Access::KERNEL_WRITE;
+        for _ in 0..2 {
+            if self.maps_writable(frames, vaddr) {
+                return Ok(());
+            }
+            match self.demand_page(mem, frames, vaddr, write.error_code(false)) {
+                FaultDecision::Fixed => {}
+                FaultDecision::Reflect { error_code, .. } => {
+                    return Err(PagingError::StackNotMapped { vaddr, error_code });
+                }
+                FaultDecision::Kill(reason) => return Err(reason),
+            }
+        }
+        if self.maps_writable(frames, vaddr) {
+            Ok(())
+        } else {
+            Err(PagingError::StackNotMapped {
+                vaddr,
+                error_code: write.error_code(true),
+            })
+        }
+    }
+
+    /// Whether the running root maps `vaddr` writable (lguest's quick
+    /// check before the full fault path).
+    pub fn maps_writable<F: ShadowFrames>(&self, frames: &F, vaddr: GuestVirtAddr) -> bool {
+        let leaf = Self::shadow_leaf(frames, self.roots.current().shadow, vaddr);
+        leaf.flags()
+            .contains(PteFlags::PRESENT | PteFlags::WRITABLE)
+    }
+
+    /// Whether a dropped shadow entry at `level` for `vaddr` may have mapped
+    /// part of the kernel stack; if so the stack is re-pinned before the
+    /// guest runs again.
+    pub(super) fn note_dropped(&mut self, vaddr: GuestVirtAddr, level: Level) {
+        let Some(stack) = self.stack else {
+            return;
+        };
+        let span = level.bytes_mapped();
+        let start = vaddr.as_u64() & !(span - 1);
+        let bottom = stack.bottom.as_u64();
+        let stack_end = bottom.saturating_add(stack.pages * PAGE_SIZE);
+        if start < stack_end && bottom < start.saturating_add(span) {
+            self.stack_needs_pin = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::testing::*;
+    use crate::paging::{FaultCode, PagingConfig, PteFlags};
+    use guest_abi::pte;
+
+    const USER_VA: u64 = 0x40_0000;
+    const KERNEL_VA: u64 = 0xffff_8000_0020_0000;
+    const READ: u64 = 0;
+    const WRITE: u64 = FaultCode::WRITE.bits();
+    const USER: u64 = FaultCode::USER.bits();
+    const FETCH: u64 = FaultCode::FETCH.bits();
+
+    fn fixture() -> Fixture {
+        Fixture::new(PagingConfig::default())
+    }
+
+    #[test]
+    fn a_read_maps_read_only_and_a_write_then_sets_dirty() {
+        let mut f = fixture();
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE | pte::USER);
+        assert_eq!(f.fault(USER_VA, USER), FaultDecision::Fixed);
+        let leaf = f.leaf(USER_VA);
+        assert_eq!(leaf.frame(), Ok(FakeGuestMemory::backing(5)));
+        assert!(!leaf.flags().contains(PteFlags::WRITABLE));
+        assert!(leaf.flags().contains(PteFlags::USER));
+        let guest = f.guest_entry(ROOT_A, USER_VA, Level::L1);
+        assert_eq!(guest & (pte::ACCESSED | pte::DIRTY), pte::ACCESSED);
+        let top = f.guest_entry(ROOT_A, USER_VA, Level::L4);
+        assert_ne!(top & pte::ACCESSED, 0, "every level of the walk is marked");
+
+        assert_eq!(f.fault(USER_VA, USER | WRITE | 1), FaultDecision::Fixed);
+        assert!(f.leaf(USER_VA).flags().contains(PteFlags::WRITABLE));
+        assert_ne!(f.guest_entry(ROOT_A, USER_VA, Level::L1) & pte::DIRTY, 0);
+        assert_eq!(f.paging.stats().faults_fixed, 2);
+        f.teardown();
+    }
+
+    #[test]
+    fn a_read_of_an_already_dirty_page_maps_it_writable() {
+        let mut f = fixture();
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE | pte::DIRTY);
+        assert_eq!(f.fault(USER_VA, READ), FaultDecision::Fixed);
+        assert!(f.leaf(USER_VA).flags().contains(PteFlags::WRITABLE));
+        f.teardown();
+    }
+
+    #[test]
+    fn forbidden_accesses_are_reflected_with_the_guests_error_code() {
+        let mut f = fixture();
+        let reflect = |code| FaultDecision::Reflect {
+            address: GuestVirtAddr::try_new(USER_VA).unwrap(),
+            error_code: code,
+        };
+        assert_eq!(f.fault(USER_VA, READ), reflect(0), "nothing mapped");
+        f.map(ROOT_A, USER_VA, 0x5000, pte::NO_EXECUTE);
+        assert_eq!(
+            f.fault(USER_VA, WRITE),
+            reflect(1 | WRITE),
+            "read-only, WP on"
+        );
+        assert_eq!(f.fault(USER_VA, USER), reflect(1 | USER), "supervisor page");
+        assert_eq!(
+            f.fault(USER_VA, FETCH),
+            reflect(1 | FETCH),
+            "no-execute page"
+        );
+        assert_eq!(f.paging.stats().faults_reflected, 4);
+        assert!(!f.leaf(USER_VA).is_present());
+        // Rights at a higher level count too.
+        let top = f.guest_entry(ROOT_A, USER_VA, Level::L3);
+        let at = f.entry_gpa(ROOT_A, USER_VA, Level::L3, 0);
+        f.mem.set(at, top | pte::NO_EXECUTE);
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE | pte::USER);
+        assert_eq!(f.fault(USER_VA, FETCH | USER), reflect(1 | FETCH | USER));
+        f.teardown();
+    }
+
+    #[test]
+    fn malformed_entries_kill_with_the_reason() {
+        let mut f = fixture();
+        f.map(ROOT_A, USER_VA, MEMORY_SIZE, 0);
+        let FaultDecision::Kill(reason) = f.fault(USER_VA, READ) else {
+            panic!("expected a kill");
+        };
+        assert_eq!(
+            std::format!("{reason}"),
+            "guest entry 0x100000001 at level 1 for gva:0x400000 maps gpa:0x100000000 \
+             outside guest memory (size 0x100000000)"
+        );
+        f.write(ROOT_A, USER_VA, Level::L1, (1 << 50) | 0x5001);
+        assert!(matches!(
+            f.fault(USER_VA, READ),
+            FaultDecision::Kill(PagingError::ReservedBits {
+                bits: 0x4_0000_0000_0000,
+                ..
+            })
+        ));
+        f.teardown();
+    }
+
+    #[test]
+    fn large_pages_are_split_into_small_shadow_pages() {
+        let mut f = fixture();
+        // A 2 MiB page at gpa 6 MiB and a 1 GiB page at gpa 1 GiB.
+        let big = 6 << 20;
+        f.write(
+            ROOT_A,
+            USER_VA,
+            Level::L2,
+            big | pte::HUGE_PAGE | pte::LARGE_PAGE_PAT | 1,
+        );
+        let giant_va = 0x80_0000_0000;
+        f.write(ROOT_A, giant_va, Level::L3, (1 << 30) | pte::HUGE_PAGE | 3);
+        assert_eq!(f.fault(USER_VA + 0x3000, READ), FaultDecision::Fixed);
+        assert_eq!(
+            f.leaf(USER_VA + 0x3000).frame(),
+            Ok(FakeGuestMemory::backing((big >> 12) + 3))
+        );
+        assert!(
+            !f.leaf(USER_VA).is_present(),
+            "only the faulting piece is mapped"
+        );
+        let offset = 0x1234_5000;
+        assert_eq!(f.fault(giant_va + offset, WRITE), FaultDecision::Fixed);
+        let leaf = f.leaf(giant_va + offset);
+        assert_eq!(
+            leaf.frame(),
+            Ok(FakeGuestMemory::backing(((1 << 30) + offset) >> 12))
+        );
+        assert!(leaf.flags().contains(PteFlags::WRITABLE));
+        assert_ne!(f.guest_entry(ROOT_A, giant_va, Level::L3) & pte::DIRTY, 0);
+        // A misaligned large page is malformed.
+        f.write(
+            ROOT_A,
+            USER_VA,
+            Level::L2,
+            (big + 0x2000) | pte::HUGE_PAGE | 1,
+        );
+        assert!(matches!(
+            f.fault(USER_VA, READ),
+            FaultDecision::Kill(PagingError::MisalignedLargePage { .. })
+        ));
+        f.teardown();
+    }
+
+    #[test]
+    fn the_switcher_slot_looks_unmapped_to_the_guest() {
+        let mut f = fixture();
+        let va = crate::paging::SWITCHER_SLOT_BASE + 0x1000;
+        assert_eq!(
+            f.fault(va, WRITE | 1),
+            FaultDecision::Reflect {
+                address: GuestVirtAddr::try_new(va).unwrap(),
+                error_code: WRITE
+            }
+        );
+        f.teardown();
+    }
+
+    #[test]
+    fn running_out_of_host_frames_kills_rather_than_panics() {
+        let mut f = fixture();
+        f.frames = FakeFrames::new(0);
+        let mut frames = FakeFrames::new(1);
+        f.paging = ShadowPaging::new(PagingConfig::default(), &f.mem, &mut frames, ROOT_A).unwrap();
+        f.frames = frames;
+        f.map(ROOT_A, USER_VA, 0x5000, 0);
+        assert!(matches!(
+            f.fault(USER_VA, READ),
+            FaultDecision::Kill(PagingError::OutOfFrames { .. })
+        ));
+        f.teardown();
+    }
+
+    #[test]
+    fn the_kernel_stack_is_pinned_writable() {
+        let mut f = fixture();
+        f.map(ROOT_A, KERNEL_VA, 0x7000, pte::WRITABLE);
+        f.map(ROOT_A, KERNEL_VA + 0x1000, 0x8000, pte::WRITABLE);
+        f.paging
+            .set_kernel_stack(&mut f.mem, &mut f.frames, KERNEL_VA + 0x2000, 2)
+            .unwrap();
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        assert!(
+            f.leaf(KERNEL_VA + 0x1000)
+                .flags()
+                .contains(PteFlags::WRITABLE)
+        );
+        // A stack the guest made read-only cannot be pinned.
+        f.map(ROOT_A, KERNEL_VA + 0x1000, 0x8000, 0);
+        f.set_entry(ROOT_A, KERNEL_VA + 0x1000, Level::L1, 0x8001)
+            .unwrap();
+        let err = f.paging.pin_stack(&mut f.mem, &mut f.frames);
+        assert!(matches!(
+            err,
+            Err(PagingError::StackNotMapped { error_code: 3, .. })
+        ));
+        assert!(matches!(
+            f.paging
+                .set_kernel_stack(&mut f.mem, &mut f.frames, KERNEL_VA, 0),
+            Err(PagingError::BadStack { .. })
+        ));
+        assert!(matches!(
+            f.paging
+                .set_kernel_stack(&mut f.mem, &mut f.frames, 0x8000_0000_1000, 1),
+            Err(PagingError::BadStack { .. })
+        ));
+        f.teardown();
+    }
+}

@@ -1,0 +1,327 @@
+//! # Shadow page tables
+//!
+//! The guest keeps page tables, but the CPU never sees them: while a guest
+//! runs, CR3 holds a *shadow* root that the host builds from the guest's
+//! tables, translating every guest-physical frame into the host frame that
+//! backs it and granting no right the guest's tables do not. This is the
+//! most delicate part of the host (lguest's "most complicated part"), and
+//! like lguest's it falls into seven parts, each in its own file:
+//!
+//! 1. [`fault`]: filling the shadow when the guest faults
+//!    ([`ShadowPaging::demand_page`]), with accessed and dirty bits
+//!    emulated in the guest's entries;
+//! 2. [`fault`] again: keeping the guest kernel stack mapped
+//!    ([`ShadowPaging::pin_stack`]) so a trap can always be delivered;
+//! 3. [`update`]: the guest telling us an entry changed
+//!    ([`ShadowPaging::set_entry`]), one at a time or batched through the
+//!    MMU ring ([`ShadowPaging::apply_ring`]);
+//! 4. [`roots`]: switching roots when the guest writes CR3
+//!    ([`ShadowPaging::switch_root`]), through a small cache of shadow roots;
+//! 5. [`flush`]: throwing shadow entries away (the user half, everything,
+//!    one address);
+//! 6. the switcher slot: [`ShadowPaging::install_switcher`] and
+//!    [`ShadowPaging::prepare_to_run`], below;
+//! 7. setup and teardown: [`ShadowPaging::new`] and
+//!    [`ShadowPaging::teardown`], with every shadow frame counted.
+//!
+//! Underneath are the typed entries ([`entry`]), the guest walk ([`walk`]),
+//! the shadow-table plumbing ([`shadow`]) and the two hardware seams
+//! ([`hw`]): guest memory and shadow frames, traits so that all of this runs
+//! in `cargo test` against fakes.
+//!
+//! ## Decisions
+//!
+//! - **Large guest pages are split.** A guest 2 MiB or 1 GiB page is
+//!   shadowed by 4 KiB entries, filled one fault at a time. Guest memory is
+//!   backed by host frames that need not be contiguous, so a large guest
+//!   page usually has no large host page to become; and the accessed/dirty
+//!   emulation works per 4 KiB shadow entry (a read maps one 4 KiB piece
+//!   read-only) exactly as for small pages. The price is more shadow faults
+//!   and shadow tables for guests that map memory with large pages.
+//! - **Rights live in the leaves.** A shadow leaf carries the rights of the
+//!   guest's whole walk (writable only if every level is writable *and* the
+//!   guest's leaf is dirty; user only if every level allows it; no-execute
+//!   if any level forbids it). Intermediate shadow entries grant
+//!   everything. That makes one shadow table usable under any path, which
+//!   is what lets the kernel half be shared.
+//! - **One shared kernel half.** The shadow tables below the top-level slots
+//!   256..=510 belong to the guest, not to a root: every cached root's
+//!   top-level entries there point at the same shadow tables, so a
+//!   kernel-half change is made once and is seen by every root, and a new
+//!   root starts with the kernel already mapped. This relies on the guest
+//!   keeping its kernel half identical in all its address spaces (the
+//!   [`guest_abi::pte`] contract; Linux does).
+//! - **The guest's caching bits and global bit are dropped**: guest memory
+//!   is always write-back, and a global guest mapping would survive the
+//!   switch back to the host's CR3.
+//! - **No TLB flushing here.** The switcher loads CR3 on every entry, which
+//!   drops every (non-global) translation, so changing a shadow entry needs
+//!   no `invlpg`.
+
+pub mod entry;
+pub mod error;
+pub mod fault;
+pub mod flush;
+pub mod hw;
+pub mod roots;
+pub mod shadow;
+pub mod update;
+pub mod walk;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use entry::{GuestEntry, GuestEntryKind, Level, PteFlags, ShadowEntry, TableIndex};
+pub use error::PagingError;
+pub use fault::FaultDecision;
+pub use hw::{GuestMemory, OutsideGuestMemory, ShadowFrames};
+pub use roots::{Eviction, RootSwitch};
+pub use walk::{Access, FaultCode};
+
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
+use entry::GuestLimits;
+use guest_abi::pte::{KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
+use roots::RootCache;
+
+/// The first address of the switcher's slot (`switcher::SLOT_BASE`; the
+/// kernel, which depends on both crates, checks they agree).
+pub const SWITCHER_SLOT_BASE: u64 =
+    GuestVirtAddr::new_truncate((SWITCHER_PML4_INDEX as u64) << 39).as_u64();
+
+/// The fewest shadow roots a guest may cache.
+pub const MIN_CACHED_ROOTS: usize = 2;
+/// The most shadow roots a guest may cache.
+pub const MAX_CACHED_ROOTS: usize = 16;
+/// The largest guest kernel stack that is kept pinned, in pages.
+pub const MAX_STACK_PAGES: u64 = 16;
+
+/// Top-level slots of the kernel half: 256..=510 (the switcher has 511).
+const KERNEL_HALF_SLOTS: usize = SWITCHER_PML4_INDEX - KERNEL_HALF_FIRST_PML4_INDEX;
+
+/// How a guest's shadow page tables behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagingConfig {
+    /// How many shadow roots (address spaces) to keep, in
+    /// [`MIN_CACHED_ROOTS`]..=[`MAX_CACHED_ROOTS`].
+    pub cached_roots: usize,
+    /// Which cached root to throw out when a new one is needed.
+    pub eviction: Eviction,
+    /// Fill the shadow at once when the guest reports an entry it already
+    /// marked accessed (off: only invalidate, and let the fault fill it).
+    pub eager_fill: bool,
+    /// The host's physical-address width (CPUID 0x8000_0008); address bits
+    /// above it are reserved in guest entries.
+    pub physical_address_bits: u8,
+}
+
+impl Default for PagingConfig {
+    fn default() -> Self {
+        Self {
+            cached_roots: 4,
+            eviction: Eviction::LeastRecentlyUsed,
+            eager_fill: true,
+            physical_address_bits: 46,
+        }
+    }
+}
+
+/// What the shadow page tables of one guest have done, for the benchmark
+/// tables and the leak checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagingStats {
+    /// Faults fixed by filling the shadow.
+    pub faults_fixed: u64,
+    /// Faults handed to the guest because its own tables forbid the access.
+    pub faults_reflected: u64,
+    /// Faults that found a guest entry changing under the walk, left for
+    /// the guest to retry.
+    pub faults_raced: u64,
+    /// Entry changes reported by the guest (hypercall or ring).
+    pub entries_set: u64,
+    /// Of those, entries mapped at once because the guest had marked them
+    /// accessed.
+    pub eager_fills: u64,
+    /// Ops taken from the MMU ring.
+    pub ring_ops: u64,
+    /// Shadow roots built for a guest root not in the cache.
+    pub roots_made: u64,
+    /// Root switches served from the cache.
+    pub roots_reused: u64,
+    /// Cached roots thrown out to make room.
+    pub roots_evicted: u64,
+    /// Flushes of the user half, of everything, or of one page.
+    pub flushes: u64,
+    /// Host frames the shadow tables hold now.
+    pub frames_held: u64,
+}
+
+/// The guest kernel stack that must stay mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KernelStack {
+    /// The lowest page.
+    bottom: GuestVirtAddr,
+    /// How many pages.
+    pages: u64,
+}
+
+/// The registered MMU ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MmuRing {
+    /// Where it is in guest memory.
+    base: GuestPhysAddr,
+    /// Ops applied so far: the host's own count, never read back from the
+    /// guest.
+    applied: u64,
+}
+
+/// The shadow page tables of one guest: a cache of shadow roots, the shared
+/// kernel half, and the state of the stack pin and the MMU ring.
+///
+/// The guest's memory and the host's frames are passed to each call (see
+/// [`hw`]); this struct holds no reference to either.
+pub struct ShadowPaging {
+    config: PagingConfig,
+    limits: GuestLimits,
+    roots: RootCache,
+    /// The shared shadow tables below top-level slots 256..=510, as the
+    /// entries every root has there.
+    kernel_half: [ShadowEntry; KERNEL_HALF_SLOTS],
+    stack: Option<KernelStack>,
+    /// Set when a shadow entry that may have mapped the stack was dropped.
+    stack_needs_pin: bool,
+    ring: Option<MmuRing>,
+    stats: PagingStats,
+}
+
+impl ShadowPaging {
+    /// (vii) Sets up the shadow tables of a guest whose memory is `mem`,
+    /// starting in the address space whose top-level table is at guest
+    /// `root`. Allocates the first shadow root.
+    pub fn new<M: GuestMemory, F: ShadowFrames>(
+        config: PagingConfig,
+        mem: &M,
+        frames: &mut F,
+        root: u64,
+    ) -> Result<Self, PagingError> {
+        if !(MIN_CACHED_ROOTS..=MAX_CACHED_ROOTS).contains(&config.cached_roots) {
+            return Err(PagingError::BadConfig {
+                cached_roots: config.cached_roots,
+            });
+        }
+        let limits = GuestLimits::new(mem.size(), config.physical_address_bits);
+        let root = Self::check_root(&limits, mem, root)?;
+        let first = frames.allocate_zeroed().ok_or(PagingError::OutOfFrames {
+            vaddr: GuestVirtAddr::new_truncate(0),
+        })?;
+        let stats = PagingStats {
+            frames_held: 1,
+            roots_made: 1,
+            ..PagingStats::default()
+        };
+        Ok(Self {
+            config,
+            limits,
+            roots: RootCache::new(root, first, config.cached_roots, config.eviction),
+            kernel_half: [ShadowEntry::ABSENT; KERNEL_HALF_SLOTS],
+            stack: None,
+            stack_needs_pin: false,
+            ring: None,
+            stats,
+        })
+    }
+
+    /// (vii) Releases every host frame the shadow tables hold, each exactly
+    /// once, and returns the final counts (`frames_held` is then 0).
+    pub fn teardown<F: ShadowFrames>(mut self, frames: &mut F) -> PagingStats {
+        // The kernel half first: dropping it writes into every root.
+        self.drop_kernel_half(frames);
+        for root in self.roots.all_frames() {
+            self.flush_user_half(frames, root);
+            self.free_frame(frames, root);
+        }
+        self.stats
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PagingStats {
+        self.stats
+    }
+
+    /// The configuration this guest's tables run with.
+    pub fn config(&self) -> PagingConfig {
+        self.config
+    }
+
+    /// The guest root (CR3 value) of the running address space.
+    pub fn current_guest_root(&self) -> GuestPhysAddr {
+        self.roots.current().guest_root
+    }
+
+    /// The shadow root of the running address space: what CR3 holds while
+    /// the guest runs.
+    pub fn current_shadow_root(&self) -> HostPhysAddr {
+        self.roots.current().shadow
+    }
+
+    /// (vi) Puts the switcher into the running root: its top-level slot
+    /// points at `switcher_table`, this CPU's switcher table (made by the
+    /// kernel, mapping the code read-only, this CPU's register page writable
+    /// and its state page read-only). The slot is supervisor-only, so guest
+    /// user code cannot reach it. The guest can never write this slot: no
+    /// guest entry is ever copied there.
+    pub fn install_switcher<F: ShadowFrames>(&self, frames: &mut F, switcher_table: HostPhysAddr) {
+        if let Some(slot) = TableIndex::new(SWITCHER_PML4_INDEX) {
+            frames.write_entry(
+                self.roots.current().shadow,
+                slot,
+                ShadowEntry::supervisor_table(switcher_table).raw(),
+            );
+        }
+    }
+
+    /// (ii, vi) Everything before entering the guest: re-pins the kernel
+    /// stack if a shadow entry under it was dropped, puts this CPU's
+    /// switcher in the slot, and returns the shadow root to load into CR3.
+    pub fn prepare_to_run<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        switcher_table: HostPhysAddr,
+    ) -> Result<HostPhysAddr, PagingError> {
+        if self.stack_needs_pin {
+            self.pin_stack(mem, frames)?;
+        }
+        self.install_switcher(frames, switcher_table);
+        Ok(self.current_shadow_root())
+    }
+
+    /// Checks a guest root (a CR3 value): a page inside guest memory whose
+    /// switcher slot is not present.
+    fn check_root<M: GuestMemory>(
+        limits: &GuestLimits,
+        mem: &M,
+        root: u64,
+    ) -> Result<GuestPhysAddr, PagingError> {
+        let gpa = GuestPhysAddr::new(root);
+        if !gpa.is_page_aligned() || !limits.contains(gpa, crate::addr::PAGE_SIZE) {
+            return Err(PagingError::BadRoot {
+                root,
+                memory_size: limits.memory_size,
+            });
+        }
+        let slot = GuestPhysAddr::new(root + 8 * SWITCHER_PML4_INDEX as u64);
+        let value = mem
+            .read_u64(slot)
+            .map_err(|_| PagingError::GuestMemory { gpa: slot })?;
+        if GuestEntry::new(value).is_present() {
+            return Err(PagingError::SwitcherSlot {
+                value,
+                vaddr: GuestVirtAddr::new_truncate(SWITCHER_SLOT_BASE),
+            });
+        }
+        Ok(gpa)
+    }
+}

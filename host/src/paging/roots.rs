@@ -1,0 +1,255 @@
+//! (iv) Switching page tables: the guest writes CR3.
+//!
+//! Every guest process has its own page tables, so the guest switches roots
+//! on almost every context switch. Building a shadow root from nothing each
+//! time would throw away every shadow entry and fault them all back in, so
+//! each guest keeps a small cache of shadow roots ([`RootCache`]), keyed by
+//! the guest root's guest-physical address. A switch to a cached root costs
+//! nothing; a new root reuses a free slot or evicts one ([`Eviction`]),
+//! keeping its top-level frame and dropping its user half. The kernel half
+//! is shared by all roots (see [`super`]), so even a brand-new root has the
+//! guest kernel mapped from the start; the stack is re-pinned anyway, in
+//! case the guest keeps its kernel stack in the user half.
+
+use super::error::PagingError;
+use super::hw::{GuestMemory, ShadowFrames};
+use super::{MAX_CACHED_ROOTS, ShadowPaging};
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
+
+/// Which cached root to throw out when a new one is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// The one used least recently: keeps a working set of processes.
+    LeastRecentlyUsed,
+    /// One at random (lguest's choice), from a generator seeded with the
+    /// given value: no bookkeeping, and no pathological access pattern.
+    Random {
+        /// The seed (0 is replaced by a fixed non-zero value).
+        seed: u64,
+    },
+}
+
+/// How a root switch was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootSwitch {
+    /// The root was cached.
+    Reused,
+    /// A new shadow root was built in a free slot.
+    Made,
+    /// A new shadow root was built by evicting the root of this guest
+    /// root.
+    Evicted(GuestPhysAddr),
+}
+
+/// One cached shadow root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RootSlot {
+    /// The guest's root (CR3 value) this shadows.
+    pub guest_root: GuestPhysAddr,
+    /// The shadow top-level table.
+    pub shadow: HostPhysAddr,
+    /// When it was last switched to (a counter, not time).
+    last_used: u64,
+}
+
+/// The cached shadow roots of one guest. The running root is kept apart
+/// from the others, so there always is one.
+pub(super) struct RootCache {
+    current: RootSlot,
+    others: [Option<RootSlot>; MAX_CACHED_ROOTS - 1],
+    /// How many of `others` may be used: the configured size minus one.
+    other_slots: usize,
+    eviction: Eviction,
+    clock: u64,
+    random_state: u64,
+}
+
+impl RootCache {
+    /// A cache of `capacity` roots holding the first one.
+    pub(super) fn new(
+        guest_root: GuestPhysAddr,
+        shadow: HostPhysAddr,
+        capacity: usize,
+        eviction: Eviction,
+    ) -> Self {
+        let mut cache = Self {
+            current: RootSlot {
+                guest_root,
+                shadow,
+                last_used: 0,
+            },
+            others: [None; MAX_CACHED_ROOTS - 1],
+            other_slots: capacity.clamp(2, MAX_CACHED_ROOTS) - 1,
+            eviction: Eviction::LeastRecentlyUsed,
+            clock: 0,
+            random_state: 0x9e37_79b9_7f4a_7c15,
+        };
+        cache.eviction = eviction;
+        if let Eviction::Random { seed } = eviction
+            && seed != 0
+        {
+            cache.random_state = seed;
+        }
+        cache
+    }
+
+    /// The running root.
+    pub(super) fn current(&self) -> RootSlot {
+        self.current
+    }
+
+    /// The shadow of guest root `root`, if cached.
+    pub(super) fn find(&self, root: GuestPhysAddr) -> Option<HostPhysAddr> {
+        if self.current.guest_root == root {
+            return Some(self.current.shadow);
+        }
+        self.others
+            .iter()
+            .flatten()
+            .find(|slot| slot.guest_root == root)
+            .map(|slot| slot.shadow)
+    }
+
+    /// The shadow top-level frames of every cached root, the running one
+    /// first. Returned by value so the caller may change the tables.
+    pub(super) fn all_frames(&self) -> impl Iterator<Item = HostPhysAddr> + use<> {
+        let mut frames = [None; MAX_CACHED_ROOTS];
+        frames[0] = Some(self.current.shadow);
+        for (out, slot) in frames[1..].iter_mut().zip(self.others.iter()) {
+            *out = slot.map(|s| s.shadow);
+        }
+        frames.into_iter().flatten()
+    }
+
+    /// The guest roots cached, the running one first.
+    pub(super) fn guest_roots(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
+        core::iter::once(self.current.guest_root)
+            .chain(self.others.iter().flatten().map(|s| s.guest_root))
+    }
+
+    /// Makes the cached root in `others[index]` the running one.
+    fn promote(&mut self, index: usize, slot: RootSlot) {
+        let previous = self.current;
+        if let Some(place) = self.others.get_mut(index) {
+            *place = Some(previous);
+        }
+        self.current = slot;
+        self.touch();
+    }
+
+    /// Marks the running root as just used.
+    fn touch(&mut self) {
+        self.clock += 1;
+        self.current.last_used = self.clock;
+    }
+
+    /// A usable slot of `others` holding nothing.
+    fn free_slot(&self) -> Option<usize> {
+        self.others
+            .iter()
+            .take(self.other_slots)
+            .position(Option::is_none)
+    }
+
+    /// The slot of `others` to evict (all usable slots are full).
+    fn victim(&mut self) -> usize {
+        match self.eviction {
+            Eviction::LeastRecentlyUsed => self
+                .others
+                .iter()
+                .take(self.other_slots)
+                .enumerate()
+                .min_by_key(|(_, slot)| slot.map_or(0, |s| s.last_used))
+                .map_or(0, |(i, _)| i),
+            Eviction::Random { .. } => {
+                // xorshift64: enough to break patterns, no dependency.
+                let mut x = self.random_state;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                self.random_state = x;
+                (x % self.other_slots.max(1) as u64) as usize
+            }
+        }
+    }
+
+    /// Drops every cached root except the running one; returns their
+    /// shadow frames.
+    pub(super) fn drop_others(&mut self) -> impl Iterator<Item = HostPhysAddr> + use<> {
+        let mut dropped = [None; MAX_CACHED_ROOTS - 1];
+        for (out, slot) in dropped.iter_mut().zip(self.others.iter_mut()) {
+            *out = slot.take().map(|s| s.shadow);
+        }
+        dropped.into_iter().flatten()
+    }
+}
+
+impl ShadowPaging {
+    /// (iv) The guest loaded `root` (its new CR3 value) into CR3: make the
+    /// shadow of that address space the running one, building it if it is
+    /// not cached, and re-pin the kernel stack in a new one.
+    pub fn switch_root<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        root: u64,
+    ) -> Result<RootSwitch, PagingError> {
+        let root = Self::check_root(&self.limits, mem, root)?;
+        if self.roots.current.guest_root == root {
+            self.roots.touch();
+            self.stats.roots_reused += 1;
+            return Ok(RootSwitch::Reused);
+        }
+        let cached = self
+            .roots
+            .others
+            .iter()
+            .enumerate()
+            .find_map(|(i, slot)| slot.filter(|s| s.guest_root == root).map(|s| (i, s)));
+        if let Some((index, slot)) = cached {
+            self.roots.promote(index, slot);
+            self.stats.roots_reused += 1;
+            return Ok(RootSwitch::Reused);
+        }
+        let how = match self.roots.free_slot() {
+            Some(index) => {
+                let shadow = self.allocate_table(frames, GuestVirtAddr::new_truncate(0))?;
+                self.copy_kernel_half(frames, shadow);
+                let slot = RootSlot {
+                    guest_root: root,
+                    shadow,
+                    last_used: 0,
+                };
+                self.roots.promote(index, slot);
+                RootSwitch::Made
+            }
+            None => {
+                let index = self.roots.victim();
+                let Some(victim) = self.roots.others.get(index).copied().flatten() else {
+                    return Err(PagingError::BadConfig {
+                        cached_roots: self.config.cached_roots,
+                    });
+                };
+                // Keep the victim's frame and its (shared) kernel half;
+                // its user half belonged to another process.
+                self.flush_user_half(frames, victim.shadow);
+                self.stats.roots_evicted += 1;
+                let slot = RootSlot {
+                    guest_root: root,
+                    shadow: victim.shadow,
+                    last_used: 0,
+                };
+                self.roots.promote(index, slot);
+                RootSwitch::Evicted(victim.guest_root)
+            }
+        };
+        self.stats.roots_made += 1;
+        self.pin_stack(mem, frames)?;
+        Ok(how)
+    }
+
+    /// The guest roots whose shadows are cached, the running one first.
+    pub fn cached_roots(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
+        self.roots.guest_roots()
+    }
+}

@@ -1,0 +1,439 @@
+//! (iii) The guest tells us an entry changed.
+//!
+//! A guest writes its page tables as it likes, but the shadow does not
+//! notice, just as a TLB would not. So after changing a present entry the
+//! guest reports it ([`ShadowPaging::set_entry`]), naming the address space
+//! (its root), one virtual address the entry translates, the level, and the
+//! new value. We drop the shadow entry at that level, with everything below
+//! it; the next fault fills it again from the guest's tables.
+//!
+//! Dropping is all correctness needs, but most kernels (Linux included) set
+//! the accessed and dirty bits themselves when they make a mapping, and then
+//! the fault that would follow is a waste: if the new entry maps a page and
+//! is already marked accessed, we map it at once, read-only, or writable if
+//! it is also dirty (lguest measured 10% on a copy-on-write benchmark). The
+//! eager fill believes only the guest's tables: the reported value must
+//! match what a fresh walk finds there, every level already accessed.
+//! [`super::PagingConfig::eager_fill`] turns this off for benchmarking.
+//!
+//! Changes in the kernel half are made once, in the shared kernel tables,
+//! and so reach every cached root. Changes in the user half of a root we
+//! have no shadow for need nothing (the root will be built from scratch).
+//!
+//! Reports can also be queued in the MMU ring in guest memory
+//! ([`guest_abi::pte::ring`]) and applied in one go at the next exit
+//! ([`ShadowPaging::apply_ring`]): one exit for a whole `fork`'s worth of
+//! changes. The ring is the guest's memory, so its indices are never
+//! trusted: the host counts what it applied itself and applies at most one
+//! ring's worth per call.
+
+use super::entry::{GuestEntry, GuestEntryKind, Level};
+use super::error::PagingError;
+use super::hw::{GuestMemory, ShadowFrames};
+use super::walk::{WalkOutcome, walk_guest};
+use super::{MmuRing, ShadowPaging};
+use crate::addr::{GuestPhysAddr, GuestVirtAddr};
+use guest_abi::pte::{MmuOp, SWITCHER_PML4_INDEX, ring};
+
+impl ShadowPaging {
+    /// (iii) The entry at `level` translating `vaddr` in the address space
+    /// rooted at guest `root` now holds `value` (the raw hypercall
+    /// arguments; all are checked here).
+    pub fn set_entry<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        root: u64,
+        vaddr: u64,
+        level: u64,
+        value: u64,
+    ) -> Result<(), PagingError> {
+        let level = Level::from_number(level).ok_or(PagingError::BadLevel(level))?;
+        let vaddr = GuestVirtAddr::try_new(vaddr)?;
+        let root = Self::check_root(&self.limits, mem, root)?;
+        self.stats.entries_set += 1;
+        if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
+            // Nothing of the guest's is shadowed there; only making the
+            // top-level entry present is an offence.
+            if level == Level::L4 && GuestEntry::new(value).is_present() {
+                return Err(PagingError::SwitcherSlot { value, vaddr });
+            }
+            return Ok(());
+        }
+        let kind = GuestEntry::new(value).decode(level, vaddr, &self.limits)?;
+        let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
+            return Ok(());
+        };
+        self.clear_entry(frames, shadow_root, vaddr, level);
+        if vaddr.is_upper_half() {
+            self.note_dropped(vaddr, level);
+        }
+        if self.config.eager_fill && matches!(kind, GuestEntryKind::Page { .. }) {
+            self.fill_eagerly(mem, frames, root, shadow_root, vaddr, level, value)?;
+        }
+        Ok(())
+    }
+
+    /// The shadow root whose entries for `vaddr` mirror guest `root`: for
+    /// the kernel half any root will do (they share it), for the user half
+    /// only the root cached for `root`.
+    fn shadow_root_for(
+        &self,
+        root: GuestPhysAddr,
+        vaddr: GuestVirtAddr,
+    ) -> Option<crate::addr::HostPhysAddr> {
+        if vaddr.is_upper_half() {
+            Some(self.roots.current().shadow)
+        } else {
+            self.roots.find(root)
+        }
+    }
+
+    /// Maps `vaddr` at once if the guest's tables, walked afresh, end in
+    /// the reported `value` at `level` and every entry is already accessed.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_eagerly<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &M,
+        frames: &mut F,
+        root: GuestPhysAddr,
+        shadow_root: crate::addr::HostPhysAddr,
+        vaddr: GuestVirtAddr,
+        level: Level,
+        value: u64,
+    ) -> Result<(), PagingError> {
+        let accessed = GuestEntry::new(value)
+            .flags()
+            .contains(super::PteFlags::ACCESSED);
+        if !accessed {
+            return Ok(());
+        }
+        let WalkOutcome::Mapped(walk) = walk_guest(mem, root, vaddr, &self.limits)? else {
+            return Ok(());
+        };
+        if walk.leaf_level != level || walk.leaf().raw() != value || !walk.all_accessed() {
+            return Ok(());
+        }
+        let dirty = walk.leaf().flags().contains(super::PteFlags::DIRTY);
+        let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
+        self.map_page(frames, shadow_root, vaddr, leaf)?;
+        self.stats.eager_fills += 1;
+        Ok(())
+    }
+
+    /// Applies one MMU operation, from a hypercall or the ring.
+    pub fn apply_op<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        op: MmuOp,
+    ) -> Result<(), PagingError> {
+        match op {
+            MmuOp::Nop => Ok(()),
+            MmuOp::SetEntry {
+                root,
+                vaddr,
+                level,
+                value,
+            } => self.set_entry(mem, frames, root, vaddr, u64::from(level), value),
+            MmuOp::InvalidatePage { vaddr } => {
+                self.invalidate_page(frames, GuestVirtAddr::try_new(vaddr)?);
+                Ok(())
+            }
+            MmuOp::FlushUser => {
+                self.flush_user(frames);
+                Ok(())
+            }
+            MmuOp::FlushAll => {
+                self.flush_all(frames);
+                Ok(())
+            }
+        }
+    }
+
+    /// Registers the guest's MMU ring at guest-physical `base`. The ring
+    /// must be empty now: the current `head` is where the host starts.
+    pub fn register_ring<M: GuestMemory>(
+        &mut self,
+        mem: &mut M,
+        base: u64,
+    ) -> Result<(), PagingError> {
+        let start = GuestPhysAddr::new(base);
+        if !base.is_multiple_of(8) || !self.limits.contains(start, ring::RING_BYTES) {
+            return Err(PagingError::BadRing { ring: base });
+        }
+        let head = Self::ring_word(mem, start, ring::HEAD_OFFSET)?;
+        Self::write_ring_word(mem, start, ring::TAIL_OFFSET, head)?;
+        self.ring = Some(MmuRing {
+            base: start,
+            applied: head,
+        });
+        Ok(())
+    }
+
+    /// (iii) Applies the ops queued in the MMU ring, in order, at most one
+    /// ring's worth; returns how many. The host's count of applied ops is
+    /// written to the ring's `tail` for the guest to see, also when an op
+    /// fails (the failing op is not counted).
+    pub fn apply_ring<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+    ) -> Result<u64, PagingError> {
+        let Some(MmuRing { base, applied }) = self.ring else {
+            return Ok(0);
+        };
+        let head = Self::ring_word(mem, base, ring::HEAD_OFFSET)?;
+        let pending = head.wrapping_sub(applied);
+        if pending > ring::RING_SLOTS {
+            return Err(PagingError::RingOverrun { head, applied });
+        }
+        let mut done = 0;
+        let mut result = Ok(());
+        // `pending` is at most RING_SLOTS, whatever the guest wrote.
+        while done < pending {
+            let n = applied.wrapping_add(done);
+            result = self.apply_ring_slot(mem, frames, base, n);
+            if result.is_err() {
+                break;
+            }
+            done += 1;
+        }
+        let applied = applied.wrapping_add(done);
+        self.ring = Some(MmuRing { base, applied });
+        self.stats.ring_ops += done;
+        Self::write_ring_word(mem, base, ring::TAIL_OFFSET, applied)?;
+        result.map(|()| done)
+    }
+
+    /// Reads, decodes and applies op number `n` of the ring at `base`.
+    fn apply_ring_slot<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        base: GuestPhysAddr,
+        n: u64,
+    ) -> Result<(), PagingError> {
+        let slot = ring::slot_offset(n);
+        let mut words = [0u64; 4];
+        for (i, word) in (0u64..).zip(words.iter_mut()) {
+            *word = Self::ring_word(mem, base, slot + 8 * i)?;
+        }
+        let op = MmuOp::decode(words).map_err(|error| PagingError::BadOp { slot: n, error })?;
+        self.apply_op(mem, frames, op)
+    }
+
+    /// Reads the ring word at `offset` (inside the ring, checked at
+    /// registration).
+    fn ring_word<M: GuestMemory>(
+        mem: &M,
+        base: GuestPhysAddr,
+        offset: u64,
+    ) -> Result<u64, PagingError> {
+        let gpa = GuestPhysAddr::new(base.as_u64().saturating_add(offset));
+        mem.read_u64(gpa)
+            .map_err(|_| PagingError::GuestMemory { gpa })
+    }
+
+    /// Writes the ring word at `offset`.
+    fn write_ring_word<M: GuestMemory>(
+        mem: &mut M,
+        base: GuestPhysAddr,
+        offset: u64,
+        value: u64,
+    ) -> Result<(), PagingError> {
+        let gpa = GuestPhysAddr::new(base.as_u64().saturating_add(offset));
+        mem.write_u64(gpa, value)
+            .map_err(|_| PagingError::GuestMemory { gpa })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::testing::*;
+    use crate::paging::{PagingConfig, PteFlags};
+    use guest_abi::pte;
+
+    const USER_VA: u64 = 0x40_0000;
+    const KERNEL_VA: u64 = 0xffff_8000_0020_0000;
+
+    #[test]
+    fn a_reported_change_drops_the_old_shadow_entry() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE);
+        f.fault(USER_VA, 0);
+        assert!(f.leaf(USER_VA).is_present());
+        f.map(ROOT_A, USER_VA, 0x6000, pte::WRITABLE);
+        f.set_entry(ROOT_A, USER_VA, Level::L1, 0x6003).unwrap();
+        assert!(!f.leaf(USER_VA).is_present());
+        // A change one level up drops the whole shadow table below.
+        f.fault(USER_VA, 0);
+        let pd = f.guest_entry(ROOT_A, USER_VA, Level::L2);
+        f.set_entry(ROOT_A, USER_VA, Level::L2, pd).unwrap();
+        assert!(!f.leaf(USER_VA).is_present());
+        assert_eq!(
+            f.paging.stats().frames_held,
+            3,
+            "root, level 3 and level 2 remain"
+        );
+        f.teardown();
+    }
+
+    #[test]
+    fn accessed_and_dirty_entries_are_filled_eagerly() {
+        let mut f = Fixture::new(PagingConfig::default());
+        // The upper levels must be accessed too.
+        f.map(ROOT_A, USER_VA + 0x1000, 0x1_0000, 0);
+        f.fault(USER_VA + 0x1000, 0);
+        let accessed = 0x5000 | pte::PRESENT | pte::WRITABLE | pte::ACCESSED;
+        f.write(ROOT_A, USER_VA, Level::L1, accessed);
+        f.set_entry(ROOT_A, USER_VA, Level::L1, accessed).unwrap();
+        let leaf = f.leaf(USER_VA);
+        assert!(leaf.is_present() && !leaf.flags().contains(PteFlags::WRITABLE));
+        let dirty = accessed | pte::DIRTY;
+        f.write(ROOT_A, USER_VA, Level::L1, dirty);
+        f.set_entry(ROOT_A, USER_VA, Level::L1, dirty).unwrap();
+        assert!(f.leaf(USER_VA).flags().contains(PteFlags::WRITABLE));
+        // A value the guest's table does not hold is not believed.
+        f.set_entry(
+            ROOT_A,
+            USER_VA,
+            Level::L1,
+            0x9000 | pte::PRESENT | pte::ACCESSED,
+        )
+        .unwrap();
+        assert!(!f.leaf(USER_VA).is_present());
+        assert_eq!(f.paging.stats().eager_fills, 2);
+        f.teardown();
+
+        let mut f = Fixture::new(PagingConfig {
+            eager_fill: false,
+            ..PagingConfig::default()
+        });
+        f.map(ROOT_A, USER_VA, 0x5000, pte::ACCESSED | pte::DIRTY);
+        f.set_entry(ROOT_A, USER_VA, Level::L1, f.mem.get(0) | 0x5061)
+            .unwrap();
+        assert!(!f.leaf(USER_VA).is_present());
+        f.teardown();
+    }
+
+    #[test]
+    fn kernel_half_changes_reach_every_root() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, KERNEL_VA, 0x5000, 0);
+        f.fault(KERNEL_VA, 0);
+        f.paging
+            .switch_root(&mut f.mem, &mut f.frames, ROOT_B)
+            .unwrap();
+        assert!(f.leaf(KERNEL_VA).is_present(), "shared kernel half");
+        f.map(ROOT_B, KERNEL_VA, 0x6000, 0);
+        f.set_entry(ROOT_B, KERNEL_VA, Level::L1, 0x6001).unwrap();
+        f.paging
+            .switch_root(&mut f.mem, &mut f.frames, ROOT_A)
+            .unwrap();
+        assert!(!f.leaf(KERNEL_VA).is_present());
+        f.teardown();
+    }
+
+    #[test]
+    fn bad_reports_are_refused() {
+        let mut f = Fixture::new(PagingConfig::default());
+        let slot = crate::paging::SWITCHER_SLOT_BASE;
+        assert!(matches!(
+            f.set_entry(ROOT_A, slot, Level::L4, 0x5001),
+            Err(PagingError::SwitcherSlot { value: 0x5001, .. })
+        ));
+        assert_eq!(f.set_entry(ROOT_A, slot, Level::L4, 0), Ok(()));
+        assert_eq!(
+            f.paging
+                .set_entry(&mut f.mem, &mut f.frames, ROOT_A, 0, 7, 0),
+            Err(PagingError::BadLevel(7))
+        );
+        assert!(matches!(
+            f.paging
+                .set_entry(&mut f.mem, &mut f.frames, ROOT_A, 1 << 47, 1, 0),
+            Err(PagingError::NonCanonical(_))
+        ));
+        assert!(matches!(
+            f.paging
+                .set_entry(&mut f.mem, &mut f.frames, 0x1234, 0, 1, 0),
+            Err(PagingError::BadRoot { root: 0x1234, .. })
+        ));
+        assert!(matches!(
+            f.set_entry(ROOT_A, USER_VA, Level::L2, MEMORY_SIZE | 1),
+            Err(PagingError::OutsideGuestMemory { .. })
+        ));
+        f.teardown();
+    }
+
+    const RING: u64 = 0x8000;
+
+    fn queue(f: &mut Fixture, n: u64, op: MmuOp) {
+        for (i, word) in (0..).zip(op.encode()) {
+            f.mem.set(RING + ring::slot_offset(n) + 8 * i, word);
+        }
+    }
+
+    #[test]
+    fn the_ring_applies_queued_ops_in_order() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.paging.register_ring(&mut f.mem, RING).unwrap();
+        f.map(ROOT_A, USER_VA, 0x5000, 0);
+        f.fault(USER_VA, 0);
+        f.map(ROOT_A, USER_VA, 0x6000, pte::ACCESSED);
+        let set = MmuOp::SetEntry {
+            root: ROOT_A,
+            vaddr: USER_VA,
+            level: 1,
+            value: 0x6021,
+        };
+        queue(&mut f, 0, MmuOp::Nop);
+        queue(&mut f, 1, set);
+        f.mem.set(RING + ring::HEAD_OFFSET, 2);
+        assert_eq!(f.paging.apply_ring(&mut f.mem, &mut f.frames), Ok(2));
+        assert_eq!(f.mem.get(RING + ring::TAIL_OFFSET), 2);
+        assert_eq!(f.leaf(USER_VA).frame(), Ok(FakeGuestMemory::backing(6)));
+        assert_eq!(f.paging.apply_ring(&mut f.mem, &mut f.frames), Ok(0));
+
+        // A lying tail changes nothing; a head too far ahead is refused.
+        f.mem.set(RING + ring::TAIL_OFFSET, 1000);
+        f.mem
+            .set(RING + ring::HEAD_OFFSET, 2 + ring::RING_SLOTS + 1);
+        assert_eq!(
+            f.paging.apply_ring(&mut f.mem, &mut f.frames),
+            Err(PagingError::RingOverrun {
+                head: 2 + ring::RING_SLOTS + 1,
+                applied: 2
+            })
+        );
+        // A full ring is applied in one call, and a bad op stops it there.
+        for n in 2..2 + ring::RING_SLOTS {
+            queue(&mut f, n, MmuOp::InvalidatePage { vaddr: USER_VA });
+        }
+        queue(&mut f, 10, MmuOp::InvalidatePage { vaddr: 1 << 47 });
+        f.mem.set(RING + ring::HEAD_OFFSET, 2 + ring::RING_SLOTS);
+        assert!(matches!(
+            f.paging.apply_ring(&mut f.mem, &mut f.frames),
+            Err(PagingError::NonCanonical(_))
+        ));
+        assert_eq!(f.mem.get(RING + ring::TAIL_OFFSET), 10);
+        f.mem.set(RING + ring::slot_offset(10), 99);
+        assert_eq!(
+            f.paging.apply_ring(&mut f.mem, &mut f.frames),
+            Err(PagingError::BadOp {
+                slot: 10,
+                error: pte::MmuOpError::UnknownOp(99)
+            })
+        );
+        queue(&mut f, 10, MmuOp::FlushUser);
+        assert_eq!(f.paging.apply_ring(&mut f.mem, &mut f.frames), Ok(56));
+        assert_eq!(
+            f.paging.register_ring(&mut f.mem, MEMORY_SIZE - 8),
+            Err(PagingError::BadRing {
+                ring: MEMORY_SIZE - 8
+            })
+        );
+        f.teardown();
+    }
+}
