@@ -462,7 +462,7 @@ mod tests {
 
     #[test]
     fn absent_entries_may_hold_anything() {
-        let e = GuestEntry::new(u64::MAX & !pte::PRESENT);
+        let e = GuestEntry::new(!pte::PRESENT);
         assert_eq!(
             e.decode(Level::L1, va(0), &limits()),
             Ok(GuestEntryKind::Absent)

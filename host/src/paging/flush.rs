@@ -56,3 +56,90 @@ impl ShadowPaging {
         self.note_dropped(vaddr, Level::L1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::addr::{GuestVirtAddr, HostPhysAddr};
+    use crate::paging::testing::*;
+    use crate::paging::{Level, PagingConfig, PteFlags, ShadowEntry, TableIndex};
+    use guest_abi::pte;
+
+    const USER_VA: u64 = 0x40_0000;
+    const KERNEL_VA: u64 = 0xffff_8000_0020_0000;
+
+    fn mapped(f: &mut Fixture) {
+        f.map(ROOT_A, USER_VA, 0x5000, 0);
+        f.map(ROOT_A, KERNEL_VA, 0x6000, pte::WRITABLE);
+        f.fault(USER_VA, 0);
+        f.fault(KERNEL_VA, 0);
+    }
+
+    #[test]
+    fn flushing_the_user_half_keeps_the_kernel() {
+        let mut f = Fixture::new(PagingConfig::default());
+        mapped(&mut f);
+        f.paging.flush_user(&mut f.frames);
+        assert!(!f.leaf(USER_VA).is_present());
+        assert!(f.leaf(KERNEL_VA).is_present());
+        assert_eq!(f.paging.stats().frames_held, 4);
+        f.teardown();
+    }
+
+    #[test]
+    fn flushing_everything_leaves_one_empty_root_and_repins_the_stack() {
+        let mut f = Fixture::new(PagingConfig::default());
+        mapped(&mut f);
+        f.paging
+            .set_kernel_stack(&mut f.mem, &mut f.frames, KERNEL_VA + 0x1000, 1)
+            .unwrap();
+        f.paging
+            .switch_root(&mut f.mem, &mut f.frames, ROOT_B)
+            .unwrap();
+        f.paging.flush_all(&mut f.frames);
+        assert_eq!(f.paging.stats().frames_held, 1);
+        assert!(!f.leaf(KERNEL_VA).is_present());
+        let switcher = HostPhysAddr::new(0x7777_7000);
+        let cr3 = f
+            .paging
+            .prepare_to_run(&mut f.mem, &mut f.frames, switcher)
+            .unwrap();
+        assert_eq!(cr3, f.paging.current_shadow_root());
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        f.teardown();
+    }
+
+    #[test]
+    fn invalidating_one_page_drops_only_its_leaf() {
+        let mut f = Fixture::new(PagingConfig::default());
+        mapped(&mut f);
+        f.map(ROOT_A, USER_VA + 0x1000, 0x7000, 0);
+        f.fault(USER_VA + 0x1000, 0);
+        let va = GuestVirtAddr::try_new(USER_VA).unwrap();
+        f.paging.invalidate_page(&mut f.frames, va);
+        assert!(!f.leaf(USER_VA).is_present());
+        assert!(f.leaf(USER_VA + 0x1000).is_present());
+        f.teardown();
+    }
+
+    #[test]
+    fn the_switcher_slot_is_installed_supervisor_only() {
+        let mut f = Fixture::new(PagingConfig::default());
+        let switcher = HostPhysAddr::new(0x7777_7000);
+        f.paging.install_switcher(&mut f.frames, switcher);
+        let root = f.paging.current_shadow_root();
+        let slot = TableIndex::new(511).unwrap();
+        let entry = ShadowEntry::from_raw(crate::paging::ShadowFrames::read_entry(
+            &f.frames, root, slot,
+        ));
+        assert_eq!(entry.frame(), Ok(switcher));
+        assert!(!entry.flags().contains(PteFlags::USER));
+        // Flushes and teardown never follow or free it.
+        f.paging.flush_all(&mut f.frames);
+        f.paging.invalidate_page(
+            &mut f.frames,
+            GuestVirtAddr::try_new(crate::paging::SWITCHER_SLOT_BASE).unwrap(),
+        );
+        let _ = Level::L4;
+        f.teardown();
+    }
+}

@@ -50,7 +50,10 @@
 //!   kernel-half change is made once and is seen by every root, and a new
 //!   root starts with the kernel already mapped. This relies on the guest
 //!   keeping its kernel half identical in all its address spaces (the
-//!   [`guest_abi::pte`] contract; Linux does).
+//!   [`guest_abi::pte`] contract; Linux does). One consequence: the
+//!   accessed bit of a kernel-half top-level entry is set only in the
+//!   address space whose fault filled the shared shadow below it, not in
+//!   the other roots' copies of that entry (Linux never reads those bits).
 //! - **The guest's caching bits and global bit are dropped**: guest memory
 //!   is always write-back, and a global guest mapping would survive the
 //!   switch back to the host's CR3.
@@ -323,5 +326,32 @@ impl ShadowPaging {
             });
         }
         Ok(gpa)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn setup_checks_the_config_and_teardown_returns_every_frame() {
+        let mem = FakeGuestMemory::new(1 << 20);
+        let mut frames = FakeFrames::new(100);
+        for cached_roots in [0, 1, 17] {
+            let config = PagingConfig {
+                cached_roots,
+                ..PagingConfig::default()
+            };
+            assert_eq!(
+                ShadowPaging::new(config, &mem, &mut frames, 0).err(),
+                Some(PagingError::BadConfig { cached_roots })
+            );
+        }
+        let paging = ShadowPaging::new(PagingConfig::default(), &mem, &mut frames, 0).unwrap();
+        assert_eq!(frames.in_use(), 1);
+        assert_eq!(paging.teardown(&mut frames).frames_held, 0);
+        assert_eq!(frames.in_use(), 0);
+        assert!(ShadowPaging::new(PagingConfig::default(), &mem, &mut frames, 1 << 20).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! Every guest process has its own page tables, so the guest switches roots
 //! on almost every context switch. Building a shadow root from nothing each
 //! time would throw away every shadow entry and fault them all back in, so
-//! each guest keeps a small cache of shadow roots ([`RootCache`]), keyed by
+//! each guest keeps a small cache of shadow roots (`RootCache`), keyed by
 //! the guest root's guest-physical address. A switch to a cached root costs
 //! nothing; a new root reuses a free slot or evicts one ([`Eviction`]),
 //! keeping its top-level frame and dropping its user half. The kernel half
@@ -251,5 +251,114 @@ impl ShadowPaging {
     /// The guest roots whose shadows are cached, the running one first.
     pub fn cached_roots(&self) -> impl Iterator<Item = GuestPhysAddr> + '_ {
         self.roots.guest_roots()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::PagingConfig;
+    use crate::paging::testing::*;
+    use guest_abi::pte;
+
+    const USER_VA: u64 = 0x40_0000;
+
+    fn switch(f: &mut Fixture, root: u64) -> Result<RootSwitch, PagingError> {
+        f.paging.switch_root(&mut f.mem, &mut f.frames, root)
+    }
+
+    #[test]
+    fn cached_roots_are_reused_with_their_user_half() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, USER_VA, 0x5000, 0);
+        f.fault(USER_VA, 0);
+        assert_eq!(switch(&mut f, ROOT_B), Ok(RootSwitch::Made));
+        assert!(!f.leaf(USER_VA).is_present(), "another process");
+        assert_eq!(switch(&mut f, ROOT_A), Ok(RootSwitch::Reused));
+        assert!(f.leaf(USER_VA).is_present());
+        assert_eq!(switch(&mut f, ROOT_A), Ok(RootSwitch::Reused));
+        let s = f.paging.stats();
+        assert_eq!((s.roots_made, s.roots_reused, s.roots_evicted), (2, 2, 0));
+        f.teardown();
+    }
+
+    #[test]
+    fn least_recently_used_roots_are_evicted_first() {
+        let mut f = Fixture::new(PagingConfig {
+            cached_roots: 3,
+            ..PagingConfig::default()
+        });
+        let roots = [ROOT_A, ROOT_B, 0x3000, 0x4000];
+        for &r in &roots[1..3] {
+            switch(&mut f, r).unwrap();
+            f.map(r, USER_VA, 0x5000, 0);
+            f.fault(USER_VA, 0);
+        }
+        switch(&mut f, ROOT_A).unwrap(); // B is now the oldest
+        assert_eq!(
+            switch(&mut f, roots[3]),
+            Ok(RootSwitch::Evicted(ROOT_B.into_gpa()))
+        );
+        let cached: std::vec::Vec<_> = f.paging.cached_roots().map(|r| r.as_u64()).collect();
+        assert_eq!(cached.len(), 3);
+        assert!(!cached.contains(&ROOT_B));
+        assert!(
+            !f.leaf(USER_VA).is_present(),
+            "the evicted user half is gone"
+        );
+        assert_eq!(
+            f.paging.stats().frames_held,
+            3 + 3,
+            "three roots, one user path"
+        );
+        f.teardown();
+    }
+
+    #[test]
+    fn random_eviction_keeps_the_count_and_the_frames_right() {
+        let mut f = Fixture::new(PagingConfig {
+            cached_roots: 2,
+            eviction: Eviction::Random { seed: 7 },
+            ..PagingConfig::default()
+        });
+        for i in 0..20u64 {
+            let r = 0x1000 * (1 + i % 5);
+            switch(&mut f, r).unwrap();
+            f.map(r, USER_VA, 0x5000, 0);
+            f.fault(USER_VA, 0);
+            assert!(f.paging.cached_roots().count() <= 2);
+        }
+        let s = f.paging.stats();
+        assert_eq!(s.roots_made + s.roots_reused, 21);
+        assert_eq!(s.roots_made, s.roots_evicted + 2);
+        f.teardown();
+    }
+
+    #[test]
+    fn bad_roots_are_refused() {
+        let mut f = Fixture::new(PagingConfig::default());
+        assert!(matches!(
+            switch(&mut f, 0x1008),
+            Err(PagingError::BadRoot { .. })
+        ));
+        assert!(matches!(
+            switch(&mut f, MEMORY_SIZE),
+            Err(PagingError::BadRoot { .. })
+        ));
+        f.mem.set(0x3000 + 511 * 8, 0x5000 | pte::PRESENT);
+        assert!(matches!(
+            switch(&mut f, 0x3000),
+            Err(PagingError::SwitcherSlot { .. })
+        ));
+        f.teardown();
+    }
+
+    trait IntoGpa {
+        fn into_gpa(self) -> GuestPhysAddr;
+    }
+    impl IntoGpa for u64 {
+        fn into_gpa(self) -> GuestPhysAddr {
+            GuestPhysAddr::new(self)
+        }
     }
 }
