@@ -5,9 +5,12 @@
 //! both sides (and a reader) can trust it. The host checks [`ABI_VERSION`]
 //! when a guest starts; a guest built against another version is refused.
 //!
-//! The hypercalls, the shared data page and the boot parameters arrive with
-//! the switcher. Already here:
+//! Read in this order:
 //!
+//! - [`boot`]: how a guest is loaded and entered, and its boot parameters.
+//! - [`hypercall`]: the calling convention and the calls.
+//! - [`shared`]: the page both sides read and write without a call (the
+//!   virtual interrupt flag, pending interrupts, the fault address).
 //! - [`pte`]: what the bits of the guest's page-table entries mean to the
 //!   host, and the ring through which the guest reports its changes.
 #![no_std]
@@ -16,4 +19,7 @@
 /// The version of this contract. Bump it on any incompatible change.
 pub const ABI_VERSION: u32 = 1;
 
+pub mod boot;
+pub mod hypercall;
 pub mod pte;
+pub mod shared;

@@ -74,9 +74,14 @@ pub struct Config<'a> {
     pub timer_hz: u32,
     /// `test=<name>`: run a self-test (see [`BootTest`]).
     pub test: Option<BootTest>,
-    /// `guests=a,b,...`: the guests to run, by name (kept raw here; the
-    /// run loop resolves the names against the guest archive).
-    pub guests: Option<&'a str>,
+    /// `guests=a,b,...`: the guests to run, each `image[/arg][:expect]`
+    /// (see [`GuestSpec`]); default `hello`.
+    pub guests: &'a str,
+    /// `guest_mem=<MiB>`: memory per guest (default 16, 2..=1024).
+    pub guest_mem_mib: u64,
+    /// `guest_budget_ms=<ms>`: the most CPU time a guest may use before the
+    /// host ends it (default 60000).
+    pub guest_budget_ms: u64,
 }
 
 impl Default for Config<'_> {
@@ -85,7 +90,9 @@ impl Default for Config<'_> {
             log_level: LogLevel::Info,
             timer_hz: 100,
             test: None,
-            guests: None,
+            guests: "hello",
+            guest_mem_mib: 16,
+            guest_budget_ms: 60_000,
         }
     }
 }
@@ -167,12 +174,24 @@ impl<'a> Config<'a> {
                     )
                 }
                 "guests" => {
-                    if !value.split(',').all(valid_guest_name) {
-                        return Err(bad(
-                            "a comma-separated list of guest names (letters, digits, - _ . :)",
-                        ));
+                    if GuestSpec::parse_list(value).any(|s| s.is_none()) {
+                        return Err(bad("a comma-separated list of image[/arg][:code|:killed]"));
                     }
-                    config.guests = Some(value);
+                    config.guests = value;
+                }
+                "guest_mem" => {
+                    config.guest_mem_mib = value
+                        .parse()
+                        .ok()
+                        .filter(|m| (2..=1024).contains(m))
+                        .ok_or(bad("a whole number of MiB from 2 to 1024"))?
+                }
+                "guest_budget_ms" => {
+                    config.guest_budget_ms = value
+                        .parse()
+                        .ok()
+                        .filter(|&m| m > 0)
+                        .ok_or(bad("a whole number of milliseconds above 0"))?
                 }
                 _ => warn(Warning::UnknownKey(key)),
             }
@@ -195,11 +214,48 @@ fn parse_level(value: &str) -> Option<LogLevel> {
     })
 }
 
-fn valid_guest_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+/// How a guest is expected to end (the QEMU exit status is success only
+/// if every guest ends as expected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Shut down with this exit code.
+    Exit(u64),
+    /// Killed by the host.
+    Killed,
+}
+
+/// One guest to run: `image[/arg][:expect]`, e.g. `hello`, `trap/cli:killed`,
+/// `bench:0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestSpec<'a> {
+    /// The archive entry to run.
+    pub image: &'a str,
+    /// Its command line (empty if none).
+    pub arg: &'a str,
+    /// How it should end (default: exit code 0).
+    pub expect: Expect,
+}
+
+impl<'a> GuestSpec<'a> {
+    /// Parses one `image[/arg][:expect]`; `None` if malformed.
+    pub fn parse(word: &'a str) -> Option<Self> {
+        let (rest, expect) = match word.rsplit_once(':') {
+            Some((rest, "killed")) => (rest, Expect::Killed),
+            Some((rest, code)) => (rest, Expect::Exit(code.parse().ok()?)),
+            None => (word, Expect::Exit(0)),
+        };
+        let (image, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        let name_ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        (!image.is_empty() && name_ok(image) && name_ok(arg)).then_some(Self { image, arg, expect })
+    }
+
+    /// Parses a comma-separated list.
+    pub fn parse_list(list: &'a str) -> impl Iterator<Item = Option<Self>> + 'a {
+        list.split(',').map(Self::parse)
+    }
 }
 
 #[cfg(test)]
@@ -228,8 +284,36 @@ mod tests {
         assert_eq!(c.timer_hz, 250);
         assert_eq!(c.test, Some(BootTest::FaultPageFault));
         assert_eq!(c.test.unwrap().name(), "fault-pf");
-        assert_eq!(c.guests, Some("hello,bench"));
+        assert_eq!(c.guests, "hello,bench");
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn guest_specs_name_image_argument_and_expected_end() {
+        let specs: Vec<_> = GuestSpec::parse_list("hello,trap/cli:killed,bench:3").collect();
+        assert_eq!(
+            specs,
+            [
+                Some(GuestSpec {
+                    image: "hello",
+                    arg: "",
+                    expect: Expect::Exit(0)
+                }),
+                Some(GuestSpec {
+                    image: "trap",
+                    arg: "cli",
+                    expect: Expect::Killed
+                }),
+                Some(GuestSpec {
+                    image: "bench",
+                    arg: "",
+                    expect: Expect::Exit(3)
+                }),
+            ]
+        );
+        assert_eq!(GuestSpec::parse("/x"), None);
+        assert_eq!(GuestSpec::parse("a b"), None);
+        assert_eq!(GuestSpec::parse("a:"), None);
     }
 
     #[test]
@@ -257,6 +341,9 @@ mod tests {
             ("test=nope", "test", "nope"),
             ("guests=", "guests", ""),
             ("guests=a,,b", "guests", "a,,b"),
+            ("guests=trap/cli:maybe", "guests", "trap/cli:maybe"),
+            ("guest_mem=1", "guest_mem", "1"),
+            ("guest_budget_ms=0", "guest_budget_ms", "0"),
         ] {
             let err = parse(line).0.unwrap_err();
             assert_eq!((err.key, err.value), (key, value), "{line}");

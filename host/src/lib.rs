@@ -12,15 +12,21 @@
 //! 2. [`config`]: the kernel command line, parsed into a typed [`config::Config`].
 //! 3. [`frames`]: the physical frame allocator's bookkeeping: which 4 KiB
 //!    frames of host RAM are free, counted so leaks show.
-//! 4. [`paging`]: the shadow page tables, the real tables the CPU uses while
+//! 4. [`archive`]: the guest archive a boot carries, checked before use.
+//! 5. [`guest`]: a guest's life: loading its image, and the run loop's
+//!    decisions at each exit (hypercalls, faults, traps, kills).
+//! 6. [`paging`]: the shadow page tables, the real tables the CPU uses while
 //!    a guest runs, built from the guest's own and never granting more.
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 pub mod addr;
+pub mod archive;
 pub mod config;
 pub mod frames;
+pub mod guest;
 pub mod paging;

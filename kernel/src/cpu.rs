@@ -85,3 +85,11 @@ pub fn detect() -> Features {
     );
     features
 }
+
+/// The CPU's physical-address width (bits above it are reserved in page
+/// table entries); 36 if CPUID does not say.
+pub fn physical_address_bits() -> u8 {
+    CpuId::new()
+        .get_processor_capacity_feature_info()
+        .map_or(36, |c| c.physical_address_bits())
+}

@@ -183,12 +183,21 @@ pub fn init() {
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
+        0..=31 => exception_report(frame),
+        vector => handle_host_interrupt(vector),
+    }
+}
+
+/// Runs the host's handler for external interrupt `vector`: called from
+/// the IDT in the host, and by the run loop for an interrupt that arrived
+/// while a guest ran (the switcher brought it back to the host).
+pub fn handle_host_interrupt(vector: u8) {
+    match vector {
         TIMER_VECTOR => {
             apic::on_timer_tick();
             apic::end_of_interrupt();
         }
         SPURIOUS_VECTOR => {}
-        0..=31 => exception_report(frame),
         vector => {
             log::warn!("unexpected interrupt on vector {vector}");
             apic::end_of_interrupt();

@@ -46,7 +46,11 @@ mod memory;
 #[cfg(target_os = "none")]
 mod power;
 #[cfg(target_os = "none")]
+mod run;
+#[cfg(target_os = "none")]
 mod selftest;
+#[cfg(target_os = "none")]
+mod switcher;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
@@ -118,8 +122,24 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
     if let Some(test) = config.test {
         selftest::run(test);
     }
-    println!("rguest: shutting down");
-    power::exit(power::SUCCESS)
+    x86_64::instructions::interrupts::disable();
+    let archive = boot.modules().first().map(|m| {
+        let len = (m.end.as_u64() - m.start.as_u64()) as usize;
+        // SAFETY: the loader put the module there; the frame allocator keeps
+        // its frames reserved, and the direct map reaches them.
+        unsafe { core::slice::from_raw_parts(memory::phys_to_virt(m.start), len) }
+    });
+    match run::run_guests(&config, archive, clocks.tsc_hz) {
+        Ok(true) => {
+            println!("rguest: shutting down");
+            power::exit(power::SUCCESS)
+        }
+        Ok(false) => {
+            println!("rguest: shutting down: a guest did not end as expected");
+            power::exit(power::FAILURE)
+        }
+        Err(e) => fail(format_args!("{e}")),
+    }
 }
 
 /// Prints the memory map summary and the allocator's counts.

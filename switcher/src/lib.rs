@@ -1,15 +1,44 @@
 //! # `switcher`: where host and guest meet
 //!
 //! The switcher is the only piece of the host a guest ever has mapped. It
-//! lives in one fixed top-level slot at the top of the virtual address space,
-//! the same in the host's tables and in every shadow root, so the code that
-//! changes CR3 keeps running across the change (lguest's top 4 MB, moved to
-//! long mode).
+//! lives in one fixed top-level slot at the top of the virtual address
+//! space, the same in the host's tables and in every shadow root, so the
+//! code that changes CR3 keeps running across the change (lguest's top 4 MB,
+//! moved to long mode).
 //!
-//! This crate fixes where that slot is; the world-switch code itself joins
-//! it with the first guest.
+//! ## The slot
+//!
+//! ```text
+//! SLOT_BASE + 0x0000          code pages       (read-only, executable)
+//! SLOT_BASE + 0x10000 + n*16K CPU n: register page  (writable)
+//!                                    state page     (read-only to the guest)
+//!                                    IDT page       (read-only to the guest)
+//! ```
+//!
+//! A guest's shadow root maps the code and *its own CPU's* three pages,
+//! supervisor-only, so its user code sees nothing and its kernel (ring 1)
+//! can read but never change the descriptor tables the CPU uses.
+//!
+//! ## The round trip
+//!
+//! The host calls [`asm`]'s `switch_to_guest` at its slot address with the
+//! CPU's register page in `rdi`. It saves the host's callee-saved registers,
+//! stack, CR3 and descriptor tables in the state page, loads the guest's
+//! GDT, IDT and TSS (all in the state and IDT pages), writes the guest's CR3
+//! last, pops the guest's registers from the register page and `iretq`s into
+//! the guest. Any trap or interrupt then enters through the guest IDT, whose
+//! TSS points `RSP0` at the top of the register page: the CPU pushes its
+//! interrupt frame there, the stub pushes the vector and the registers below
+//! it, and the [`GuestRegs`] are saved exactly where the host reads them.
+//! The way back restores the host's CR3, tables and stack, and returns from
+//! `switch_to_guest` as if it were an ordinary call.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub mod asm;
+pub mod layout;
+
+pub use layout::*;
 
 /// The index of the top-level (PML4) entry that holds the switcher: the last
 /// one, so the switcher sits in the top 512 GiB of the address space.

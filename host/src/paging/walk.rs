@@ -54,6 +54,13 @@ impl Access {
         fetch: false,
     };
 
+    /// A supervisor read: what the host does to decode the guest's code.
+    pub const KERNEL_READ: Self = Self {
+        write: false,
+        user: false,
+        fetch: false,
+    };
+
     /// The access a page-fault error code describes.
     pub const fn from_error_code(code: u64) -> Self {
         let code = FaultCode::from_bits_truncate(code);

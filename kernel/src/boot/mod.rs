@@ -223,9 +223,17 @@ unsafe fn read_pvh(start_info: u32) -> Result<BootInfo, BootError> {
     if info.region_count == 0 {
         return Err(BootError::NoMemoryMap);
     }
-    for module in reader.modlist() {
-        let raw = module.raw();
-        info.push_module(raw.paddr, raw.paddr.saturating_add(raw.size));
+    // QEMU's PVH option ROM puts the module list at a 4-byte-aligned
+    // address, which the reader refuses (its entries hold u64s): read the
+    // entries unaligned ourselves.
+    let raw = reader.raw();
+    let list = raw.modlist_paddr as usize as *const pvh::start_info::ModlistEntry;
+    for i in 0..raw.nr_modules.min(MAX_MODULES as u32 + 1) as usize {
+        // SAFETY: the loader says `nr_modules` entries are at
+        // `modlist_paddr`, identity-mapped (our caller's contract); the read
+        // makes no alignment assumption.
+        let entry = unsafe { list.wrapping_add(i).read_unaligned() };
+        info.push_module(entry.paddr, entry.paddr.saturating_add(entry.size));
     }
     if let Some(line) = reader.cmdline() {
         info.set_cmdline(line.to_bytes());

@@ -168,6 +168,42 @@ fn map_4k(
         .map_err(|_| MemoryError::PageTables("4 KiB mapping"))
 }
 
+/// Rights of a page the host maps for itself with [`map_host_page`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPageRights {
+    /// Read-only, executable (code).
+    ReadExecute,
+    /// Read-write, not executable (data).
+    ReadWrite,
+}
+
+/// Maps the 4 KiB frame `phys` at `virt` in the host's tables.
+pub fn map_host_page(
+    virt: u64,
+    phys: HostPhysAddr,
+    rights: HostPageRights,
+) -> Result<(), MemoryError> {
+    let mut guard = HOST_TABLES.lock();
+    let tables = guard
+        .as_mut()
+        .ok_or(MemoryError::PageTables("not initialised"))?;
+    let flags = match rights {
+        HostPageRights::ReadExecute => Flags::PRESENT,
+        HostPageRights::ReadWrite => {
+            Flags::PRESENT
+                | Flags::WRITABLE
+                | Flags::from_bits_truncate(NX_FLAG.load(Ordering::Relaxed))
+        }
+    };
+    map_4k(tables, virt, phys.as_u64(), flags)
+}
+
+/// The no-execute bit for page-table entries the host writes by hand (0 on
+/// a CPU without NX).
+pub fn nx_bit() -> u64 {
+    NX_FLAG.load(Ordering::Relaxed)
+}
+
 /// Maps `size` bytes of device registers at physical `phys`, uncached, and
 /// returns their virtual address.
 pub fn map_mmio(phys: HostPhysAddr, size: u64) -> Result<VirtAddr, MemoryError> {

@@ -1,0 +1,70 @@
+//! How a guest starts: its memory, its entry state, its boot parameters.
+//!
+//! The host loads the guest kernel's ELF image into guest memory at the
+//! segments' physical addresses, writes a [`BootParams`] page at
+//! [`BOOT_PARAMS_GPA`], and enters the ELF entry point in ring 1 with
+//! `rdi` = the boot parameters' guest-virtual address, virtual interrupts
+//! off, and an address space in which guest-physical address `p` appears at
+//! guest-virtual [`KERNEL_OFFSET`]` + p` (the start-up map, supervisor-only,
+//! writable, executable, for all of guest memory up to 1 GiB). `rsp` is 0:
+//! the guest's first instructions load a stack of its own. The guest sets
+//! up its own stack, IDT entries (hypercalls) and, later, its own tables.
+//!
+//! An image says which ABI it was built for in an ELF note ([`NOTE_NAME`],
+//! [`NOTE_TYPE_ABI_VERSION`]); the host refuses an image without the note or
+//! with another version.
+
+/// Where the start-up map puts guest-physical 0.
+pub const KERNEL_OFFSET: u64 = 0xffff_8000_0000_0000;
+
+/// Guest-physical address of the boot parameters page.
+pub const BOOT_PARAMS_GPA: u64 = 0x1000;
+
+/// Guest-physical address of the shared data page.
+pub const SHARED_PAGE_GPA: u64 = 0x2000;
+
+/// Guest-physical address of the start-up page tables the host builds: the
+/// top-level table here, then one third-level table, then as many
+/// second-level tables as the start-up map needs (2 MiB entries, marked
+/// accessed and dirty). The guest may keep using them, or build its own and
+/// switch with [`crate::hypercall::Number::SetRoot`].
+pub const STARTUP_TABLES_GPA: u64 = 0x3000;
+
+/// Guest images load at or above this guest-physical address.
+pub const IMAGE_MIN_GPA: u64 = 0x10_0000;
+
+/// The name of the ELF note that carries the ABI version.
+pub const NOTE_NAME: &[u8] = b"rguest\0";
+
+/// The type of that note; its payload is the `u32` [`crate::ABI_VERSION`].
+pub const NOTE_TYPE_ABI_VERSION: u32 = 1;
+
+/// `BootParams::magic`: "RGST".
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RGST");
+
+/// Longest guest command line.
+pub const CMDLINE_MAX: usize = 256;
+
+/// What the host tells a starting guest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootParams {
+    /// [`MAGIC`].
+    pub magic: u32,
+    /// The host's [`crate::ABI_VERSION`].
+    pub abi_version: u32,
+    /// Bytes of guest memory (guest-physical `0..memory_bytes`).
+    pub memory_bytes: u64,
+    /// Guest-virtual address of the [`crate::shared::SharedPage`].
+    pub shared_page: u64,
+    /// First guest-physical byte after the loaded image: free memory starts
+    /// here.
+    pub image_end: u64,
+    /// Guest-physical address of the top-level table in use at entry (the
+    /// start-up tables at [`STARTUP_TABLES_GPA`]).
+    pub initial_root: u64,
+    /// Bytes of the command line used.
+    pub cmdline_len: u64,
+    /// The guest's command line (its argument from the host's `guests=`).
+    pub cmdline: [u8; CMDLINE_MAX],
+}

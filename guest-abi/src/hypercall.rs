@@ -1,0 +1,157 @@
+//! Hypercalls: how a guest kernel asks the host for what ring 1 cannot do.
+//!
+//! # Calling convention
+//!
+//! The guest kernel executes `int 0x81` ([`VECTOR`]) with the call's number
+//! in `rax` and up to four arguments in `rdi`, `rsi`, `rdx` and `r10` (the
+//! Linux system-call registers, so guest code can share its wrappers). The
+//! result comes back in `rax`: zero or a positive value on success, a
+//! negated [`Error`] code on failure. Every other register is preserved.
+//!
+//! The gate has privilege level 1, so only the guest kernel can use it:
+//! `int 0x81` from guest user code (ring 3) raises `#GP`, and the host kills
+//! the guest for it.
+//!
+//! A call the host cannot make sense of (unknown number, a buffer outside
+//! the guest's memory) fails with an error; a call that shows the guest is
+//! broken beyond help (an IDT entry pointing into the host's switcher) kills
+//! it, with the reason.
+
+/// The software-interrupt vector of the hypercall gate.
+pub const VECTOR: u8 = 0x81;
+
+/// Longest console write accepted in one call.
+pub const CONSOLE_WRITE_MAX: u64 = 4096;
+
+/// Hypercall numbers (`rax`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Number {
+    /// `console_write(gva buffer, len)`: print bytes on the host console,
+    /// prefixed with the guest's name. Returns the bytes written.
+    ConsoleWrite = 0,
+    /// `set_trap(vector, gva handler, flags)`: where the guest wants trap
+    /// `vector` delivered ([`TrapFlags`]); a zero handler removes it.
+    SetTrap = 1,
+    /// `set_kernel_stack(gva top)`: the stack the host switches to when it
+    /// delivers a trap that interrupted guest user code (ring 3).
+    SetKernelStack = 2,
+    /// `halt()`: sleep until a virtual interrupt is pending. Returns at once
+    /// if one already is.
+    Halt = 3,
+    /// `set_timer(ns)`: raise [`TIMER_VECTOR`] once, `ns` nanoseconds from
+    /// now; 0 cancels.
+    SetTimer = 4,
+    /// `read_time()`: nanoseconds since the host booted.
+    ReadTime = 5,
+    /// `shutdown(code)`: the guest is done; `code` is its exit code.
+    Shutdown = 6,
+    /// `nop()`: returns 0 at once. What the benchmarks time.
+    Nop = 7,
+    /// `flush_mmu_ring()`: apply the queued page-table operations of the
+    /// ring in the shared page (see [`crate::pte`]).
+    FlushMmuRing = 8,
+    /// `mmu_op(a, b, c, d)`: one page-table operation, encoded as one ring
+    /// slot's four words (see [`crate::pte`]).
+    MmuOp = 9,
+    /// `set_root(gpa)`: switch to the address space whose top-level table
+    /// is at guest-physical `gpa` (the guest's `mov cr3`).
+    SetRoot = 10,
+}
+
+impl Number {
+    /// Every hypercall, in number order.
+    pub const ALL: [Number; 11] = [
+        Number::ConsoleWrite,
+        Number::SetTrap,
+        Number::SetKernelStack,
+        Number::Halt,
+        Number::SetTimer,
+        Number::ReadTime,
+        Number::Shutdown,
+        Number::Nop,
+        Number::FlushMmuRing,
+        Number::MmuOp,
+        Number::SetRoot,
+    ];
+
+    /// Decodes `rax`.
+    pub fn from_raw(raw: u64) -> Option<Number> {
+        Self::ALL.get(usize::try_from(raw).ok()?).copied()
+    }
+}
+
+/// The virtual interrupt vector of the one-shot timer.
+pub const TIMER_VECTOR: u8 = 32;
+
+/// Flags for [`Number::SetTrap`].
+pub mod trap_flags {
+    /// Deliver with virtual interrupts left as they are (a trap gate)
+    /// rather than turned off (an interrupt gate).
+    pub const KEEP_INTERRUPTS: u64 = 1 << 0;
+    /// A direct trap: guest user code (ring 3) reaches the handler with
+    /// `int vector` straight through the CPU's IDT, never through the host.
+    /// Only for vectors 0x20-0xff other than the hypercall vector; the
+    /// handler runs in ring 1 on the stack set with `set_kernel_stack`.
+    pub const DIRECT_FROM_USER: u64 = 1 << 1;
+}
+
+/// Why a hypercall failed (returned negated in `rax`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Error {
+    /// No such hypercall.
+    UnknownCall = 1,
+    /// An address argument is outside guest memory or not mapped.
+    BadAddress = 2,
+    /// A length or count is too large.
+    TooLong = 3,
+    /// An argument is out of range (a vector, a flag).
+    InvalidArgument = 4,
+}
+
+impl Error {
+    /// The value returned in `rax`.
+    pub const fn to_return_value(self) -> u64 {
+        (self as u64).wrapping_neg()
+    }
+
+    /// Decodes a returned `rax`, if it is an error.
+    pub fn from_return_value(rax: u64) -> Option<Error> {
+        match rax.wrapping_neg() {
+            1 => Some(Error::UnknownCall),
+            2 => Some(Error::BadAddress),
+            3 => Some(Error::TooLong),
+            4 => Some(Error::InvalidArgument),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip() {
+        for n in Number::ALL {
+            assert_eq!(Number::from_raw(n as u64), Some(n));
+        }
+        assert_eq!(Number::from_raw(Number::ALL.len() as u64), None);
+        assert_eq!(Number::from_raw(u64::MAX), None);
+    }
+
+    #[test]
+    fn errors_round_trip_and_do_not_collide_with_results() {
+        for e in [
+            Error::UnknownCall,
+            Error::BadAddress,
+            Error::TooLong,
+            Error::InvalidArgument,
+        ] {
+            assert_eq!(Error::from_return_value(e.to_return_value()), Some(e));
+        }
+        assert_eq!(Error::from_return_value(0), None);
+        assert_eq!(Error::from_return_value(4096), None);
+    }
+}

@@ -1,0 +1,52 @@
+//! The shared data page: state the guest and host both read and write
+//! without a hypercall.
+//!
+//! Exits are expensive, so the cheapest things travel through one page of
+//! guest memory that the host reads and writes at every exit. The guest's
+//! interrupt-enable flag is the important one: `cli` and `sti` cannot run in
+//! ring 1, so the guest's kernel clears and sets [`SharedPage::irq_enabled`]
+//! instead, and the host delivers a virtual interrupt only while it is 1.
+//! The host never trusts a value here: the guest may scribble on all of it.
+
+/// The layout of the shared page (guest-physical address and guest-virtual
+/// address in [`crate::boot::BootParams`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SharedPage {
+    /// The guest's virtual interrupt flag: nonzero = interrupts enabled.
+    /// Written by the guest (its `sti`/`cli`), cleared by the host when it
+    /// delivers an interrupt.
+    pub irq_enabled: u64,
+    /// Pending virtual interrupts, bit `n` for vector `32 + n`. The host sets
+    /// bits, and clears one when it delivers it.
+    pub irq_pending: u64,
+    /// The faulting address of the last page fault the host reflected into
+    /// the guest (the guest's CR2).
+    pub fault_address: u64,
+    /// Nanoseconds since the host booted, refreshed at every entry.
+    pub time_ns: u64,
+    /// Reserved, zero.
+    pub reserved: [u64; 124],
+    /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
+    pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
+}
+
+/// Byte offsets of the fields, for code that reaches the page by address.
+pub mod offset {
+    use super::SharedPage;
+    use core::mem::offset_of;
+
+    /// [`SharedPage::irq_enabled`].
+    pub const IRQ_ENABLED: u64 = offset_of!(SharedPage, irq_enabled) as u64;
+    /// [`SharedPage::irq_pending`].
+    pub const IRQ_PENDING: u64 = offset_of!(SharedPage, irq_pending) as u64;
+    /// [`SharedPage::fault_address`].
+    pub const FAULT_ADDRESS: u64 = offset_of!(SharedPage, fault_address) as u64;
+    /// [`SharedPage::time_ns`].
+    pub const TIME_NS: u64 = offset_of!(SharedPage, time_ns) as u64;
+    /// [`SharedPage::mmu_ring`].
+    pub const MMU_RING: u64 = offset_of!(SharedPage, mmu_ring) as u64;
+}
+
+const _: () = assert!(size_of::<SharedPage>() <= 4096);
+const _: () = assert!(offset::MMU_RING == 1024);

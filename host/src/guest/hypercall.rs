@@ -1,0 +1,200 @@
+//! Hypercalls: decode, check, carry out.
+//!
+//! One `match` over [`Number`], each arm short and calling the part of the
+//! host that owns the work (lguest's `do_hcall`). Arguments come from the
+//! guest's registers, so each is checked before use: addresses must be
+//! canonical and mapped, lengths bounded, vectors in range. A bad argument
+//! is an error returned in `rax`; only what leaves the guest no sane way to
+//! continue (a trap handler inside the switcher's slot) kills it.
+
+use super::{Guest, GuestRam, GuestState, HostServices, KillReason, Next, TrapTarget, insn};
+use crate::addr::GuestVirtAddr;
+use crate::paging::{Access, ShadowFrames};
+use guest_abi::hypercall::{CONSOLE_WRITE_MAX, Error, Number, trap_flags};
+use guest_abi::pte::MmuOp;
+
+/// Longest console line kept before it is printed anyway.
+const CONSOLE_LINE_MAX: usize = 512;
+
+impl<M: GuestRam> Guest<M> {
+    /// Carries out the hypercall in the guest's registers; its result goes
+    /// to `rax`.
+    pub(super) fn hypercall<F: ShadowFrames, H: HostServices>(
+        &mut self,
+        frames: &mut F,
+        host: &mut H,
+    ) -> Next {
+        let r = self.regs;
+        let (a, b, c, d) = (r.rdi, r.rsi, r.rdx, r.r10);
+        let result = match Number::from_raw(r.rax) {
+            None => Err(Error::UnknownCall),
+            Some(Number::Nop) => Ok(0),
+            Some(Number::ConsoleWrite) => self.console_write(frames, host, a, b),
+            Some(Number::SetTrap) => return self.set_trap(a, b, c),
+            Some(Number::SetKernelStack) => self.set_kernel_stack(frames, a),
+            Some(Number::Halt) => return self.halt(),
+            Some(Number::SetTimer) => {
+                self.timer_deadline = (a != 0).then(|| host.now_ns().saturating_add(a));
+                Ok(0)
+            }
+            Some(Number::ReadTime) => Ok(host.now_ns()),
+            Some(Number::Shutdown) => {
+                self.flush_console(host);
+                self.state = GuestState::Exited(a);
+                return Next::Ended;
+            }
+            Some(Number::FlushMmuRing) => {
+                return self.paging_result(|g, f| g.paging.apply_ring(&mut g.memory, f), frames);
+            }
+            Some(Number::MmuOp) => match MmuOp::decode([a, b, c, d]) {
+                Ok(op) => {
+                    return self.paging_result(
+                        |g, f| g.paging.apply_op(&mut g.memory, f, op).map(|()| 0),
+                        frames,
+                    );
+                }
+                Err(_) => Err(Error::InvalidArgument),
+            },
+            Some(Number::SetRoot) => {
+                return self.paging_result(
+                    |g, f| g.paging.switch_root(&mut g.memory, f, a).map(|_| 0),
+                    frames,
+                );
+            }
+        };
+        self.regs.rax = match result {
+            Ok(value) => value,
+            Err(e) => e.to_return_value(),
+        };
+        Next::Resume
+    }
+
+    /// Runs a shadow-paging operation; a paging error is a malformed entry,
+    /// root or ring, and kills the guest.
+    fn paging_result<F: ShadowFrames>(
+        &mut self,
+        op: impl FnOnce(&mut Self, &mut F) -> Result<u64, crate::paging::PagingError>,
+        frames: &mut F,
+    ) -> Next {
+        match op(self, frames) {
+            Ok(value) => {
+                self.regs.rax = value;
+                Next::Resume
+            }
+            Err(e) => self.kill(KillReason::Paging(e)),
+        }
+    }
+
+    fn console_write<F: ShadowFrames, H: HostServices>(
+        &mut self,
+        frames: &mut F,
+        host: &mut H,
+        buffer: u64,
+        len: u64,
+    ) -> Result<u64, Error> {
+        if len > CONSOLE_WRITE_MAX {
+            return Err(Error::TooLong);
+        }
+        let mut chunk = [0u8; 256];
+        let mut done = 0;
+        while done < len {
+            let at = buffer.checked_add(done).ok_or(Error::BadAddress)?;
+            let gpa = self
+                .translate(frames, at, Access::KERNEL_READ)
+                .ok_or(Error::BadAddress)?;
+            let in_page = 4096 - gpa.page_offset();
+            let n = (len - done).min(in_page).min(chunk.len() as u64) as usize;
+            self.memory
+                .read_bytes(gpa, &mut chunk[..n])
+                .map_err(|_| Error::BadAddress)?;
+            for &byte in &chunk[..n] {
+                self.console_byte(host, byte);
+            }
+            done += n as u64;
+        }
+        Ok(len)
+    }
+
+    fn console_byte<H: HostServices>(&mut self, host: &mut H, byte: u8) {
+        if byte == b'\n' || self.console.len() >= CONSOLE_LINE_MAX {
+            self.flush_console(host);
+        }
+        if byte != b'\n' {
+            self.console.push(byte);
+        }
+    }
+
+    /// Prints what is left of a console line.
+    pub(super) fn flush_console<H: HostServices>(&mut self, host: &mut H) {
+        if !self.console.is_empty() {
+            host.console_line(&self.name, &self.console);
+            self.console.clear();
+        }
+    }
+
+    fn set_trap(&mut self, vector: u64, handler: u64, flags: u64) -> Next {
+        let Ok(vector) = u8::try_from(vector) else {
+            self.regs.rax = Error::InvalidArgument.to_return_value();
+            return Next::Resume;
+        };
+        if handler == 0 {
+            self.traps[usize::from(vector)] = None;
+            self.cpu_tables_stale = true;
+            self.regs.rax = 0;
+            return Next::Resume;
+        }
+        let direct = flags & trap_flags::DIRECT_FROM_USER != 0;
+        let valid_flags =
+            flags & !(trap_flags::DIRECT_FROM_USER | trap_flags::KEEP_INTERRUPTS) == 0;
+        if !valid_flags || (direct && !insn::may_be_direct(vector)) {
+            self.regs.rax = Error::InvalidArgument.to_return_value();
+            return Next::Resume;
+        }
+        // A handler must be in the guest kernel's half and never in the
+        // switcher's slot: a direct-trap gate there would run the guest's
+        // "handler" with the switcher's code segment in reach.
+        let in_kernel_half = GuestVirtAddr::try_new(handler)
+            .is_ok_and(|h| h.is_upper_half() && h.table_index(4) != switcher::SLOT_PML4_INDEX);
+        if !in_kernel_half {
+            return self.kill(KillReason::BadHypercall(
+                "trap handler outside the guest kernel",
+                handler,
+            ));
+        }
+        self.traps[usize::from(vector)] = Some(TrapTarget {
+            handler,
+            keep_interrupts: flags & trap_flags::KEEP_INTERRUPTS != 0,
+            direct,
+        });
+        self.cpu_tables_stale |= direct;
+        self.regs.rax = 0;
+        Next::Resume
+    }
+
+    fn set_kernel_stack<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        top: u64,
+    ) -> Result<u64, Error> {
+        let canonical = GuestVirtAddr::try_new(top)
+            .is_ok_and(|t| t.is_upper_half() && t.table_index(4) != switcher::SLOT_PML4_INDEX);
+        if !canonical || top % 16 != 0 {
+            return Err(Error::InvalidArgument);
+        }
+        self.paging
+            .set_kernel_stack(&mut self.memory, frames, top, super::PINNED_STACK_PAGES)
+            .map_err(|_| Error::BadAddress)?;
+        self.kernel_stack = Some(top);
+        self.cpu_tables_stale = true;
+        Ok(0)
+    }
+
+    fn halt(&mut self) -> Next {
+        self.regs.rax = 0;
+        if self.pending_irqs() != 0 {
+            return Next::Resume;
+        }
+        self.state = GuestState::Halted;
+        Next::Halted
+    }
+}

@@ -1,0 +1,594 @@
+//! A guest: its memory, registers, shadow page tables and state, and what
+//! happens at each of its exits.
+//!
+//! The kernel's run loop owns the CPU: it enters a guest through the
+//! switcher and, when the guest traps, hands the trap to
+//! [`Guest::handle_exit`]. Everything a trap can mean is decided here, in
+//! safe code:
+//!
+//! - a hypercall ([`hypercall`]) is decoded, its arguments checked, and
+//!   carried out;
+//! - a page fault goes to the shadow page tables first, and only reaches
+//!   the guest when the guest's own tables forbid the access;
+//! - any other exception is delivered to the guest's own handler
+//!   ([`deliver`]), the way the CPU would have delivered it;
+//! - a privileged instruction in ring 1 kills the guest with a reason
+//!   naming it ([`insn`]).
+//!
+//! Before every entry, [`Guest::prepare_entry`] delivers a pending virtual
+//! interrupt if the guest's virtual interrupt flag allows it, and readies
+//! the shadow tables (stack pinned, switcher installed).
+
+mod deliver;
+pub mod hypercall;
+mod insn;
+pub mod load;
+
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
+use crate::paging::{
+    Access, FaultDecision, GuestMemory, OutsideGuestMemory, PagingConfig, PagingError, PagingStats,
+    ShadowFrames, ShadowPaging,
+};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use guest_abi::boot::SHARED_PAGE_GPA;
+use guest_abi::shared::offset as shared;
+use switcher::{GuestRegs, selector};
+
+/// A guest's memory as the run loop needs it: the words the page tables
+/// use, plus bytes (images, console output, trap frames).
+pub trait GuestRam: GuestMemory {
+    /// Copies guest memory at `gpa` into `buf`.
+    fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory>;
+    /// Copies `data` into guest memory at `gpa`.
+    fn write_bytes(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), OutsideGuestMemory>;
+}
+
+/// What the host offers a guest besides memory and frames.
+pub trait HostServices {
+    /// Nanoseconds since the host booted.
+    fn now_ns(&self) -> u64;
+    /// Prints one line of a guest's console output.
+    fn console_line(&mut self, guest: &str, line: &[u8]);
+}
+
+/// Where a guest is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestState {
+    /// Ready to run.
+    Runnable,
+    /// Waiting in the halt hypercall for a virtual interrupt.
+    Halted,
+    /// Ended by its own shutdown hypercall.
+    Exited(u64),
+    /// Ended by the host.
+    Killed(KillReason),
+}
+
+/// Why the host ended a guest. Each names what the guest did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KillReason {
+    /// A privileged instruction in the guest kernel (ring 1).
+    PrivilegedInstruction {
+        /// What it was (`cli`, `mov to cr3`, ...).
+        what: &'static str,
+        /// Where.
+        rip: u64,
+    },
+    /// `int 0x81` from guest user code.
+    HypercallFromUser {
+        /// Where.
+        rip: u64,
+    },
+    /// An exception the guest has no handler for.
+    Unhandled {
+        /// The vector.
+        vector: u8,
+        /// Where.
+        rip: u64,
+        /// For a page fault, the address.
+        address: Option<u64>,
+    },
+    /// A write to (or a fetch from) the switcher's pages.
+    SwitcherAccess {
+        /// The address touched.
+        address: u64,
+        /// Where.
+        rip: u64,
+    },
+    /// A malformed page-table entry, root or ring (the shadow tables said).
+    Paging(PagingError),
+    /// A trap could not be delivered: the guest's stack is not usable.
+    CannotDeliver {
+        /// The vector being delivered.
+        vector: u8,
+        /// The stack pointer it would have used.
+        stack: u64,
+    },
+    /// A bad hypercall argument that leaves the guest no sane way on.
+    BadHypercall(&'static str, u64),
+    /// A double fault or machine check while the guest ran.
+    Fatal(u8),
+    /// It ran longer than its time budget.
+    OverBudget {
+        /// The budget, in host ticks.
+        ticks: u64,
+        /// Whether its virtual interrupts were off at the end.
+        interrupts_off: bool,
+    },
+}
+
+impl fmt::Display for KillReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PrivilegedInstruction { what, rip } => {
+                write!(f, "privileged instruction `{what}` at rip {rip:#x}")
+            }
+            Self::HypercallFromUser { rip } => {
+                write!(f, "hypercall from user mode (ring 3) at rip {rip:#x}")
+            }
+            Self::Unhandled {
+                vector,
+                rip,
+                address,
+            } => {
+                write!(
+                    f,
+                    "unhandled {} at rip {rip:#x}",
+                    insn::exception_name(*vector)
+                )?;
+                match address {
+                    Some(a) => write!(f, " (address {a:#x})"),
+                    None => Ok(()),
+                }
+            }
+            Self::SwitcherAccess { address, rip } => write!(
+                f,
+                "write to the switcher's pages at {address:#x} (rip {rip:#x})"
+            ),
+            Self::Paging(e) => write!(f, "{e}"),
+            Self::CannotDeliver { vector, stack } => write!(
+                f,
+                "cannot deliver {}: its stack at {stack:#x} is not mapped writable",
+                insn::exception_name(*vector)
+            ),
+            Self::BadHypercall(what, value) => write!(f, "bad hypercall: {what} ({value:#x})"),
+            Self::Fatal(vector) => write!(f, "{} while running", insn::exception_name(*vector)),
+            Self::OverBudget {
+                ticks,
+                interrupts_off,
+            } => write!(
+                f,
+                "ran over its time budget of {ticks} ticks{}",
+                if *interrupts_off {
+                    " with its virtual interrupts off"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+/// Exits by reason, printed when the guest ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounters {
+    /// Hypercalls.
+    pub hypercalls: u64,
+    /// Page faults (fixed or reflected).
+    pub page_faults: u64,
+    /// Other exceptions reflected into the guest.
+    pub exceptions: u64,
+    /// Host interrupts (the tick) that took the CPU from the guest.
+    pub interrupts: u64,
+    /// Virtual interrupts delivered.
+    pub virtual_interrupts: u64,
+    /// CR3 loads: one per entry (the switcher loads the shadow root) and
+    /// one per exit (back to the host's).
+    pub cr3_loads: u64,
+}
+
+impl ExitCounters {
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.hypercalls + self.page_faults + self.exceptions + self.interrupts
+    }
+}
+
+impl fmt::Display for ExitCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exits={} hypercalls={} page_faults={} exceptions={} interrupts={} virtual_irqs={} cr3_loads={}",
+            self.total(),
+            self.hypercalls,
+            self.page_faults,
+            self.exceptions,
+            self.interrupts,
+            self.virtual_interrupts,
+            self.cr3_loads
+        )
+    }
+}
+
+/// Where the guest wants a trap delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapTarget {
+    /// Guest-virtual handler address (canonical, kernel half).
+    pub handler: u64,
+    /// Leave virtual interrupts on while delivering.
+    pub keep_interrupts: bool,
+    /// Reached directly from user code through the CPU's IDT.
+    pub direct: bool,
+}
+
+/// What the run loop does after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Enter the guest again.
+    Resume,
+    /// The guest waits for a virtual interrupt: run another.
+    Halted,
+    /// The guest is over ([`Guest::state`] says how).
+    Ended,
+}
+
+/// One guest.
+pub struct Guest<M: GuestRam> {
+    /// Its name (the archive entry and arguments it was started with).
+    pub name: String,
+    memory: M,
+    paging: ShadowPaging,
+    /// Its registers, as of its last exit.
+    pub regs: GuestRegs,
+    state: GuestState,
+    traps: [Option<TrapTarget>; 256],
+    kernel_stack: Option<u64>,
+    timer_deadline: Option<u64>,
+    /// Exits by reason.
+    pub counters: ExitCounters,
+    /// Host ticks it has run for, and the most it may.
+    pub ticks_used: u64,
+    ticks_budget: u64,
+    console: Vec<u8>,
+    /// Set when direct traps or the kernel stack changed: the kernel must
+    /// copy them into the CPU's tables before the next entry.
+    cpu_tables_stale: bool,
+}
+
+/// The stack pages kept mapped below the guest kernel's stack top.
+const PINNED_STACK_PAGES: u64 = 2;
+
+impl<M: GuestRam> Guest<M> {
+    /// Makes a guest from a loaded image in `memory`.
+    pub fn new<F: ShadowFrames>(
+        name: String,
+        memory: M,
+        image: load::LoadedImage,
+        paging: PagingConfig,
+        ticks_budget: u64,
+        frames: &mut F,
+    ) -> Result<Self, PagingError> {
+        let paging = ShadowPaging::new(paging, &memory, frames, image.root)?;
+        let regs = GuestRegs {
+            rip: image.entry,
+            cs: u64::from(selector::GUEST_KERNEL_CODE),
+            ss: u64::from(selector::GUEST_KERNEL_DATA),
+            rflags: RFLAGS_IF | RFLAGS_RESERVED,
+            rdi: image.boot_params,
+            ..GuestRegs::default()
+        };
+        Ok(Self {
+            name,
+            memory,
+            paging,
+            regs,
+            state: GuestState::Runnable,
+            traps: [None; 256],
+            kernel_stack: None,
+            timer_deadline: None,
+            counters: ExitCounters::default(),
+            ticks_used: 0,
+            ticks_budget,
+            console: Vec::new(),
+            cpu_tables_stale: true,
+        })
+    }
+
+    /// Where it is in its life.
+    pub fn state(&self) -> &GuestState {
+        &self.state
+    }
+
+    /// Whether it has ended.
+    pub fn has_ended(&self) -> bool {
+        matches!(self.state, GuestState::Exited(_) | GuestState::Killed(_))
+    }
+
+    /// Its shadow page tables' counters.
+    pub fn paging_stats(&self) -> PagingStats {
+        self.paging.stats()
+    }
+
+    /// The direct traps the CPU's IDT must hold for this guest, and the
+    /// stack for them, if they changed since the last call.
+    pub fn take_cpu_tables(
+        &mut self,
+    ) -> Option<(u64, impl Iterator<Item = (u8, Option<u64>)> + '_)> {
+        if !core::mem::take(&mut self.cpu_tables_stale) {
+            return None;
+        }
+        let stack = self.kernel_stack.unwrap_or(0);
+        let gates = self.traps.iter().enumerate().filter_map(|(v, t)| {
+            let vector = u8::try_from(v).ok()?;
+            insn::may_be_direct(vector).then(|| (vector, t.filter(|t| t.direct).map(|t| t.handler)))
+        });
+        Some((stack, gates))
+    }
+
+    /// Marks the CPU's tables as needing this guest's direct traps again
+    /// (another guest ran on this CPU in between).
+    pub fn cpu_tables_lost(&mut self) {
+        self.cpu_tables_stale = true;
+    }
+
+    /// Wakes a halted guest whose timer has fired. Returns whether it can run.
+    pub fn poll(&mut self, now_ns: u64) -> bool {
+        self.fire_timer(now_ns);
+        if self.state == GuestState::Halted && self.pending_irqs() != 0 {
+            self.state = GuestState::Runnable;
+        }
+        self.state == GuestState::Runnable
+    }
+
+    /// Everything before an entry: time in the shared page, a due virtual
+    /// interrupt delivered, the shadow tables ready. Returns the shadow root
+    /// to run on, or `None` if the guest was killed on the way.
+    pub fn prepare_entry<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        switcher_view: HostPhysAddr,
+        now_ns: u64,
+    ) -> Option<HostPhysAddr> {
+        self.fire_timer(now_ns);
+        let _ = self.write_shared(shared::TIME_NS, now_ns);
+        self.deliver_pending_interrupt(frames);
+        if self.has_ended() {
+            return None;
+        }
+        self.sanitize_regs();
+        match self
+            .paging
+            .prepare_to_run(&mut self.memory, frames, switcher_view)
+        {
+            Ok(root) => {
+                self.counters.cr3_loads += 2;
+                Some(root)
+            }
+            Err(e) => {
+                self.kill(KillReason::Paging(e));
+                None
+            }
+        }
+    }
+
+    /// Counts a host tick that arrived while the guest ran, and ends the
+    /// guest if it has used up its budget.
+    pub fn charge_tick(&mut self) -> Next {
+        self.ticks_used += 1;
+        if self.ticks_used > self.ticks_budget {
+            let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
+            self.kill(KillReason::OverBudget {
+                ticks: self.ticks_budget,
+                interrupts_off,
+            });
+            return Next::Ended;
+        }
+        Next::Resume
+    }
+
+    /// Handles the exit that just happened (its trap is in `self.regs`);
+    /// `cr2` is the CPU's CR2 at the exit.
+    pub fn handle_exit<F: ShadowFrames, H: HostServices>(
+        &mut self,
+        cr2: u64,
+        frames: &mut F,
+        host: &mut H,
+    ) -> Next {
+        let vector = self.regs.vector as u8;
+        match vector {
+            v if v == guest_abi::hypercall::VECTOR => {
+                self.counters.hypercalls += 1;
+                self.hypercall(frames, host)
+            }
+            14 => {
+                self.counters.page_faults += 1;
+                self.page_fault(cr2, frames)
+            }
+            13 => self.general_protection(frames),
+            2 => Next::Resume, // NMI: the host's business, nothing for the guest.
+            8 | 18 => self.kill(KillReason::Fatal(vector)),
+            0..=31 => {
+                self.counters.exceptions += 1;
+                let error = insn::has_error_code(vector).then_some(self.regs.error_code);
+                self.deliver(frames, vector, error)
+            }
+            _ => {
+                self.counters.interrupts += 1;
+                Next::Resume
+            }
+        }
+    }
+
+    /// Ends the guest's tables, returning every frame; gives the final counts.
+    pub fn teardown<F: ShadowFrames>(self, frames: &mut F) -> (M, PagingStats) {
+        let stats = self.paging.teardown(frames);
+        (self.memory, stats)
+    }
+
+    fn page_fault<F: ShadowFrames>(&mut self, cr2: u64, frames: &mut F) -> Next {
+        let write = self.regs.error_code & 2 != 0;
+        let in_switcher = GuestVirtAddr::try_new(cr2)
+            .is_ok_and(|a| a.table_index(4) == switcher::SLOT_PML4_INDEX);
+        if in_switcher && write {
+            return self.kill(KillReason::SwitcherAccess {
+                address: cr2,
+                rip: self.regs.rip,
+            });
+        }
+        let Ok(address) = GuestVirtAddr::try_new(cr2) else {
+            return self.kill(KillReason::Unhandled {
+                vector: 14,
+                rip: self.regs.rip,
+                address: Some(cr2),
+            });
+        };
+        match self
+            .paging
+            .demand_page(&mut self.memory, frames, address, self.regs.error_code)
+        {
+            FaultDecision::Fixed => Next::Resume,
+            FaultDecision::Reflect {
+                address,
+                error_code,
+            } => {
+                let _ = self.write_shared(shared::FAULT_ADDRESS, address.as_u64());
+                if self.traps[14].is_none() {
+                    return self.kill(KillReason::Unhandled {
+                        vector: 14,
+                        rip: self.regs.rip,
+                        address: Some(address.as_u64()),
+                    });
+                }
+                self.deliver(frames, 14, Some(error_code))
+            }
+            FaultDecision::Kill(e) => self.kill(KillReason::Paging(e)),
+        }
+    }
+
+    fn general_protection<F: ShadowFrames>(&mut self, frames: &mut F) -> Next {
+        let from_user = self.regs.cs & 3 == 3;
+        let error = self.regs.error_code;
+        // Error code bit 1: the fault came from an IDT gate (its index in
+        // bits 3..): `int n` through a gate of too high a privilege.
+        if from_user && error & 2 != 0 && error >> 3 == u64::from(guest_abi::hypercall::VECTOR) {
+            return self.kill(KillReason::HypercallFromUser { rip: self.regs.rip });
+        }
+        if !from_user {
+            let mut bytes = [0u8; 16];
+            let n = self.read_code(frames, &mut bytes);
+            if let Some(what) = insn::privileged(&bytes[..n]) {
+                return self.kill(KillReason::PrivilegedInstruction {
+                    what,
+                    rip: self.regs.rip,
+                });
+            }
+        }
+        self.counters.exceptions += 1;
+        self.deliver(frames, 13, Some(error))
+    }
+
+    /// Reads up to 16 bytes of code at the guest's `rip` (fewer where the
+    /// next page is not mapped); returns how many.
+    fn read_code<F: ShadowFrames>(&mut self, frames: &mut F, buf: &mut [u8; 16]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(gpa) = self.translate(
+                frames,
+                self.regs.rip.wrapping_add(n as u64),
+                Access::KERNEL_READ,
+            ) else {
+                break;
+            };
+            let in_page = (4096 - gpa.page_offset()) as usize;
+            let take = in_page.min(buf.len() - n);
+            if self.memory.read_bytes(gpa, &mut buf[n..n + take]).is_err() {
+                break;
+            }
+            n += take;
+        }
+        n
+    }
+
+    /// The guest-physical address behind guest-virtual `vaddr` for an
+    /// access of kind `access`, faulting the page into the shadow (with its
+    /// accessed and dirty bits) as the CPU's own access would have. `None`
+    /// if the guest's tables do not allow it.
+    fn translate<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        vaddr: u64,
+        access: Access,
+    ) -> Option<GuestPhysAddr> {
+        let vaddr = GuestVirtAddr::try_new(vaddr).ok()?;
+        if vaddr.table_index(4) == switcher::SLOT_PML4_INDEX {
+            return None;
+        }
+        match self
+            .paging
+            .demand_page(&mut self.memory, frames, vaddr, access.error_code(true))
+        {
+            FaultDecision::Fixed => self.paging.guest_address(&self.memory, vaddr),
+            _ => None,
+        }
+    }
+
+    fn fire_timer(&mut self, now_ns: u64) {
+        if self.timer_deadline.is_some_and(|d| now_ns >= d) {
+            self.timer_deadline = None;
+            self.raise_irq(guest_abi::hypercall::TIMER_VECTOR);
+        }
+    }
+
+    fn raise_irq(&mut self, vector: u8) {
+        let bit = 1u64 << (vector - 32);
+        let pending = self.pending_irqs();
+        let _ = self.write_shared(shared::IRQ_PENDING, pending | bit);
+    }
+
+    fn pending_irqs(&self) -> u64 {
+        self.read_shared(shared::IRQ_PENDING).unwrap_or(0)
+    }
+
+    fn read_shared(&self, offset: u64) -> Option<u64> {
+        self.memory
+            .read_u64(GuestPhysAddr::new(SHARED_PAGE_GPA + offset))
+            .ok()
+    }
+
+    fn write_shared(&mut self, offset: u64, value: u64) -> Result<(), OutsideGuestMemory> {
+        self.memory
+            .write_u64(GuestPhysAddr::new(SHARED_PAGE_GPA + offset), value)
+    }
+
+    /// Whatever the host did to the registers (and the guest could not), it
+    /// enters in ring 1 or 3 with interrupts on and no I/O privilege.
+    fn sanitize_regs(&mut self) {
+        let user = self.regs.cs & 3 == 3;
+        let (cs, ss) = if user {
+            (selector::GUEST_USER_CODE, selector::GUEST_USER_DATA)
+        } else {
+            (selector::GUEST_KERNEL_CODE, selector::GUEST_KERNEL_DATA)
+        };
+        self.regs.cs = u64::from(cs);
+        self.regs.ss = u64::from(ss);
+        self.regs.rflags = (self.regs.rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | RFLAGS_RESERVED;
+    }
+
+    fn kill(&mut self, reason: KillReason) -> Next {
+        if !self.has_ended() {
+            self.state = GuestState::Killed(reason);
+        }
+        Next::Ended
+    }
+}
+
+/// RFLAGS.IF: always on in a guest, so the host's tick can take the CPU back.
+const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS bit 1, always set.
+const RFLAGS_RESERVED: u64 = 1 << 1;
+/// The flags a guest may have: arithmetic flags, TF, DF, AC, ID (not IOPL,
+/// NT, RF, VM, VIF, VIP).
+const RFLAGS_GUEST_MASK: u64 =
+    0b1000_1101_0101 | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 18) | (1 << 21);

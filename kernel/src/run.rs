@@ -1,0 +1,427 @@
+//! The run loop: start the guests the command line names, share the CPU
+//! between them, and report how each ended.
+//!
+//! The decisions live in [`host::guest`]; this module gives them hardware:
+//! guest memory made of host frames ([`FrameGuestMemory`]), shadow-table
+//! frames ([`HostFrames`]), the clock and the console ([`Services`]), and
+//! the switcher that actually enters the guest. Guests take turns on the
+//! boot CPU: each runs until the host's tick takes the CPU back (then the
+//! next runnable guest goes), until it halts waiting for a virtual
+//! interrupt, or until it ends. With every guest halted, the CPU sleeps
+//! until the next tick.
+
+use crate::switcher::CpuSwitcher;
+use crate::{apic, interrupts, memory};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use host::archive::GuestArchive;
+use host::config::{Config, Expect, GuestSpec};
+use host::guest::{Guest, GuestRam, GuestState, HostServices, Next};
+use host::paging::{GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex};
+
+/// A guest's memory: one host frame per guest page, not necessarily
+/// contiguous, reached through the direct map.
+pub struct FrameGuestMemory {
+    frames: Vec<HostPhysAddr>,
+}
+
+impl FrameGuestMemory {
+    /// Takes `bytes` of host memory (zeroed) for a guest.
+    fn new(bytes: u64) -> Option<Self> {
+        let pages = bytes / PAGE_SIZE;
+        let mut frames = Vec::with_capacity(pages as usize);
+        for _ in 0..pages {
+            match memory::alloc_frame() {
+                Some(frame) => {
+                    zero_frame(frame);
+                    frames.push(frame);
+                }
+                None => {
+                    frames.into_iter().for_each(memory::free_frame);
+                    return None;
+                }
+            }
+        }
+        Some(Self { frames })
+    }
+
+    /// Gives the frames back.
+    fn release(self) {
+        self.frames.into_iter().for_each(memory::free_frame);
+    }
+
+    /// The host address of guest byte `gpa`, if `len` bytes from it stay
+    /// inside one page of guest memory.
+    fn host_ptr(&self, gpa: GuestPhysAddr, len: usize) -> Result<*mut u8, OutsideGuestMemory> {
+        let page = usize::try_from(gpa.frame_number()).map_err(|_| OutsideGuestMemory(gpa))?;
+        let frame = self.frames.get(page).ok_or(OutsideGuestMemory(gpa))?;
+        if gpa.page_offset() as usize + len > PAGE_SIZE as usize {
+            return Err(OutsideGuestMemory(gpa));
+        }
+        Ok(memory::phys_to_virt(*frame).wrapping_add(gpa.page_offset() as usize))
+    }
+
+    fn word(&self, gpa: GuestPhysAddr) -> Result<&AtomicU64, OutsideGuestMemory> {
+        if gpa.as_u64() % 8 != 0 {
+            return Err(OutsideGuestMemory(gpa));
+        }
+        let ptr = self.host_ptr(gpa, 8)?;
+        // SAFETY: `host_ptr` checked that the 8 aligned bytes are inside a
+        // frame of this guest's memory, which the direct map reaches and
+        // which lives as long as `self`. The guest may write the word
+        // concurrently (on another CPU), hence the atomic.
+        Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+}
+
+fn zero_frame(frame: HostPhysAddr) {
+    // SAFETY: a frame just taken from the allocator, ours alone.
+    unsafe { memory::phys_to_virt(frame).write_bytes(0, PAGE_SIZE as usize) };
+}
+
+impl GuestMemory for FrameGuestMemory {
+    fn size(&self) -> u64 {
+        self.frames.len() as u64 * PAGE_SIZE
+    }
+
+    fn host_frame(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        self.frames
+            .get(usize::try_from(gpa.frame_number()).ok()?)
+            .copied()
+    }
+
+    fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, OutsideGuestMemory> {
+        Ok(self.word(gpa)?.load(Ordering::Relaxed))
+    }
+
+    fn write_u64(&mut self, gpa: GuestPhysAddr, value: u64) -> Result<(), OutsideGuestMemory> {
+        self.word(gpa)?.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn compare_exchange_u64(
+        &mut self,
+        gpa: GuestPhysAddr,
+        current: u64,
+        new: u64,
+    ) -> Result<bool, OutsideGuestMemory> {
+        let word = self.word(gpa)?;
+        Ok(word
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok())
+    }
+}
+
+impl GuestRam for FrameGuestMemory {
+    fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = gpa
+                .checked_add(done as u64)
+                .ok_or(OutsideGuestMemory(gpa))?;
+            let n = (buf.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            let src = self.host_ptr(at, n)?;
+            // SAFETY: `host_ptr` checked the n bytes lie in one guest frame.
+            unsafe { core::ptr::copy_nonoverlapping(src, buf[done..].as_mut_ptr(), n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), OutsideGuestMemory> {
+        let mut done = 0;
+        while done < data.len() {
+            let at = gpa
+                .checked_add(done as u64)
+                .ok_or(OutsideGuestMemory(gpa))?;
+            let n = (data.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            let dst = self.host_ptr(at, n)?;
+            // SAFETY: as for `read_bytes`.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Shadow page-table frames, straight from the frame allocator.
+pub struct HostFrames;
+
+impl ShadowFrames for HostFrames {
+    fn allocate_zeroed(&mut self) -> Option<HostPhysAddr> {
+        let frame = memory::alloc_frame()?;
+        zero_frame(frame);
+        Some(frame)
+    }
+
+    fn free(&mut self, frame: HostPhysAddr) {
+        memory::free_frame(frame);
+    }
+
+    fn read_entry(&self, table: HostPhysAddr, index: TableIndex) -> u64 {
+        // SAFETY: `table` is a shadow-table frame we handed out (the trait's
+        // contract), and `index` < 512.
+        unsafe {
+            memory::phys_to_virt(table)
+                .cast::<u64>()
+                .add(index.as_usize())
+                .read_volatile()
+        }
+    }
+
+    fn write_entry(&mut self, table: HostPhysAddr, index: TableIndex, value: u64) {
+        // SAFETY: as for `read_entry`.
+        unsafe {
+            memory::phys_to_virt(table)
+                .cast::<u64>()
+                .add(index.as_usize())
+                .write_volatile(value)
+        }
+    }
+}
+
+/// The clock and the console, for guests.
+pub struct Services {
+    tsc_hz: u64,
+    boot_tsc: u64,
+}
+
+impl HostServices for Services {
+    fn now_ns(&self) -> u64 {
+        let cycles = apic::rdtsc().wrapping_sub(self.boot_tsc);
+        (u128::from(cycles) * 1_000_000_000 / u128::from(self.tsc_hz.max(1))) as u64
+    }
+
+    fn console_line(&mut self, guest: &str, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        println!("[{guest}] {text}");
+    }
+}
+
+/// One guest and what is expected of it.
+struct Slot {
+    guest: Guest<FrameGuestMemory>,
+    expect: Expect,
+}
+
+/// Why the guests could not be started.
+pub enum RunError {
+    /// No guest archive was passed to the kernel.
+    NoArchive,
+    /// The archive is unreadable.
+    Archive(host::archive::ArchiveError),
+    /// A guest named on the command line is not in the archive.
+    UnknownGuest(String, String),
+    /// A guest could not be set up.
+    Setup(String, String),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoArchive => {
+                f.write_str("no guest archive: boot with the guests as a module (QEMU -initrd)")
+            }
+            Self::Archive(e) => write!(f, "{e}"),
+            Self::UnknownGuest(name, known) => {
+                write!(f, "no guest `{name}` in the archive; it holds: {known}")
+            }
+            Self::Setup(name, why) => write!(f, "guest {name}: {why}"),
+        }
+    }
+}
+
+/// Runs the guests of `config` to their ends. Returns whether every guest
+/// ended as expected.
+pub fn run_guests(
+    config: &Config<'_>,
+    archive: Option<&[u8]>,
+    tsc_hz: u64,
+) -> Result<bool, RunError> {
+    let archive =
+        GuestArchive::open(archive.ok_or(RunError::NoArchive)?).map_err(RunError::Archive)?;
+    let mut switcher = CpuSwitcher::new(0)
+        .map_err(|e| RunError::Setup(String::from("switcher"), alloc::format!("{e}")))?;
+    let services = Services {
+        tsc_hz,
+        boot_tsc: apic::rdtsc(),
+    };
+    let frames_before = memory::frame_stats();
+    let budget_ticks = config.guest_budget_ms * u64::from(config.timer_hz) / 1000;
+    let mut slots = Vec::new();
+    for spec in GuestSpec::parse_list(config.guests).flatten() {
+        slots.push(start_guest(
+            &archive,
+            spec,
+            config.guest_mem_mib << 20,
+            budget_ticks.max(1),
+        )?);
+    }
+    log::info!("running {} guest(s): {}", slots.len(), config.guests);
+    let all_as_expected = schedule(&mut slots, &mut switcher, services);
+    let frames_after = memory::frame_stats();
+    println!(
+        "frames: {} free before the guests, {} after ({})",
+        frames_before.free,
+        frames_after.free,
+        if frames_before.free == frames_after.free {
+            "balanced"
+        } else {
+            "LEAKED"
+        }
+    );
+    Ok(all_as_expected && frames_before.free == frames_after.free)
+}
+
+fn start_guest(
+    archive: &GuestArchive<'_>,
+    spec: GuestSpec<'_>,
+    mem_bytes: u64,
+    budget: u64,
+) -> Result<Slot, RunError> {
+    let mut name = String::from(spec.image);
+    if !spec.arg.is_empty() {
+        let _ = write!(name, "/{}", spec.arg);
+    }
+    let Some(image) = archive.find(spec.image) else {
+        let mut known = String::new();
+        for n in archive.names() {
+            let _ = write!(known, "{}{n}", if known.is_empty() { "" } else { ", " });
+        }
+        return Err(RunError::UnknownGuest(name, known));
+    };
+    let setup_error = |why: String| RunError::Setup(name.clone(), why);
+    let mut mem = FrameGuestMemory::new(mem_bytes)
+        .ok_or_else(|| setup_error(String::from("out of host memory")))?;
+    let loaded = match host::guest::load::load(&mut mem, image, spec.arg) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            mem.release();
+            return Err(setup_error(alloc::format!("{e}")));
+        }
+    };
+    let paging = PagingConfig {
+        physical_address_bits: crate::cpu::physical_address_bits(),
+        ..PagingConfig::default()
+    };
+    match Guest::new(name.clone(), mem, loaded, paging, budget, &mut HostFrames) {
+        Ok(guest) => Ok(Slot {
+            guest,
+            expect: spec.expect,
+        }),
+        Err(e) => Err(setup_error(alloc::format!("{e}"))),
+    }
+}
+
+/// Round-robin over the guests until all have ended.
+fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Services) -> bool {
+    let mut all_as_expected = true;
+    let mut current = 0;
+    let mut last_on_cpu: Option<*const ()> = None;
+    while !slots.is_empty() {
+        current %= slots.len();
+        let now = services.now_ns();
+        if !slots.iter_mut().any(|s| s.guest.poll(now)) {
+            idle_until_next_tick();
+            continue;
+        }
+        if !slots[current].guest.poll(now) {
+            current += 1;
+            continue;
+        }
+        let slot = &mut slots[current];
+        let id = (&slot.guest as *const Guest<_>).cast::<()>();
+        if last_on_cpu != Some(id) {
+            slot.guest.cpu_tables_lost();
+            last_on_cpu = Some(id);
+        }
+        let next = run_slice(&mut slot.guest, switcher, &mut services);
+        if next == Next::Ended {
+            let slot = slots.remove(current);
+            all_as_expected &= report_end(slot);
+            last_on_cpu = None;
+        } else {
+            current += 1;
+        }
+    }
+    all_as_expected
+}
+
+/// Runs one guest until a host tick, a halt or its end.
+fn run_slice(
+    guest: &mut Guest<FrameGuestMemory>,
+    switcher: &mut CpuSwitcher,
+    services: &mut Services,
+) -> Next {
+    loop {
+        let Some(root) =
+            guest.prepare_entry(&mut HostFrames, switcher.guest_view(), services.now_ns())
+        else {
+            return Next::Ended;
+        };
+        if let Some((stack, gates)) = guest.take_cpu_tables() {
+            switcher.set_direct_trap_stack(stack);
+            for (vector, handler) in gates {
+                switcher.set_direct_trap(vector, handler);
+            }
+        }
+        let cr2 = switcher.run(root, &mut guest.regs);
+        let vector = guest.regs.vector as u8;
+        let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
+        if host_interrupt {
+            interrupts::handle_host_interrupt(vector);
+        }
+        match guest.handle_exit(cr2, &mut HostFrames, services) {
+            Next::Resume if vector == interrupts::TIMER_VECTOR => return guest.charge_tick(),
+            Next::Resume => {}
+            other => return other,
+        }
+    }
+}
+
+/// Sleeps until the next host interrupt.
+fn idle_until_next_tick() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+}
+
+/// Prints how a guest ended and returns its frames. Says whether that was
+/// the expected end.
+fn report_end(slot: Slot) -> bool {
+    let Slot { guest, expect } = slot;
+    let name = guest.name.clone();
+    let counters = guest.counters;
+    let ticks = guest.ticks_used;
+    let state = guest.state().clone();
+    let paging = guest.paging_stats();
+    let (memory, _) = guest.teardown(&mut HostFrames);
+    memory.release();
+    let as_expected = match (&state, expect) {
+        (GuestState::Exited(code), Expect::Exit(want)) => *code == want,
+        (GuestState::Killed(_), Expect::Killed) => true,
+        _ => false,
+    };
+    match &state {
+        GuestState::Exited(code) => println!("guest {name} exited code={code}"),
+        GuestState::Killed(reason) => println!("guest {name} killed: {reason}"),
+        other => println!("guest {name} ended in state {other:?}"),
+    }
+    println!("guest {name} counters: {counters} ticks={ticks}");
+    println!(
+        "guest {name} paging: faults_fixed={} faults_reflected={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={}",
+        paging.faults_fixed,
+        paging.faults_reflected,
+        paging.roots_made,
+        paging.roots_reused,
+        paging.roots_evicted,
+        paging.eager_fills,
+        paging.frames_held
+    );
+    if !as_expected {
+        println!("guest {name}: expected {expect:?}, but it ended otherwise");
+    }
+    as_expected
+}

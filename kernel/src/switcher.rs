@@ -1,0 +1,273 @@
+//! The switcher, installed: its slot in the host's tables, this CPU's pages,
+//! and the call that runs a guest until it traps.
+//!
+//! The `switcher` crate holds the code and the layout; here the kernel
+//! gives them memory. At boot [`CpuSwitcher::new`]:
+//!
+//! 1. maps the switcher's code pages (the kernel's `.switcher` section) at
+//!    `SLOT_BASE` in the host's tables, read-only and executable;
+//! 2. takes three frames for this CPU (register, state and IDT page), maps
+//!    them writable for the host, and fills in the guest GDT, TSS and IDT;
+//! 3. builds this CPU's *guest view* of the slot, a small page-table tree
+//!    that every shadow root on this CPU gets as its last top-level entry:
+//!    the code read-only, the register page writable, the state and IDT
+//!    pages read-only, all supervisor-only, nothing of other CPUs.
+//!
+//! [`CpuSwitcher::run`] then enters a guest and comes back with its
+//! registers and the trap that stopped it.
+
+use crate::memory::paging::{HostPageRights, map_host_page, nx_bit};
+use crate::memory::{self, MemoryError, phys_to_virt};
+use host::addr::HostPhysAddr;
+use switcher::{
+    GDT_ENTRIES, Gate, GuestRegs, IdtPage, PAGE, REGS_OFFSET, SLOT_BASE, STUB_STRIDE, StatePage,
+    TablePointer, Tss, idt_page_offset, register_page_offset, segment_descriptor, selector,
+    state_page_offset, tss_descriptor,
+};
+
+unsafe extern "C" {
+    static __switcher_start: u8;
+    static __switcher_end: u8;
+    static switch_to_guest: u8;
+    static guest_trap_stubs: u8;
+}
+
+/// Page-table entry bits for the hand-built guest view of the slot.
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
+
+/// Vectors that run on IST1 (the register page) in a guest: NMI, `#DF`, `#MC`.
+const IST_VECTORS: [usize; 3] = [2, 8, 18];
+
+/// One CPU's switcher: where its pages are, and its view of the slot for
+/// guests.
+pub struct CpuSwitcher {
+    cpu: usize,
+    regs_frame: HostPhysAddr,
+    state_frame: HostPhysAddr,
+    idt_frame: HostPhysAddr,
+    /// The third-level table of the guest view: what shadow roots put in
+    /// their last top-level entry.
+    guest_view: HostPhysAddr,
+    /// The frames of the guest view (third, second, first level).
+    view_frames: [HostPhysAddr; 3],
+}
+
+/// Offset of a switcher symbol from the start of the switcher's code.
+fn code_offset(symbol: *const u8) -> u64 {
+    symbol as u64 - (&raw const __switcher_start) as u64
+}
+
+/// The switcher code's physical frames (the kernel runs identity-mapped).
+fn code_frames() -> impl Iterator<Item = HostPhysAddr> {
+    let start = (&raw const __switcher_start) as u64;
+    let end = (&raw const __switcher_end) as u64;
+    (start..end).step_by(PAGE as usize).map(HostPhysAddr::new)
+}
+
+fn zeroed_frame() -> Result<HostPhysAddr, MemoryError> {
+    let frame =
+        memory::alloc_frame().ok_or(MemoryError::PageTables("no frame for the switcher"))?;
+    // SAFETY: a fresh frame from the allocator, reached through the direct map.
+    unsafe { phys_to_virt(frame).write_bytes(0, PAGE as usize) };
+    Ok(frame)
+}
+
+impl CpuSwitcher {
+    /// Sets up the switcher for CPU `cpu` (see the module docs).
+    pub fn new(cpu: usize) -> Result<Self, MemoryError> {
+        if cpu == 0 {
+            for (i, frame) in code_frames().enumerate() {
+                map_host_page(
+                    SLOT_BASE + i as u64 * PAGE,
+                    frame,
+                    HostPageRights::ReadExecute,
+                )?;
+            }
+        }
+        let regs_frame = zeroed_frame()?;
+        let state_frame = zeroed_frame()?;
+        let idt_frame = zeroed_frame()?;
+        for (offset, frame) in [
+            (register_page_offset(cpu), regs_frame),
+            (state_page_offset(cpu), state_frame),
+            (idt_page_offset(cpu), idt_frame),
+        ] {
+            map_host_page(SLOT_BASE + offset, frame, HostPageRights::ReadWrite)?;
+        }
+        let view_frames = [zeroed_frame()?, zeroed_frame()?, zeroed_frame()?];
+        let mut this = Self {
+            cpu,
+            regs_frame,
+            state_frame,
+            idt_frame,
+            guest_view: view_frames[0],
+            view_frames,
+        };
+        this.fill_state_page();
+        this.fill_idt();
+        this.build_guest_view();
+        Ok(this)
+    }
+
+    /// The frame shadow roots on this CPU put in their switcher slot.
+    pub fn guest_view(&self) -> HostPhysAddr {
+        self.guest_view
+    }
+
+    fn slot_address(&self, offset: u64) -> u64 {
+        SLOT_BASE + offset
+    }
+
+    fn state(&mut self) -> &mut StatePage {
+        // SAFETY: the state frame is ours alone (allocated in `new`), page
+        // sized and aligned, and `StatePage` fits in a page; the switcher
+        // writes it only inside `run`, while no reference is live.
+        unsafe { &mut *phys_to_virt(self.state_frame).cast::<StatePage>() }
+    }
+
+    fn idt(&mut self) -> &mut IdtPage {
+        // SAFETY: as for `state`, for the IDT frame.
+        unsafe { &mut *phys_to_virt(self.idt_frame).cast::<IdtPage>() }
+    }
+
+    fn fill_state_page(&mut self) {
+        let state_va = self.slot_address(state_page_offset(self.cpu));
+        let regs_top = self.slot_address(register_page_offset(self.cpu)) + PAGE;
+        let tss_va = state_va + core::mem::offset_of!(StatePage, guest_tss) as u64;
+        let gdt_va = state_va + core::mem::offset_of!(StatePage, guest_gdt) as u64;
+        let [tss_low, tss_high] = tss_descriptor(tss_va);
+        let idt_va = self.slot_address(idt_page_offset(self.cpu));
+        let state = self.state();
+        state.guest_gdt = [
+            0,
+            segment_descriptor(true, 0),
+            segment_descriptor(false, 0),
+            segment_descriptor(true, 1),
+            segment_descriptor(false, 1),
+            segment_descriptor(false, 3),
+            segment_descriptor(true, 3),
+            tss_low,
+            tss_high,
+        ];
+        state.guest_gdtr = TablePointer::new(gdt_va, GDT_ENTRIES as u64 * 8);
+        state.guest_idtr = TablePointer::new(idt_va, PAGE);
+        let mut tss = Tss::default();
+        tss.rsp[0] = regs_top;
+        tss.ist[0] = regs_top;
+        tss.iomap_base = size_of::<Tss>() as u16;
+        state.guest_tss = tss;
+    }
+
+    /// Every vector goes to its switcher stub; the hypercall gate is the one
+    /// the guest kernel (ring 1) may raise with `int`.
+    fn fill_idt(&mut self) {
+        for vector in 0..256 {
+            let gate = self.stub_gate(vector);
+            self.idt()[vector] = gate;
+        }
+    }
+
+    fn stub_gate(&self, vector: usize) -> Gate {
+        let stubs = SLOT_BASE + code_offset(&raw const guest_trap_stubs);
+        let dpl = if vector == usize::from(guest_abi::hypercall::VECTOR) {
+            1
+        } else {
+            0
+        };
+        let ist = if IST_VECTORS.contains(&vector) { 1 } else { 0 };
+        Gate::interrupt(
+            stubs + vector as u64 * STUB_STRIDE,
+            selector::SWITCHER_CODE,
+            dpl,
+            ist,
+        )
+    }
+
+    fn build_guest_view(&mut self) {
+        let [pdpt, pd, pt] = self.view_frames;
+        let nx = nx_bit();
+        write_entry(pdpt, 0, pd.as_u64() | PRESENT | WRITABLE);
+        write_entry(pd, 0, pt.as_u64() | PRESENT | WRITABLE);
+        for (i, frame) in code_frames().enumerate() {
+            write_entry(pt, i, frame.as_u64() | PRESENT);
+        }
+        let pages = [
+            (register_page_offset(self.cpu), self.regs_frame, WRITABLE),
+            (state_page_offset(self.cpu), self.state_frame, 0),
+            (idt_page_offset(self.cpu), self.idt_frame, 0),
+        ];
+        for (offset, frame, writable) in pages {
+            write_entry(
+                pt,
+                (offset / PAGE) as usize,
+                frame.as_u64() | PRESENT | writable | nx,
+            );
+        }
+    }
+
+    /// Sets the stack the CPU switches to when guest user code (ring 3)
+    /// raises a direct trap into the guest kernel.
+    pub fn set_direct_trap_stack(&mut self, top: u64) {
+        self.state().guest_tss.rsp[1] = top;
+    }
+
+    /// Points `vector` straight at a guest kernel handler for `int vector`
+    /// from guest user code (a trap gate: interrupts stay on, so the host's
+    /// tick still preempts the handler), or back at the switcher.
+    pub fn set_direct_trap(&mut self, vector: u8, handler: Option<u64>) {
+        let gate = match handler {
+            Some(handler) => Gate::trap(handler, selector::GUEST_KERNEL_CODE, 3),
+            None => self.stub_gate(usize::from(vector)),
+        };
+        self.idt()[usize::from(vector)] = gate;
+    }
+
+    /// Runs the guest whose shadow root is `root` with registers `regs`
+    /// until it traps; `regs` then holds its registers at the trap, and the
+    /// result is the guest's CR2 (meaningful after a page fault).
+    ///
+    /// Interrupts must be off.
+    pub fn run(&mut self, root: HostPhysAddr, regs: &mut GuestRegs) -> u64 {
+        self.state().guest_cr3 = root.as_u64();
+        let page = phys_to_virt(self.regs_frame);
+        // SAFETY: the register page is ours; `REGS_OFFSET` leaves room for
+        // exactly one `GuestRegs` at its top.
+        unsafe {
+            page.add(REGS_OFFSET as usize)
+                .cast::<GuestRegs>()
+                .write(*regs)
+        };
+        let entry = SLOT_BASE + code_offset(&raw const switch_to_guest);
+        let regs_page = self.slot_address(register_page_offset(self.cpu));
+        // SAFETY: `switch_to_guest` saves and restores everything the host
+        // needs (callee-saved registers, flags, stack, CR3, GDT, IDT, TR)
+        // and returns like a function; the guest's values it leaves in the
+        // caller-saved registers are declared clobbered. The state page was
+        // filled in `new`, and `root` is a shadow root with this CPU's
+        // switcher view in its last slot.
+        unsafe {
+            core::arch::asm!(
+                "call {entry}",
+                entry = in(reg) entry,
+                in("rdi") regs_page,
+                clobber_abi("sysv64"),
+            );
+        }
+        // SAFETY: as above; the switcher has just written the guest's
+        // registers there.
+        *regs = unsafe { page.add(REGS_OFFSET as usize).cast::<GuestRegs>().read() };
+        x86_64::registers::control::Cr2::read_raw()
+    }
+}
+
+fn write_entry(table: HostPhysAddr, index: usize, value: u64) {
+    // SAFETY: `table` is a page-table frame of the guest view, ours alone,
+    // and `index` < 512 (callers index within one table).
+    unsafe {
+        phys_to_virt(table)
+            .cast::<u64>()
+            .add(index % 512)
+            .write(value)
+    };
+}
