@@ -82,6 +82,9 @@ pub struct Config<'a> {
     /// `guest_budget_ms=<ms>`: the most CPU time a guest may use before the
     /// host ends it (default 60000).
     pub guest_budget_ms: u64,
+    /// `bench=on|off`: measure the native analogues of the benchmarks
+    /// before running the guests (default off).
+    pub bench: bool,
 }
 
 impl Default for Config<'_> {
@@ -93,6 +96,7 @@ impl Default for Config<'_> {
             guests: "hello",
             guest_mem_mib: 16,
             guest_budget_ms: 60_000,
+            bench: false,
         }
     }
 }
@@ -178,6 +182,13 @@ impl<'a> Config<'a> {
                         return Err(bad("a comma-separated list of image[/arg][:code|:killed]"));
                     }
                     config.guests = value;
+                }
+                "bench" => {
+                    config.bench = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("on or off")),
+                    }
                 }
                 "guest_mem" => {
                     config.guest_mem_mib = value

@@ -93,3 +93,24 @@ pub fn physical_address_bits() -> u8 {
         .get_processor_capacity_feature_info()
         .map_or(36, |c| c.physical_address_bits())
 }
+
+/// Turns on the protections that cost nothing and keep guests in their
+/// place: UMIP (`sgdt`, `sidt`, `str`, `smsw` fault outside ring 0, so a
+/// guest kernel cannot read where the host's tables are) and SMEP (ring 0
+/// never runs code from a user page). Not SMAP: the guest kernel is
+/// supervisor too, and it must reach its own user pages without `stac`,
+/// which ring 1 cannot execute.
+pub fn harden(features: &Features) {
+    use x86_64::registers::control::{Cr4, Cr4Flags};
+    let mut add = Cr4Flags::empty();
+    if features.umip {
+        add |= Cr4Flags::USER_MODE_INSTRUCTION_PREVENTION;
+    }
+    if features.smep {
+        add |= Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION;
+    }
+    // SAFETY: CPUID says both exist; neither changes how the host's own
+    // ring-0 code runs (it never executes user pages, and UMIP only
+    // affects rings 1-3).
+    unsafe { Cr4::update(|flags| flags.insert(add)) };
+}

@@ -14,6 +14,7 @@
 use crate::{apic, gdt, power};
 use core::arch::global_asm;
 use spin::Once;
+use switcher::Gate;
 use x86_64::VirtAddr;
 use x86_64::instructions::tables::lidt;
 use x86_64::registers::control::Cr2;
@@ -21,6 +22,9 @@ use x86_64::structures::DescriptorTablePointer;
 
 /// The vector of the host's periodic timer interrupt.
 pub const TIMER_VECTOR: u8 = 32;
+/// A vector whose handler is a bare `iretq`: the native analogue the
+/// benchmarks time a hypercall against.
+pub const BENCH_VECTOR: u8 = 0x80;
 /// The vector the local APIC uses for spurious interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -121,36 +125,6 @@ unsafe extern "C" {
     static trap_stubs: [u8; 256 * 16];
 }
 
-/// One 16-byte IDT gate.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Gate {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    attributes: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
-}
-
-impl Gate {
-    /// A present ring-0 interrupt gate (type 0xE: IF is cleared on entry, so
-    /// handlers are never themselves interrupted), on IST slot `ist` (0 =
-    /// the current stack).
-    fn interrupt(handler: u64, selector: u16, ist: u8) -> Self {
-        Gate {
-            offset_low: handler as u16,
-            selector,
-            ist,
-            attributes: 0x8e,
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        }
-    }
-}
-
 static IDT: Once<[Gate; 256]> = Once::new();
 
 /// Builds and loads the IDT of this CPU.
@@ -166,8 +140,12 @@ pub fn init() {
                 18 => gdt::MACHINE_CHECK_IST + 1,
                 _ => 0,
             };
-            *gate = Gate::interrupt(stubs + 16 * vector as u64, code, ist as u8);
+            // Ring-0 interrupt gates: IF is cleared on entry, so handlers
+            // are never themselves interrupted.
+            *gate = Gate::interrupt(stubs + 16 * vector as u64, code, 0, ist as u8);
         }
+        let bare_iretq = (&raw const crate::bench::bare_iretq) as u64;
+        idt[usize::from(BENCH_VECTOR)] = Gate::interrupt(bare_iretq, code, 0, 0);
         idt
     });
     let pointer = DescriptorTablePointer {

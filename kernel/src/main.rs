@@ -31,6 +31,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod apic;
 #[cfg(target_os = "none")]
+mod bench;
+#[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
 #[macro_use]
@@ -99,6 +101,7 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
             Efer::update(|f| f.insert(EferFlags::NO_EXECUTE_ENABLE));
         }
     }
+    cpu::harden(&features);
     if let Err(e) = memory::init(&boot, features.nx) {
         fail(format_args!("memory set-up failed: {e}"));
     }
@@ -123,6 +126,9 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         selftest::run(test);
     }
     x86_64::instructions::interrupts::disable();
+    if config.bench {
+        bench::run_native();
+    }
     let archive = boot.modules().first().map(|m| {
         let len = (m.end.as_u64() - m.start.as_u64()) as usize;
         // SAFETY: the loader put the module there; the frame allocator keeps

@@ -10,12 +10,14 @@
 //! interrupt, or until it ends. With every guest halted, the CPU sleeps
 //! until the next tick.
 
+use crate::bench::HostShare;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts, memory};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::hypercall::Number;
 use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
 use host::config::{Config, Expect, GuestSpec};
@@ -65,7 +67,7 @@ impl FrameGuestMemory {
     }
 
     fn word(&self, gpa: GuestPhysAddr) -> Result<&AtomicU64, OutsideGuestMemory> {
-        if gpa.as_u64() % 8 != 0 {
+        if !gpa.as_u64().is_multiple_of(8) {
             return Err(OutsideGuestMemory(gpa));
         }
         let ptr = self.host_ptr(gpa, 8)?;
@@ -205,6 +207,8 @@ impl HostServices for Services {
 struct Slot {
     guest: Guest<FrameGuestMemory>,
     expect: Expect,
+    /// The host's share of the guest's no-op hypercalls, for the benchmark.
+    host_share: HostShare,
 }
 
 /// Why the guests could not be started.
@@ -311,6 +315,7 @@ fn start_guest(
         Ok(guest) => Ok(Slot {
             guest,
             expect: spec.expect,
+            host_share: HostShare::default(),
         }),
         Err(e) => Err(setup_error(alloc::format!("{e}"))),
     }
@@ -338,7 +343,12 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
             slot.guest.cpu_tables_lost();
             last_on_cpu = Some(id);
         }
-        let next = run_slice(&mut slot.guest, switcher, &mut services);
+        let next = run_slice(
+            &mut slot.guest,
+            &mut slot.host_share,
+            switcher,
+            &mut services,
+        );
         if next == Next::Ended {
             let slot = slots.remove(current);
             all_as_expected &= report_end(slot);
@@ -353,9 +363,12 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
 /// Runs one guest until a host tick, a halt or its end.
 fn run_slice(
     guest: &mut Guest<FrameGuestMemory>,
+    host_share: &mut HostShare,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
 ) -> Next {
+    // When the last exit was a no-op hypercall: the cycle it returned at.
+    let mut nop_exit_at: Option<u64> = None;
     loop {
         let Some(root) =
             guest.prepare_entry(&mut HostFrames, switcher.guest_view(), services.now_ns())
@@ -368,8 +381,16 @@ fn run_slice(
                 switcher.set_direct_trap(vector, handler);
             }
         }
+        if let Some(at) = nop_exit_at.take() {
+            host_share.exits += 1;
+            host_share.cycles += apic::rdtsc() - at;
+        }
         let cr2 = switcher.run(root, &mut guest.regs);
+        let returned_at = apic::rdtsc();
         let vector = guest.regs.vector as u8;
+        if vector == guest_abi::hypercall::VECTOR && guest.regs.rax == Number::Nop as u64 {
+            nop_exit_at = Some(returned_at);
+        }
         let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
         if host_interrupt {
             interrupts::handle_host_interrupt(vector);
@@ -391,7 +412,12 @@ fn idle_until_next_tick() {
 /// Prints how a guest ended and returns its frames. Says whether that was
 /// the expected end.
 fn report_end(slot: Slot) -> bool {
-    let Slot { guest, expect } = slot;
+    let Slot {
+        guest,
+        expect,
+        host_share,
+    } = slot;
+    host_share.report(&guest.name);
     let name = guest.name.clone();
     let counters = guest.counters;
     let ticks = guest.ticks_used;

@@ -304,8 +304,8 @@ mod tests {
 
     #[test]
     fn per_cpu_pages_fit_the_slot() {
-        assert!(MAX_CPUS >= 64);
-        assert!(idt_page_offset(MAX_CPUS - 1) + PAGE <= 0x20_0000);
+        const { assert!(MAX_CPUS >= 64) };
+        const { assert!(idt_page_offset(MAX_CPUS - 1) + PAGE <= 0x20_0000) };
         assert_eq!(REGS_OFFSET + size_of::<GuestRegs>() as u64, PAGE);
     }
 }

@@ -178,7 +178,7 @@ impl<M: GuestRam> Guest<M> {
     ) -> Result<u64, Error> {
         let canonical = GuestVirtAddr::try_new(top)
             .is_ok_and(|t| t.is_upper_half() && t.table_index(4) != switcher::SLOT_PML4_INDEX);
-        if !canonical || top % 16 != 0 {
+        if !canonical || !top.is_multiple_of(16) {
             return Err(Error::InvalidArgument);
         }
         self.paging
