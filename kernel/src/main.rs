@@ -29,6 +29,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod acpi;
+#[cfg(target_os = "none")]
 mod apic;
 #[cfg(target_os = "none")]
 mod bench;
@@ -120,7 +122,18 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         clocks.tsc_hz / 1_000_000,
         elapsed * 1_000_000 / clocks.tsc_hz.max(1),
     );
-    println!("cpus: 1 in use (the boot CPU)");
+    match acpi::count_cpus(boot.acpi) {
+        Ok(cpus) => println!(
+            "cpus: {} enabled in the ACPI MADT ({} more could come online); 1 in use (the boot CPU)",
+            cpus.enabled, cpus.online_capable
+        ),
+        Err(e) => {
+            println!("cpus: the ACPI tables could not be read ({e:?}); 1 in use (the boot CPU)")
+        }
+    }
+    if !boot.notes.is_empty() {
+        log::info!("boot: {}", boot.notes);
+    }
 
     if let Some(test) = config.test {
         selftest::run(test);

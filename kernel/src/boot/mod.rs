@@ -66,6 +66,23 @@ pub struct Module {
     pub end: HostPhysAddr,
 }
 
+/// Where the ACPI tables start, as the loader told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcpiRoot {
+    /// Not given: search the BIOS areas for the RSDP.
+    Unknown,
+    /// The RSDP's physical address (PVH).
+    Rsdp(u64),
+    /// The RSDT (revision 0) or XSDT (revision 2+) address, from the copy
+    /// of the RSDP a Multiboot2 loader hands over.
+    Rsdt {
+        /// The RSDP's revision.
+        revision: u8,
+        /// The table's physical address.
+        address: u64,
+    },
+}
+
 const MAX_REGIONS: usize = 128;
 const MAX_MODULES: usize = 8;
 const MAX_CMDLINE: usize = 2048;
@@ -86,6 +103,11 @@ pub struct BootInfo {
     /// Where the loader's own information lies, so it can be kept out of the
     /// frame allocator until we are done reading it.
     pub loader_data: Region,
+    /// Where the ACPI tables are.
+    pub acpi: AcpiRoot,
+    /// What the Multiboot2 loader left that we ignore (a framebuffer, EFI
+    /// boot services still running), for the boot report.
+    pub notes: &'static str,
 }
 
 impl BootInfo {
@@ -108,6 +130,8 @@ impl BootInfo {
             cmdline_len: 0,
             truncated: false,
             loader_data: NOTHING,
+            acpi: AcpiRoot::Unknown,
+            notes: "",
         }
     }
 
@@ -238,6 +262,9 @@ unsafe fn read_pvh(start_info: u32) -> Result<BootInfo, BootError> {
     if let Some(line) = reader.cmdline() {
         info.set_cmdline(line.to_bytes());
     }
+    if raw.rsdp_paddr != 0 {
+        info.acpi = AcpiRoot::Rsdp(raw.rsdp_paddr);
+    }
     // The start info, its memory map and its command line sit in low memory
     // below 1 MiB, which the kernel never hands out.
     info.loader_data = Region {
@@ -270,9 +297,47 @@ unsafe fn read_multiboot2(mbi: u32) -> Result<BootInfo, BootError> {
             info.push_region(area.start_address(), area.size(), kind);
         }
     }
+    if info.region_count == 0
+        && let Some(efi) = mb.efi_memory_map_tag()
+    {
+        // GRUB on UEFI may give only the firmware's map.
+        for area in efi.memory_areas() {
+            use multiboot2::EFIMemoryAreaType as T;
+            let kind = match area.ty {
+                T::CONVENTIONAL
+                | T::LOADER_CODE
+                | T::LOADER_DATA
+                | T::BOOT_SERVICES_CODE
+                | T::BOOT_SERVICES_DATA => RegionKind::Usable,
+                T::ACPI_RECLAIM => RegionKind::Acpi,
+                T::ACPI_NON_VOLATILE => RegionKind::AcpiNvs,
+                _ => RegionKind::Reserved,
+            };
+            info.push_region(area.phys_start, area.page_count * 4096, kind);
+        }
+    }
     if info.region_count == 0 {
         return Err(BootError::NoMemoryMap);
     }
+    if let Some(rsdp) = mb.rsdp_v2_tag() {
+        info.acpi = AcpiRoot::Rsdt {
+            revision: rsdp.revision(),
+            address: rsdp.xsdt_address() as u64,
+        };
+    } else if let Some(rsdp) = mb.rsdp_v1_tag() {
+        info.acpi = AcpiRoot::Rsdt {
+            revision: rsdp.revision(),
+            address: rsdp.rsdt_address() as u64,
+        };
+    }
+    info.notes = match (
+        mb.framebuffer_tag().is_some(),
+        mb.efi_bs_not_exited_tag().is_some(),
+    ) {
+        (_, true) => "EFI boot services were left running (ignored)",
+        (true, false) => "a framebuffer was set up (ignored: the console is serial)",
+        _ => "",
+    };
     for module in mb.module_tags() {
         info.push_module(
             u64::from(module.start_address()),
