@@ -1,0 +1,156 @@
+//! Hypercalls: `int 0x81`, and one wrapper per call.
+//!
+//! The convention (guest_abi::hypercall): the call's number in `rax`, up to
+//! four arguments in `rdi`, `rsi`, `rdx`, `r10`, the result in `rax` (a
+//! negated [`Error`] on failure), every other register preserved. The gate
+//! has privilege level 1: only ring-1 code can use it.
+//!
+//! Calls that only read or report are safe functions. Calls that change
+//! what the CPU will do with guest memory or control flow (where traps go,
+//! which stack they use, which page tables are live) are `unsafe`: the
+//! host checks that their arguments are inside guest memory, but only the
+//! caller can know they are *right*.
+
+use core::arch::asm;
+use guest_abi::hypercall::{Error, Number, VECTOR};
+use guest_abi::pte::MmuOp;
+
+/// Makes hypercall `number` with `args`, and returns the raw `rax`.
+///
+/// # Safety
+///
+/// The arguments must be what the call expects: addresses of guest memory
+/// the host may read or write as the call says, handlers and stacks that
+/// are valid code and memory for as long as the host may use them.
+#[inline(always)]
+pub unsafe fn raw(number: Number, args: [u64; 4]) -> u64 {
+    let result: u64;
+    // SAFETY: `int 0x81` enters the host, which preserves every register
+    // but rax (declared as the output) and does with memory only what the
+    // call says, which the caller vouches for. It does not touch our stack
+    // (the CPU switches to the host's stack for the gate), hence `nostack`.
+    unsafe {
+        asm!(
+            "int {vector}",
+            vector = const VECTOR,
+            inlateout("rax") number as u64 => result,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            options(nostack),
+        );
+    }
+    result
+}
+
+/// Splits a returned `rax` into a value or an [`Error`].
+pub fn decode(rax: u64) -> Result<u64, Error> {
+    match Error::from_return_value(rax) {
+        Some(error) => Err(error),
+        None => Ok(rax),
+    }
+}
+
+/// A call that has no effect on guest memory or control flow.
+fn harmless(number: Number, args: [u64; 4]) -> Result<u64, Error> {
+    // SAFETY: every caller passes a call that takes no address and changes
+    // nothing the program relies on (time, timer, halting, console reads of
+    // a live buffer).
+    decode(unsafe { raw(number, args) })
+}
+
+/// Prints `bytes` on the host console (the host prefixes the guest's
+/// name). Returns the number of bytes written; long buffers are split into
+/// calls of at most `CONSOLE_WRITE_MAX` bytes.
+pub fn console_write(bytes: &[u8]) -> Result<u64, Error> {
+    let mut written = 0;
+    for chunk in bytes.chunks(guest_abi::hypercall::CONSOLE_WRITE_MAX as usize) {
+        // The host only reads the buffer, which is borrowed for the call.
+        written += harmless(
+            Number::ConsoleWrite,
+            [chunk.as_ptr() as u64, chunk.len() as u64, 0, 0],
+        )?;
+    }
+    Ok(written)
+}
+
+/// Tells the host to deliver trap `vector` to `handler` (a guest-virtual
+/// address) with `flags` (guest_abi::hypercall::trap_flags); 0 removes it.
+///
+/// # Safety
+///
+/// `handler` must be code that handles a trap frame as the host pushes it
+/// (see [`crate::traps`]), for as long as it stays registered.
+pub unsafe fn set_trap(vector: u8, handler: u64, flags: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the handler.
+    decode(unsafe { raw(Number::SetTrap, [vector.into(), handler, flags, 0]) })
+}
+
+/// Tells the host which stack to deliver traps on when they interrupt
+/// guest user code.
+///
+/// # Safety
+///
+/// `top` must be the top of memory the guest kernel owns and does not use
+/// for anything else while user code runs.
+pub unsafe fn set_kernel_stack(top: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the stack.
+    decode(unsafe { raw(Number::SetKernelStack, [top, 0, 0, 0]) })
+}
+
+/// Sleeps until a virtual interrupt is pending (at once if one is). It is
+/// not delivered here: that happens when the virtual flag allows.
+pub fn halt() {
+    let _ = harmless(Number::Halt, [0; 4]);
+}
+
+/// Raises the timer's virtual interrupt once, `ns` nanoseconds from now;
+/// 0 cancels.
+pub fn set_timer(ns: u64) -> Result<u64, Error> {
+    harmless(Number::SetTimer, [ns, 0, 0, 0])
+}
+
+/// Nanoseconds since the host booted.
+pub fn read_time() -> u64 {
+    harmless(Number::ReadTime, [0; 4]).unwrap_or(0)
+}
+
+/// Ends the guest with exit `code`. The host never comes back.
+pub fn shutdown(code: u64) -> ! {
+    let _ = harmless(Number::Shutdown, [code, 0, 0, 0]);
+    // A host that returned from Shutdown is broken; sleep rather than run on.
+    loop {
+        halt();
+    }
+}
+
+/// Does nothing, through the host: what the benchmark times.
+#[inline(always)]
+pub fn nop() -> u64 {
+    // SAFETY: Nop takes no arguments and changes nothing.
+    unsafe { raw(Number::Nop, [0; 4]) }
+}
+
+/// Reports one page-table operation (guest_abi::pte) to the host.
+///
+/// # Safety
+///
+/// The operation changes what the host maps for us: the entry it reports
+/// must be the one the guest wrote, in tables the guest means to use.
+pub unsafe fn mmu_op(op: MmuOp) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the operation.
+    decode(unsafe { raw(Number::MmuOp, op.encode()) })
+}
+
+/// Switches to the address space whose top-level table is at
+/// guest-physical `root`.
+///
+/// # Safety
+///
+/// The new tables must map the running code, its stack and everything the
+/// program goes on to use, where it expects them.
+pub unsafe fn set_root(root: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the tables.
+    decode(unsafe { raw(Number::SetRoot, [root, 0, 0, 0]) })
+}

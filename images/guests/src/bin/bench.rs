@@ -1,0 +1,73 @@
+//! # `bench`: the hypercall round trip, timed from inside the guest
+//!
+//! Makes `N` `nop` hypercalls (guest -> host -> guest) between two reads of
+//! the time-stamp counter and prints one machine-readable line:
+//!
+//! ```text
+//! bench hypercall iterations=<n> total_cycles=<c> per_op=<x.xx>
+//! ```
+//!
+//! and the same for the empty loop around them (`bench loop ...`), so the
+//! loop's own cost can be taken off. Under QEMU with `-icount shift=0` the
+//! counter advances by one per instruction retired, so the numbers are
+//! instruction counts (guest and host together). `N` is 10000 unless the
+//! command line (`guests=bench/<n>`) says otherwise: TCG is slow. Virtual
+//! interrupts stay off throughout (as at boot), so no virtual interrupt
+//! lands in the timed loop; the host's own tick still does.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+guest_rt::entry!(guest::main);
+
+#[cfg(target_os = "none")]
+mod guest {
+    use guest_rt::{boot, hypercall, println, time};
+
+    const DEFAULT_ITERATIONS: u64 = 10_000;
+    /// Untimed calls first, so the first timed one finds everything warm.
+    const WARM_UP: u64 = 100;
+
+    pub fn main() -> u64 {
+        let iterations = match boot::cmdline() {
+            "" => DEFAULT_ITERATIONS,
+            words => match words.parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    println!("bench: \"{words}\" is not a number of iterations");
+                    return 2;
+                }
+            },
+        };
+        for _ in 0..WARM_UP {
+            hypercall::nop();
+        }
+        let cycles = time_it(iterations, || {
+            hypercall::nop();
+        });
+        report("hypercall", iterations, cycles);
+        let cycles = time_it(iterations, || core::hint::black_box(()));
+        report("loop", iterations, cycles);
+        0
+    }
+
+    /// TSC cycles for `iterations` calls of `op`.
+    fn time_it(iterations: u64, mut op: impl FnMut()) -> u64 {
+        let start = time::cycles();
+        for _ in 0..iterations {
+            op();
+        }
+        time::cycles() - start
+    }
+
+    fn report(what: &str, iterations: u64, cycles: u64) {
+        let hundredths = cycles * 100 / iterations;
+        println!(
+            "bench {what} iterations={iterations} total_cycles={cycles} per_op={}.{:02}",
+            hundredths / 100,
+            hundredths % 100
+        );
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
