@@ -20,8 +20,9 @@
 //! outcome), so a failing test shows everything the machine said.
 //!
 //! What to boot and how comes from the environment that `cargo xtask test`
-//! sets ([`xtask::commands::test_env`]): the kernel ELF (otherwise the
-//! harness builds it once), the accelerator (otherwise chosen as
+//! sets ([`xtask::commands::test_env`]): the kernel ELF and the guest
+//! archive, passed as `-initrd` to every boot (otherwise the harness builds
+//! them once), the accelerator (otherwise chosen as
 //! `--accel auto` would) and the firmware (otherwise the default). At most
 //! [`MAX_PARALLEL_BOOTS`] machines run at once, however many test threads
 //! libtest starts: TCG is CPU-bound, and the time limits assume a core each.
@@ -31,6 +32,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 use xtask::artefacts::{self, Profile};
 use xtask::commands::test_env;
+use xtask::guests;
 use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine};
 use xtask::session::{self, Options};
 use xtask::workspace::Workspace;
@@ -56,6 +58,7 @@ pub fn boot(cmdline: &str) -> Boot {
 pub fn boot_machine(cmdline: &str, shape: impl FnOnce(&mut Machine)) -> Boot {
     let mut machine = Machine::new(kernel());
     machine.cmdline = cmdline.to_string();
+    machine.initrd = Some(guests());
     machine.accel = accel();
     machine.firmware = firmware();
     shape(&mut machine);
@@ -191,6 +194,19 @@ pub fn kernel() -> PathBuf {
             Some(path) => PathBuf::from(path),
             None => artefacts::build_kernel(&Workspace::current(), Profile::Release)
                 .unwrap_or_else(|e| panic!("cannot build the kernel: {e}")),
+        })
+        .clone()
+}
+
+/// The guest archive: the one `cargo xtask test` built, or one built now
+/// (once per test binary) when the tests run on their own.
+pub fn guests() -> PathBuf {
+    static GUESTS: OnceLock<PathBuf> = OnceLock::new();
+    GUESTS
+        .get_or_init(|| match std::env::var_os(test_env::GUESTS) {
+            Some(path) => PathBuf::from(path),
+            None => guests::build(&Workspace::current(), Profile::Release)
+                .unwrap_or_else(|e| panic!("cannot build the guests: {e}")),
         })
         .clone()
 }

@@ -1,5 +1,5 @@
-//! Building what QEMU boots: the kernel ELF (and, as they arrive, the
-//! switcher blob and guest images).
+//! Building what QEMU boots: the kernel ELF, and (through [`crate::guests`])
+//! the guest archive.
 //!
 //! The kernel is a member of the workspace but not a default member: it
 //! builds only for `x86_64-unknown-none`, so plain `cargo build` on Linux
@@ -47,10 +47,21 @@ pub fn kernel_path(workspace: &Workspace, profile: Profile) -> PathBuf {
         .join(KERNEL_BINARY)
 }
 
-/// Builds every bootable artefact; today that is the kernel ELF.
-/// Returns the kernel's path.
-pub fn build_all(workspace: &Workspace, profile: Profile) -> Result<PathBuf> {
-    build_kernel(workspace, profile)
+/// Where the bootable artefacts are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The kernel ELF.
+    pub kernel: PathBuf,
+    /// The guest archive (QEMU's `-initrd`).
+    pub guests: PathBuf,
+}
+
+/// Builds every bootable artefact: the kernel ELF and the guest archive.
+pub fn build_all(workspace: &Workspace, profile: Profile) -> Result<Built> {
+    Ok(Built {
+        kernel: build_kernel(workspace, profile)?,
+        guests: crate::guests::build(workspace, profile)?,
+    })
 }
 
 /// Builds the kernel ELF with cargo (its output goes straight to our

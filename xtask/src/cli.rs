@@ -15,10 +15,13 @@ pub const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  build                  build every artefact (the kernel ELF)
+  build                  build every artefact (the kernel ELF and the guest
+                         archive guests.tar beside it)
   run [options] [-- <kernel command-line words>]
-                         build, then boot the kernel under QEMU, serial on
-                         this terminal; exits 0 only on a clean shutdown
+                         build, then boot the kernel and its guests under
+                         QEMU, serial on this terminal; exits 0 only on a
+                         clean shutdown. The command line starts with
+                         guests=hello unless your words name guests=
   test [options] [-- <test filter and libtest options>]
                          unit tests on Linux, then the QEMU integration tests
   boot-times [--runs N]  measure QEMU start -> first serial byte -> banner
@@ -36,6 +39,8 @@ options (run):
   --mem SIZE             memory, QEMU syntax: 512M, 2G (default 512M)
   --timeout SECS         kill QEMU after SECS seconds (default 60)
   --gdb                  start halted and wait for gdb on :1234 (no timeout)
+  --guests TAR           pass this guest archive instead of building one
+  --no-guests            no guest archive and no default guests=hello
 options (run, boot-times):
   --kernel ELF           boot this ELF instead of building the kernel
 ";
@@ -83,6 +88,20 @@ pub struct RunArgs {
     pub kernel_words: Vec<String>,
     /// `--kernel`: a prebuilt ELF to boot instead of building one.
     pub kernel: Option<PathBuf>,
+    /// `--guests` / `--no-guests`: which guest archive to pass.
+    pub guests: GuestsChoice,
+}
+
+/// Which guest archive `run` gives the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GuestsChoice {
+    /// Build the guests and pass the fresh archive (the default).
+    #[default]
+    Build,
+    /// `--guests TAR`: this archive, as it is.
+    Given(PathBuf),
+    /// `--no-guests`: boot the kernel alone.
+    None,
 }
 
 /// `cargo xtask test`.
@@ -123,6 +142,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             time_limit: Duration::from_secs(flags.number("--timeout")?.unwrap_or(60).into()),
             kernel_words: flags.take_rest(),
             kernel: flags.value("--kernel")?.map(PathBuf::from),
+            guests: flags.guests()?,
         }),
         "test" => Task::Test(TestArgs {
             common: flags.common()?,
@@ -235,6 +255,16 @@ impl Flags {
         }
     }
 
+    fn guests(&mut self) -> Result<GuestsChoice> {
+        let none = self.switch("--no-guests");
+        match (self.value("--guests")?, none) {
+            (Some(_), true) => Err(Error::new("--guests and --no-guests contradict each other")),
+            (Some(tar), false) => Ok(GuestsChoice::Given(PathBuf::from(tar))),
+            (None, true) => Ok(GuestsChoice::None),
+            (None, false) => Ok(GuestsChoice::Build),
+        }
+    }
+
     fn take_rest(&mut self) -> Vec<String> {
         std::mem::take(&mut self.rest)
     }
@@ -279,6 +309,19 @@ mod tests {
         assert_eq!((run.cpus, run.memory.as_str(), run.gdb), (2, "1G", true));
         assert_eq!(run.time_limit, Duration::from_secs(5));
         assert_eq!(run.kernel_words, ["log=debug", "test=panic"]);
+        assert_eq!(run.guests, GuestsChoice::Build);
+    }
+
+    #[test]
+    fn guests_can_be_given_or_left_out() {
+        let Task::Run(run) = parse_words("run --guests /tmp/g.tar").unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.guests, GuestsChoice::Given("/tmp/g.tar".into()));
+        let Task::Run(run) = parse_words("run --no-guests").unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.guests, GuestsChoice::None);
     }
 
     #[test]
@@ -316,6 +359,8 @@ mod tests {
             "run --mem lots",
             "run --accel hvf",
             "run --firmware uefi",
+            "run --guests a.tar --no-guests",
+            "build --no-guests",
             "run --verbose",
             "build --gdb",
             "build -- log=debug",

@@ -4,7 +4,8 @@
 //! everything worked, so CI and scripts can trust it.
 
 use crate::artefacts;
-use crate::cli::{BootTimesArgs, Common, RunArgs, TestArgs};
+use crate::cli::{BootTimesArgs, Common, GuestsChoice, RunArgs, TestArgs};
+use crate::guests;
 use crate::qemu::{self, Accel, Firmware, Machine};
 use crate::session::{self, Options};
 use crate::toolchain;
@@ -15,35 +16,44 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-/// The kernel command line every boot starts with; `cargo xtask run -- ...`
-/// appends to it. Empty: the kernel's own defaults are the ones we want.
-pub const DEFAULT_CMDLINE: &str = "";
+/// The kernel command line `cargo xtask run` starts with; `cargo xtask run
+/// -- ...` appends to it. It runs the `hello` guest; words of your own that
+/// name `guests=` replace it, and `--no-guests` drops it.
+pub const DEFAULT_CMDLINE: &str = "guests=hello";
+
+/// The command-line key that names the guests to run.
+const GUESTS_KEY: &str = "guests=";
 
 /// Environment variables through which `cargo xtask test` tells the QEMU
 /// tests what to boot and how (the tests work without them too).
 pub mod test_env {
     /// Path of the kernel ELF to boot (so the tests do not build it again).
     pub const KERNEL: &str = "RGUEST_KERNEL";
+    /// Path of the guest archive to pass as `-initrd`.
+    pub const GUESTS: &str = "RGUEST_GUESTS";
     /// `kvm` or `tcg`: the accelerator already chosen (and explained).
     pub const ACCEL: &str = "RGUEST_ACCEL";
     /// `seabios`, `qboot` or `microvm`.
     pub const FIRMWARE: &str = "RGUEST_FIRMWARE";
 }
 
-/// `cargo xtask build`: every artefact, then where the kernel is.
+/// `cargo xtask build`: every artefact, then where they are.
 pub fn build(common: &Common) -> Result<u8> {
     let workspace = Workspace::current();
-    let kernel = artefacts::build_all(&workspace, common.profile)?;
-    eprintln!("xtask: kernel: {}", kernel.display());
+    let built = artefacts::build_all(&workspace, common.profile)?;
+    eprintln!("xtask: kernel: {}", built.kernel.display());
+    eprintln!("xtask: guests: {}", built.guests.display());
     Ok(0)
 }
 
 /// `cargo xtask run`: build, boot, and exit as the kernel did.
 pub fn run(args: &RunArgs) -> Result<u8> {
     let kernel = kernel_to_boot(args.kernel.as_deref(), &args.common)?;
+    let initrd = guests_to_pass(&args.guests, &args.common)?;
     let accel = announce_accel(&args.common);
     let mut machine = Machine::new(&kernel);
-    machine.cmdline = kernel_cmdline(&args.kernel_words);
+    machine.cmdline = kernel_cmdline(&args.kernel_words, initrd.is_some());
+    machine.initrd = initrd;
     machine.cpus = args.cpus;
     machine.memory = args.memory.clone();
     machine.accel = accel;
@@ -74,9 +84,25 @@ fn kernel_to_boot(given: Option<&Path>, common: &Common) -> Result<PathBuf> {
     }
 }
 
-/// The default command line with the user's words appended.
-fn kernel_cmdline(words: &[String]) -> String {
-    let mut line = DEFAULT_CMDLINE.to_string();
+/// The guest archive `--guests`/`--no-guests` asked for, or the guests
+/// freshly built.
+fn guests_to_pass(choice: &GuestsChoice, common: &Common) -> Result<Option<PathBuf>> {
+    match choice {
+        GuestsChoice::Build => guests::build(&Workspace::current(), common.profile).map(Some),
+        GuestsChoice::Given(archive) => Ok(Some(archive.clone())),
+        GuestsChoice::None => Ok(None),
+    }
+}
+
+/// The default command line with the user's words appended. The default
+/// `guests=` goes when there are no guests, or when the user names their own
+/// (the kernel would otherwise see two).
+fn kernel_cmdline(words: &[String], with_guests: bool) -> String {
+    let own_guests = words.iter().any(|w| w.starts_with(GUESTS_KEY));
+    let mut line = String::new();
+    if with_guests && !own_guests {
+        line.push_str(DEFAULT_CMDLINE);
+    }
     for word in words {
         if !line.is_empty() {
             line.push(' ');
@@ -106,17 +132,19 @@ pub fn test(args: &TestArgs) -> Result<u8> {
         &args.test_words,
     )?;
 
-    eprintln!("xtask: 2/3 building the kernel");
-    let kernel = artefacts::build_kernel(&workspace, args.common.profile)
+    eprintln!("xtask: 2/3 building the kernel and the guests");
+    let built = artefacts::build_all(&workspace, args.common.profile)
         // Make sure QEMU is there before the tests start several boots at once.
-        .and_then(|kernel| crate::packages::ensure(crate::packages::QEMU).map(|_| kernel))
+        .and_then(|built| crate::packages::ensure(crate::packages::QEMU).map(|_| built))
         .map_err(|e| Error::new(format!("{e} (unit tests: {unit}; QEMU tests not run)")))?;
 
     eprintln!("xtask: 3/3 QEMU integration tests");
     let accel = announce_accel(&args.common);
-    let kernel_path = kernel.to_string_lossy().into_owned();
+    let kernel_path = built.kernel.to_string_lossy().into_owned();
+    let guests_path = built.guests.to_string_lossy().into_owned();
     let env = [
         (test_env::KERNEL, kernel_path.as_str()),
+        (test_env::GUESTS, guests_path.as_str()),
         (test_env::ACCEL, accel.name()),
         (test_env::FIRMWARE, args.common.firmware.name()),
     ];
@@ -298,8 +326,15 @@ mod tests {
     #[test]
     fn user_words_follow_the_default_command_line() {
         let words = ["log=debug".to_string(), "test=panic".to_string()];
-        let line = kernel_cmdline(&words);
-        assert!(line.ends_with("log=debug test=panic"), "{line}");
-        assert!(!line.starts_with(' '));
+        let line = kernel_cmdline(&words, true);
+        assert_eq!(line, "guests=hello log=debug test=panic");
+        assert_eq!(kernel_cmdline(&words, false), "log=debug test=panic");
+        assert_eq!(kernel_cmdline(&[], true), "guests=hello");
+    }
+
+    #[test]
+    fn guests_of_your_own_replace_the_default() {
+        let words = ["guests=trap/cli:killed".to_string()];
+        assert_eq!(kernel_cmdline(&words, true), "guests=trap/cli:killed");
     }
 }

@@ -15,6 +15,8 @@
 //! - [`packages`]: make sure QEMU and friends are installed (installing the
 //!   Debian package when we are root, or saying the exact command);
 //! - [`artefacts`]: build the kernel ELF with cargo;
+//! - [`guests`]: build the guest images and pack them into the guest
+//!   archive (format described there), which QEMU passes as `-initrd`;
 //! - [`qemu`]: the QEMU command line: accelerator, firmware, devices;
 //! - [`session`]: run QEMU under a time limit, capture the serial console,
 //!   and turn QEMU's exit status into an [`session::Outcome`];
@@ -25,6 +27,7 @@
 pub mod artefacts;
 pub mod cli;
 pub mod commands;
+pub mod guests;
 pub mod packages;
 pub mod qemu;
 pub mod session;

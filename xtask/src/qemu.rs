@@ -9,6 +9,9 @@
 //!
 //! - `-kernel <elf>`: QEMU loads the ELF itself and enters it through the
 //!   PVH note; no bootloader, no disk image.
+//! - `-initrd <guests.tar>` (when the machine has guests): QEMU loads the
+//!   guest archive into RAM and passes it as the first module of the PVH
+//!   start info (see [`crate::guests`] for its format).
 //! - `-nodefaults -display none -serial stdio`: no VGA, NIC, floppy or
 //!   CD-ROM to emulate (and no option ROMs for the firmware to run); the
 //!   first serial port is our stdout, the only console the kernel has.
@@ -224,6 +227,8 @@ pub struct Machine {
     pub kernel: PathBuf,
     /// The kernel command line (`key=value` words).
     pub cmdline: String,
+    /// The guest archive, passed as `-initrd`; `None` boots without guests.
+    pub initrd: Option<PathBuf>,
     /// Number of CPUs (`-smp`).
     pub cpus: u32,
     /// Memory size in QEMU's syntax (`512M`, `2G`).
@@ -238,11 +243,12 @@ pub struct Machine {
 
 impl Machine {
     /// A one-CPU, 512 MiB TCG machine on qboot booting `kernel` with an
-    /// empty command line.
+    /// empty command line and no guests.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {
             kernel: kernel.into(),
             cmdline: String::new(),
+            initrd: None,
             cpus: 1,
             memory: "512M".into(),
             accel: Accel::Tcg,
@@ -262,6 +268,12 @@ impl Machine {
             return Err(Error::new(format!(
                 "no kernel at {} (build it with `cargo xtask build`)",
                 self.kernel.display()
+            )));
+        }
+        if let Some(initrd) = self.initrd.as_ref().filter(|path| !path.is_file()) {
+            return Err(Error::new(format!(
+                "no guest archive at {} (build it with `cargo xtask build`)",
+                initrd.display()
             )));
         }
         let mut command = Command::new(qemu);
@@ -284,7 +296,15 @@ impl Machine {
         if self.wait_for_gdb {
             push(&["-s", "-S"]);
         }
-        push(&["-append", &self.cmdline, "-kernel"]);
+        if let Some(initrd) = &self.initrd {
+            args.push("-initrd".into());
+            args.push(initrd.clone().into());
+        }
+        args.extend([
+            "-append".into(),
+            self.cmdline.clone().into(),
+            "-kernel".into(),
+        ]);
         args.push(self.kernel.clone().into());
         args
     }
@@ -367,12 +387,19 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_without_guests_has_no_initrd() {
+        let args = Machine::new("/k/rguest").args();
+        assert!(!args.iter().any(|a| a == "-initrd"));
+    }
+
+    #[test]
     fn the_command_line_has_the_fixed_devices_and_the_choices() {
         let mut machine = Machine::new("/k/rguest");
         machine.cmdline = "log=debug test=panic".into();
         machine.cpus = 2;
         machine.firmware = Firmware::Microvm;
         machine.wait_for_gdb = true;
+        machine.initrd = Some("/k/guests.tar".into());
         let args: Vec<String> = machine
             .args()
             .into_iter()
@@ -388,6 +415,7 @@ mod tests {
             "-accel tcg -cpu max",
             "-s -S",
             "-kernel /k/rguest",
+            "-initrd /k/guests.tar",
         ] {
             assert!(line.contains(part), "{part} missing from {line}");
         }
