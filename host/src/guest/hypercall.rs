@@ -116,12 +116,16 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn console_byte<H: HostServices>(&mut self, host: &mut H, byte: u8) {
-        if byte == b'\n' || self.console.len() >= CONSOLE_LINE_MAX {
+        if byte == b'\n' {
+            // Printed even when empty: a blank line is output too.
+            host.console_line(&self.name, &self.console);
+            self.console.clear();
+            return;
+        }
+        if self.console.len() >= CONSOLE_LINE_MAX {
             self.flush_console(host);
         }
-        if byte != b'\n' {
-            self.console.push(byte);
-        }
+        self.console.push(byte);
     }
 
     /// Prints what is left of a console line.
@@ -180,6 +184,15 @@ impl<M: GuestRam> Guest<M> {
             .is_ok_and(|t| t.is_upper_half() && t.table_index(4) != switcher::SLOT_PML4_INDEX);
         if !canonical || !top.is_multiple_of(16) {
             return Err(Error::InvalidArgument);
+        }
+        // Every page must be mapped writable before the shadow tables take
+        // the new stack: a refused one must leave the old one pinned.
+        let bottom = top.wrapping_sub(super::PINNED_STACK_PAGES * 4096) & !0xfff;
+        let mut page = bottom;
+        while page < top {
+            self.translate(frames, page, Access::KERNEL_WRITE)
+                .ok_or(Error::BadAddress)?;
+            page += 4096;
         }
         self.paging
             .set_kernel_stack(&mut self.memory, frames, top, super::PINNED_STACK_PAGES)

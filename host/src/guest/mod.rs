@@ -23,6 +23,8 @@ mod deliver;
 pub mod hypercall;
 mod insn;
 pub mod load;
+#[cfg(test)]
+mod tests;
 
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use crate::paging::{
@@ -270,7 +272,15 @@ impl<M: GuestRam> Guest<M> {
         ticks_budget: u64,
         frames: &mut F,
     ) -> Result<Self, PagingError> {
-        let paging = ShadowPaging::new(paging, &memory, frames, image.root)?;
+        let mut memory = memory;
+        let mut paging = ShadowPaging::new(paging, &memory, frames, image.root)?;
+        // The MMU ring is the one in the shared page, as the ABI says
+        // (`SharedPage::mmu_ring`).
+        let ring = SHARED_PAGE_GPA + shared::MMU_RING;
+        if let Err(e) = paging.register_ring(&mut memory, ring) {
+            paging.teardown(frames);
+            return Err(e);
+        }
         let regs = GuestRegs {
             rip: image.entry,
             cs: u64::from(selector::GUEST_KERNEL_CODE),
@@ -397,7 +407,7 @@ impl<M: GuestRam> Guest<M> {
         host: &mut H,
     ) -> Next {
         let vector = self.regs.vector as u8;
-        match vector {
+        let next = match vector {
             v if v == guest_abi::hypercall::VECTOR => {
                 self.counters.hypercalls += 1;
                 self.hypercall(frames, host)
@@ -418,7 +428,13 @@ impl<M: GuestRam> Guest<M> {
                 self.counters.interrupts += 1;
                 Next::Resume
             }
+        };
+        // A guest's last words (a line without its newline) are printed
+        // however it ended.
+        if next == Next::Ended {
+            self.flush_console(host);
         }
+        next
     }
 
     /// Ends the guest's tables, returning every frame; gives the final counts.

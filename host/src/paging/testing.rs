@@ -95,6 +95,42 @@ impl GuestMemory for FakeGuestMemory {
     }
 }
 
+/// Bytes, for the run loop and the loader: each byte is read or written
+/// through its aligned word, so the two views of the fake always agree.
+impl crate::guest::GuestRam for FakeGuestMemory {
+    fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory> {
+        let start = self.check_bytes(gpa, buf.len())?;
+        for (at, byte) in (start..).zip(buf.iter_mut()) {
+            let word = self.read_u64(GuestPhysAddr::new(at & !7))?;
+            *byte = word.to_le_bytes()[(at & 7) as usize];
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), OutsideGuestMemory> {
+        let start = self.check_bytes(gpa, data.len())?;
+        for (at, &byte) in (start..).zip(data) {
+            let word_gpa = GuestPhysAddr::new(at & !7);
+            let mut bytes = self.read_u64(word_gpa)?.to_le_bytes();
+            bytes[(at & 7) as usize] = byte;
+            self.write_u64(word_gpa, u64::from_le_bytes(bytes))?;
+        }
+        Ok(())
+    }
+}
+
+impl FakeGuestMemory {
+    /// Checks that `len` bytes at `gpa` lie inside memory (before any is
+    /// touched, so a refused access changes nothing).
+    fn check_bytes(&self, gpa: GuestPhysAddr, len: usize) -> Result<u64, OutsideGuestMemory> {
+        let start = gpa.as_u64();
+        match start.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(start),
+            _ => Err(OutsideGuestMemory(gpa)),
+        }
+    }
+}
+
 /// A fake pool of host frames for shadow tables.
 pub struct FakeFrames {
     tables: Vec<Option<Box<[u64; 512]>>>,

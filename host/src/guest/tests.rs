@@ -1,0 +1,1633 @@
+//! A guest's life, exit by exit.
+//!
+//! Every test here starts the way the kernel does: a guest image (a tiny
+//! ELF file written byte by byte below, [`Image`]) is loaded into a fake
+//! guest memory with [`load::load`], a [`Guest`] is made from it, and then
+//! the test plays the switcher: it sets [`Guest::regs`] as a trap would
+//! have left them and calls [`Guest::handle_exit`] or
+//! [`Guest::prepare_entry`], and checks what the host decided. Guest memory
+//! is read back through the start-up map (guest-virtual
+//! `KERNEL_OFFSET + p` is guest-physical `p`), so a trap frame is checked
+//! where the guest itself would find it.
+//!
+//! The tests follow the module's story: loading; the hypercalls; the
+//! exceptions and their delivery; `#GP` and the privileged instructions;
+//! page faults; virtual interrupts and the time budget; what every entry
+//! does to the registers; teardown.
+
+use super::load::{self, LoadError, LoadedImage};
+use super::*;
+use crate::paging::testing::{FakeFrames, FakeGuestMemory};
+use crate::paging::{PteFlags, ShadowEntry};
+use elf::abi::{EM_386, EM_X86_64, PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE};
+use guest_abi::ABI_VERSION;
+use guest_abi::boot::{
+    BOOT_PARAMS_GPA, BootParams, IMAGE_MIN_GPA, KERNEL_OFFSET, MAGIC, NOTE_NAME,
+    NOTE_TYPE_ABI_VERSION, STARTUP_TABLES_GPA,
+};
+use guest_abi::hypercall::{CONSOLE_WRITE_MAX, Error, Number, TIMER_VECTOR, trap_flags};
+use guest_abi::pte::{MmuOp, ring};
+use proptest::prelude::*;
+use std::string::{String, ToString};
+use std::vec;
+use std::vec::Vec;
+
+// ---------------------------------------------------------------------------
+// The guest's world: its memory map, its image, a fake host.
+// ---------------------------------------------------------------------------
+
+/// Guest memory: 4 MiB, two 2 MiB pages of start-up map.
+const MEMORY: u64 = 4 << 20;
+/// The guest's name, as the host prints it.
+const NAME: &str = "hello/world";
+/// The command line it gets.
+const CMDLINE: &str = "verbose=1 answer=42";
+/// Where the image loads.
+const IMAGE_GPA: u64 = IMAGE_MIN_GPA;
+/// The image's size in memory (code, then zeroed data).
+const IMAGE_MEMSZ: u64 = 0x3000;
+/// Bytes of code the image carries in its file.
+const CODE_BYTES: usize = 0x80;
+/// The entry point: the image's first byte.
+const ENTRY: u64 = kva(IMAGE_GPA);
+/// Where the guest's exception handlers are.
+const HANDLER: u64 = kva(IMAGE_GPA + 0x100);
+/// Where its timer interrupt handler is.
+const TIMER_HANDLER: u64 = kva(IMAGE_GPA + 0x200);
+/// Where an instruction that traps sits.
+const TRAPPING_RIP: u64 = kva(IMAGE_GPA + 0x800);
+/// The guest kernel's stack top (inside the start-up map).
+const STACK_TOP: u64 = kva(0x30_0000);
+/// Where console text is put.
+const BUFFER: u64 = kva(0x20_0000);
+/// Guest user code and its stack (the lower half).
+const USER_RIP: u64 = 0x40_1234;
+const USER_RSP: u64 = 0x7fff_f000;
+/// A lower-half address nothing maps.
+const UNMAPPED: u64 = 0x1000;
+/// A kernel-half address past the start-up map (memory ends at 4 MiB).
+const UNMAPPED_KERNEL: u64 = kva(MEMORY + (2 << 20));
+/// An address in the switcher's slot (CPU 0's register page).
+const SWITCHER_ADDRESS: u64 = 0xffff_ff80_0001_1000;
+/// The switcher table the test "kernel" installs.
+const SWITCHER_TABLE: HostPhysAddr = HostPhysAddr::new(0xdead_0000);
+/// The fake clock at the start.
+const BOOT_TIME: u64 = 1_000_000;
+
+/// RFLAGS bits by name.
+const CF: u64 = 1 << 0;
+const TF: u64 = 1 << 8;
+const IF: u64 = RFLAGS_IF;
+const IOPL3: u64 = 3 << 12;
+const NT: u64 = 1 << 14;
+const RF: u64 = 1 << 16;
+const VM: u64 = 1 << 17;
+
+/// The start-up map's virtual address for guest-physical `gpa`.
+const fn kva(gpa: u64) -> u64 {
+    KERNEL_OFFSET.wrapping_add(gpa)
+}
+
+const KERNEL_CS: u64 = selector::GUEST_KERNEL_CODE as u64;
+const KERNEL_SS: u64 = selector::GUEST_KERNEL_DATA as u64;
+const USER_CS: u64 = selector::GUEST_USER_CODE as u64;
+const USER_SS: u64 = selector::GUEST_USER_DATA as u64;
+
+/// One program header and the bytes it carries in the file.
+#[derive(Clone, Debug)]
+struct Segment {
+    kind: u32,
+    flags: u32,
+    vaddr: u64,
+    paddr: u64,
+    memsz: u64,
+    align: u64,
+    data: Vec<u8>,
+}
+
+impl Segment {
+    /// A loadable segment at `paddr`, at its start-up map address.
+    fn load(paddr: u64, flags: u32, data: Vec<u8>, memsz: u64) -> Self {
+        Self {
+            kind: PT_LOAD,
+            flags,
+            vaddr: kva(paddr),
+            paddr,
+            memsz,
+            align: 0x1000,
+            data,
+        }
+    }
+
+    /// A note segment holding one note.
+    fn note(name: &[u8], n_type: u32, desc: &[u8]) -> Self {
+        let mut data = Vec::new();
+        for word in [name.len() as u32, desc.len() as u32, n_type] {
+            data.extend_from_slice(&word.to_le_bytes());
+        }
+        for part in [name, desc] {
+            data.extend_from_slice(part);
+            data.resize(data.len().next_multiple_of(4), 0);
+        }
+        Self {
+            kind: PT_NOTE,
+            flags: PF_R,
+            vaddr: 0,
+            paddr: 0,
+            memsz: data.len() as u64,
+            align: 4,
+            data,
+        }
+    }
+
+    /// The rguest ABI note, claiming `version`.
+    fn abi_note(version: u32) -> Self {
+        Self::note(NOTE_NAME, NOTE_TYPE_ABI_VERSION, &version.to_le_bytes())
+    }
+}
+
+/// The code the good image carries: a recognisable pattern.
+fn code() -> Vec<u8> {
+    (0..CODE_BYTES).map(|i| (i as u8) ^ 0x5a).collect()
+}
+
+/// A guest image, before it is written out as an ELF file.
+#[derive(Clone, Debug)]
+struct Image {
+    machine: u16,
+    entry: u64,
+    segments: Vec<Segment>,
+}
+
+impl Image {
+    /// A valid image: the ABI note, then one executable segment at 1 MiB
+    /// whose tail is zero-filled data, entered at its first byte.
+    fn good() -> Self {
+        Self {
+            machine: EM_X86_64,
+            entry: ENTRY,
+            segments: vec![
+                Segment::abi_note(ABI_VERSION),
+                Segment::load(IMAGE_GPA, PF_R | PF_X, code(), IMAGE_MEMSZ),
+            ],
+        }
+    }
+
+    /// The good image with its loadable segment changed by `change`.
+    fn with_code_segment(change: impl FnOnce(&mut Segment)) -> Self {
+        let mut image = Self::good();
+        change(&mut image.segments[1]);
+        image
+    }
+
+    /// The ELF file: header, program headers, then each segment's bytes in
+    /// order (so the file's last byte belongs to the last segment).
+    fn bytes(&self) -> Vec<u8> {
+        const EHDR: usize = 64;
+        const PHDR: usize = 56;
+        let mut offsets = Vec::new();
+        let mut at = EHDR + PHDR * self.segments.len();
+        for s in &self.segments {
+            at = at.next_multiple_of(8);
+            offsets.push(at as u64);
+            at += s.data.len();
+        }
+        let mut out = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        out.resize(16, 0);
+        out.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        out.extend_from_slice(&self.machine.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&self.entry.to_le_bytes());
+        out.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+        out.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        out.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [EHDR, PHDR, self.segments.len(), 64, 0, 0] {
+            out.extend_from_slice(&(half as u16).to_le_bytes());
+        }
+        assert_eq!(out.len(), EHDR);
+        for (s, &offset) in self.segments.iter().zip(&offsets) {
+            out.extend_from_slice(&s.kind.to_le_bytes());
+            out.extend_from_slice(&s.flags.to_le_bytes());
+            for word in [
+                offset,
+                s.vaddr,
+                s.paddr,
+                s.data.len() as u64,
+                s.memsz,
+                s.align,
+            ] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+        for (s, &offset) in self.segments.iter().zip(&offsets) {
+            out.resize(offset as usize, 0);
+            out.extend_from_slice(&s.data);
+        }
+        out
+    }
+}
+
+/// Loads `image` into a fresh memory of `size` bytes.
+fn load_into(size: u64, image: &[u8]) -> (FakeGuestMemory, Result<LoadedImage, LoadError>) {
+    let mut mem = FakeGuestMemory::new(size);
+    let result = load::load(&mut mem, image, CMDLINE);
+    (mem, result)
+}
+
+/// What the guest could get from the host: a clock the test sets, and a
+/// console that keeps every line.
+struct FakeHost {
+    now: u64,
+    lines: Vec<(String, Vec<u8>)>,
+}
+
+impl HostServices for FakeHost {
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+
+    fn console_line(&mut self, guest: &str, line: &[u8]) {
+        self.lines.push((guest.to_string(), line.to_vec()));
+    }
+}
+
+impl FakeHost {
+    /// The lines printed, as text.
+    fn printed(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .map(|(name, line)| std::format!("{name}: {}", String::from_utf8_lossy(line)))
+            .collect()
+    }
+}
+
+/// A guest made from the good image, with its host and frames.
+struct World {
+    guest: Guest<FakeGuestMemory>,
+    frames: FakeFrames,
+    host: FakeHost,
+}
+
+impl World {
+    /// A fresh guest with a budget no test reaches.
+    fn new() -> Self {
+        Self::with_budget(1_000)
+    }
+
+    fn with_budget(ticks: u64) -> Self {
+        let (mem, loaded) = load_into(MEMORY, &Image::good().bytes());
+        let mut frames = FakeFrames::new(1_000);
+        let guest = Guest::new(
+            NAME.to_string(),
+            mem,
+            loaded.unwrap(),
+            PagingConfig::default(),
+            ticks,
+            &mut frames,
+        )
+        .unwrap();
+        Self {
+            guest,
+            frames,
+            host: FakeHost {
+                now: BOOT_TIME,
+                lines: Vec::new(),
+            },
+        }
+    }
+
+    /// The exit in `self.guest.regs` happened, with CR2 = `cr2`.
+    fn exit(&mut self, cr2: u64) -> Next {
+        self.guest
+            .handle_exit(cr2, &mut self.frames, &mut self.host)
+    }
+
+    /// The guest kernel executes `int 0x81` with `number` and `args`.
+    fn hypercall(&mut self, number: u64, args: &[u64]) -> Next {
+        let mut a = [0; 4];
+        a[..args.len()].copy_from_slice(args);
+        let r = &mut self.guest.regs;
+        (r.vector, r.error_code, r.rax) = (u64::from(guest_abi::hypercall::VECTOR), 0, number);
+        (r.rdi, r.rsi, r.rdx, r.r10) = (a[0], a[1], a[2], a[3]);
+        self.exit(0)
+    }
+
+    /// A hypercall that returns to the guest; gives `rax`.
+    fn call(&mut self, number: Number, args: &[u64]) -> u64 {
+        assert_eq!(
+            self.hypercall(number as u64, args),
+            Next::Resume,
+            "{number:?}"
+        );
+        self.guest.regs.rax
+    }
+
+    /// Registers `handler` for `vector`; gives the result.
+    fn set_trap(&mut self, vector: u64, handler: u64, flags: u64) -> u64 {
+        self.call(Number::SetTrap, &[vector, handler, flags])
+    }
+
+    /// The CPU was in the guest kernel at `rip` with stack `rsp`.
+    fn in_kernel(&mut self, rip: u64, rsp: u64) {
+        let r = &mut self.guest.regs;
+        (r.rip, r.cs, r.rsp, r.ss, r.rflags) = (rip, KERNEL_CS, rsp, KERNEL_SS, IF | 2);
+    }
+
+    /// The CPU was in guest user code at `rip` with stack `rsp`.
+    fn in_user(&mut self, rip: u64, rsp: u64) {
+        let r = &mut self.guest.regs;
+        (r.rip, r.cs, r.rsp, r.ss, r.rflags) = (rip, USER_CS, rsp, USER_SS, IF | 2);
+    }
+
+    /// Exception `vector` (with `error_code`, 0 if none) where the
+    /// registers say.
+    fn trap(&mut self, vector: u8, error_code: u64) -> Next {
+        (self.guest.regs.vector, self.guest.regs.error_code) = (u64::from(vector), error_code);
+        self.exit(0)
+    }
+
+    /// A page fault at `address` with `error_code`.
+    fn page_fault(&mut self, address: u64, error_code: u64) -> Next {
+        (self.guest.regs.vector, self.guest.regs.error_code) = (14, error_code);
+        self.exit(address)
+    }
+
+    /// Everything before an entry, at the fake clock's time.
+    fn enter(&mut self) -> Option<HostPhysAddr> {
+        self.guest
+            .prepare_entry(&mut self.frames, SWITCHER_TABLE, self.host.now)
+    }
+
+    /// A word of the shared page.
+    fn shared(&self, offset: u64) -> u64 {
+        self.guest.memory.get(SHARED_PAGE_GPA + offset)
+    }
+
+    fn set_shared(&mut self, offset: u64, value: u64) {
+        self.guest.memory.set(SHARED_PAGE_GPA + offset, value);
+    }
+
+    /// `n` words of guest memory at start-up-map address `at`.
+    fn words(&self, at: u64, n: u64) -> Vec<u64> {
+        (0..n)
+            .map(|i| self.guest.memory.get(at - KERNEL_OFFSET + 8 * i))
+            .collect()
+    }
+
+    /// Writes `bytes` at start-up-map address `at`.
+    fn poke(&mut self, at: u64, bytes: &[u8]) {
+        let gpa = GuestPhysAddr::new(at - KERNEL_OFFSET);
+        self.guest.memory.write_bytes(gpa, bytes).unwrap();
+    }
+
+    /// Why the guest was killed (failing the test if it was not).
+    fn kill_reason(&self) -> &KillReason {
+        match self.guest.state() {
+            GuestState::Killed(reason) => reason,
+            other => panic!("the guest was not killed: {other:?}"),
+        }
+    }
+
+    /// The shadow leaf for `vaddr` in the running root.
+    fn shadow_leaf(&self, vaddr: u64) -> ShadowEntry {
+        ShadowPaging::shadow_leaf(
+            &self.frames,
+            self.guest.paging.current_shadow_root(),
+            GuestVirtAddr::try_new(vaddr).unwrap(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_good_image_loads_with_its_entry_and_segment() {
+    let mut mem = FakeGuestMemory::new(MEMORY);
+    // Junk where the zero-filled part of the segment goes.
+    mem.set(IMAGE_GPA + 0x1008, 0xdead_beef);
+    let loaded = load::load(&mut mem, &Image::good().bytes(), CMDLINE).unwrap();
+    assert_eq!(
+        loaded,
+        LoadedImage {
+            entry: ENTRY,
+            image_end: IMAGE_GPA + IMAGE_MEMSZ,
+            boot_params: kva(BOOT_PARAMS_GPA),
+            root: STARTUP_TABLES_GPA,
+        }
+    );
+    let mut loaded_code = vec![0; CODE_BYTES];
+    mem.read_bytes(GuestPhysAddr::new(IMAGE_GPA), &mut loaded_code)
+        .unwrap();
+    assert_eq!(loaded_code, code());
+    assert_eq!(mem.get(IMAGE_GPA + 0x1008), 0, "the data part is zeroed");
+}
+
+#[test]
+fn boot_params_carry_magic_version_memory_and_command_line() {
+    use core::mem::offset_of;
+    let (mem, loaded) = load_into(MEMORY, &Image::good().bytes());
+    loaded.unwrap();
+    let field = |offset: usize| BOOT_PARAMS_GPA + offset as u64;
+    let magic_and_version = mem.get(field(offset_of!(BootParams, magic)));
+    assert_eq!(magic_and_version as u32, MAGIC);
+    assert_eq!((magic_and_version >> 32) as u32, ABI_VERSION);
+    assert_eq!(mem.get(field(offset_of!(BootParams, memory_bytes))), MEMORY);
+    assert_eq!(
+        mem.get(field(offset_of!(BootParams, shared_page))),
+        kva(SHARED_PAGE_GPA)
+    );
+    assert_eq!(
+        mem.get(field(offset_of!(BootParams, image_end))),
+        IMAGE_GPA + IMAGE_MEMSZ
+    );
+    assert_eq!(
+        mem.get(field(offset_of!(BootParams, initial_root))),
+        STARTUP_TABLES_GPA
+    );
+    assert_eq!(
+        mem.get(field(offset_of!(BootParams, cmdline_len))),
+        CMDLINE.len() as u64
+    );
+    let mut cmdline = vec![0; CMDLINE.len() + 1];
+    mem.read_bytes(
+        GuestPhysAddr::new(field(offset_of!(BootParams, cmdline))),
+        &mut cmdline,
+    )
+    .unwrap();
+    assert_eq!(&cmdline[..CMDLINE.len()], CMDLINE.as_bytes());
+    assert_eq!(cmdline[CMDLINE.len()], 0);
+}
+
+#[test]
+fn a_new_guest_starts_at_the_entry_in_ring_1_with_boot_params_in_rdi() {
+    let w = World::new();
+    let r = w.guest.regs;
+    assert_eq!((r.rip, r.cs, r.ss), (ENTRY, KERNEL_CS, KERNEL_SS));
+    assert_eq!(r.rdi, kva(BOOT_PARAMS_GPA));
+    assert_eq!(r.rflags, IF | 2);
+    assert_eq!(r.rsp, 0);
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 0, "virtual interrupts off");
+}
+
+#[test]
+fn the_startup_map_lets_the_shadow_fault_in_the_entry_page() {
+    let mut w = World::new();
+    assert!(!w.shadow_leaf(ENTRY).is_present());
+    // The first instruction fetch of the guest faults (the shadow is empty).
+    w.in_kernel(ENTRY, 0);
+    assert_eq!(w.page_fault(ENTRY, 0x10), Next::Resume);
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+    assert_eq!(w.guest.regs.rip, ENTRY, "the guest retries the same fetch");
+    let leaf = w.shadow_leaf(ENTRY);
+    assert!(leaf.is_present());
+    assert!(!leaf.flags().contains(PteFlags::USER), "supervisor only");
+    assert!(!leaf.flags().contains(PteFlags::NO_EXECUTE), "executable");
+    assert_eq!(
+        leaf.raw() & guest_abi::pte::ADDRESS_MASK,
+        FakeGuestMemory::backing(IMAGE_GPA >> 12).as_u64()
+    );
+    assert_eq!(w.guest.paging_stats().faults_fixed, 1);
+    assert_eq!(w.guest.counters.page_faults, 1);
+}
+
+#[test]
+fn memory_too_small_for_an_image_is_refused() {
+    let (_, result) = load_into(1 << 20, &Image::good().bytes());
+    assert_eq!(result, Err(LoadError::MemoryTooSmall(1 << 20)));
+}
+
+#[test]
+fn what_is_not_an_x86_64_elf_file_is_refused() {
+    let mut wrong_machine = Image::good();
+    wrong_machine.machine = EM_386;
+    let mut class32 = Image::good().bytes();
+    class32[4] = 1;
+    for bytes in [
+        b"hello, world".to_vec(),
+        Vec::new(),
+        wrong_machine.bytes(),
+        class32,
+    ] {
+        assert_eq!(load_into(MEMORY, &bytes).1, Err(LoadError::NotElf));
+    }
+}
+
+#[test]
+fn an_image_without_the_abi_note_is_refused() {
+    let mut no_notes = Image::good();
+    no_notes.segments.remove(0);
+    let mut other_name = Image::good();
+    other_name.segments[0] = Segment::note(b"rguests\0", NOTE_TYPE_ABI_VERSION, &[1, 0, 0, 0]);
+    let mut other_type = Image::good();
+    other_type.segments[0] = Segment::note(NOTE_NAME, 2, &ABI_VERSION.to_le_bytes());
+    let mut short_desc = Image::good();
+    short_desc.segments[0] = Segment::note(NOTE_NAME, NOTE_TYPE_ABI_VERSION, &[1, 0]);
+    for image in [no_notes, other_name, other_type, short_desc] {
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::NoAbiNote),
+            "{image:?}"
+        );
+    }
+}
+
+#[test]
+fn an_image_for_another_abi_version_is_refused_naming_it() {
+    let mut image = Image::good();
+    image.segments[0] = Segment::abi_note(ABI_VERSION + 1);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::AbiVersion {
+            image: ABI_VERSION + 1
+        })
+    );
+}
+
+#[test]
+fn segments_outside_the_image_area_are_refused() {
+    let cases = [
+        (MEMORY - 0x1000, 0x2000),    // runs past the end of memory
+        (MEMORY, 0x1000),             // starts at it
+        (0x8000, 0x1000),             // below IMAGE_MIN_GPA (the host's pages)
+        (IMAGE_GPA - 0x1000, 0x2000), // straddles IMAGE_MIN_GPA
+        (u64::MAX - 0xfff, 0x2000),   // wraps around
+    ];
+    for (paddr, memsz) in cases {
+        let image = Image::with_code_segment(|s| {
+            *s = Segment::load(paddr, PF_R | PF_X, vec![0x90; 16], memsz);
+        });
+        let mut image = image;
+        image.entry = kva(paddr);
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::SegmentOutside { paddr, memsz }),
+            "{paddr:#x}+{memsz:#x}"
+        );
+    }
+}
+
+#[test]
+fn a_segment_with_more_file_than_memory_is_refused() {
+    let image = Image::with_code_segment(|s| s.memsz = 0x10);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::SegmentOutside {
+            paddr: IMAGE_GPA,
+            memsz: 0x10
+        })
+    );
+}
+
+#[test]
+fn a_segment_not_where_the_startup_map_puts_it_is_refused() {
+    for vaddr in [IMAGE_GPA, kva(IMAGE_GPA) + 0x1000, 0xffff_ffff_8000_0000] {
+        let image = Image::with_code_segment(|s| s.vaddr = vaddr);
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::SegmentNotInStartupMap {
+                vaddr,
+                paddr: IMAGE_GPA
+            })
+        );
+    }
+}
+
+#[test]
+fn an_entry_outside_an_executable_segment_is_refused() {
+    // Past the segment's end, before its start, at a physical address.
+    for entry in [ENTRY + IMAGE_MEMSZ, ENTRY - 1, IMAGE_GPA] {
+        let mut image = Image::good();
+        image.entry = entry;
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::BadEntry(entry))
+        );
+    }
+    // Inside a segment that is not executable.
+    let image = Image::with_code_segment(|s| s.flags = PF_R | PF_W);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::BadEntry(ENTRY))
+    );
+}
+
+#[test]
+fn an_entry_in_a_second_executable_segment_is_accepted() {
+    let mut image = Image::with_code_segment(|s| s.flags = PF_R | PF_W);
+    let text = 0x20_0000;
+    image
+        .segments
+        .push(Segment::load(text, PF_R | PF_X, vec![0xf4; 8], 0x1000));
+    image.entry = kva(text + 4);
+    let loaded = load_into(MEMORY, &image.bytes()).1.unwrap();
+    assert_eq!(loaded.entry, kva(text + 4));
+    assert_eq!(loaded.image_end, text + 0x1000);
+}
+
+#[test]
+fn load_errors_say_what_is_wrong() {
+    let text = LoadError::AbiVersion { image: 7 }.to_string();
+    assert!(text.contains("ABI version 7"), "{text}");
+    let text = LoadError::BadEntry(0x1234).to_string();
+    assert!(text.contains("0x1234"), "{text}");
+}
+
+/// Cases run by each loader property test.
+const LOADER_CASES: u32 = 128;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(LOADER_CASES))]
+
+    /// Random bytes are never a guest, and never a panic.
+    #[test]
+    fn random_bytes_are_refused_without_panicking(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        prop_assert!(load_into(MEMORY, &bytes).1.is_err());
+    }
+
+    /// Random bytes behind a valid ELF magic and class get further into the
+    /// parser, and are still refused.
+    #[test]
+    fn random_headers_are_refused_without_panicking(
+        tail in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut bytes = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        bytes.extend_from_slice(&tail);
+        prop_assert!(load_into(MEMORY, &bytes).1.is_err());
+    }
+
+    /// Every truncation of a good image is refused.
+    #[test]
+    fn truncated_images_are_refused(cut in 0usize..1000) {
+        let bytes = Image::good().bytes();
+        let len = cut % bytes.len();
+        prop_assert!(load_into(MEMORY, &bytes[..len]).1.is_err());
+    }
+
+    /// A good image with bytes changed at random loads or is refused, but
+    /// never panics, and what loads has its entry in the image area.
+    #[test]
+    fn corrupted_images_never_panic(
+        changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = Image::good().bytes();
+        let len = bytes.len();
+        for (at, value) in changes {
+            bytes[at % len] = value;
+        }
+        if let Ok(loaded) = load_into(MEMORY, &bytes).1 {
+            prop_assert!(loaded.entry >= kva(IMAGE_MIN_GPA));
+            prop_assert!(loaded.entry < kva(MEMORY));
+            prop_assert!(loaded.image_end <= MEMORY);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hypercalls.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn nop_returns_zero_and_leaves_the_other_registers() {
+    let mut w = World::new();
+    w.guest.regs.rbx = 0x1234;
+    w.guest.regs.rip = ENTRY + 2;
+    assert_eq!(w.call(Number::Nop, &[9, 9, 9, 9]), 0);
+    let r = w.guest.regs;
+    assert_eq!((r.rbx, r.rdi, r.rip), (0x1234, 9, ENTRY + 2));
+    assert_eq!(w.guest.counters.hypercalls, 1);
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn an_unknown_hypercall_returns_unknown_call() {
+    let mut w = World::new();
+    for number in [Number::ALL.len() as u64, 0x100, u64::MAX] {
+        assert_eq!(w.hypercall(number, &[]), Next::Resume);
+        assert_eq!(w.guest.regs.rax, Error::UnknownCall.to_return_value());
+    }
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn read_time_returns_the_host_clock() {
+    let mut w = World::new();
+    w.host.now = 123_456_789;
+    assert_eq!(w.call(Number::ReadTime, &[]), 123_456_789);
+}
+
+#[test]
+fn console_write_prints_whole_lines_prefixed_by_the_guest_name() {
+    let mut w = World::new();
+    w.poke(BUFFER, b"hello\nwor");
+    assert_eq!(w.call(Number::ConsoleWrite, &[BUFFER, 9]), 9);
+    assert_eq!(w.host.printed(), ["hello/world: hello"]);
+    // The rest of the line waits for its newline.
+    w.poke(BUFFER, b"ld!\n");
+    assert_eq!(w.call(Number::ConsoleWrite, &[BUFFER, 4]), 4);
+    assert_eq!(
+        w.host.printed(),
+        ["hello/world: hello", "hello/world: world!"]
+    );
+    assert_eq!(w.call(Number::ConsoleWrite, &[BUFFER, 0]), 0);
+    assert_eq!(w.host.lines.len(), 2);
+}
+
+#[test]
+fn console_write_reads_across_pages_and_breaks_overlong_lines() {
+    let mut w = World::new();
+    // 700 bytes without a newline, starting 100 bytes before a page ends.
+    let text: Vec<u8> = (0..700).map(|i| b'a' + (i % 26) as u8).collect();
+    let at = BUFFER + 0x1000 - 100;
+    w.poke(at, &text);
+    assert_eq!(w.call(Number::ConsoleWrite, &[at, 700]), 700);
+    assert_eq!(w.host.lines.len(), 1);
+    assert_eq!(w.host.lines[0].1, text[..512]);
+    assert_eq!(w.hypercall(Number::Shutdown as u64, &[0]), Next::Ended);
+    assert_eq!(w.host.lines.len(), 2);
+    assert_eq!(w.host.lines[1].1, text[512..]);
+}
+
+#[test]
+fn console_write_prints_blank_lines_too() {
+    let mut w = World::new();
+    w.poke(BUFFER, b"a\n\nb\n");
+    assert_eq!(w.call(Number::ConsoleWrite, &[BUFFER, 5]), 5);
+    assert_eq!(
+        w.host.printed(),
+        ["hello/world: a", "hello/world: ", "hello/world: b"]
+    );
+}
+
+#[test]
+fn a_killed_guest_still_gets_its_last_line_printed() {
+    let mut w = World::new();
+    w.poke(BUFFER, b"about to cli");
+    w.call(Number::ConsoleWrite, &[BUFFER, 12]);
+    assert!(w.host.lines.is_empty());
+    w.poke(TRAPPING_RIP, &[0xfa]);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(13, 0), Next::Ended);
+    assert_eq!(w.host.printed(), ["hello/world: about to cli"]);
+}
+
+#[test]
+fn console_write_refuses_too_long_a_buffer() {
+    let mut w = World::new();
+    w.poke(BUFFER, b"x\n");
+    let result = w.call(Number::ConsoleWrite, &[BUFFER, CONSOLE_WRITE_MAX + 1]);
+    assert_eq!(result, Error::TooLong.to_return_value());
+    assert!(w.host.lines.is_empty());
+    // The largest write is fine.
+    let result = w.call(Number::ConsoleWrite, &[BUFFER, CONSOLE_WRITE_MAX]);
+    assert_eq!(result, CONSOLE_WRITE_MAX);
+}
+
+#[test]
+fn console_write_refuses_bad_buffers_without_killing() {
+    let mut w = World::new();
+    for buffer in [
+        UNMAPPED,
+        UNMAPPED_KERNEL,
+        0x0000_8000_0000_0000, // not canonical
+        SWITCHER_ADDRESS,
+        u64::MAX - 7, // wraps around
+    ] {
+        let result = w.call(Number::ConsoleWrite, &[buffer, 16]);
+        assert_eq!(result, Error::BadAddress.to_return_value(), "{buffer:#x}");
+    }
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+    assert!(w.host.lines.is_empty());
+}
+
+#[test]
+fn shutdown_exits_with_its_code_and_flushes_the_console() {
+    let mut w = World::new();
+    w.poke(BUFFER, b"bye");
+    w.call(Number::ConsoleWrite, &[BUFFER, 3]);
+    assert!(w.host.lines.is_empty());
+    assert_eq!(w.hypercall(Number::Shutdown as u64, &[42]), Next::Ended);
+    assert_eq!(w.guest.state(), &GuestState::Exited(42));
+    assert!(w.guest.has_ended());
+    assert_eq!(w.host.printed(), ["hello/world: bye"]);
+    assert_eq!(w.enter(), None, "an ended guest is not entered");
+}
+
+#[test]
+fn set_trap_refuses_unknown_flags_and_vectors() {
+    let mut w = World::new();
+    let invalid = Error::InvalidArgument.to_return_value();
+    assert_eq!(w.set_trap(6, HANDLER, 1 << 2), invalid);
+    assert_eq!(w.set_trap(256, HANDLER, 0), invalid);
+    assert_eq!(w.set_trap(u64::MAX, HANDLER, 0), invalid);
+    // Nothing was registered: a #UD is unhandled.
+    w.in_kernel(ENTRY, STACK_TOP);
+    assert_eq!(w.trap(6, 0), Next::Ended);
+    assert!(matches!(
+        w.kill_reason(),
+        KillReason::Unhandled { vector: 6, .. }
+    ));
+}
+
+#[test]
+fn set_trap_kills_for_a_handler_outside_the_guest_kernel() {
+    for handler in [
+        0x40_0000,             // the lower half: user code
+        0x0000_8000_0000_0000, // not canonical
+        SWITCHER_ADDRESS,      // the switcher's slot
+        0xffff_ff80_0000_0000, // its first byte
+    ] {
+        let mut w = World::new();
+        assert_eq!(
+            w.hypercall(Number::SetTrap as u64, &[6, handler, 0]),
+            Next::Ended
+        );
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::BadHypercall("trap handler outside the guest kernel", handler)
+        );
+    }
+}
+
+#[test]
+fn direct_traps_are_only_for_software_interrupt_vectors() {
+    let mut w = World::new();
+    let invalid = Error::InvalidArgument.to_return_value();
+    let direct = trap_flags::DIRECT_FROM_USER;
+    for vector in [0, 6, 14, 31, u64::from(guest_abi::hypercall::VECTOR)] {
+        assert_eq!(w.set_trap(vector, HANDLER, direct), invalid, "{vector}");
+    }
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    assert_eq!(w.set_trap(0x80, HANDLER, direct), 0);
+    assert_eq!(w.set_trap(32, TIMER_HANDLER, 0), 0);
+    let (stack, gates) = w.guest.take_cpu_tables().expect("tables changed");
+    let gates: Vec<_> = gates.filter(|(_, handler)| handler.is_some()).collect();
+    assert_eq!(stack, STACK_TOP);
+    assert_eq!(
+        gates,
+        [(0x80, Some(HANDLER))],
+        "only direct traps are gates"
+    );
+    assert!(w.guest.take_cpu_tables().is_none(), "nothing changed since");
+    // A zero handler removes the trap, and the gate with it.
+    assert_eq!(w.set_trap(0x80, 0, 0), 0);
+    let (_, mut gates) = w.guest.take_cpu_tables().expect("tables changed");
+    assert!(gates.all(|(_, handler)| handler.is_none()));
+}
+
+#[test]
+fn the_cpu_tables_are_handed_out_again_after_another_guest_ran() {
+    let mut w = World::new();
+    assert!(
+        w.guest.take_cpu_tables().is_some(),
+        "a new guest has tables"
+    );
+    assert!(w.guest.take_cpu_tables().is_none());
+    w.guest.cpu_tables_lost();
+    let (stack, gates) = w.guest.take_cpu_tables().unwrap();
+    assert_eq!(stack, 0);
+    assert_eq!(gates.count(), 256 - 32 - 1, "every direct-trap vector");
+}
+
+#[test]
+fn set_kernel_stack_checks_its_address() {
+    let mut w = World::new();
+    let invalid = Error::InvalidArgument.to_return_value();
+    for top in [
+        STACK_TOP + 8,         // not 16-byte aligned
+        USER_RSP,              // the lower half
+        0x8000_0000_0000_0000, // not canonical
+        0xffff_ff80_0000_2000, // the switcher's slot
+    ] {
+        assert_eq!(w.call(Number::SetKernelStack, &[top]), invalid, "{top:#x}");
+    }
+    for top in [UNMAPPED_KERNEL, kva(0x1_0000_0000)] {
+        let result = w.call(Number::SetKernelStack, &[top]);
+        assert_eq!(result, Error::BadAddress.to_return_value(), "{top:#x}");
+    }
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    // Its pages are mapped writable in the shadow at once.
+    for page in [STACK_TOP - 0x1000, STACK_TOP - 0x2000] {
+        assert!(
+            w.guest
+                .paging
+                .maps_writable(&w.frames, GuestVirtAddr::try_new(page).unwrap())
+        );
+    }
+}
+
+#[test]
+fn a_refused_kernel_stack_leaves_the_old_one_pinned() {
+    let mut w = World::new();
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    let refused = w.call(Number::SetKernelStack, &[UNMAPPED_KERNEL]);
+    assert_eq!(refused, Error::BadAddress.to_return_value());
+    // The guest flushes its whole shadow; the stack is pinned again before
+    // the next entry, and it is the old one, still mapped.
+    assert_eq!(w.call(Number::MmuOp, &MmuOp::FlushAll.encode()), 0);
+    assert!(w.enter().is_some(), "killed: {:?}", w.guest.state());
+    assert!(
+        w.guest
+            .paging
+            .maps_writable(&w.frames, GuestVirtAddr::try_new(STACK_TOP - 8).unwrap())
+    );
+}
+
+#[test]
+fn halt_sleeps_until_the_timer_fires() {
+    let mut w = World::new();
+    assert_eq!(w.call(Number::SetTimer, &[1_000]), 0);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    assert_eq!(w.guest.state(), &GuestState::Halted);
+    assert!(!w.guest.poll(BOOT_TIME + 999), "not yet");
+    assert_eq!(w.guest.state(), &GuestState::Halted);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+    assert!(w.guest.poll(BOOT_TIME + 1_000));
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 1 << (TIMER_VECTOR - 32));
+    assert_eq!(w.guest.regs.rax, 0, "halt returns 0");
+}
+
+#[test]
+fn halt_returns_at_once_when_an_interrupt_is_pending() {
+    let mut w = World::new();
+    w.set_shared(shared::IRQ_PENDING, 1);
+    assert_eq!(w.call(Number::Halt, &[]), 0);
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn a_timer_set_to_zero_is_cancelled() {
+    let mut w = World::new();
+    w.call(Number::SetTimer, &[1_000]);
+    w.call(Number::SetTimer, &[0]);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    assert!(!w.guest.poll(u64::MAX), "no timer: it sleeps on");
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+}
+
+#[test]
+fn the_timer_fires_once() {
+    let mut w = World::new();
+    w.call(Number::SetTimer, &[10]);
+    assert!(w.guest.poll(BOOT_TIME + 10));
+    w.set_shared(shared::IRQ_PENDING, 0); // the guest took it
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    assert!(!w.guest.poll(BOOT_TIME + 1_000_000));
+}
+
+#[test]
+fn mmu_op_refuses_words_that_are_no_op() {
+    let mut w = World::new();
+    let result = w.call(Number::MmuOp, &[9, 0, 0, 0]);
+    assert_eq!(result, Error::InvalidArgument.to_return_value());
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn mmu_op_invalidates_a_page_in_the_shadow() {
+    let mut w = World::new();
+    w.in_kernel(ENTRY, 0);
+    w.page_fault(ENTRY, 0x10);
+    assert!(w.shadow_leaf(ENTRY).is_present());
+    let op = MmuOp::InvalidatePage { vaddr: ENTRY }.encode();
+    assert_eq!(w.call(Number::MmuOp, &op), 0);
+    assert!(!w.shadow_leaf(ENTRY).is_present());
+}
+
+#[test]
+fn flush_mmu_ring_applies_the_ring_in_the_shared_page() {
+    let mut w = World::new();
+    w.in_kernel(ENTRY, 0);
+    w.page_fault(ENTRY, 0x10);
+    assert!(w.shadow_leaf(ENTRY).is_present());
+    // The guest queues one op in slot 0 and moves `head` on.
+    let base = shared::MMU_RING;
+    let op = MmuOp::InvalidatePage { vaddr: ENTRY }.encode();
+    for (i, word) in (0..).zip(op) {
+        w.set_shared(base + ring::slot_offset(0) + 8 * i, word);
+    }
+    w.set_shared(base + ring::HEAD_OFFSET, 1);
+    assert_eq!(w.call(Number::FlushMmuRing, &[]), 1, "one op applied");
+    assert_eq!(w.shared(base + ring::TAIL_OFFSET), 1);
+    assert!(!w.shadow_leaf(ENTRY).is_present());
+    assert_eq!(w.guest.paging_stats().ring_ops, 1);
+}
+
+#[test]
+fn set_root_to_a_page_outside_memory_kills() {
+    let mut w = World::new();
+    assert_eq!(w.hypercall(Number::SetRoot as u64, &[MEMORY]), Next::Ended);
+    assert!(matches!(
+        w.kill_reason(),
+        KillReason::Paging(PagingError::BadRoot { root: MEMORY, .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Exceptions, delivered as the CPU would.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_exception_with_a_handler_is_delivered_with_a_cpu_style_frame() {
+    let mut w = World::new();
+    assert_eq!(w.set_trap(6, HANDLER, 0), 0);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    // The stack pointer is not 16-byte aligned: the frame goes below the
+    // aligned address, as the CPU puts it.
+    let rsp = STACK_TOP - 8;
+    w.in_kernel(TRAPPING_RIP, rsp);
+    w.guest.regs.rflags = IF | 2 | CF | TF;
+    assert_eq!(w.trap(6, 0), Next::Resume);
+    let frame = STACK_TOP - 16 - 5 * 8;
+    let r = w.guest.regs;
+    assert_eq!(
+        (r.rip, r.rsp, r.cs, r.ss),
+        (HANDLER, frame, KERNEL_CS, KERNEL_SS)
+    );
+    assert_eq!(
+        w.words(frame, 5),
+        [TRAPPING_RIP, KERNEL_CS, IF | 2 | CF | TF, rsp, KERNEL_SS]
+    );
+    assert_eq!(r.rflags & TF, 0, "no single-stepping into the handler");
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 0, "virtual interrupts off");
+    assert_eq!(w.guest.counters.exceptions, 1);
+}
+
+#[test]
+fn the_frame_shows_the_virtual_interrupt_flag_as_rflags_if() {
+    let mut w = World::new();
+    w.set_trap(0, HANDLER, 0);
+    w.set_shared(shared::IRQ_ENABLED, 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(0, 0), Next::Resume);
+    let frame = STACK_TOP - 5 * 8;
+    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(w.words(frame + 16, 1), [2], "IF clear: the guest had cli'd");
+}
+
+#[test]
+fn keep_interrupts_leaves_the_virtual_flag_on() {
+    let mut w = World::new();
+    w.set_trap(3, HANDLER, trap_flags::KEEP_INTERRUPTS);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(3, 0), Next::Resume);
+    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 1);
+}
+
+#[test]
+fn an_exception_without_a_handler_kills_naming_the_vector() {
+    let mut w = World::new();
+    w.set_trap(0, HANDLER, 0); // a handler for another vector
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(6, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::Unhandled {
+            vector: 6,
+            rip: TRAPPING_RIP,
+            address: None
+        }
+    );
+    let text = w.kill_reason().to_string();
+    assert!(
+        text.contains("#UD") && text.contains("0xffff800000100800"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_exception_in_user_mode_is_delivered_on_the_kernel_stack() {
+    let mut w = World::new();
+    w.set_trap(6, HANDLER, 0);
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.trap(6, 0), Next::Resume);
+    let frame = STACK_TOP - 5 * 8;
+    let r = w.guest.regs;
+    assert_eq!(
+        (r.rip, r.rsp, r.cs, r.ss),
+        (HANDLER, frame, KERNEL_CS, KERNEL_SS)
+    );
+    assert_eq!(w.words(frame, 5), [USER_RIP, USER_CS, 2, USER_RSP, USER_SS]);
+}
+
+#[test]
+fn an_exception_in_user_mode_without_a_kernel_stack_cannot_be_delivered() {
+    let mut w = World::new();
+    w.set_trap(6, HANDLER, 0);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.trap(6, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::CannotDeliver {
+            vector: 6,
+            stack: 0
+        }
+    );
+}
+
+#[test]
+fn an_exception_on_an_unmapped_kernel_stack_cannot_be_delivered() {
+    let mut w = World::new();
+    w.set_trap(6, HANDLER, 0);
+    w.in_kernel(TRAPPING_RIP, UNMAPPED_KERNEL);
+    assert_eq!(w.trap(6, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::CannotDeliver {
+            vector: 6,
+            stack: UNMAPPED_KERNEL
+        }
+    );
+}
+
+#[test]
+fn double_faults_and_machine_checks_are_fatal() {
+    for vector in [8, 18] {
+        let mut w = World::new();
+        w.set_trap(u64::from(vector), HANDLER, 0);
+        w.in_kernel(TRAPPING_RIP, STACK_TOP);
+        assert_eq!(w.trap(vector, 0), Next::Ended);
+        assert_eq!(w.kill_reason(), &KillReason::Fatal(vector));
+    }
+}
+
+#[test]
+fn nmis_and_host_interrupts_only_resume() {
+    let mut w = World::new();
+    w.set_trap(2, HANDLER, 0);
+    w.set_trap(32, TIMER_HANDLER, 0);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    for vector in [2, 32, 0x30, 0xff] {
+        assert_eq!(w.trap(vector, 0), Next::Resume);
+        assert_eq!(w.guest.regs.rip, TRAPPING_RIP, "vector {vector}");
+    }
+    assert_eq!(w.guest.counters.interrupts, 3, "the NMI is not counted");
+    assert_eq!(w.guest.counters.exceptions, 0);
+}
+
+// ---------------------------------------------------------------------------
+// General protection: privileged instructions, hypercalls from user mode.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn privileged_instructions_in_ring_1_kill_naming_them() {
+    let cases: [(&[u8], &str); 10] = [
+        (&[0xfa], "cli"),
+        (&[0xf4], "hlt"),
+        (&[0x0f, 0x22, 0xd8], "mov to cr3"),
+        (&[0x0f, 0x01, 0x15, 0, 0, 0, 0], "lgdt"),
+        (&[0x0f, 0x30], "wrmsr"),
+        (&[0xe4, 0x60], "in"),
+        (&[0xee], "out"),
+        (&[0x0f, 0x01, 0xf8], "swapgs"),
+        (&[0x48, 0xcf], "iretq"),
+        (&[0x0f, 0x01, 0x04, 0x24], "sgdt"),
+    ];
+    for (code, what) in cases {
+        let mut w = World::new();
+        w.set_trap(13, HANDLER, 0); // a handler does not save it
+        w.poke(TRAPPING_RIP, code);
+        w.in_kernel(TRAPPING_RIP, STACK_TOP);
+        assert_eq!(w.trap(13, 0), Next::Ended, "{what}");
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::PrivilegedInstruction {
+                what,
+                rip: TRAPPING_RIP
+            }
+        );
+    }
+}
+
+#[test]
+fn a_privileged_instruction_across_a_page_boundary_is_named() {
+    let mut w = World::new();
+    let rip = kva(IMAGE_GPA + 0x1fff);
+    w.poke(rip, &[0x0f, 0x22, 0xd8]);
+    w.in_kernel(rip, STACK_TOP);
+    assert_eq!(w.trap(13, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::PrivilegedInstruction {
+            what: "mov to cr3",
+            rip
+        }
+    );
+}
+
+#[test]
+fn a_privileged_instruction_at_the_end_of_memory_is_named() {
+    let mut w = World::new();
+    let rip = kva(MEMORY - 1);
+    w.poke(rip, &[0xfa]);
+    w.in_kernel(rip, STACK_TOP);
+    assert_eq!(w.trap(13, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::PrivilegedInstruction { what: "cli", rip }
+    );
+}
+
+#[test]
+fn an_ordinary_gp_in_ring_1_is_delivered_with_its_error_code() {
+    let mut w = World::new();
+    w.set_trap(13, HANDLER, 0);
+    w.poke(TRAPPING_RIP, &[0x8e, 0xd8]); // mov ds, ax with a bad selector
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(13, 0x18), Next::Resume);
+    let frame = STACK_TOP - 6 * 8;
+    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(
+        w.words(frame, 6),
+        [0x18, TRAPPING_RIP, KERNEL_CS, 2, STACK_TOP, KERNEL_SS]
+    );
+}
+
+#[test]
+fn a_gp_in_ring_1_without_a_handler_kills_as_unhandled() {
+    let mut w = World::new();
+    w.poke(TRAPPING_RIP, &[0x8e, 0xd8]);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(13, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::Unhandled {
+            vector: 13,
+            rip: TRAPPING_RIP,
+            address: None
+        }
+    );
+}
+
+#[test]
+fn a_hypercall_from_user_mode_kills() {
+    let mut w = World::new();
+    w.set_trap(13, HANDLER, 0);
+    w.call(Number::SetKernelStack, &[STACK_TOP]);
+    w.in_user(USER_RIP, USER_RSP);
+    let gate_error = (u64::from(guest_abi::hypercall::VECTOR) << 3) | 2;
+    assert_eq!(w.trap(13, gate_error), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::HypercallFromUser { rip: USER_RIP }
+    );
+}
+
+#[test]
+fn a_gp_in_user_mode_goes_to_the_guest_kernel() {
+    let mut w = World::new();
+    w.set_trap(13, HANDLER, 0);
+    w.call(Number::SetKernelStack, &[STACK_TOP]);
+    w.in_user(USER_RIP, USER_RSP);
+    // `int 0x80` through a gate the guest did not open to user mode: its
+    // kernel's business, not the host's.
+    let gate_error = (0x80 << 3) | 2;
+    assert_eq!(w.trap(13, gate_error), Next::Resume);
+    let frame = STACK_TOP - 6 * 8;
+    assert_eq!((w.guest.regs.rip, w.guest.regs.rsp), (HANDLER, frame));
+    assert_eq!(w.words(frame, 2), [gate_error, USER_RIP]);
+    assert_eq!(w.guest.regs.cs, KERNEL_CS);
+}
+
+// ---------------------------------------------------------------------------
+// Page faults.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_write_to_the_switcher_slot_kills() {
+    for error_code in [2, 3] {
+        let mut w = World::new();
+        w.set_trap(14, HANDLER, 0);
+        w.in_kernel(TRAPPING_RIP, STACK_TOP);
+        assert_eq!(w.page_fault(SWITCHER_ADDRESS, error_code), Next::Ended);
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::SwitcherAccess {
+                address: SWITCHER_ADDRESS,
+                rip: TRAPPING_RIP
+            }
+        );
+    }
+}
+
+#[test]
+fn a_read_of_the_switcher_slot_faults_into_the_guest_as_unmapped() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.page_fault(SWITCHER_ADDRESS, 0), Next::Resume);
+    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.shared(shared::FAULT_ADDRESS), SWITCHER_ADDRESS);
+    assert_eq!(w.words(STACK_TOP - 6 * 8, 1), [0], "not present, read");
+}
+
+#[test]
+fn a_fault_the_guest_tables_forbid_is_delivered_with_its_address() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.page_fault(UNMAPPED, 2), Next::Resume);
+    assert_eq!(w.shared(shared::FAULT_ADDRESS), UNMAPPED);
+    let frame = STACK_TOP - 6 * 8;
+    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(
+        w.words(frame, 6),
+        [2, TRAPPING_RIP, KERNEL_CS, 2, STACK_TOP, KERNEL_SS]
+    );
+    assert_eq!(w.guest.paging_stats().faults_reflected, 1);
+    assert_eq!(w.guest.counters.page_faults, 1);
+}
+
+#[test]
+fn user_access_to_the_guest_kernel_gets_a_protection_fault() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.call(Number::SetKernelStack, &[STACK_TOP]);
+    w.in_user(USER_RIP, USER_RSP);
+    // A user read of the (supervisor-only) start-up map: present but
+    // forbidden, so the guest sees protection | user.
+    assert_eq!(w.page_fault(ENTRY, 4), Next::Resume);
+    assert_eq!(w.shared(shared::FAULT_ADDRESS), ENTRY);
+    assert_eq!(w.words(STACK_TOP - 6 * 8, 2), [5, USER_RIP]);
+}
+
+#[test]
+fn a_fault_without_a_handler_kills_with_the_address() {
+    let mut w = World::new();
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.page_fault(UNMAPPED, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::Unhandled {
+            vector: 14,
+            rip: TRAPPING_RIP,
+            address: Some(UNMAPPED)
+        }
+    );
+    assert!(w.kill_reason().to_string().contains("(address 0x1000)"));
+}
+
+#[test]
+fn a_fault_at_a_non_canonical_address_kills() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.page_fault(0x8000_0000_0000_0000, 0), Next::Ended);
+    assert!(matches!(
+        w.kill_reason(),
+        KillReason::Unhandled {
+            vector: 14,
+            address: Some(0x8000_0000_0000_0000),
+            ..
+        }
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Virtual interrupts and the time budget.
+// ---------------------------------------------------------------------------
+
+/// A guest with a timer handler, at `TRAPPING_RIP` on its stack.
+fn world_with_timer_handler() -> World {
+    let mut w = World::new();
+    assert_eq!(w.set_trap(u64::from(TIMER_VECTOR), TIMER_HANDLER, 0), 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    w
+}
+
+#[test]
+fn a_pending_interrupt_waits_while_virtual_interrupts_are_off() {
+    let mut w = world_with_timer_handler();
+    w.set_shared(shared::IRQ_PENDING, 1);
+    w.set_shared(shared::IRQ_ENABLED, 0);
+    assert!(w.enter().is_some());
+    assert_eq!(w.guest.regs.rip, TRAPPING_RIP);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 1, "still pending");
+    assert_eq!(w.guest.counters.virtual_interrupts, 0);
+}
+
+#[test]
+fn a_pending_interrupt_is_delivered_once_virtual_interrupts_are_on() {
+    let mut w = world_with_timer_handler();
+    w.set_shared(shared::IRQ_PENDING, 1);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    assert!(w.enter().is_some());
+    let frame = STACK_TOP - 5 * 8;
+    assert_eq!((w.guest.regs.rip, w.guest.regs.rsp), (TIMER_HANDLER, frame));
+    assert_eq!(
+        w.words(frame, 5),
+        [TRAPPING_RIP, KERNEL_CS, IF | 2, STACK_TOP, KERNEL_SS]
+    );
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 0);
+    assert_eq!(w.guest.counters.virtual_interrupts, 1);
+    // Off now: the next entry delivers nothing more.
+    w.set_shared(shared::IRQ_PENDING, 1);
+    w.enter();
+    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
+    assert_eq!(w.guest.regs.rsp, frame);
+}
+
+#[test]
+fn an_interrupt_in_user_mode_is_delivered_on_the_kernel_stack() {
+    let mut w = world_with_timer_handler();
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    w.in_user(USER_RIP, USER_RSP);
+    w.set_shared(shared::IRQ_PENDING, 1);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    assert!(w.enter().is_some());
+    let frame = STACK_TOP - 5 * 8;
+    let r = w.guest.regs;
+    assert_eq!((r.rip, r.rsp, r.cs), (TIMER_HANDLER, frame, KERNEL_CS));
+    assert_eq!(
+        w.words(frame, 5),
+        [USER_RIP, USER_CS, IF | 2, USER_RSP, USER_SS]
+    );
+}
+
+#[test]
+fn a_pending_interrupt_without_a_handler_is_dropped() {
+    let mut w = World::new();
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    w.set_shared(shared::IRQ_PENDING, 1);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    assert!(w.enter().is_some());
+    assert_eq!(w.guest.regs.rip, TRAPPING_RIP);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 1);
+    assert_eq!(w.guest.counters.virtual_interrupts, 0);
+}
+
+#[test]
+fn the_lowest_pending_interrupt_goes_first() {
+    let mut w = world_with_timer_handler();
+    w.set_trap(33, HANDLER, 0);
+    w.set_shared(shared::IRQ_PENDING, 0b11);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.enter();
+    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0b10);
+}
+
+#[test]
+fn the_timer_fires_at_entry_and_the_time_is_in_the_shared_page() {
+    let mut w = world_with_timer_handler();
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.call(Number::SetTimer, &[500]);
+    w.host.now = BOOT_TIME + 499;
+    w.enter();
+    assert_eq!(w.guest.regs.rip, TRAPPING_RIP, "not yet");
+    assert_eq!(w.shared(shared::TIME_NS), BOOT_TIME + 499);
+    w.host.now = BOOT_TIME + 500;
+    w.enter();
+    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
+    assert_eq!(w.shared(shared::TIME_NS), BOOT_TIME + 500);
+}
+
+#[test]
+fn a_guest_that_overruns_its_budget_is_killed() {
+    for (irq_enabled, interrupts_off) in [(0, true), (1, false)] {
+        let mut w = World::with_budget(3);
+        w.set_shared(shared::IRQ_ENABLED, irq_enabled);
+        for _ in 0..3 {
+            assert_eq!(w.guest.charge_tick(), Next::Resume);
+        }
+        assert_eq!(w.guest.state(), &GuestState::Runnable);
+        assert_eq!(w.guest.charge_tick(), Next::Ended);
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::OverBudget {
+                ticks: 3,
+                interrupts_off
+            }
+        );
+        assert_eq!(w.guest.ticks_used, 4);
+    }
+}
+
+#[test]
+fn the_first_reason_to_kill_is_kept() {
+    let mut w = World::with_budget(0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.trap(6, 0), Next::Ended);
+    assert_eq!(w.guest.charge_tick(), Next::Ended);
+    assert!(matches!(
+        w.kill_reason(),
+        KillReason::Unhandled { vector: 6, .. }
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Every entry.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn entry_clears_the_flags_a_guest_may_not_have() {
+    let mut w = World::new();
+    w.in_kernel(ENTRY, STACK_TOP);
+    w.guest.regs.rflags = IOPL3 | NT | RF | VM | CF | TF | (1 << 63);
+    w.guest.regs.cs = 0x08; // the host's own code segment
+    w.guest.regs.ss = 0;
+    let root = w.enter().expect("entered");
+    let flags = w.guest.regs.rflags;
+    assert_eq!(flags & (IOPL3 | NT | RF | VM), 0, "{flags:#x}");
+    assert_eq!(flags, IF | 2 | CF | TF);
+    assert_eq!((w.guest.regs.cs, w.guest.regs.ss), (KERNEL_CS, KERNEL_SS));
+    assert_eq!(root, w.guest.paging.current_shadow_root());
+    assert_eq!(w.guest.counters.cr3_loads, 2);
+}
+
+#[test]
+fn entry_turns_interrupts_on_and_keeps_user_mode_in_ring_3() {
+    let mut w = World::new();
+    w.in_user(USER_RIP, USER_RSP);
+    w.guest.regs.rflags = 0;
+    w.guest.regs.cs = 0x0b; // RPL 3 on a ring-0 selector
+    w.guest.regs.ss = 0x10;
+    w.enter().expect("entered");
+    assert_eq!(w.guest.regs.rflags, IF | 2);
+    assert_eq!((w.guest.regs.cs, w.guest.regs.ss), (USER_CS, USER_SS));
+}
+
+#[test]
+fn entry_installs_the_switcher_in_the_running_root() {
+    let mut w = World::new();
+    let root = w.enter().unwrap();
+    let slot = crate::paging::TableIndex::new(switcher::SLOT_PML4_INDEX).unwrap();
+    let entry = ShadowEntry::from_raw(w.frames.read_entry(root, slot));
+    assert!(entry.is_present());
+    assert_eq!(
+        entry.raw() & guest_abi::pte::ADDRESS_MASK,
+        SWITCHER_TABLE.as_u64()
+    );
+    assert!(!entry.flags().contains(PteFlags::USER));
+}
+
+// ---------------------------------------------------------------------------
+// Teardown.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn teardown_returns_every_shadow_frame() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.call(Number::SetKernelStack, &[STACK_TOP]);
+    w.in_kernel(ENTRY, STACK_TOP);
+    w.page_fault(ENTRY, 0x10);
+    w.page_fault(UNMAPPED, 2);
+    w.enter().unwrap();
+    assert!(w.frames.in_use() > 1);
+    let World {
+        guest, mut frames, ..
+    } = w;
+    let (memory, stats) = guest.teardown(&mut frames);
+    assert_eq!(stats.frames_held, 0);
+    assert_eq!(frames.in_use(), 0, "shadow frames leaked");
+    assert_eq!(memory.size(), MEMORY, "the memory comes back too");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a guest puts in its registers at a hypercall or trap, the
+    /// host decides without panicking, and a guest it lets run enters in
+    /// ring 1 or 3 with interrupts on and no I/O privilege.
+    #[test]
+    fn any_registers_at_any_exit_are_judged_without_panicking(
+        exits in proptest::collection::vec(
+            (0u64..0x110, any::<u64>(), any::<[u64; 5]>(), any::<u64>(), any::<u64>()),
+            1..8,
+        ),
+    ) {
+        let mut w = World::new();
+        for (vector, error_code, [rax, rdi, rsi, rdx, r10], rflags, cr2) in exits {
+            let r = &mut w.guest.regs;
+            (r.vector, r.error_code, r.rflags) = (vector, error_code, rflags);
+            (r.rax, r.rdi, r.rsi, r.rdx, r.r10) = (rax % 16, rdi, rsi, rdx, r10);
+            w.exit(cr2);
+            if w.guest.has_ended() {
+                break;
+            }
+            w.guest.poll(u64::MAX);
+            if w.enter().is_some() {
+                let r = w.guest.regs;
+                prop_assert_eq!(r.rflags & (IF | IOPL3 | NT | VM), IF);
+                prop_assert!(r.cs == KERNEL_CS || r.cs == USER_CS);
+            }
+        }
+        let World { guest, mut frames, .. } = w;
+        guest.teardown(&mut frames);
+        prop_assert_eq!(frames.in_use(), 0);
+    }
+}
