@@ -61,6 +61,16 @@ pub fn may_be_direct(vector: u8) -> bool {
     vector >= 32 && vector != guest_abi::hypercall::VECTOR
 }
 
+/// Whether a `#GP` error code says the fault came from IDT gate `vector`
+/// (`int vector` through a gate of too high a privilege). The architecture
+/// puts the vector in bits 3 and up, with bit 1 set (SDM vol. 3, 6.13);
+/// QEMU's TCG (7.2) puts the gate's byte offset in the 16-byte IDT there
+/// instead (`vector * 16 + 2`). Both are accepted.
+pub fn is_gate_fault(error_code: u64, vector: u8) -> bool {
+    let vector = u64::from(vector);
+    error_code == (vector << 3) | 2 || error_code == (vector << 4) | 2
+}
+
 /// Names the privileged instruction at the start of `code`, if it is one.
 pub fn privileged(code: &[u8]) -> Option<&'static str> {
     // Skip legacy prefixes and one REX prefix; keep REX.W for iretq.
@@ -183,6 +193,15 @@ mod tests {
         assert_eq!(privileged(&[0x0f]), None);
         assert_eq!(privileged(&[0x0f, 0x01]), None);
         assert_eq!(privileged(&[0x66; 16]), None);
+    }
+
+    #[test]
+    fn gate_faults_are_recognised_in_both_encodings() {
+        assert!(is_gate_fault(0x40a, 0x81));
+        assert!(is_gate_fault(0x812, 0x81));
+        assert!(!is_gate_fault(0x408, 0x81));
+        assert!(!is_gate_fault(0x40a, 0x80));
+        assert!(!is_gate_fault(0, 0x81));
     }
 
     #[test]

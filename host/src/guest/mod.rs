@@ -486,9 +486,7 @@ impl<M: GuestRam> Guest<M> {
     fn general_protection<F: ShadowFrames>(&mut self, frames: &mut F) -> Next {
         let from_user = self.regs.cs & 3 == 3;
         let error = self.regs.error_code;
-        // Error code bit 1: the fault came from an IDT gate (its index in
-        // bits 3..): `int n` through a gate of too high a privilege.
-        if from_user && error & 2 != 0 && error >> 3 == u64::from(guest_abi::hypercall::VECTOR) {
+        if from_user && insn::is_gate_fault(error, guest_abi::hypercall::VECTOR) {
             return self.kill(KillReason::HypercallFromUser { rip: self.regs.rip });
         }
         if !from_user {
