@@ -57,11 +57,17 @@ pub enum Number {
     /// `set_root(gpa)`: switch to the address space whose top-level table
     /// is at guest-physical `gpa` (the guest's `mov cr3`).
     SetRoot = 10,
+    /// `bench_mark(phase, id)`: phase 0 starts measurement `id`, phase 1
+    /// ends it; at the end the host prints the events (exits by reason,
+    /// CR3 loads, shadow faults, root switches) between the two calls, the
+    /// calls themselves not counted, as one `bench events id=<id> ...` line
+    /// on the guest's console.
+    BenchMark = 11,
 }
 
 impl Number {
     /// Every hypercall, in number order.
-    pub const ALL: [Number; 11] = [
+    pub const ALL: [Number; 12] = [
         Number::ConsoleWrite,
         Number::SetTrap,
         Number::SetKernelStack,
@@ -73,6 +79,7 @@ impl Number {
         Number::FlushMmuRing,
         Number::MmuOp,
         Number::SetRoot,
+        Number::BenchMark,
     ];
 
     /// Decodes `rax`.

@@ -61,6 +61,7 @@ impl<M: GuestRam> Guest<M> {
                     frames,
                 );
             }
+            Some(Number::BenchMark) => self.bench_mark(host, a, b),
         };
         self.regs.rax = match result {
             Ok(value) => value,
@@ -200,6 +201,51 @@ impl<M: GuestRam> Guest<M> {
         self.kernel_stack = Some(top);
         self.cpu_tables_stale = true;
         Ok(0)
+    }
+
+    /// Starts (phase 0) or ends (phase 1) measurement `id`; at the end,
+    /// prints the events in between.
+    fn bench_mark<H: HostServices>(
+        &mut self,
+        host: &mut H,
+        phase: u64,
+        id: u64,
+    ) -> Result<u64, Error> {
+        match phase {
+            0 => {
+                self.bench_mark = Some((id, self.counters, self.paging.stats()));
+                Ok(0)
+            }
+            1 => {
+                let Some((started, c0, p0)) = self.bench_mark.take().filter(|m| m.0 == id) else {
+                    return Err(Error::InvalidArgument);
+                };
+                let (c1, p1) = (self.counters, self.paging.stats());
+                // The ending call's own exit and its two CR3 loads are not
+                // part of what was measured (the starting call's are
+                // already outside the snapshot).
+                let line = alloc::format!(
+                    "bench events id={started} exits={} hypercalls={} page_faults={} exceptions={} interrupts={} virtual_irqs={} cr3_loads={} shadow_faults_fixed={} faults_reflected={} entries_set={} roots_made={} roots_reused={} roots_evicted={}",
+                    (c1.total() - c0.total()).saturating_sub(1),
+                    (c1.hypercalls - c0.hypercalls).saturating_sub(1),
+                    c1.page_faults - c0.page_faults,
+                    c1.exceptions - c0.exceptions,
+                    c1.interrupts - c0.interrupts,
+                    c1.virtual_interrupts - c0.virtual_interrupts,
+                    (c1.cr3_loads - c0.cr3_loads).saturating_sub(2),
+                    p1.faults_fixed - p0.faults_fixed,
+                    p1.faults_reflected - p0.faults_reflected,
+                    p1.entries_set - p0.entries_set,
+                    p1.roots_made - p0.roots_made,
+                    p1.roots_reused - p0.roots_reused,
+                    p1.roots_evicted - p0.roots_evicted,
+                );
+                self.flush_console(host);
+                host.console_line(&self.name, line.as_bytes());
+                Ok(0)
+            }
+            _ => Err(Error::InvalidArgument),
+        }
     }
 
     fn halt(&mut self) -> Next {

@@ -248,6 +248,9 @@ pub struct Guest<M: GuestRam> {
     traps: [Option<TrapTarget>; 256],
     kernel_stack: Option<u64>,
     timer_deadline: Option<u64>,
+    /// The measurement a `bench_mark` hypercall started: its id and the
+    /// counters at its start.
+    bench_mark: Option<(u64, ExitCounters, PagingStats)>,
     /// Exits by reason.
     pub counters: ExitCounters,
     /// Host ticks it has run for, and the most it may.
@@ -298,6 +301,7 @@ impl<M: GuestRam> Guest<M> {
             traps: [None; 256],
             kernel_stack: None,
             timer_deadline: None,
+            bench_mark: None,
             counters: ExitCounters::default(),
             ticks_used: 0,
             ticks_budget,

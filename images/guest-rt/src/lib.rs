@@ -38,6 +38,8 @@ pub mod paging;
 pub mod traps;
 
 #[cfg(target_os = "none")]
+pub mod bench;
+#[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod hypercall;

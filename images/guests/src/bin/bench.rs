@@ -1,10 +1,11 @@
 //! # `bench`: the hypercall round trip, timed from inside the guest
 //!
 //! Makes `N` `nop` hypercalls (guest -> host -> guest) between two reads of
-//! the time-stamp counter and prints one machine-readable line:
+//! the time-stamp counter with [`guest_rt::bench::measure`], which prints
+//! one machine-readable line (and the host one with the events):
 //!
 //! ```text
-//! bench hypercall iterations=<n> total_cycles=<c> per_op=<x.xx>
+//! bench hypercall id=<id> iterations=<n> total_cycles=<c> per_op=<x.xx>
 //! ```
 //!
 //! and the same for the empty loop around them (`bench loop ...`), so the
@@ -21,7 +22,8 @@ guest_rt::entry!(guest::main);
 
 #[cfg(target_os = "none")]
 mod guest {
-    use guest_rt::{boot, hypercall, println, time};
+    use guest_rt::bench::measure;
+    use guest_rt::{boot, hypercall, println};
 
     const DEFAULT_ITERATIONS: u64 = 10_000;
     /// Untimed calls first, so the first timed one finds everything warm.
@@ -41,31 +43,11 @@ mod guest {
         for _ in 0..WARM_UP {
             hypercall::nop();
         }
-        let cycles = time_it(iterations, || {
+        measure("hypercall", iterations, || {
             hypercall::nop();
         });
-        report("hypercall", iterations, cycles);
-        let cycles = time_it(iterations, || core::hint::black_box(()));
-        report("loop", iterations, cycles);
+        measure("loop", iterations, || core::hint::black_box(()));
         0
-    }
-
-    /// TSC cycles for `iterations` calls of `op`.
-    fn time_it(iterations: u64, mut op: impl FnMut()) -> u64 {
-        let start = time::cycles();
-        for _ in 0..iterations {
-            op();
-        }
-        time::cycles() - start
-    }
-
-    fn report(what: &str, iterations: u64, cycles: u64) {
-        let hundredths = cycles * 100 / iterations;
-        println!(
-            "bench {what} iterations={iterations} total_cycles={cycles} per_op={}.{:02}",
-            hundredths / 100,
-            hundredths % 100
-        );
     }
 }
 
