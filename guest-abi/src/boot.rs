@@ -9,6 +9,7 @@
 //! writable, executable, for all of guest memory up to 1 GiB). `rsp` is 0:
 //! the guest's first instructions load a stack of its own. The guest sets
 //! up its own stack, IDT entries (hypercalls) and, later, its own tables.
+//! Its code and stack segments are the [`selector`]s below.
 //!
 //! An image says which ABI it was built for in an ELF note ([`NOTE_NAME`],
 //! [`NOTE_TYPE_ABI_VERSION`]); the host refuses an image without the note or
@@ -38,6 +39,27 @@ pub const NOTE_NAME: &[u8] = b"rguest\0";
 
 /// The type of that note; its payload is the `u32` [`crate::ABI_VERSION`].
 pub const NOTE_TYPE_ABI_VERSION: u32 = 1;
+
+/// The segment selectors of the guest's descriptor table (the host's guest
+/// GDT, the same on every CPU). The guest never loads a descriptor table of
+/// its own (`lgdt` is privileged), so these are the selectors its code runs
+/// with, and the ones it puts in an `iretq` frame to enter its user code.
+/// The requested privilege level is in each selector's low two bits: the
+/// guest kernel runs in ring 1, its user code in ring 3.
+pub mod selector {
+    /// The guest kernel's 64-bit code segment (GDT entry 3, ring 1).
+    pub const KERNEL_CODE: u16 = (3 << 3) | 1;
+    /// The guest kernel's data and stack segment (GDT entry 4, ring 1).
+    pub const KERNEL_DATA: u16 = (4 << 3) | 1;
+    /// Guest user data and stack (GDT entry 5, ring 3). It comes before the
+    /// user code segment, in the order `sysret` would want.
+    pub const USER_DATA: u16 = (5 << 3) | 3;
+    /// Guest user 64-bit code (GDT entry 6, ring 3).
+    pub const USER_CODE: u16 = (6 << 3) | 3;
+
+    const _: () = assert!(KERNEL_CODE == 0x19 && KERNEL_DATA == 0x21);
+    const _: () = assert!(USER_DATA == 0x2b && USER_CODE == 0x33);
+}
 
 /// `BootParams::magic`: "RGST".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RGST");

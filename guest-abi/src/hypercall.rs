@@ -16,6 +16,41 @@
 //! the guest's memory) fails with an error; a call that shows the guest is
 //! broken beyond help (an IDT entry pointing into the host's switcher) kills
 //! it, with the reason.
+//!
+//! # How the host delivers a trap
+//!
+//! A trap (an exception, a reflected page fault, a virtual interrupt) goes
+//! to the handler the guest registered for its vector with
+//! [`Number::SetTrap`]; without one the guest is killed. The host does what
+//! a CPU in 64-bit mode does for an interrupt gate:
+//!
+//! 1. **The stack**: the interrupted one if the guest kernel (ring 1) was
+//!    running; the one registered with [`Number::SetKernelStack`] if guest
+//!    user code (ring 3) was (no stack registered: the guest is killed).
+//! 2. **Alignment**: the stack pointer is rounded down to 16 bytes first.
+//! 3. **The frame**: five words, pushed in this order so that from the new
+//!    stack pointer upwards they read RIP, CS, RFLAGS, RSP, SS (what
+//!    `iretq` pops); then, below them, an error code for the vectors
+//!    [`has_error_code`] names (8, 10 to 14, 17, 21, 29 and 30, as the CPU
+//!    pushes one), so the handler finds it at the stack pointer. Nothing
+//!    else is pushed: 40 or 48 bytes in all.
+//! 4. **RFLAGS.IF in the frame is the guest's virtual interrupt flag**
+//!    ([`crate::shared::SharedPage::irq_enabled`]) as it was when the trap
+//!    came, not the real flag (which the host keeps on): a handler that
+//!    wants a CPU's `iretq` behaviour turns the virtual flag back on when
+//!    the frame's IF says it was on.
+//! 5. **The handler runs in ring 1**, CS and SS the guest kernel's
+//!    ([`crate::boot::selector`]), RFLAGS.TF cleared, and with virtual
+//!    interrupts off unless it was registered with
+//!    [`trap_flags::KEEP_INTERRUPTS`].
+//!
+//! For a reflected page fault the faulting address is in
+//! [`crate::shared::SharedPage::fault_address`] (the guest's CR2) and the
+//! error code is the one the guest's own tables give the access (bit 0
+//! present, bit 1 write, bit 2 user, bit 4 instruction fetch). The frame is
+//! written through the guest's tables like a kernel write: if the stack is
+//! not writable there, the guest is killed. The handler returns with
+//! `iretq`, which ring 1 may execute.
 
 /// The software-interrupt vector of the hypercall gate.
 pub const VECTOR: u8 = 0x81;
@@ -88,6 +123,17 @@ impl Number {
     }
 }
 
+/// Bit `v` is set for each exception vector `v` that comes with an error
+/// code (see the module docs): 8, 10 to 14, 17, 21, 29 and 30, as on the
+/// CPU.
+pub const ERROR_CODE_VECTORS: u32 =
+    (1 << 8) | (0b1_1111 << 10) | (1 << 17) | (1 << 21) | (1 << 29) | (1 << 30);
+
+/// Whether the host pushes an error code when it delivers `vector`.
+pub const fn has_error_code(vector: u8) -> bool {
+    vector < 32 && ERROR_CODE_VECTORS & (1 << vector) != 0
+}
+
 /// The virtual interrupt vector of the one-shot timer.
 pub const TIMER_VECTOR: u8 = 32;
 
@@ -146,6 +192,14 @@ mod tests {
         }
         assert_eq!(Number::from_raw(Number::ALL.len() as u64), None);
         assert_eq!(Number::from_raw(u64::MAX), None);
+    }
+
+    #[test]
+    fn error_codes_come_with_the_vectors_the_cpu_pushes_them_for() {
+        let with: [u8; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
+        for v in 0..=255u8 {
+            assert_eq!(has_error_code(v), with.contains(&v), "vector {v}");
+        }
     }
 
     #[test]

@@ -214,10 +214,15 @@ impl MmuOp {
 }
 
 /// The asynchronous MMU ring: page-table updates queued in guest memory and
-/// applied by the host in order, at the next exit or when the guest asks.
+/// applied by the host in order when the guest asks, with the
+/// [`crate::hypercall::Number::FlushMmuRing`] hypercall (one exit for the
+/// whole batch). Ops still queued at other exits are left alone.
 ///
-/// The ring sits in guest memory at an 8-byte-aligned guest-physical address
-/// the guest registers, and takes [`RING_BYTES`]:
+/// The ring is in the shared page, [`crate::shared::SharedPage::mmu_ring`]:
+/// guest-physical [`crate::boot::SHARED_PAGE_GPA`] plus
+/// [`crate::shared::offset::MMU_RING`] (1024). The host registers it there
+/// itself when it creates the guest (starting from the `head` it finds
+/// there, zero in fresh memory); the guest has nothing to set up. It takes [`RING_BYTES`]:
 ///
 /// | offset | size | written by | meaning |
 /// | --- | --- | --- | --- |

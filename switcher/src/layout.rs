@@ -124,14 +124,18 @@ pub mod selector {
     pub const SWITCHER_CODE: u16 = 0x08;
     /// Ring-0 data.
     pub const SWITCHER_DATA: u16 = 0x10;
+    // The guest's four selectors are part of the guest ABI (guests put
+    // them in their own `iretq` frames), so they are defined there.
+    use guest_abi::boot::selector as guest;
+
     /// The guest kernel's code, ring 1.
-    pub const GUEST_KERNEL_CODE: u16 = 0x18 | 1;
+    pub const GUEST_KERNEL_CODE: u16 = guest::KERNEL_CODE;
     /// The guest kernel's data and stack, ring 1.
-    pub const GUEST_KERNEL_DATA: u16 = 0x20 | 1;
+    pub const GUEST_KERNEL_DATA: u16 = guest::KERNEL_DATA;
     /// Guest user data and stack, ring 3.
-    pub const GUEST_USER_DATA: u16 = 0x28 | 3;
+    pub const GUEST_USER_DATA: u16 = guest::USER_DATA;
     /// Guest user code, ring 3.
-    pub const GUEST_USER_CODE: u16 = 0x30 | 3;
+    pub const GUEST_USER_CODE: u16 = guest::USER_CODE;
     /// The guest TSS (two GDT slots).
     pub const GUEST_TSS: u16 = 0x38;
 }

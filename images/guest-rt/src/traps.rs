@@ -6,7 +6,8 @@
 //! current one if the guest was in ring 1, the one given with
 //! `set_kernel_stack` if it was in ring 3), aligned down to 16, it pushes
 //! SS, RSP, RFLAGS, CS and RIP, then an error code for the vectors in
-//! [`ERROR_CODE_VECTORS`], and jumps to the handler registered for the
+//! [`ERROR_CODE_VECTORS`] (guest_abi::hypercall has the full contract), and
+//! jumps to the handler registered for the
 //! vector (`set_trap`), in ring 1. Virtual interrupts are then off (the
 //! shared page's `irq_enabled` is 0) unless the handler was registered with
 //! `KEEP_INTERRUPTS`. For a reflected page fault the faulting address is in
@@ -53,13 +54,13 @@ pub mod vector {
     pub const PAGE_FAULT: u8 = 14;
 }
 
-/// Bit `v` is set when the host pushes an error code for vector `v`: 8 and
-/// 10 to 14 and 17, as the CPU does for those exceptions.
-pub const ERROR_CODE_VECTORS: u32 = 1 << 8 | 0b1_1111 << 10 | 1 << 17;
+/// Bit `v` is set when the host pushes an error code for vector `v` (8, 10
+/// to 14, 17, 21, 29 and 30, as the CPU does; guest_abi::hypercall).
+pub const ERROR_CODE_VECTORS: u32 = guest_abi::hypercall::ERROR_CODE_VECTORS;
 
 /// Whether the host pushes an error code for `vector`.
 pub const fn has_error_code(vector: u8) -> bool {
-    vector < 32 && ERROR_CODE_VECTORS & (1 << vector) != 0
+    guest_abi::hypercall::has_error_code(vector)
 }
 
 /// The stack as the common trap path leaves it: the registers it saved,
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn error_codes_come_with_the_vectors_the_cpu_pushes_them_for() {
         let with: Vec<u8> = (0..=255).filter(|&v| has_error_code(v)).collect();
-        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17]);
+        assert_eq!(with, [8, 10, 11, 12, 13, 14, 17, 21, 29, 30]);
     }
 
     #[test]

@@ -8,11 +8,10 @@
 use crate::hypercall;
 use guest_abi::hypercall::Error;
 
-/// The guest user code segment selector (GDT entry 6, RPL 3), as the host's
-/// guest GDT has it.
-pub const USER_CODE_SELECTOR: u64 = 0x33;
-/// The guest user data/stack segment selector (GDT entry 5, RPL 3).
-pub const USER_DATA_SELECTOR: u64 = 0x2b;
+/// The guest user code segment selector (guest_abi::boot::selector).
+pub const USER_CODE_SELECTOR: u64 = guest_abi::boot::selector::USER_CODE as u64;
+/// The guest user data/stack segment selector (guest_abi::boot::selector).
+pub const USER_DATA_SELECTOR: u64 = guest_abi::boot::selector::USER_DATA as u64;
 /// RFLAGS for user code: IF, and bit 1, which is always set. (Ring 1 cannot
 /// change the real IF with `iretq`; the host keeps it on anyway.)
 const USER_RFLAGS: u64 = 0x202;
