@@ -26,6 +26,8 @@ commands:
                          unit tests on Linux, then the QEMU integration tests
   boot-times [--runs N]  measure QEMU start -> first serial byte -> banner
                          for every firmware
+  bench                  boot the benchmark guests twice (plain TCG, then
+                         -icount), print a table, write target/bench/results.json
   help                   this text
 
 options (run, test, boot-times):
@@ -56,6 +58,8 @@ pub enum Task {
     Test(TestArgs),
     /// `boot-times`
     BootTimes(BootTimesArgs),
+    /// `bench`
+    Bench(Common),
     /// `help`, `--help`, or nothing
     Help,
 }
@@ -148,6 +152,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             common: flags.common()?,
             test_words: flags.take_rest(),
         }),
+        "bench" => Task::Bench(flags.common()?),
         "boot-times" => Task::BootTimes(BootTimesArgs {
             common: flags.common()?,
             runs: flags.number("--runs")?.unwrap_or(5),

@@ -22,9 +22,12 @@
 //!   and turn QEMU's exit status into an [`session::Outcome`];
 //! - [`cli`]: the `cargo xtask` command line;
 //! - [`commands`]: `build`, `run`, `test` and `boot-times`, built from the
-//!   above.
+//!   above;
+//! - [`bench`]: `cargo xtask bench`, boots that measure, twice each (plain
+//!   and with instruction counting), and the table and JSON they make.
 
 pub mod artefacts;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod guests;

@@ -239,6 +239,9 @@ pub struct Machine {
     pub firmware: Firmware,
     /// Start halted and wait for gdb on [`GDB_PORT`].
     pub wait_for_gdb: bool,
+    /// `-icount shift=0,align=off,sleep=off`: the TSC counts instructions
+    /// retired, one per instruction (TCG only; for `cargo xtask bench`).
+    pub count_instructions: bool,
 }
 
 impl Machine {
@@ -254,6 +257,7 @@ impl Machine {
             accel: Accel::Tcg,
             firmware: Firmware::default(),
             wait_for_gdb: false,
+            count_instructions: false,
         }
     }
 
@@ -295,6 +299,9 @@ impl Machine {
         }
         if self.wait_for_gdb {
             push(&["-s", "-S"]);
+        }
+        if self.count_instructions && self.accel == Accel::Tcg {
+            push(&["-icount", "shift=0,align=off,sleep=off"]);
         }
         if let Some(initrd) = &self.initrd {
             args.push("-initrd".into());
