@@ -29,35 +29,9 @@ pub const BENCH_VECTOR: u8 = 0x80;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// The registers at the moment of a trap, as the stubs leave them on the
-/// stack: general registers (pushed by `trap_common`), then the vector and
-/// error code (pushed by the stub), then the CPU's own interrupt frame.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-#[allow(missing_docs)]
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
+/// stack: the very layout of a guest's registers in the switcher's register
+/// page ([`switcher::GuestRegs`]), so there is one trap frame in the project.
+pub type TrapFrame = switcher::GuestRegs;
 
 // The stubs: 256 of them, 16 bytes apart, so the IDT can be filled by
 // arithmetic. Vectors 8, 10-14, 17, 21, 29 and 30 come with an error code
@@ -80,40 +54,16 @@ trap_stubs:
     .endr
 
 trap_common:
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+"#,
+    switcher::push_registers!(),
+    r#"
     /* 22 quadwords on a stack the CPU aligned to 16: still aligned. */
     mov %rsp, %rdi
     cld
     call trap_dispatch
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+"#,
+    switcher::pop_registers!(),
+    r#"
     add $16, %rsp
     iretq
 "#,

@@ -82,21 +82,9 @@ switch_to_guest:
     /* The guest's registers, as its last trap left them (or as the host
        prepared them), then its interrupt frame. */
     lea {regs}(%rdi), %rsp
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
+"#,
+    pop_registers!(),
+    r#"
     add $16, %rsp
     iretq
 
@@ -121,21 +109,9 @@ guest_trap_stubs:
     .endr
 
 guest_trap_common:
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+"#,
+    push_registers!(),
+    r#"
     /* The guest's registers are now saved in the register page. The state
        page is the next one up. */
     mov %rsp, %rsi

@@ -35,6 +35,24 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+/// The assembly that pushes the general registers in [`GuestRegs`] order
+/// (`rax` first, so `r15` ends lowest in memory): shared by the switcher's
+/// trap path and the kernel's own, so both make the same frame.
+#[macro_export]
+macro_rules! push_registers {
+    () => {
+        "push %rax\npush %rbx\npush %rcx\npush %rdx\npush %rsi\npush %rdi\npush %rbp\npush %r8\npush %r9\npush %r10\npush %r11\npush %r12\npush %r13\npush %r14\npush %r15\n"
+    };
+}
+
+/// The assembly that pops what [`push_registers!`] pushed.
+#[macro_export]
+macro_rules! pop_registers {
+    () => {
+        "pop %r15\npop %r14\npop %r13\npop %r12\npop %r11\npop %r10\npop %r9\npop %r8\npop %rbp\npop %rdi\npop %rsi\npop %rdx\npop %rcx\npop %rbx\npop %rax\n"
+    };
+}
+
 pub mod asm;
 pub mod layout;
 
