@@ -1631,3 +1631,30 @@ proptest! {
         prop_assert_eq!(frames.in_use(), 0);
     }
 }
+
+#[test]
+fn bench_mark_counts_the_exits_between_its_two_calls() {
+    let mut w = World::new();
+    assert_eq!(w.call(Number::BenchMark, &[0, 7]), 0);
+    for _ in 0..3 {
+        w.call(Number::Nop, &[]);
+    }
+    assert_eq!(w.call(Number::BenchMark, &[1, 7]), 0);
+    let printed = w.host.printed();
+    let line = printed.last().expect("a bench events line");
+    assert!(
+        line.contains("bench events id=7 exits=3 hypercalls=3 page_faults=0"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bench_mark_refuses_an_end_without_its_start() {
+    let mut w = World::new();
+    let refused = guest_abi::hypercall::Error::InvalidArgument.to_return_value();
+    assert_eq!(w.call(Number::BenchMark, &[1, 7]), refused);
+    assert_eq!(w.call(Number::BenchMark, &[0, 7]), 0);
+    assert_eq!(w.call(Number::BenchMark, &[1, 8]), refused);
+    assert_eq!(w.call(Number::BenchMark, &[2, 7]), refused);
+    assert!(w.host.printed().is_empty());
+}
