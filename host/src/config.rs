@@ -85,6 +85,25 @@ pub struct Config<'a> {
     /// `bench=on|off`: measure the native analogues of the benchmarks
     /// before running the guests (default off).
     pub bench: bool,
+    /// `roots=<2..16>`: shadow roots (address spaces) each guest caches
+    /// (default 4).
+    pub cached_roots: usize,
+    /// `eviction=lru|random`: which cached root a new one replaces
+    /// (default `lru`).
+    pub eviction: RootEviction,
+    /// `eager_fill=on|off`: map a reported entry at once when the guest
+    /// already marked it accessed (default on).
+    pub eager_fill: bool,
+}
+
+/// `eviction=`: which cached shadow root to throw out when a guest switches
+/// to an address space not in its cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootEviction {
+    /// The least recently used (`lru`).
+    LeastRecentlyUsed,
+    /// One at random (`random`), lguest's choice.
+    Random,
 }
 
 impl Default for Config<'_> {
@@ -97,6 +116,9 @@ impl Default for Config<'_> {
             guest_mem_mib: 16,
             guest_budget_ms: 60_000,
             bench: false,
+            cached_roots: 4,
+            eviction: RootEviction::LeastRecentlyUsed,
+            eager_fill: true,
         }
     }
 }
@@ -203,6 +225,27 @@ impl<'a> Config<'a> {
                         .ok()
                         .filter(|&m| m > 0)
                         .ok_or(bad("a whole number of milliseconds above 0"))?
+                }
+                "roots" => {
+                    config.cached_roots = value
+                        .parse()
+                        .ok()
+                        .filter(|r| (2..=16).contains(r))
+                        .ok_or(bad("a whole number of roots from 2 to 16"))?
+                }
+                "eviction" => {
+                    config.eviction = match value {
+                        "lru" => RootEviction::LeastRecentlyUsed,
+                        "random" => RootEviction::Random,
+                        _ => return Err(bad("lru or random")),
+                    }
+                }
+                "eager_fill" => {
+                    config.eager_fill = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("on or off")),
+                    }
                 }
                 _ => warn(Warning::UnknownKey(key)),
             }
@@ -328,6 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn shadow_root_cache_keys_are_typed() {
+        let c = parse("").0.unwrap();
+        assert_eq!(
+            (c.cached_roots, c.eviction, c.eager_fill),
+            (4, RootEviction::LeastRecentlyUsed, true)
+        );
+        let (c, w) = parse("roots=16 eviction=random eager_fill=off");
+        let c = c.unwrap();
+        assert_eq!(
+            (c.cached_roots, c.eviction, c.eager_fill),
+            (16, RootEviction::Random, false)
+        );
+        assert!(w.is_empty());
+        let c = parse("roots=2 eviction=lru eager_fill=on").0.unwrap();
+        assert_eq!(
+            (c.cached_roots, c.eviction, c.eager_fill),
+            (2, RootEviction::LeastRecentlyUsed, true)
+        );
+    }
+
+    #[test]
     fn later_words_override_earlier_ones() {
         let (c, _) = parse("log=error log=trace");
         assert_eq!(c.unwrap().log_level, LogLevel::Trace);
@@ -355,6 +419,11 @@ mod tests {
             ("guests=trap/cli:maybe", "guests", "trap/cli:maybe"),
             ("guest_mem=1", "guest_mem", "1"),
             ("guest_budget_ms=0", "guest_budget_ms", "0"),
+            ("roots=1", "roots", "1"),
+            ("roots=17", "roots", "17"),
+            ("roots=many", "roots", "many"),
+            ("eviction=fifo", "eviction", "fifo"),
+            ("eager_fill=yes", "eager_fill", "yes"),
         ] {
             let err = parse(line).0.unwrap_err();
             assert_eq!((err.key, err.value), (key, value), "{line}");

@@ -20,9 +20,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::hypercall::Number;
 use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
-use host::config::{Config, Expect, GuestSpec};
+use host::config::{Config, Expect, GuestSpec, RootEviction};
 use host::guest::{Guest, GuestRam, GuestState, HostServices, Next};
-use host::paging::{GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex};
+use host::paging::{
+    Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
+};
 
 /// A guest's memory: one host frame per guest page, not necessarily
 /// contiguous, reached through the direct map.
@@ -220,7 +222,7 @@ pub enum RunError {
     /// A guest named on the command line is not in the archive.
     UnknownGuest(String, String),
     /// A guest could not be set up.
-    Setup(String, String),
+    Setup(String),
 }
 
 impl core::fmt::Display for RunError {
@@ -233,7 +235,7 @@ impl core::fmt::Display for RunError {
             Self::UnknownGuest(name, known) => {
                 write!(f, "no guest `{name}` in the archive; it holds: {known}")
             }
-            Self::Setup(name, why) => write!(f, "guest {name}: {why}"),
+            Self::Setup(why) => f.write_str(why),
         }
     }
 }
@@ -247,8 +249,8 @@ pub fn run_guests(
 ) -> Result<bool, RunError> {
     let archive =
         GuestArchive::open(archive.ok_or(RunError::NoArchive)?).map_err(RunError::Archive)?;
-    let mut switcher = CpuSwitcher::new(0)
-        .map_err(|e| RunError::Setup(String::from("switcher"), alloc::format!("{e}")))?;
+    let mut switcher =
+        CpuSwitcher::new(0).map_err(|e| RunError::Setup(alloc::format!("the switcher: {e}")))?;
     let services = Services {
         tsc_hz,
         boot_tsc: apic::rdtsc(),
@@ -256,16 +258,26 @@ pub fn run_guests(
     let frames_before = memory::frame_stats();
     let budget_ticks = config.guest_budget_ms * u64::from(config.timer_hz) / 1000;
     let mut slots = Vec::new();
+    let mut all_started = true;
     for spec in GuestSpec::parse_list(config.guests).flatten() {
-        slots.push(start_guest(
+        let memory = config.guest_mem_mib << 20;
+        // A guest that cannot start is reported, and the others still run.
+        match start_guest(
             &archive,
             spec,
-            config.guest_mem_mib << 20,
+            memory,
             budget_ticks.max(1),
-        )?);
+            paging_config(config),
+        ) {
+            Ok(slot) => slots.push(slot),
+            Err(e) => {
+                println!("guest {} failed to start: {e}", spec.image);
+                all_started = false;
+            }
+        }
     }
     log::info!("running {} guest(s): {}", slots.len(), config.guests);
-    let all_as_expected = schedule(&mut slots, &mut switcher, services);
+    let all_as_expected = schedule(&mut slots, &mut switcher, services) && all_started;
     let frames_after = memory::frame_stats();
     println!(
         "frames: {} free before the guests, {} after ({})",
@@ -280,11 +292,27 @@ pub fn run_guests(
     Ok(all_as_expected && frames_before.free == frames_after.free)
 }
 
+/// The shadow page tables' settings from the command line (`roots=`,
+/// `eviction=`, `eager_fill=`), with this CPU's physical-address width.
+fn paging_config(config: &Config<'_>) -> PagingConfig {
+    PagingConfig {
+        cached_roots: config.cached_roots,
+        eviction: match config.eviction {
+            RootEviction::LeastRecentlyUsed => Eviction::LeastRecentlyUsed,
+            // A fixed seed: the same boot evicts the same roots.
+            RootEviction::Random => Eviction::Random { seed: 0 },
+        },
+        eager_fill: config.eager_fill,
+        physical_address_bits: crate::cpu::physical_address_bits(),
+    }
+}
+
 fn start_guest(
     archive: &GuestArchive<'_>,
     spec: GuestSpec<'_>,
     mem_bytes: u64,
     budget: u64,
+    paging: PagingConfig,
 ) -> Result<Slot, RunError> {
     let mut name = String::from(spec.image);
     if !spec.arg.is_empty() {
@@ -297,7 +325,7 @@ fn start_guest(
         }
         return Err(RunError::UnknownGuest(name, known));
     };
-    let setup_error = |why: String| RunError::Setup(name.clone(), why);
+    let setup_error = RunError::Setup;
     let mut mem = FrameGuestMemory::new(mem_bytes)
         .ok_or_else(|| setup_error(String::from("out of host memory")))?;
     let loaded = match host::guest::load::load(&mut mem, image, spec.arg) {
@@ -306,10 +334,6 @@ fn start_guest(
             mem.release();
             return Err(setup_error(alloc::format!("{e}")));
         }
-    };
-    let paging = PagingConfig {
-        physical_address_bits: crate::cpu::physical_address_bits(),
-        ..PagingConfig::default()
     };
     match Guest::new(name.clone(), mem, loaded, paging, budget, &mut HostFrames) {
         Ok(guest) => Ok(Slot {
