@@ -43,10 +43,15 @@ fn an_unexpected_guest_end_fails_the_run() {
 }
 
 /// Naming a guest the archive does not hold is a clear error listing what
-/// it does hold.
+/// it does hold; the guests that can start still run, and the run fails.
 #[test]
 fn an_unknown_guest_is_refused_naming_the_choices() {
-    let boot = boot("guests=nosuchguest");
+    let boot = boot("guests=nosuchguest,hello");
     boot.expect_kernel_failure();
-    boot.line_containing(&["no guest `nosuchguest`", "hello"]);
+    boot.line_containing(&[
+        "guest nosuchguest failed to start",
+        "no guest `nosuchguest`",
+        "hello",
+    ]);
+    boot.line_containing(&["guest hello exited code=0"]);
 }
