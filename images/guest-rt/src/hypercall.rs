@@ -161,3 +161,14 @@ pub fn bench_mark(phase: u64, id: u64) -> Result<u64, Error> {
     // SAFETY: BenchMark only counts; it changes nothing of the guest.
     decode(unsafe { raw(Number::BenchMark, [phase, id, 0, 0]) })
 }
+
+/// Applies the page-table operations queued in the MMU ring of the shared
+/// page (guest_abi::pte::ring); returns how many the host applied.
+///
+/// # Safety
+///
+/// As for [`mmu_op`], for every operation queued.
+pub unsafe fn flush_mmu_ring() -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the queued operations.
+    decode(unsafe { raw(Number::FlushMmuRing, [0; 4]) })
+}

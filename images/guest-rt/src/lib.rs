@@ -20,7 +20,8 @@
 //! - `irq`, `time`: the virtual interrupt flag in the shared page, and
 //!   sleeping on the one-shot virtual timer;
 //! - [`paging`]: building page-table entries in the guest's own tables and
-//!   reporting them to the host;
+//!   reporting them to the host, one at a time or through the MMU ring;
+//! - [`probe`]: touching memory that may fault, and learning how it did;
 //! - `user`: leaving ring 1 for guest user code (ring 3).
 //!
 //! The image layout (linked at guest-virtual `KERNEL_OFFSET + 1 MiB`, loaded
@@ -35,6 +36,7 @@
 pub mod console;
 pub mod note;
 pub mod paging;
+pub mod probe;
 pub mod traps;
 
 #[cfg(target_os = "none")]

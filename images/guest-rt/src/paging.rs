@@ -10,7 +10,11 @@
 //! [`STARTUP_MAP_BYTES`].
 //!
 //! This is as much paging as the guests here need: one bump allocator for
-//! free pages after the image, and [`map_page`] for 4 KiB pages.
+//! free pages after the image, [`map_page`] for 4 KiB pages,
+//! [`new_address_space`] for a root of the guest's own (sharing the kernel
+//! half, as guest_abi::pte requires), [`read_entry`] and [`set_entry`] for
+//! one entry of an existing walk, and [`ring`] for batching reports through
+//! the MMU ring of the shared page.
 
 use guest_abi::pte::{ACCESSED, ADDRESS_MASK, PRESENT, USER, WRITABLE};
 
@@ -71,6 +75,8 @@ pub enum MapError {
     LargePageInTheWay(u8),
     /// The host refused to hear of an entry.
     Refused(guest_abi::hypercall::Error),
+    /// No table at this level on the walk to the address.
+    NoTable(u8),
 }
 
 #[cfg(target_os = "none")]
@@ -106,7 +112,7 @@ mod bare {
     }
 
     /// Writes `value` into the entry at `level` for `vaddr` and reports it.
-    fn set_entry(
+    fn write_and_report(
         root: u64,
         slot: *mut u64,
         vaddr: u64,
@@ -156,20 +162,148 @@ mod bare {
                     entry & ADDRESS_MASK
                 };
                 entry = table_entry(next, user);
-                set_entry(root, slot, vaddr, level, entry)?;
+                write_and_report(root, slot, vaddr, level, entry)?;
             } else if level < 4 && entry & HUGE_PAGE != 0 {
                 return Err(MapError::LargePageInTheWay(level));
             }
             table = entry & ADDRESS_MASK;
         }
         let slot = entry_slot(table, table_index(vaddr, 1));
-        set_entry(
+        write_and_report(
             root,
             slot,
             vaddr,
             1,
             (page & ADDRESS_MASK) | flags | PRESENT,
         )
+    }
+
+    /// Where the entry at `level` for `vaddr` is, in the tables under
+    /// `root`: `None` if a table above it is missing (or a large page
+    /// covers the address).
+    fn find_slot(root: u64, vaddr: u64, level: u8) -> Option<*mut u64> {
+        let mut table = root;
+        for upper in ((level + 1)..=4).rev() {
+            // SAFETY: an entry of one of our own tables, in the start-up map.
+            let entry = unsafe { entry_slot(table, table_index(vaddr, upper)).read_volatile() };
+            if entry & PRESENT == 0 || (upper < 4 && entry & HUGE_PAGE != 0) {
+                return None;
+            }
+            table = entry & ADDRESS_MASK;
+        }
+        Some(entry_slot(table, table_index(vaddr, level)))
+    }
+
+    /// The entry at `level` (1 = the page) that translates `vaddr` under
+    /// `root`, as it is now in guest memory (with the accessed and dirty
+    /// bits the host has set); `None` if a table above it is missing.
+    pub fn read_entry(root: u64, vaddr: u64, level: u8) -> Option<u64> {
+        // SAFETY: find_slot returns an entry of one of our own tables.
+        find_slot(root, vaddr, level).map(|slot| unsafe { slot.read_volatile() })
+    }
+
+    /// Writes `value` into the entry at `level` for `vaddr` under `root`,
+    /// whose tables above it must exist. With `report`, tells the host at
+    /// once (`MmuOp::SetEntry`); without, the caller reports it (through
+    /// the [`ring`]) before relying on it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`map_page`]: the change must not pull memory out from under
+    /// code that uses `vaddr`.
+    pub unsafe fn set_entry(
+        root: u64,
+        vaddr: u64,
+        level: u8,
+        value: u64,
+        report: bool,
+    ) -> Result<(), MapError> {
+        let slot = find_slot(root, vaddr, level).ok_or(MapError::NoTable(level + 1))?;
+        if report {
+            return write_and_report(root, slot, vaddr, level, value);
+        }
+        // SAFETY: an entry of our own table; the caller reports it.
+        unsafe { slot.write_volatile(value) };
+        Ok(())
+    }
+
+    /// A new address space: a zeroed top-level table whose kernel half
+    /// (top-level slots 256 to 510) is a copy of the start-up root's, so it
+    /// points at the same kernel tables, as guest_abi::pte requires of every
+    /// address space. Its user half is empty. Nothing needs reporting: the
+    /// host builds a shadow for it at the first `set_root`.
+    pub fn new_address_space(frames: &mut FrameAllocator) -> Option<u64> {
+        use guest_abi::pte::{KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
+        let root = frames.allocate_zeroed()?;
+        let startup = boot::params().initial_root;
+        for index in KERNEL_HALF_FIRST_PML4_INDEX..SWITCHER_PML4_INDEX {
+            // SAFETY: both are top-level tables in guest memory, reached
+            // through the start-up map; `root` is ours alone so far.
+            unsafe { entry_slot(root, index).write_volatile(entry_slot(startup, index).read()) };
+        }
+        Some(root)
+    }
+
+    /// The MMU ring in the shared page (guest_abi::pte::ring): reports
+    /// queued in guest memory and applied with one hypercall.
+    pub mod ring {
+        use crate::{boot, hypercall};
+        use guest_abi::hypercall::Error;
+        use guest_abi::pte::MmuOp;
+        use guest_abi::pte::ring::{HEAD_OFFSET, RING_SLOTS, TAIL_OFFSET, slot_offset};
+        use guest_abi::shared::offset::MMU_RING;
+
+        fn word(offset: u64) -> *mut u64 {
+            (boot::shared_page() as *mut u8).wrapping_add((MMU_RING + offset) as usize) as *mut u64
+        }
+
+        /// Ops ever queued.
+        pub fn head() -> u64 {
+            // SAFETY: the ring is in the shared page, mapped for the
+            // guest's life and 8-byte aligned; only we write `head`.
+            unsafe { word(HEAD_OFFSET).read_volatile() }
+        }
+
+        /// Ops the host says it applied.
+        pub fn tail() -> u64 {
+            // SAFETY: as for `head`; the host writes `tail` while we are
+            // stopped.
+            unsafe { word(TAIL_OFFSET).read_volatile() }
+        }
+
+        /// Queues `op`, first applying the queued ones if the ring is full.
+        ///
+        /// # Safety
+        ///
+        /// As for `hypercall::mmu_op`: the op must report what the guest
+        /// wrote in tables it means to use.
+        pub unsafe fn queue(op: MmuOp) -> Result<(), Error> {
+            let head = head();
+            if head.wrapping_sub(tail()) >= RING_SLOTS {
+                // SAFETY: the caller vouches for every queued op.
+                unsafe { flush() }?;
+            }
+            let slot = word(slot_offset(head));
+            for (i, w) in op.encode().into_iter().enumerate() {
+                // SAFETY: the slot's four words are inside the ring.
+                unsafe { slot.wrapping_add(i).write_volatile(w) };
+            }
+            // The slot is written before the head that publishes it.
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            // SAFETY: as for `head`.
+            unsafe { word(HEAD_OFFSET).write_volatile(head.wrapping_add(1)) };
+            Ok(())
+        }
+
+        /// Has the host apply every queued op; returns how many it applied.
+        ///
+        /// # Safety
+        ///
+        /// As for [`queue`].
+        pub unsafe fn flush() -> Result<u64, Error> {
+            // SAFETY: the caller vouches for the queued ops.
+            unsafe { hypercall::flush_mmu_ring() }
+        }
     }
 }
 

@@ -11,7 +11,15 @@
 //! `swapgs`, `iretq-ring0`, `sgdt` (each a privileged instruction in ring
 //! 1), `write-switcher` (a write to the switcher's read-only state page),
 //! `user-hypercall` (`int 0x81` from ring 3) and `spin` (a loop with
-//! virtual interrupts off, which the host must preempt and end). An unknown
+//! virtual interrupts off, which the host must preempt and end). Then the
+//! page-table offences, each of which the shadow page tables must refuse:
+//! `map-outside` (a reported entry for a frame past the guest's memory),
+//! `touch-outside` (the same entry left unreported, then touched),
+//! `map-switcher` (top-level entry 511 made present and reported),
+//! `root-switcher` (`set_root` to a root whose entry 511 is present),
+//! `bad-root` (`set_root` to an address past the guest's memory),
+//! `reserved-bits` (a reported entry with reserved address bit 51 set) and
+//! `ring-overrun` (an MMU ring head more than a ring ahead). An unknown
 //! action lists the known ones and exits with code 2.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -22,7 +30,7 @@ guest_rt::entry!(guest::main);
 mod guest {
     use core::arch::asm;
     use guest_abi::hypercall::{Number, VECTOR};
-    use guest_abi::pte::{ACCESSED, DIRTY, USER, WRITABLE};
+    use guest_abi::pte::{ACCESSED, DIRTY, MmuOp, SWITCHER_PML4_INDEX, USER, WRITABLE};
     use guest_rt::paging::{self, FrameAllocator, PAGE_BYTES};
     use guest_rt::traps::{self, Delivery, TrapFrame, vector};
     use guest_rt::{boot, hypercall, irq, println, user};
@@ -100,6 +108,41 @@ mod guest {
             name: "spin",
             what: "spin forever with virtual interrupts off",
             run: spin,
+        },
+        Action {
+            name: "map-outside",
+            what: "a reported entry for the frame past our memory",
+            run: map_outside,
+        },
+        Action {
+            name: "touch-outside",
+            what: "an unreported entry for the frame past our memory, touched",
+            run: touch_outside,
+        },
+        Action {
+            name: "map-switcher",
+            what: "top-level entry 511 (the switcher's slot) made present",
+            run: map_switcher,
+        },
+        Action {
+            name: "root-switcher",
+            what: "set_root to a root whose entry 511 is present",
+            run: root_switcher,
+        },
+        Action {
+            name: "bad-root",
+            what: "set_root to the page past our memory",
+            run: bad_root,
+        },
+        Action {
+            name: "reserved-bits",
+            what: "a reported entry with reserved address bit 51 set",
+            run: reserved_bits,
+        },
+        Action {
+            name: "ring-overrun",
+            what: "an MMU ring head a thousand ops ahead",
+            run: ring_overrun,
         },
     ];
 
@@ -286,6 +329,125 @@ mod guest {
                 .map_err(|_| "mapping the stack page failed")?;
         }
         Ok(())
+    }
+
+    /// Where the page-table offences map: low in the user half.
+    const OFFENCE_VADDR: u64 = 0x60_0000;
+
+    /// The first guest-physical frame past our memory: in a host that
+    /// kept guests' memories side by side, another guest's.
+    fn frame_past_memory() -> u64 {
+        boot::memory_bytes()
+    }
+
+    fn map_outside() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let flags = WRITABLE | ACCESSED;
+        // SAFETY: the user half holds nothing of ours; if the host let the
+        // mapping through, it has already failed.
+        let result = unsafe {
+            paging::map_page(root, OFFENCE_VADDR, frame_past_memory(), flags, &mut frames)
+        };
+        println!("trap: the host took the entry: {result:?}");
+    }
+
+    fn touch_outside() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let Some(page) = frames.allocate_zeroed() else {
+            panic!("no free page");
+        };
+        // A good mapping of the next page first, so the tables above exist
+        // (and are reported); then our page's leaf, never present before,
+        // made present without a report (which the ABI allows), so the
+        // host meets the bad entry only when the access faults.
+        let flags = WRITABLE | ACCESSED;
+        let neighbour = OFFENCE_VADDR + PAGE_BYTES;
+        // SAFETY: as in map_outside.
+        unsafe {
+            if paging::map_page(root, neighbour, page, flags, &mut frames).is_err() {
+                panic!("mapping a good page failed");
+            }
+            let bad = frame_past_memory() | flags | guest_abi::pte::PRESENT;
+            if paging::set_entry(root, OFFENCE_VADDR, 1, bad, false).is_err() {
+                panic!("no table for the leaf");
+            }
+            let value = (OFFENCE_VADDR as *const u64).read_volatile();
+            println!("trap: read {value:#x} from the frame past our memory");
+        }
+    }
+
+    /// The first address of the switcher's slot (top-level entry 511).
+    const SWITCHER_SLOT: u64 = 0xffff_ff80_0000_0000;
+    const _: () = assert!(paging::table_index(SWITCHER_SLOT, 4) == SWITCHER_PML4_INDEX);
+
+    fn map_switcher() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let Some(table) = frames.allocate_zeroed() else {
+            panic!("no free page");
+        };
+        let entry = paging::table_entry(table, false);
+        // SAFETY: as in map_outside.
+        let result = unsafe { paging::set_entry(root, SWITCHER_SLOT, 4, entry, true) };
+        println!("trap: the host took entry 511: {result:?}");
+    }
+
+    fn root_switcher() {
+        let mut frames = FrameAllocator::after_image();
+        let (Some(root), Some(table)) = (
+            paging::new_address_space(&mut frames),
+            frames.allocate_zeroed(),
+        ) else {
+            panic!("no free page");
+        };
+        let entry = paging::table_entry(table, false);
+        // SAFETY: a root nobody runs on yet; the switch is the offence.
+        unsafe {
+            if paging::set_entry(root, SWITCHER_SLOT, 4, entry, false).is_err() {
+                panic!("no top-level table");
+            }
+            let result = hypercall::set_root(root);
+            println!("trap: the host switched to it: {result:?}");
+        }
+    }
+
+    fn bad_root() {
+        // SAFETY: if the host switched to it, it has already failed.
+        let result = unsafe { hypercall::set_root(frame_past_memory()) };
+        println!("trap: the host switched to it: {result:?}");
+    }
+
+    fn reserved_bits() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let Some(page) = frames.allocate_zeroed() else {
+            panic!("no free page");
+        };
+        // Bit 51 is reserved on every CPU with fewer than 52 physical
+        // address bits (all of them, today).
+        let bad = page | (1 << 51);
+        let flags = WRITABLE | ACCESSED;
+        // SAFETY: as in map_outside.
+        let result = unsafe { paging::map_page(root, OFFENCE_VADDR, bad, flags, &mut frames) };
+        println!("trap: the host took the entry: {result:?}");
+    }
+
+    fn ring_overrun() {
+        // One harmless op queued, then the head moved far past it.
+        // SAFETY: a Nop changes nothing; the overrun is the offence.
+        unsafe {
+            if paging::ring::queue(MmuOp::Nop).is_err() {
+                panic!("queueing a nop failed");
+            }
+            let head = paging::ring::head();
+            let shared = boot::shared_page() as *mut u8;
+            let head_word = shared.add(guest_abi::shared::offset::MMU_RING as usize) as *mut u64;
+            head_word.write_volatile(head + 1000);
+            let result = paging::ring::flush();
+            println!("trap: the host applied the ring: {result:?}");
+        }
     }
 
     fn on_user_ud2(frame: &mut TrapFrame) {
