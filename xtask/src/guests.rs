@@ -35,7 +35,7 @@ const GUESTS_PACKAGE: &str = "guests";
 
 /// Every guest, by name: the binary's name, the archive entry's name and
 /// the name on the kernel command line.
-pub const GUESTS: [&str; 3] = ["hello", "trap", "bench"];
+pub const GUESTS: [&str; 5] = ["hello", "trap", "bench", "mm", "isolation"];
 
 /// The name of the archive's first, empty entry.
 pub const FORMAT_MARKER: &str = "rguest-guests-v1";
