@@ -5,6 +5,8 @@
 //! documentation.
 
 use crate::artefacts::Profile;
+use crate::bootpath::BootPath;
+use crate::pxe::Addressing;
 use crate::qemu::{self, AccelRequest, Firmware};
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -28,6 +30,16 @@ commands:
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
                          -icount), print a table, write target/bench/results.json
+  image [--qcow2] [--debug] [--kernel ELF] [--guests TAR | --no-guests]
+        [-- <kernel command-line words>]
+                         write target/image/: host.iso (BIOS+UEFI hybrid),
+                         host.img (raw GPT disk, BIOS+UEFI; --qcow2 also
+                         host.qcow2) and pxe/ (TFTP root); GRUB boots the
+                         kernel with run's default command line + your words
+  pxe --interface IF (--range FIRST,LAST | --proxy) [--root DIR]
+                         serve target/image/pxe (or DIR) with dnsmasq, DHCP
+                         and TFTP, in the foreground: --range on a network
+                         of your own, --proxy beside an existing DHCP server
   help                   this text
 
 options (run, test, boot-times):
@@ -37,6 +49,11 @@ options (run, test, boot-times):
   --firmware seabios|qboot|microvm
                          (default qboot; boot-times tries all)
 options (run):
+  --boot direct|iso|iso-uefi|disk|disk-uefi|pxe|pxe-uefi
+                         how to boot (default direct: QEMU loads the kernel);
+                         the others make that artefact and boot it through
+                         GRUB under SeaBIOS or OVMF (pxe: as root, in a
+                         network namespace with its own dnsmasq)
   --smp N                number of CPUs (default 1)
   --mem SIZE             memory, QEMU syntax: 512M, 2G (default 512M)
   --timeout SECS         kill QEMU after SECS seconds (default 60)
@@ -60,6 +77,10 @@ pub enum Task {
     BootTimes(BootTimesArgs),
     /// `bench`
     Bench(Common),
+    /// `image`
+    Image(ImageArgs),
+    /// `pxe`
+    Pxe(PxeArgs),
     /// `help`, `--help`, or nothing
     Help,
 }
@@ -94,6 +115,34 @@ pub struct RunArgs {
     pub kernel: Option<PathBuf>,
     /// `--guests` / `--no-guests`: which guest archive to pass.
     pub guests: GuestsChoice,
+    /// `--boot`: which way in.
+    pub boot: BootPath,
+}
+
+/// `cargo xtask image`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageArgs {
+    /// The profile of the kernel and guests.
+    pub profile: Profile,
+    /// `--kernel`: a prebuilt ELF instead of building one.
+    pub kernel: Option<PathBuf>,
+    /// `--guests` / `--no-guests`.
+    pub guests: GuestsChoice,
+    /// `--qcow2`: also write host.qcow2.
+    pub qcow2: bool,
+    /// The words after `--`, appended to the kernel command line.
+    pub kernel_words: Vec<String>,
+}
+
+/// `cargo xtask pxe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PxeArgs {
+    /// `--interface`.
+    pub interface: String,
+    /// `--range FIRST,LAST` or `--proxy`.
+    pub addressing: Addressing,
+    /// `--root`: another TFTP root than target/image/pxe.
+    pub root: Option<PathBuf>,
 }
 
 /// Which guest archive `run` gives the machine.
@@ -139,6 +188,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "help" | "--help" | "-h" => return Ok(Task::Help),
         "build" => Task::Build(flags.common()?),
         "run" => Task::Run(RunArgs {
+            boot: flags.boot()?,
             common: flags.common()?,
             cpus: flags.number("--smp")?.unwrap_or(1),
             memory: flags.memory()?,
@@ -153,6 +203,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             test_words: flags.take_rest(),
         }),
         "bench" => Task::Bench(flags.common()?),
+        "image" => Task::Image(ImageArgs {
+            profile: flags.common()?.profile,
+            kernel: flags.value("--kernel")?.map(PathBuf::from),
+            guests: flags.guests()?,
+            qcow2: flags.switch("--qcow2"),
+            kernel_words: flags.take_rest(),
+        }),
+        "pxe" => Task::Pxe(PxeArgs {
+            interface: flags
+                .value("--interface")?
+                .ok_or_else(|| Error::new("pxe needs --interface IF: the network to serve"))?,
+            addressing: flags.addressing()?,
+            root: flags.value("--root")?.map(PathBuf::from),
+        }),
         "boot-times" => Task::BootTimes(BootTimesArgs {
             common: flags.common()?,
             runs: flags.number("--runs")?.unwrap_or(5),
@@ -270,6 +334,37 @@ impl Flags {
         }
     }
 
+    /// `--boot`; a path other than `direct` picks its own firmware, so
+    /// `--firmware` beside it is a contradiction.
+    fn boot(&mut self) -> Result<BootPath> {
+        let boot: BootPath = self
+            .value("--boot")?
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or_default();
+        let firmware_given = self.words.iter().any(|w| w.starts_with("--firmware"));
+        if boot != BootPath::Direct && firmware_given {
+            return Err(Error::new(format!(
+                "--boot {} chooses its own firmware (SeaBIOS or OVMF): drop --firmware",
+                boot.name()
+            )));
+        }
+        Ok(boot)
+    }
+
+    /// `--range FIRST,LAST` or `--proxy`, exactly one of them.
+    fn addressing(&mut self) -> Result<Addressing> {
+        let proxy = self.switch("--proxy");
+        match (self.value("--range")?, proxy) {
+            (Some(range), false) => range.parse(),
+            (None, true) => Ok(Addressing::Proxy),
+            _ => Err(Error::new(
+                "pxe needs one of --range FIRST,LAST (hand out addresses on a network of \
+                 your own) or --proxy (beside an existing DHCP server)",
+            )),
+        }
+    }
+
     fn take_rest(&mut self) -> Vec<String> {
         std::mem::take(&mut self.rest)
     }
@@ -347,6 +442,35 @@ mod tests {
     }
 
     #[test]
+    fn boot_paths_image_and_pxe_parse() {
+        let Task::Run(run) = parse_words("run --boot disk-uefi").unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.boot, BootPath::DiskUefi);
+        let Task::Image(image) = parse_words("image --qcow2 --no-guests -- log=debug").unwrap()
+        else {
+            panic!("not an image")
+        };
+        assert!(image.qcow2);
+        assert_eq!(image.guests, GuestsChoice::None);
+        assert_eq!(image.kernel_words, ["log=debug"]);
+        let Task::Pxe(pxe) = parse_words("pxe --interface eth1 --proxy").unwrap() else {
+            panic!("not pxe")
+        };
+        assert_eq!(
+            (pxe.interface.as_str(), pxe.addressing),
+            ("eth1", Addressing::Proxy)
+        );
+        assert!(matches!(
+            parse_words("pxe --interface eth1 --range 10.0.0.10,10.0.0.20"),
+            Ok(Task::Pxe(PxeArgs {
+                addressing: Addressing::Range { .. },
+                ..
+            }))
+        ));
+    }
+
+    #[test]
     fn test_passes_words_after_dashes_to_the_tests() {
         let Task::Test(test) = parse_words("test -- faults --nocapture").unwrap() else {
             panic!("not a test")
@@ -369,6 +493,13 @@ mod tests {
             "run --verbose",
             "build --gdb",
             "build -- log=debug",
+            "run --boot floppy",
+            "run --boot iso --firmware qboot",
+            "image --smp 2",
+            "pxe --range 10.0.0.1,10.0.0.9",
+            "pxe --interface eth1",
+            "pxe --interface eth1 --proxy --range 10.0.0.1,10.0.0.9",
+            "pxe --interface eth1 --proxy -- x",
         ] {
             let error = parse_words(line).unwrap_err();
             assert!(!error.0.contains('\n'), "{line}: {error}");

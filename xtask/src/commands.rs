@@ -1,11 +1,15 @@
-//! The subcommands: `build`, `run`, `test`, `boot-times`.
+//! The subcommands: `build`, `run`, `test`, `boot-times`, `image`, `pxe`.
 //!
 //! Each returns the process exit status for `main` to use: 0 only when
 //! everything worked, so CI and scripts can trust it.
 
 use crate::artefacts;
-use crate::cli::{BootTimesArgs, Common, GuestsChoice, RunArgs, TestArgs};
+use crate::artefacts::Profile;
+use crate::bootpath::BootPath;
+use crate::cli::{BootTimesArgs, Common, GuestsChoice, ImageArgs, PxeArgs, RunArgs, TestArgs};
 use crate::guests;
+use crate::image::{self, Payload};
+use crate::pxe;
 use crate::qemu::{self, Accel, Firmware, Machine};
 use crate::session::{self, Options};
 use crate::toolchain;
@@ -59,6 +63,8 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     machine.accel = accel;
     machine.firmware = args.common.firmware;
     machine.wait_for_gdb = args.gdb;
+    // Kept alive while QEMU runs: a PXE boot's network and server.
+    let lab = attach_boot_path(args.boot, &mut machine, args.common.profile)?;
     if args.gdb {
         eprintln!(
             "xtask: QEMU waits for gdb; attach with: gdb {} -ex 'target remote :{}'",
@@ -73,7 +79,121 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     };
     let record = session::run(machine.command()?, &options)?;
     eprintln!("xtask: {}", record.summary());
+    if let Some(lab) = lab.filter(|_| !record.outcome.is_success()) {
+        eprintln!("xtask: the DHCP/TFTP server's log:\n{}", lab.server_log());
+    }
     Ok(record.outcome.exit_code())
+}
+
+/// For `--boot` other than `direct`: makes the artefact in `target/image/`
+/// from what `machine` would boot directly, and points `machine` at it.
+fn attach_boot_path(
+    boot: BootPath,
+    machine: &mut Machine,
+    profile: Profile,
+) -> Result<Option<pxe::Lab>> {
+    if boot == BootPath::Direct {
+        return Ok(None);
+    }
+    let payload = Payload {
+        kernel: machine.kernel.clone(),
+        guests: machine.initrd.clone(),
+        cmdline: machine.cmdline.clone(),
+    };
+    let dir = image::image_dir(&Workspace::current());
+    eprintln!(
+        "xtask: making {} for --boot {} ({} build)",
+        boot.artefact(&dir).unwrap_or_default().display(),
+        boot.name(),
+        profile.dir_name()
+    );
+    boot.build(&payload, &dir)?;
+    boot.attach(machine, &dir)
+}
+
+/// `cargo xtask image`: the ISO, the disk image and the PXE tree, with
+/// their sizes.
+pub fn image(args: &ImageArgs) -> Result<u8> {
+    let common = Common {
+        profile: args.profile,
+        ..Common::default()
+    };
+    let kernel = kernel_to_boot(args.kernel.as_deref(), &common)?;
+    let guests = guests_to_pass(&args.guests, &common)?;
+    let payload = Payload {
+        cmdline: kernel_cmdline(&args.kernel_words, guests.is_some()),
+        kernel,
+        guests,
+    };
+    let dir = image::image_dir(&Workspace::current());
+    let images = image::build_all(&payload, &dir, args.qcow2)?;
+    eprintln!(
+        "xtask: GRUB boots: multiboot2 /{} {}",
+        image::KERNEL_PATH,
+        payload.cmdline
+    );
+    let mut made = vec![&images.iso, &images.disk];
+    made.extend(images.qcow2.as_ref());
+    made.push(&images.pxe);
+    for path in made {
+        eprintln!("xtask: {} ({})", path.display(), size_of(path));
+    }
+    Ok(0)
+}
+
+/// A file's or directory tree's size for people: `25.3 MiB`, and for a
+/// sparse file also what it takes on disk.
+fn size_of(path: &Path) -> String {
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+    let (len, blocks) = tree_size(path);
+    if blocks * 512 + (1 << 20) < len {
+        format!("{}, {} on disk", mib(len), mib(blocks * 512))
+    } else {
+        mib(len)
+    }
+}
+
+/// Total length and 512-byte blocks of a file or of every file below a
+/// directory.
+fn tree_size(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return (0, 0);
+    };
+    if !meta.is_dir() {
+        return (meta.len(), meta.blocks());
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| tree_size(&entry.path()))
+        .fold((0, 0), |(l, b), (l2, b2)| (l + l2, b + b2))
+}
+
+/// `cargo xtask pxe`: dnsmasq in the foreground on the TFTP root. When the
+/// root is the default one and does not exist yet, it is made first, as
+/// `cargo xtask image` would.
+pub fn pxe(args: &PxeArgs) -> Result<u8> {
+    let default_root = image::image_dir(&Workspace::current()).join(image::PXE_DIR_NAME);
+    let root = args.root.clone().unwrap_or(default_root);
+    if args.root.is_none() && !root.is_dir() {
+        eprintln!("xtask: no {} yet; making it", root.display());
+        let common = Common::default();
+        let guests = guests_to_pass(&GuestsChoice::Build, &common)?;
+        let payload = Payload {
+            kernel: kernel_to_boot(None, &common)?,
+            cmdline: kernel_cmdline(&[], guests.is_some()),
+            guests,
+        };
+        image::build_pxe(&payload, &root)?;
+    }
+    pxe::Server {
+        interface: args.interface.clone(),
+        root,
+        addressing: args.addressing,
+    }
+    .serve()
 }
 
 /// The ELF given with `--kernel`, or the kernel freshly built.
@@ -97,7 +217,7 @@ fn guests_to_pass(choice: &GuestsChoice, common: &Common) -> Result<Option<PathB
 /// The default command line with the user's words appended. The default
 /// `guests=` goes when there are no guests, or when the user names their own
 /// (the kernel would otherwise see two).
-fn kernel_cmdline(words: &[String], with_guests: bool) -> String {
+pub fn kernel_cmdline(words: &[String], with_guests: bool) -> String {
     let own_guests = words.iter().any(|w| w.starts_with(GUESTS_KEY));
     let mut line = String::new();
     if with_guests && !own_guests {
@@ -135,7 +255,7 @@ pub fn test(args: &TestArgs) -> Result<u8> {
     eprintln!("xtask: 2/3 building the kernel and the guests");
     let built = artefacts::build_all(&workspace, args.common.profile)
         // Make sure QEMU is there before the tests start several boots at once.
-        .and_then(|built| crate::packages::ensure(crate::packages::QEMU).map(|_| built))
+        .and_then(|built| crate::packages::ensure_all(&crate::packages::BOOT_PATHS).map(|()| built))
         .map_err(|e| Error::new(format!("{e} (unit tests: {unit}; QEMU tests not run)")))?;
 
     eprintln!("xtask: 3/3 QEMU integration tests");

@@ -20,18 +20,30 @@
 //! - [`qemu`]: the QEMU command line: accelerator, firmware, devices;
 //! - [`session`]: run QEMU under a time limit, capture the serial console,
 //!   and turn QEMU's exit status into an [`session::Outcome`];
+//! - [`image`], [`disk`]: the GRUB artefacts of `cargo xtask image` (ISO,
+//!   GPT disk, PXE TFTP root);
+//! - [`netns`], [`pxe`]: network namespaces and the DHCP/TFTP server of
+//!   `cargo xtask pxe` and of PXE boots under QEMU;
+//! - [`bootpath`]: the seven ways in (`--boot`), each an artefact, a
+//!   firmware and a QEMU boot device;
 //! - [`cli`]: the `cargo xtask` command line;
-//! - [`commands`]: `build`, `run`, `test` and `boot-times`, built from the
+//! - [`commands`]: `build`, `run`, `test`, `boot-times`, `image` and
+//!   `pxe`, built from the
 //!   above;
 //! - [`bench`]: `cargo xtask bench`, boots that measure, twice each (plain
 //!   and with instruction counting), and the table and JSON they make.
 
 pub mod artefacts;
 pub mod bench;
+pub mod bootpath;
 pub mod cli;
 pub mod commands;
+pub mod disk;
 pub mod guests;
+pub mod image;
+pub mod netns;
 pub mod packages;
+pub mod pxe;
 pub mod qemu;
 pub mod session;
 pub mod toolchain;

@@ -25,6 +25,8 @@ fn run(args: impl Iterator<Item = String>) -> xtask::Result<u8> {
         Task::Run(args) => commands::run(&args),
         Task::Test(args) => commands::test(&args),
         Task::BootTimes(args) => commands::boot_times(&args),
+        Task::Image(args) => commands::image(&args),
+        Task::Pxe(args) => commands::pxe(&args),
         Task::Bench(common) => xtask::bench::run(common.profile, common.accel),
     }
 }

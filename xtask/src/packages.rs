@@ -35,6 +35,113 @@ pub const QBOOT_ROM: Requirement = Requirement {
     debian_package: "qemu-system-data",
 };
 
+/// GRUB's tools: `grub-mkimage`, `grub-mkrescue`, `grub-mknetdir`.
+pub const GRUB_MKIMAGE: Requirement = Requirement {
+    name: "grub-mkimage",
+    debian_package: "grub-common",
+};
+
+/// `grub-mkrescue`, which makes the hybrid ISO.
+pub const GRUB_MKRESCUE: Requirement = Requirement {
+    name: "grub-mkrescue",
+    debian_package: "grub-common",
+};
+
+/// `grub-mknetdir`, which makes the PXE TFTP root.
+pub const GRUB_MKNETDIR: Requirement = Requirement {
+    name: "grub-mknetdir",
+    debian_package: "grub-common",
+};
+
+/// GRUB's modules and boot sectors for BIOS machines (`i386-pc`).
+pub const GRUB_BIOS: Requirement = Requirement {
+    name: "/usr/lib/grub/i386-pc/boot.img",
+    debian_package: "grub-pc-bin",
+};
+
+/// GRUB's modules for 64-bit UEFI machines (`x86_64-efi`).
+pub const GRUB_EFI: Requirement = Requirement {
+    name: "/usr/lib/grub/x86_64-efi/kernel.img",
+    debian_package: "grub-efi-amd64-bin",
+};
+
+/// The ISO 9660 writer behind `grub-mkrescue`.
+pub const XORRISO: Requirement = Requirement {
+    name: "xorriso",
+    debian_package: "xorriso",
+};
+
+/// FAT file systems without mounting them: the ISO's EFI image and the
+/// disk's EFI system partition (`mformat`, `mmd`, `mcopy`).
+pub const MTOOLS: Requirement = Requirement {
+    name: "mformat",
+    debian_package: "mtools",
+};
+
+/// Writes the disk image's GPT on a plain file (no loop device, no root).
+pub const SGDISK: Requirement = Requirement {
+    name: "/sbin/sgdisk",
+    debian_package: "gdisk",
+};
+
+/// `qemu-img`, for `cargo xtask image --qcow2`.
+pub const QEMU_IMG: Requirement = Requirement {
+    name: "qemu-img",
+    debian_package: "qemu-utils",
+};
+
+/// The DHCP and TFTP server of `cargo xtask pxe` (the binary alone: the
+/// `dnsmasq` package would also start a system service).
+pub const DNSMASQ: Requirement = Requirement {
+    name: "/usr/sbin/dnsmasq",
+    debian_package: "dnsmasq-base",
+};
+
+/// UEFI firmware for QEMU.
+pub const OVMF: Requirement = Requirement {
+    name: "/usr/share/ovmf/OVMF.fd",
+    debian_package: "ovmf",
+};
+
+/// iPXE, QEMU's network boot ROM for its virtio NIC (BIOS and UEFI in one
+/// file; QEMU looks for it in /usr/lib/ipxe/qemu on Debian).
+pub const IPXE_ROM: Requirement = Requirement {
+    name: "/usr/lib/ipxe/qemu/efi-virtio.rom",
+    debian_package: "ipxe-qemu",
+};
+
+/// `ip`, for the network namespace and tap device of a PXE boot.
+pub const IP: Requirement = Requirement {
+    name: "/bin/ip",
+    debian_package: "iproute2",
+};
+
+/// Everything the GRUB boot paths need: to make the three images, to serve
+/// PXE, and to boot them under QEMU (UEFI firmware, network boot ROM).
+/// `cargo xtask test` installs them before its QEMU tests start several
+/// boots at once (two apt-gets at once would fight over dpkg's lock).
+pub const BOOT_PATHS: [Requirement; 14] = [
+    GRUB_MKIMAGE,
+    GRUB_MKRESCUE,
+    GRUB_MKNETDIR,
+    GRUB_BIOS,
+    GRUB_EFI,
+    XORRISO,
+    MTOOLS,
+    SGDISK,
+    DNSMASQ,
+    OVMF,
+    IPXE_ROM,
+    IP,
+    QEMU,
+    QBOOT_ROM,
+];
+
+/// Makes sure every one of `requirements` is present.
+pub fn ensure_all(requirements: &[Requirement]) -> Result<()> {
+    requirements.iter().try_for_each(|r| ensure(*r).map(drop))
+}
+
 /// Makes sure `requirement` is present, installing its package when we may.
 /// Returns where it is.
 pub fn ensure(requirement: Requirement) -> Result<PathBuf> {
@@ -74,7 +181,8 @@ fn locate(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn is_root() -> bool {
+/// Whether we run as root (may install packages, make network namespaces).
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -20,12 +20,16 @@
 //! - `-device isa-debug-exit,iobase=0xf4,iosize=0x04`: the kernel writes a
 //!   byte `v` to port 0xf4 and QEMU exits with status `(v << 1) | 1`; that is
 //!   how the kernel says "success" or "failure" (see [`crate::session`]).
+//!
+//! A machine may also boot through GRUB instead of `-kernel` ([`Medium`]):
+//! from a CD-ROM, a disk or the network, with SeaBIOS or OVMF (UEFI) as the
+//! firmware; see [`crate::bootpath`] for the seven ways in.
 
 use crate::packages;
 use crate::{Error, Result};
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 
@@ -185,6 +189,9 @@ pub enum Firmware {
     Qboot,
     /// The `microvm` machine type (with its own qboot build).
     Microvm,
+    /// OVMF, UEFI firmware, for the GRUB boot paths under UEFI. Not in
+    /// [`Firmware::ALL`]: it cannot load a PVH kernel by itself.
+    Ovmf,
 }
 
 impl Firmware {
@@ -197,6 +204,7 @@ impl Firmware {
             Self::SeaBios => "seabios",
             Self::Qboot => "qboot",
             Self::Microvm => "microvm",
+            Self::Ovmf => "ovmf",
         }
     }
 
@@ -206,6 +214,7 @@ impl Firmware {
             Self::SeaBios => vec![],
             Self::Qboot => vec!["-bios".into(), packages::QBOOT_ROM.name.into()],
             Self::Microvm => vec!["-M".into(), "microvm".into()],
+            Self::Ovmf => vec!["-bios".into(), packages::OVMF.name.into()],
         }
     }
 }
@@ -220,6 +229,30 @@ impl FromStr for Firmware {
     }
 }
 
+/// What the machine boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Medium {
+    /// QEMU loads [`Machine::kernel`] itself (`-kernel`, PVH) with
+    /// [`Machine::cmdline`] and [`Machine::initrd`].
+    #[default]
+    Kernel,
+    /// A CD-ROM image (the hybrid ISO) on the IDE bus.
+    Cdrom(PathBuf),
+    /// A disk image on virtio-blk, as cloud machines have; raw, or qcow2
+    /// when its name ends in `.qcow2`. Booted as a snapshot: the boot
+    /// never changes the file.
+    Disk(PathBuf),
+    /// The network (`-boot n`): a virtio NIC whose ROM is iPXE, on the tap
+    /// device `tap` inside the network namespace `netns`, where QEMU runs
+    /// too (see [`crate::pxe::Lab`]).
+    Network {
+        /// The namespace's name.
+        netns: String,
+        /// The tap device in it.
+        tap: String,
+    },
+}
+
 /// One boot of the kernel: everything that varies between QEMU runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
@@ -229,6 +262,9 @@ pub struct Machine {
     pub cmdline: String,
     /// The guest archive, passed as `-initrd`; `None` boots without guests.
     pub initrd: Option<PathBuf>,
+    /// What to boot from: the kernel itself, or a GRUB image (whose own
+    /// menu then carries the command line and the guests).
+    pub medium: Medium,
     /// Number of CPUs (`-smp`).
     pub cpus: u32,
     /// Memory size in QEMU's syntax (`512M`, `2G`).
@@ -252,6 +288,7 @@ impl Machine {
             kernel: kernel.into(),
             cmdline: String::new(),
             initrd: None,
+            medium: Medium::Kernel,
             cpus: 1,
             memory: "512M".into(),
             accel: Accel::Tcg,
@@ -265,9 +302,33 @@ impl Machine {
     /// firmware file, if any) is installed.
     pub fn command(&self) -> Result<Command> {
         let qemu = packages::ensure(packages::QEMU)?;
-        if self.firmware == Firmware::Qboot {
-            packages::ensure(packages::QBOOT_ROM)?;
+        match self.firmware {
+            Firmware::Qboot => drop(packages::ensure(packages::QBOOT_ROM)?),
+            Firmware::Ovmf => drop(packages::ensure(packages::OVMF)?),
+            Firmware::SeaBios | Firmware::Microvm => {}
         }
+        let mut command = match &self.medium {
+            Medium::Kernel => {
+                self.check_kernel_files()?;
+                Command::new(qemu)
+            }
+            Medium::Cdrom(image) | Medium::Disk(image) => {
+                check_file(image, "boot image")?;
+                Command::new(qemu)
+            }
+            Medium::Network { netns, .. } => {
+                packages::ensure(packages::IPXE_ROM)?;
+                let mut command = Command::new(packages::IP.name);
+                command.args(["netns", "exec", netns]).arg(qemu);
+                command
+            }
+        };
+        command.args(self.args());
+        Ok(command)
+    }
+
+    /// The kernel ELF and the guest archive of a `-kernel` boot must exist.
+    fn check_kernel_files(&self) -> Result<()> {
         if !self.kernel.is_file() {
             return Err(Error::new(format!(
                 "no kernel at {} (build it with `cargo xtask build`)",
@@ -280,9 +341,7 @@ impl Machine {
                 initrd.display()
             )));
         }
-        let mut command = Command::new(qemu);
-        command.args(self.args());
-        Ok(command)
+        Ok(())
     }
 
     /// The arguments after `qemu-system-x86_64`.
@@ -303,6 +362,22 @@ impl Machine {
         if self.count_instructions && self.accel == Accel::Tcg {
             push(&["-icount", "shift=0,align=off,sleep=off"]);
         }
+        match &self.medium {
+            Medium::Kernel => args.extend(self.kernel_args()),
+            Medium::Cdrom(image) => args.extend(drive(image, "if=ide,media=cdrom,readonly=on")),
+            Medium::Disk(image) => args.extend(drive(image, "if=virtio,snapshot=on")),
+            Medium::Network { tap, .. } => {
+                let netdev = format!("tap,id=net0,ifname={tap},script=no,downscript=no");
+                push(&["-netdev", &netdev]);
+                push(&["-device", "virtio-net-pci,netdev=net0", "-boot", "n"]);
+            }
+        }
+        args
+    }
+
+    /// `-initrd`, `-append` and `-kernel` for a direct boot.
+    fn kernel_args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
         if let Some(initrd) = &self.initrd {
             args.push("-initrd".into());
             args.push(initrd.clone().into());
@@ -314,6 +389,31 @@ impl Machine {
         ]);
         args.push(self.kernel.clone().into());
         args
+    }
+}
+
+/// `-drive file=<image>,format=<raw|qcow2>,<how>`.
+fn drive(image: &Path, how: &str) -> [OsString; 2] {
+    let format = match image.extension() {
+        Some(ext) if ext == "qcow2" => "qcow2",
+        _ => "raw",
+    };
+    let mut spec = OsString::from("file=");
+    // QEMU's option syntax: a comma in the path is written twice.
+    spec.push(image.to_string_lossy().replace(',', ",,"));
+    spec.push(format!(",format={format},{how}"));
+    ["-drive".into(), spec]
+}
+
+/// An error naming `what` when `path` is not a file.
+fn check_file(path: &Path, what: &str) -> Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "no {what} at {} (make it with `cargo xtask image`)",
+            path.display()
+        )))
     }
 }
 
