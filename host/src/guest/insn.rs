@@ -50,11 +50,6 @@ pub fn exception_name(vector: u8) -> &'static str {
         .unwrap_or("an interrupt")
 }
 
-/// Whether the CPU pushes an error code for exception `vector`.
-pub fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
-}
-
 /// Whether `vector` may be a direct trap (user code reaching the guest
 /// kernel through the CPU's IDT): not an exception, not the hypercall gate.
 pub fn may_be_direct(vector: u8) -> bool {
@@ -206,7 +201,6 @@ mod tests {
 
     #[test]
     fn error_codes_and_direct_vectors() {
-        assert!(has_error_code(14) && has_error_code(8) && !has_error_code(6));
         assert!(
             may_be_direct(0x80)
                 && !may_be_direct(guest_abi::hypercall::VECTOR)

@@ -425,7 +425,8 @@ impl<M: GuestRam> Guest<M> {
             8 | 18 => self.kill(KillReason::Fatal(vector)),
             0..=31 => {
                 self.counters.exceptions += 1;
-                let error = insn::has_error_code(vector).then_some(self.regs.error_code);
+                let error =
+                    guest_abi::hypercall::has_error_code(vector).then_some(self.regs.error_code);
                 self.deliver(frames, vector, error)
             }
             _ => {
