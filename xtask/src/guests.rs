@@ -30,12 +30,13 @@ use crate::workspace::Workspace;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The package whose binaries are the guests.
-const GUESTS_PACKAGE: &str = "guests";
+/// The packages whose binaries are the guests: the small guests, and the
+/// guest OS (`images/os`).
+const GUESTS_PACKAGES: [&str; 2] = ["guests", "os"];
 
 /// Every guest, by name: the binary's name, the archive entry's name and
 /// the name on the kernel command line.
-pub const GUESTS: [&str; 5] = ["hello", "trap", "bench", "mm", "isolation"];
+pub const GUESTS: [&str; 6] = ["hello", "trap", "bench", "mm", "isolation", "os"];
 
 /// The name of the archive's first, empty entry.
 pub const FORMAT_MARKER: &str = "rguest-guests-v1";
@@ -64,13 +65,11 @@ pub fn build(workspace: &Workspace, profile: Profile) -> Result<PathBuf> {
     // target directory is named, or cargo would use images/target.
     cargo.current_dir(workspace.root.join("images"));
     cargo.env("CARGO_TARGET_DIR", &workspace.target_dir);
-    cargo.args([
-        "build",
-        "--package",
-        GUESTS_PACKAGE,
-        "--target",
-        KERNEL_TARGET,
-    ]);
+    cargo.arg("build");
+    for package in GUESTS_PACKAGES {
+        cargo.args(["--package", package]);
+    }
+    cargo.args(["--target", KERNEL_TARGET]);
     if profile == Profile::Release {
         cargo.arg("--release");
     }

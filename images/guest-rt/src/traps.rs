@@ -253,6 +253,22 @@ mod bare {
         unsafe { hypercall::set_trap(vector, stub_address(vector), flags) }.map(drop)
     }
 
+    /// Runs `handler` for vector `vector` as a *direct trap*: guest user
+    /// code reaches it with `int vector` through the CPU's own IDT, from
+    /// ring 3 straight to ring 1 on the stack given with `set_kernel_stack`,
+    /// without the host (a system-call gate). The host is never involved,
+    /// so the virtual interrupt flag stays as user code had it (on); the
+    /// handler runs like a [`Delivery::Interrupt`] on the way out (the flag
+    /// is turned back on if the frame's RFLAGS.IF says it was on).
+    pub fn set_direct_handler(vector: u8, handler: Handler) -> Result<(), Error> {
+        let index = usize::from(vector);
+        HANDLERS[index].store(handler as usize, Ordering::Release);
+        IS_INTERRUPT[index].store(true, Ordering::Release);
+        // SAFETY: as in set_handler: our own stub, for the program's life.
+        unsafe { hypercall::set_trap(vector, stub_address(vector), trap_flags::DIRECT_FROM_USER) }
+            .map(drop)
+    }
+
     /// Where the common trap path calls in: runs the vector's handler.
     extern "C" fn dispatch(frame: &mut TrapFrame) {
         let index = (frame.vector & 0xff) as usize;

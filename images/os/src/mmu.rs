@@ -1,0 +1,87 @@
+//! Telling the host about page-table changes (guest_abi::pte).
+//!
+//! The host's shadow tables are a TLB that never forgets by itself: after
+//! the guest changes a present entry, it must report the change before it
+//! relies on it. Two ways:
+//!
+//! - [`report`]: one `MmuOp` hypercall, one exit, applied at once. For the
+//!   single entry of a page fault.
+//! - [`queue`] then [`flush`]: ops written into the MMU ring of the shared
+//!   page (at offset 1024), applied by the host in order when we make one
+//!   `FlushMmuRing` hypercall: one exit for a whole `fork`'s worth. The
+//!   ring holds 64 ops; `queue` flushes by itself when it is full.
+//!
+//! The ring's `head` (ops ever queued) is ours, `tail` (ops ever applied)
+//! the host's; both run freely and are compared with wrapping arithmetic.
+
+use core::sync::atomic::{Ordering, compiler_fence};
+use guest_abi::pte::MmuOp;
+use guest_abi::pte::ring::{HEAD_OFFSET, RING_SLOTS, TAIL_OFFSET, slot_offset};
+use guest_abi::shared::offset::MMU_RING;
+use guest_rt::{boot, hypercall};
+
+/// The ring's first byte, as the kernel sees it.
+fn ring() -> *mut u8 {
+    (boot::shared_page() as *mut u8).wrapping_add(MMU_RING as usize)
+}
+
+fn word(offset: u64) -> *mut u64 {
+    ring().wrapping_add(offset as usize).cast()
+}
+
+/// Checks the ring is empty, as the host registered it.
+pub fn init() {
+    assert_eq!(pending(), 0, "the MMU ring starts empty");
+}
+
+fn head() -> u64 {
+    // SAFETY: the ring is in the shared page, mapped for the guest's life.
+    unsafe { word(HEAD_OFFSET).read_volatile() }
+}
+
+fn tail() -> u64 {
+    // SAFETY: as in head; the host writes it only while we are stopped.
+    unsafe { word(TAIL_OFFSET).read_volatile() }
+}
+
+/// Ops queued and not yet applied.
+pub fn pending() -> u64 {
+    head().wrapping_sub(tail())
+}
+
+/// Queues `op`; flushes first if the ring is full.
+pub fn queue(op: MmuOp) {
+    if pending() >= RING_SLOTS {
+        flush();
+    }
+    let n = head();
+    let slot = word(slot_offset(n));
+    for (i, w) in op.encode().into_iter().enumerate() {
+        // SAFETY: the slot is inside the ring (slot_offset keeps it there).
+        unsafe { slot.wrapping_add(i).write_volatile(w) };
+    }
+    // The slot must be complete before the host can see it counted.
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as in head.
+    unsafe { word(HEAD_OFFSET).write_volatile(n.wrapping_add(1)) };
+}
+
+/// Has the host apply everything queued (one exit), if anything is.
+pub fn flush() {
+    if pending() == 0 {
+        return;
+    }
+    // SAFETY: every queued op reports an entry exactly as we wrote it.
+    let applied = unsafe { hypercall::raw(guest_abi::hypercall::Number::FlushMmuRing, [0; 4]) };
+    assert!(
+        guest_abi::hypercall::Error::from_return_value(applied).is_none(),
+        "the host refused the MMU ring"
+    );
+}
+
+/// Reports `op` at once (one exit).
+pub fn report(op: MmuOp) {
+    // SAFETY: the callers report entries exactly as they wrote them.
+    let result = unsafe { hypercall::mmu_op(op) };
+    assert!(result.is_ok(), "the host refused {op:?}");
+}
