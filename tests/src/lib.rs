@@ -26,13 +26,21 @@
 //! `--accel auto` would) and the firmware (otherwise the default). At most
 //! [`MAX_PARALLEL_BOOTS`] machines run at once, however many test threads
 //! libtest starts: TCG is CPU-bound, and the time limits assume a core each.
+//!
+//! The GRUB boot paths (ISO, disk, PXE; BIOS and UEFI) boot through
+//! [`boot_via`], from images that [`images`] makes with `cargo xtask
+//! image`'s own code (once per test binary for the default ones). A PXE
+//! boot gets a network namespace, a tap device and a dnsmasq of its own
+//! ([`xtask::pxe::Lab`]), all removed when the boot ends, pass or fail.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 use xtask::artefacts::{self, Profile};
-use xtask::commands::test_env;
+use xtask::bootpath::{BootPath, Family};
+use xtask::commands::{self, test_env};
 use xtask::guests;
+use xtask::image::Payload;
 use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine};
 use xtask::session::{self, Options};
 use xtask::workspace::Workspace;
@@ -43,6 +51,11 @@ pub use xtask::session::{Outcome, Record};
 /// banner takes well under a second under TCG; the margin is for a loaded
 /// 2-core CI machine.
 pub const TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long a boot through GRUB may take. Measured under TCG: PXE about
+/// 20 s (BIOS) and 22 s (UEFI), mostly iPXE and TFTP; OVMF a few seconds.
+/// The margin is for a loaded 2-core CI machine.
+pub const GRUB_TIME_LIMIT: Duration = Duration::from_secs(120);
 
 /// How many QEMUs may run at the same time.
 pub const MAX_PARALLEL_BOOTS: usize = 2;
@@ -73,7 +86,92 @@ pub fn boot_machine(cmdline: &str, shape: impl FnOnce(&mut Machine)) -> Boot {
     Boot {
         cmdline: cmdline.to_string(),
         record,
+        server_log: None,
     }
+}
+
+/// Boots `path` from the images in `images` (see [`images`]); `direct`
+/// boots the kernel and the guest archive with `cargo xtask run`'s default
+/// command line. PXE boots run in a network namespace of their own with
+/// their own DHCP/TFTP server, gone again when this returns.
+pub fn boot_via(path: BootPath, images: &Path) -> Boot {
+    let label = format!("--boot {} from {}", path.name(), images.display());
+    let mut machine = Machine::new(kernel());
+    machine.cmdline = commands::DEFAULT_CMDLINE.to_string();
+    machine.initrd = Some(guests());
+    machine.accel = accel();
+    machine.firmware = firmware();
+    // The slot first: a PXE network waiting for a slot would hold a
+    // namespace and a dnsmasq for nothing.
+    let _slot = BOOT_SLOTS.take();
+    let lab = path
+        .attach(&mut machine, images)
+        .unwrap_or_else(|e| panic!("cannot boot {label}: {e}"));
+    let command = machine
+        .command()
+        .unwrap_or_else(|e| panic!("cannot boot {label}: {e}"));
+    let record = session::run(command, &Options::captured(GRUB_TIME_LIMIT))
+        .unwrap_or_else(|e| panic!("cannot boot {label}: {e}"));
+    Boot {
+        cmdline: label,
+        record,
+        server_log: lab.map(|lab| lab.server_log()),
+    }
+}
+
+/// The images of every GRUB boot path, made once per test binary from the
+/// kernel, the guest archive and `cargo xtask run`'s default command line,
+/// in `target/qemu-tests/images/`.
+pub fn default_images() -> PathBuf {
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| images("images", &guests(), &BootPath::ALL))
+        .clone()
+}
+
+/// Makes the images that `paths` boot, carrying the guest archive
+/// `guest_archive`, in `target/qemu-tests/<name>/`, and returns that
+/// directory. Each image is made once even when several paths share it.
+pub fn images(name: &str, guest_archive: &Path, paths: &[BootPath]) -> PathBuf {
+    let dir = test_dir().join(name);
+    let payload = Payload {
+        kernel: kernel(),
+        guests: Some(guest_archive.to_path_buf()),
+        cmdline: commands::DEFAULT_CMDLINE.to_string(),
+    };
+    let mut made: Vec<Family> = Vec::new();
+    for path in paths {
+        if !made.contains(&path.family()) {
+            path.build(&payload, &dir).unwrap_or_else(|e| {
+                panic!("cannot make the image for --boot {}: {e}", path.name())
+            });
+            made.push(path.family());
+        }
+    }
+    dir
+}
+
+/// The guest archive cut short in the middle of a guest's image: what a
+/// failed download or a short write leaves. Written once per test binary
+/// to `target/qemu-tests/guests-truncated.tar`.
+pub fn truncated_guests() -> PathBuf {
+    static TRUNCATED: OnceLock<PathBuf> = OnceLock::new();
+    TRUNCATED
+        .get_or_init(|| {
+            let whole = std::fs::read(guests()).expect("the guest archive is readable");
+            // Half, and not on a 512-byte tar block boundary.
+            let cut = &whole[..whole.len() / 2 + 100];
+            let path = test_dir().join("guests-truncated.tar");
+            std::fs::create_dir_all(test_dir()).expect("target/qemu-tests can be made");
+            std::fs::write(&path, cut).expect("the truncated archive can be written");
+            path
+        })
+        .clone()
+}
+
+/// `target/qemu-tests/`: what the tests make for themselves.
+fn test_dir() -> PathBuf {
+    Workspace::current().target_dir.join("qemu-tests")
 }
 
 /// One finished boot, and questions to ask it.
@@ -83,6 +181,9 @@ pub struct Boot {
     pub cmdline: String,
     /// What QEMU and the kernel did.
     pub record: Record,
+    /// For a PXE boot, what the DHCP/TFTP server logged (shown when the
+    /// test fails).
+    pub server_log: Option<String>,
 }
 
 impl Boot {
@@ -99,8 +200,12 @@ impl Boot {
     /// Stops the test with `complaint` and the whole transcript.
     #[track_caller]
     pub fn fail(&self, complaint: &str) -> ! {
+        let server = match &self.server_log {
+            Some(log) => format!("--- DHCP/TFTP server log:\n{log}--- end\n"),
+            None => String::new(),
+        };
         panic!(
-            "boot with command line `{}`: {complaint}\n{}",
+            "boot with command line `{}`: {complaint}\n{}{server}",
             self.cmdline,
             self.record.transcript()
         )
