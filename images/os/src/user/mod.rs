@@ -221,7 +221,9 @@ pub extern "C" fn user_main(workload: u64) -> ! {
         2 => workloads::ping_pong(),
         3 => workloads::mem_touch(),
         4 => workloads::cow(),
-        5 => benches::syscall_loop(),
+        // Five times: a host tick may land in one loop (an exit that is
+        // not the loop's); the tests want one loop free of them.
+        5 => (0..5).fold(true, |ok, _| ok & benches::syscall_loop()),
         _ => benches::all(),
     };
     Line::new()

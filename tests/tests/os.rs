@@ -1,0 +1,180 @@
+//! The guest OS (`images/os`) under the host: each workload runs to its
+//! checked answer, several OS guests run side by side, system calls never
+//! leave the guest, and the benchmarks all report.
+
+use qemu_tests::{Boot, boot, number_after};
+
+/// Boots `guests=<guests>` and expects every guest to end with exit code 0
+/// and the host to get back every frame.
+fn run(guests: &str) -> Boot {
+    let boot = boot(&format!("guests={guests}"));
+    boot.expect_success();
+    boot.line_containing(&["frames:", "balanced"]);
+    boot
+}
+
+/// Checks one OS guest ended well: its checks passed and its pages all
+/// came back to its kernel.
+fn os_guest_passed(boot: &Boot, name: &str) {
+    let prefix = format!("[{name}]");
+    boot.line_containing(&[&prefix, "user: all checks passed"]);
+    boot.line_containing(&[&prefix, "os: first process exited with 0", "(balanced)"]);
+    boot.line_containing(&[&format!("guest {name} exited code=0")]);
+}
+
+/// Fourteen processes sum squares down a tree of forks; the root checks
+/// the closed form.
+#[test]
+fn fork_tree_sums_are_right() {
+    let boot = run("os/forktree");
+    let line = boot.line_containing(&["forktree: depth=3 processes=14", " ok"]);
+    let sum = number_after(line, "sum=");
+    if sum.is_none() || sum != number_after(line, "expected=") {
+        boot.fail("the tree's sum is not the closed form");
+    }
+    os_guest_passed(&boot, "os/forktree");
+}
+
+/// Two processes bounce a number through two pipes.
+#[test]
+fn pipe_ping_pong_answers_every_round() {
+    let boot = run("os/pingpong");
+    boot.line_containing(&["pingpong: rounds=500 ok"]);
+    os_guest_passed(&boot, "os/pingpong");
+    // Every round is two switches between the same two roots: cached.
+    let paging = boot.line_containing(&["guest os/pingpong paging:"]);
+    if number_after(paging, "roots_reused=").unwrap_or(0) < 900 {
+        boot.fail("the two processes' roots were not reused from the cache");
+    }
+}
+
+/// Pages are demand-zeroed, written, unmapped and remapped zeroed; all
+/// come back to the allocator.
+#[test]
+fn memory_toucher_maps_unmaps_and_remaps() {
+    let boot = run("os/memtouch");
+    boot.line_containing(&["memtouch: pages=256 rounds=4 pages returned ok"]);
+    os_guest_passed(&boot, "os/memtouch");
+}
+
+/// Children write over a buffer shared copy-on-write; each sees the
+/// parent's bytes first and its own after, the parent's stay as they were.
+#[test]
+fn copy_on_write_children_see_their_own_copies() {
+    let boot = run("os/cow");
+    boot.line_containing(&["cow: children=8 pages=64 ok"]);
+    os_guest_passed(&boot, "os/cow");
+    // The writes reached the guest's own #PF handler (reflected).
+    let paging = boot.line_containing(&["guest os/cow paging:"]);
+    if number_after(paging, "faults_reflected=").unwrap_or(0) < 8 * 64 {
+        boot.fail("fewer reflected faults than copy-on-write pages written");
+    }
+}
+
+/// Two OS guests with different workloads, and a third, run at once, each
+/// in its own memory, each to its own right answer.
+#[test]
+fn several_os_guests_side_by_side() {
+    let boot = run("os/cow,os/pingpong,os/forktree");
+    boot.line_containing(&["[os/cow]", "cow: children=8 pages=64 ok"]);
+    boot.line_containing(&["[os/pingpong]", "pingpong: rounds=500 ok"]);
+    boot.line_containing(&["[os/forktree]", "forktree: depth=3", " ok"]);
+    for name in ["os/cow", "os/pingpong", "os/forktree"] {
+        os_guest_passed(&boot, name);
+    }
+}
+
+/// The default workload runs all four in one guest.
+#[test]
+fn all_workloads_in_one_guest() {
+    let boot = run("os");
+    for line in [
+        "forktree: depth=3",
+        "pingpong: rounds=500 ok",
+        "memtouch: pages=256",
+        "cow: children=8",
+    ] {
+        boot.line_containing(&["[os]", line]);
+    }
+    os_guest_passed(&boot, "os");
+}
+
+/// 10000 `getpid` calls through the direct-trap gate cost the host
+/// nothing: no fault, no exception, no hypercall of their own. The only
+/// exits in the region may be the host's tick and, when it brought the
+/// guest's virtual timer, the timer handler's re-arming hypercall; at least
+/// one of the five loops has no exit at all.
+#[test]
+fn system_calls_make_no_host_exits() {
+    let boot = run("os/syscall");
+    os_guest_passed(&boot, "os/syscall");
+    let mut loops = 0;
+    let mut clean = 0;
+    for line in boot
+        .lines()
+        .filter(|l| l.starts_with("[os/syscall] bench events "))
+    {
+        let n = |key| number_after(line, key).unwrap_or(u64::MAX);
+        if n("page_faults=") != 0 || n("exceptions=") != 0 {
+            boot.fail("the system-call loop faulted into the host");
+        }
+        let timer_calls = n("virtual_irqs=");
+        if n("hypercalls=") != timer_calls || n("exits=") != n("interrupts=") + timer_calls {
+            boot.fail("the system-call loop exited for something other than the timer");
+        }
+        loops += 1;
+        clean += u64::from(n("exits=") == 0);
+    }
+    if loops != 5 || clean == 0 {
+        boot.fail("expected five system-call loops, at least one with exits=0");
+    }
+    boot.line_containing(&["bench syscall ", "iterations=10000", "per_op="]);
+}
+
+/// Every benchmark reports one result line, and the checks around them
+/// pass.
+#[test]
+fn benchmarks_all_report() {
+    let boot = run("os/bench");
+    os_guest_passed(&boot, "os/bench");
+    for name in [
+        "syscall",
+        "pf_read",
+        "pf_write_after_read",
+        "ctxsw_hit",
+        "ctxsw_miss",
+        "cow_fault",
+        "pte_update_single",
+        "pte_update_batched",
+        "fork_exit_wait",
+        "cow_bench",
+    ] {
+        let line = boot.line_containing(&[&format!("bench {name} id="), "per_op="]);
+        if number_after(line, "total_cycles=").unwrap_or(0) == 0 {
+            boot.fail(&format!("{name} measured nothing"));
+        }
+    }
+    // A write after a read is the host's alone (dirty emulation): no
+    // reflected fault, no hypercall.
+    let id = number_after(
+        boot.line_containing(&["bench pf_write_after_read id="]),
+        "id=",
+    )
+    .unwrap();
+    let events = boot.line_containing(&[&format!("bench events id={id} ")]);
+    if number_after(events, "faults_reflected=") != Some(0)
+        || number_after(events, "hypercalls=") != Some(0)
+    {
+        boot.fail("the write after a read reached the guest");
+    }
+    // The batched updates make one exit per ring's worth, not per entry.
+    let id = number_after(
+        boot.line_containing(&["bench pte_update_batched id="]),
+        "id=",
+    )
+    .unwrap();
+    let events = boot.line_containing(&[&format!("bench events id={id} ")]);
+    if number_after(events, "hypercalls=").unwrap_or(u64::MAX) > 1024 / 64 + 2 {
+        boot.fail("the ring did not batch the page-table updates");
+    }
+}
