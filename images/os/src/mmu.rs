@@ -72,11 +72,8 @@ pub fn flush() {
         return;
     }
     // SAFETY: every queued op reports an entry exactly as we wrote it.
-    let applied = unsafe { hypercall::raw(guest_abi::hypercall::Number::FlushMmuRing, [0; 4]) };
-    assert!(
-        guest_abi::hypercall::Error::from_return_value(applied).is_none(),
-        "the host refused the MMU ring"
-    );
+    let applied = unsafe { hypercall::flush_mmu_ring() };
+    assert!(applied.is_ok(), "the host refused the MMU ring");
 }
 
 /// Reports `op` at once (one exit).
