@@ -26,7 +26,8 @@ commands:
                          guests=hello unless your words name guests=
   test [options] [-- <test filter and libtest options>]
                          unit tests on Linux, then the QEMU integration tests
-  boot-times [--runs N]  measure QEMU start -> first serial byte -> banner
+  boot-times [--runs N] [--boot all|PATH,PATH...]
+                         measure QEMU start -> first serial byte -> banner
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
                          -icount), print a table, write target/bench/results.json
@@ -173,6 +174,8 @@ pub struct BootTimesArgs {
     pub common: Common,
     /// Boots per firmware.
     pub runs: u32,
+    /// `--boot`: measure these boot paths instead of the firmwares.
+    pub boot: Vec<BootPath>,
     /// `--kernel`: a prebuilt ELF to boot instead of building one.
     pub kernel: Option<PathBuf>,
 }
@@ -220,6 +223,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "boot-times" => Task::BootTimes(BootTimesArgs {
             common: flags.common()?,
             runs: flags.number("--runs")?.unwrap_or(5),
+            boot: flags.boot_paths()?,
             kernel: flags.value("--kernel")?.map(PathBuf::from),
         }),
         other => {
@@ -350,6 +354,15 @@ impl Flags {
             )));
         }
         Ok(boot)
+    }
+
+    /// `--boot all` or a comma-separated list of boot paths.
+    fn boot_paths(&mut self) -> Result<Vec<BootPath>> {
+        match self.value("--boot")?.as_deref() {
+            None => Ok(Vec::new()),
+            Some("all") => Ok(BootPath::ALL.to_vec()),
+            Some(list) => list.split(',').map(str::parse).collect(),
+        }
     }
 
     /// `--range FIRST,LAST` or `--proxy`, exactly one of them.
