@@ -14,6 +14,7 @@ use crate::apic::rdtsc;
 use crate::interrupts::BENCH_VECTOR;
 use crate::println;
 use core::arch::global_asm;
+use guest_abi::hypercall::Number;
 
 global_asm!(
     r#"
@@ -77,26 +78,96 @@ fn int_round_trips(n: u64) -> u64 {
     rdtsc() - start
 }
 
-/// The host's share of guest exits of one kind: cycles from the return of
-/// the switcher to its next call.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HostShare {
-    /// Exits counted.
-    pub exits: u64,
-    /// Cycles spent in the host for them.
-    pub cycles: u64,
+/// The host's share of a guest's exits, by kind: cycles from the
+/// switcher's return to its next call into the same guest (the exit's
+/// handling and the next entry's preparation). Under `-icount` these are
+/// instructions: where the host's time goes, per kind of exit.
+#[derive(Clone, Debug, Default)]
+pub struct HostShares {
+    /// Per kind ([`ExitKind::index`]): exits counted and cycles spent.
+    by_kind: [(u64, u64); ExitKind::COUNT],
 }
 
-impl HostShare {
-    /// Prints the share for hypercall exits of guest `name`, if any.
+/// What a guest exit was, for [`HostShares`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// A hypercall, by number.
+    Hypercall(Number),
+    /// `int 0x81` with a number the host does not know.
+    UnknownHypercall,
+    /// A page fault.
+    PageFault,
+    /// Any other exception.
+    Exception,
+    /// A host interrupt (the tick).
+    Interrupt,
+}
+
+impl ExitKind {
+    const COUNT: usize = Number::ALL.len() + 4;
+
+    /// Classifies the exit whose trap is in `regs`.
+    pub fn of(regs: &switcher::GuestRegs) -> Self {
+        match regs.vector as u8 {
+            v if v == guest_abi::hypercall::VECTOR => {
+                Number::from_raw(regs.rax).map_or(Self::UnknownHypercall, Self::Hypercall)
+            }
+            14 => Self::PageFault,
+            0..=31 => Self::Exception,
+            _ => Self::Interrupt,
+        }
+    }
+
+    fn index(self) -> usize {
+        let n = Number::ALL.len();
+        match self {
+            Self::Hypercall(number) => number as usize,
+            Self::UnknownHypercall => n,
+            Self::PageFault => n + 1,
+            Self::Exception => n + 2,
+            Self::Interrupt => n + 3,
+        }
+    }
+
+    fn all() -> impl Iterator<Item = Self> {
+        Number::ALL.into_iter().map(Self::Hypercall).chain([
+            Self::UnknownHypercall,
+            Self::PageFault,
+            Self::Exception,
+            Self::Interrupt,
+        ])
+    }
+}
+
+impl core::fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Hypercall(number) => write!(f, "hypercall:{number:?}"),
+            Self::UnknownHypercall => f.write_str("hypercall:unknown"),
+            Self::PageFault => f.write_str("page_fault"),
+            Self::Exception => f.write_str("exception"),
+            Self::Interrupt => f.write_str("interrupt"),
+        }
+    }
+}
+
+impl HostShares {
+    /// Adds one exit of `kind` that cost `cycles` in the host.
+    pub fn add(&mut self, kind: ExitKind, cycles: u64) {
+        let (exits, total) = &mut self.by_kind[kind.index()];
+        *exits += 1;
+        *total += cycles;
+    }
+
+    /// Prints one `bench host` line per kind of exit guest `name` made.
     pub fn report(&self, name: &str) {
-        if self.exits > 0 {
-            println!(
-                "bench host {name} nop_hypercall_exits={} host_cycles={} per_exit={}",
-                self.exits,
-                self.cycles,
-                self.cycles / self.exits
-            );
+        for kind in ExitKind::all() {
+            let (exits, cycles) = self.by_kind[kind.index()];
+            if let Some(per_exit) = cycles.checked_div(exits) {
+                println!(
+                    "bench host {name} {kind} exits={exits} host_cycles={cycles} per_exit={per_exit}"
+                );
+            }
         }
     }
 }

@@ -10,14 +10,13 @@
 //! interrupt, or until it ends. With every guest halted, the CPU sleeps
 //! until the next tick.
 
-use crate::bench::HostShare;
+use crate::bench::{ExitKind, HostShares};
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts, memory};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_abi::hypercall::Number;
 use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
 use host::config::{Config, Expect, GuestSpec, RootEviction};
@@ -222,7 +221,7 @@ struct Slot {
     guest: Guest<FrameGuestMemory>,
     expect: Expect,
     /// The host's share of the guest's no-op hypercalls, for the benchmark.
-    host_share: HostShare,
+    host_shares: HostShares,
 }
 
 /// Why the guests could not be started.
@@ -348,7 +347,7 @@ fn start_guest(
         Ok(guest) => Ok(Slot {
             guest,
             expect: spec.expect,
-            host_share: HostShare::default(),
+            host_shares: HostShares::default(),
         }),
         Err(e) => Err(setup_error(alloc::format!("{e}"))),
     }
@@ -378,7 +377,7 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
         }
         let next = run_slice(
             &mut slot.guest,
-            &mut slot.host_share,
+            &mut slot.host_shares,
             switcher,
             &mut services,
         );
@@ -396,12 +395,12 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
 /// Runs one guest until a host tick, a halt or its end.
 fn run_slice(
     guest: &mut Guest<FrameGuestMemory>,
-    host_share: &mut HostShare,
+    host_shares: &mut HostShares,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
 ) -> Next {
-    // When the last exit was a no-op hypercall: the cycle it returned at.
-    let mut nop_exit_at: Option<u64> = None;
+    // The last exit's kind and the cycle the switcher returned at.
+    let mut last_exit: Option<(ExitKind, u64)> = None;
     loop {
         let Some(root) =
             guest.prepare_entry(&mut HostFrames, switcher.guest_view(), services.now_ns())
@@ -414,16 +413,12 @@ fn run_slice(
                 switcher.set_direct_trap(vector, handler);
             }
         }
-        if let Some(at) = nop_exit_at.take() {
-            host_share.exits += 1;
-            host_share.cycles += apic::rdtsc() - at;
+        if let Some((kind, at)) = last_exit.take() {
+            host_shares.add(kind, apic::rdtsc() - at);
         }
         let cr2 = switcher.run(root, &mut guest.regs);
-        let returned_at = apic::rdtsc();
+        last_exit = Some((ExitKind::of(&guest.regs), apic::rdtsc()));
         let vector = guest.regs.vector as u8;
-        if vector == guest_abi::hypercall::VECTOR && guest.regs.rax == Number::Nop as u64 {
-            nop_exit_at = Some(returned_at);
-        }
         let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
         if host_interrupt {
             interrupts::handle_host_interrupt(vector);
@@ -448,9 +443,9 @@ fn report_end(slot: Slot) -> bool {
     let Slot {
         guest,
         expect,
-        host_share,
+        host_shares,
     } = slot;
-    host_share.report(&guest.name);
+    host_shares.report(&guest.name);
     let name = guest.name.clone();
     let counters = guest.counters;
     let ticks = guest.ticks_used;

@@ -75,9 +75,10 @@ pub struct BootResults {
     pub native: BTreeMap<String, Sample>,
     /// `[guest] bench <name> ...`, with their events.
     pub guest: BTreeMap<String, Sample>,
-    /// `bench host <guest> nop_hypercall_exits=<n> host_cycles=<c> ...`:
-    /// the host's own share of the no-op hypercall exits.
-    pub host_share: Option<Sample>,
+    /// `bench host <guest> <kind> exits=<n> host_cycles=<c> ...`: the
+    /// host's own share of each kind of exit (`hypercall:Nop`,
+    /// `page_fault`, ...), summed over the guests.
+    pub host: BTreeMap<String, Sample>,
 }
 
 /// Reads the `bench` lines of a boot's serial output.
@@ -105,11 +106,13 @@ pub fn parse(serial: &str) -> BootResults {
                 }
             }
             "host" => {
-                results.host_share = Some(Sample {
-                    iterations: fields.get("nop_hypercall_exits").copied().unwrap_or(0),
-                    total_cycles: fields.get("host_cycles").copied().unwrap_or(0),
-                    events: BTreeMap::new(),
-                });
+                let mut words = words;
+                if let (Some(_guest), Some(kind)) = (words.next(), words.next()) {
+                    let fields = key_values(words);
+                    let share = results.host.entry(kind.to_string()).or_default();
+                    share.iterations += fields.get("exits").copied().unwrap_or(0);
+                    share.total_cycles += fields.get("host_cycles").copied().unwrap_or(0);
+                }
             }
             "events" => {
                 if let Some(id) = fields.get("id") {
@@ -153,6 +156,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     eprintln!("xtask: {accel}");
     let mut metrics = Map::new();
     let mut exit_path = Value::Null;
+    let mut host_costs = BTreeMap::new();
     for boot in BOOTS {
         let mut machine = Machine::new(&built.kernel);
         machine.initrd = Some(built.guests.clone());
@@ -172,13 +176,25 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         }
         if boot.label.is_empty() {
             exit_path = split_exit_path(&counted);
+            host_costs = counted.host.clone();
         }
     }
     print_table(&metrics, &exit_path);
+    print_host_costs(&host_costs);
+    let host_cost: Map<String, Value> = host_costs
+        .iter()
+        .map(|(kind, s)| {
+            (
+                kind.clone(),
+                json!({"exits": s.iterations, "instructions_per_exit": round2(s.per_op())}),
+            )
+        })
+        .collect();
     let results = json!({
         "about": "cargo xtask bench: per-operation figures; instructions from a QEMU -icount shift=0 boot, tcg_cycles from a plain TCG boot (emulator wall time), events counted by the host; native_* measured by the host on itself in the same boot",
         "metrics": metrics,
         "exit_path": exit_path,
+        "host_cost_per_exit": host_cost,
     });
     let dir = workspace.target_dir.join("bench");
     std::fs::create_dir_all(&dir)
@@ -250,7 +266,10 @@ fn combine(plain: &BootResults, counted: &BootResults) -> Vec<(String, Value)> {
 /// switcher's return to its next call) and the rest (the guest's `int`,
 /// the CPU's trap delivery, the switcher both ways, the `iretq`).
 fn split_exit_path(counted: &BootResults) -> Value {
-    let (Some(trip), Some(host)) = (counted.guest.get("hypercall"), &counted.host_share) else {
+    let (Some(trip), Some(host)) = (
+        counted.guest.get("hypercall"),
+        counted.host.get("hypercall:Nop"),
+    ) else {
         return Value::Null;
     };
     let round_trip = trip.per_op();
@@ -311,6 +330,21 @@ fn print_table(metrics: &Map<String, Value>, exit_path: &Value) {
     }
 }
 
+/// Where the host's instructions go, per kind of exit (base boot, -icount).
+fn print_host_costs(costs: &BTreeMap<String, Sample>) {
+    if costs.is_empty() {
+        return;
+    }
+    println!("host instructions per exit, by kind (from the switcher's return to its next call):");
+    for (kind, sample) in costs {
+        println!(
+            "  {kind:<24} {:>10.0} per exit  ({} exits)",
+            sample.per_op(),
+            sample.iterations
+        );
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -326,7 +360,8 @@ bench native int_iretq iterations=10000 total_cycles=40006 per_op=4
 [bench] bench hypercall id=1 iterations=10000 total_cycles=3610007 per_op=361.00
 [bench] bench events id=2 exits=0 hypercalls=0 cr3_loads=0
 [bench] bench loop id=2 iterations=10000 total_cycles=20007 per_op=2.00
-bench host bench nop_hypercall_exits=10100 host_cycles=1757400 per_exit=174
+bench host bench hypercall:Nop exits=10100 host_cycles=1757400 per_exit=174
+bench host bench page_fault exits=8 host_cycles=16000 per_exit=2000
 guest bench exited code=0
 ";
 
@@ -340,7 +375,8 @@ guest bench exited code=0
         assert_eq!(trip.events["cr3_loads"], 20000);
         assert!(!trip.events.contains_key("id"));
         assert_eq!(r.guest["loop"].events["exits"], 0);
-        assert_eq!(r.host_share.as_ref().unwrap().iterations, 10100);
+        assert_eq!(r.host["hypercall:Nop"].iterations, 10100);
+        assert_eq!(r.host["page_fault"].per_op(), 2000.0);
     }
 
     #[test]

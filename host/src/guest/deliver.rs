@@ -47,25 +47,12 @@ impl<M: GuestRam> Guest<M> {
         // The guest sees its virtual interrupt flag as RFLAGS.IF.
         let irq_enabled = self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) != 0;
         let rflags = (self.regs.rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
-        let frame = [
-            self.regs.rip,
-            self.regs.cs,
-            rflags,
-            self.regs.rsp,
-            self.regs.ss,
-        ];
-        let mut sp = stack & !0xf;
-        let words = error_code.iter().chain(frame.iter());
-        sp = sp.wrapping_sub(8 * (frame.len() as u64 + u64::from(error_code.is_some())));
-        let mut at = sp;
-        for &word in words {
-            let Some(gpa) = self.translate(frames, at, Access::KERNEL_WRITE) else {
-                return self.kill(KillReason::CannotDeliver { vector, stack });
-            };
-            if self.memory.write_u64(gpa, word).is_err() {
-                return self.kill(KillReason::CannotDeliver { vector, stack });
-            }
-            at = at.wrapping_add(8);
+        let (r, e) = (&self.regs, error_code.unwrap_or(0));
+        let with_error = [e, r.rip, r.cs, rflags, r.rsp, r.ss];
+        let frame = if error_code.is_some() { &with_error[..] } else { &with_error[1..] };
+        let sp = (stack & !0xf).wrapping_sub(8 * frame.len() as u64);
+        if !self.write_stack(frames, sp, frame) {
+            return self.kill(KillReason::CannotDeliver { vector, stack });
         }
         self.regs.rsp = sp;
         self.regs.rip = target.handler;
@@ -77,6 +64,30 @@ impl<M: GuestRam> Guest<M> {
             let _ = self.write_shared(shared::IRQ_ENABLED, 0);
         }
         Next::Resume
+    }
+
+    /// Writes `words` at guest-virtual `sp` (8-aligned) as the guest kernel
+    /// would: translated once per page (a frame spans at most two), with
+    /// the access checked and accessed/dirty set. Says whether it could.
+    fn write_stack<F: ShadowFrames>(&mut self, frames: &mut F, sp: u64, words: &[u64]) -> bool {
+        let mut done = 0;
+        while done < words.len() {
+            let at = sp.wrapping_add(8 * done as u64);
+            let Some(gpa) = self.translate(frames, at, Access::KERNEL_WRITE) else {
+                return false;
+            };
+            let in_page = ((4096 - gpa.page_offset()) / 8) as usize;
+            for (i, &word) in words[done..].iter().take(in_page).enumerate() {
+                let Some(word_gpa) = gpa.checked_add(8 * i as u64) else {
+                    return false;
+                };
+                if self.memory.write_u64(word_gpa, word).is_err() {
+                    return false;
+                }
+            }
+            done += in_page.min(words.len() - done);
+        }
+        true
     }
 
     /// Delivers the lowest pending virtual interrupt if the guest has its

@@ -186,18 +186,28 @@ impl<M: GuestRam> Guest<M> {
         if !canonical || !top.is_multiple_of(16) {
             return Err(Error::InvalidArgument);
         }
-        // Every page must be mapped writable before the shadow tables take
-        // the new stack: a refused one must leave the old one pinned.
-        let bottom = top.wrapping_sub(super::PINNED_STACK_PAGES * 4096) & !0xfff;
-        let mut page = bottom;
-        while page < top {
-            self.translate(frames, page, Access::KERNEL_WRITE)
-                .ok_or(Error::BadAddress)?;
-            page += 4096;
+        // A guest OS sets a stack at every context switch, so the common
+        // case (all pages mapped) must cost one pinning pass, no more. A
+        // refused stack must change nothing: the old one is pinned again.
+        let pages = super::PINNED_STACK_PAGES;
+        if self
+            .paging
+            .set_kernel_stack(&mut self.memory, frames, top, pages)
+            .is_err()
+        {
+            let restored = match self.kernel_stack {
+                Some(old) => self.paging.set_kernel_stack(&mut self.memory, frames, old, pages),
+                None => {
+                    self.paging.forget_kernel_stack();
+                    Ok(())
+                }
+            };
+            if let Err(e) = restored {
+                // The old stack is gone too: no trap could be delivered.
+                let _ = self.kill(KillReason::Paging(e));
+            }
+            return Err(Error::BadAddress);
         }
-        self.paging
-            .set_kernel_stack(&mut self.memory, frames, top, super::PINNED_STACK_PAGES)
-            .map_err(|_| Error::BadAddress)?;
         self.kernel_stack = Some(top);
         self.cpu_tables_stale = true;
         Ok(0)

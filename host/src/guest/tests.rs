@@ -1658,3 +1658,22 @@ fn bench_mark_refuses_an_end_without_its_start() {
     assert_eq!(w.call(Number::BenchMark, &[2, 7]), refused);
     assert!(w.host.printed().is_empty());
 }
+
+#[test]
+fn a_frame_that_straddles_two_stack_pages_is_written_to_both() {
+    let mut w = World::new();
+    assert_eq!(w.set_trap(13, HANDLER, 0), 0);
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    // 16 bytes above a page boundary: rsp and ss land in the upper page,
+    // the error code, rip, cs and rflags in the lower one.
+    let rsp = STACK_TOP - 4096 + 16;
+    w.in_kernel(TRAPPING_RIP, rsp);
+    w.guest.regs.rflags = IF | 2;
+    assert_eq!(w.trap(13, 0x1234), Next::Resume);
+    let frame = rsp - 6 * 8;
+    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(
+        w.words(frame, 6),
+        [0x1234, TRAPPING_RIP, KERNEL_CS, IF | 2, rsp, KERNEL_SS]
+    );
+}

@@ -207,6 +207,12 @@ impl ShadowPaging {
         self.pin_stack(mem, frames)
     }
 
+    /// Forgets the kernel stack (a refused first stack leaves none).
+    pub fn forget_kernel_stack(&mut self) {
+        self.stack = None;
+        self.stack_needs_pin = false;
+    }
+
     /// (ii) Makes sure every page of the kernel stack is mapped writable in
     /// the running root, faulting the missing ones in as supervisor writes.
     /// An error here means a trap could not be delivered: kill the guest.
