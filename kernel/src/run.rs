@@ -417,7 +417,8 @@ fn run_slice(
             host_shares.add(kind, apic::rdtsc() - at);
         }
         let cr2 = switcher.run(root, &mut guest.regs);
-        last_exit = Some((ExitKind::of(&guest.regs), apic::rdtsc()));
+        let returned_at = apic::rdtsc();
+        last_exit = Some((ExitKind::of(&guest.regs), returned_at));
         let vector = guest.regs.vector as u8;
         let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
         if host_interrupt {
