@@ -49,7 +49,11 @@ impl<M: GuestRam> Guest<M> {
         let rflags = (self.regs.rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
         let (r, e) = (&self.regs, error_code.unwrap_or(0));
         let with_error = [e, r.rip, r.cs, rflags, r.rsp, r.ss];
-        let frame = if error_code.is_some() { &with_error[..] } else { &with_error[1..] };
+        let frame = if error_code.is_some() {
+            &with_error[..]
+        } else {
+            &with_error[1..]
+        };
         let sp = (stack & !0xf).wrapping_sub(8 * frame.len() as u64);
         if !self.write_stack(frames, sp, frame) {
             return self.kill(KillReason::CannotDeliver { vector, stack });

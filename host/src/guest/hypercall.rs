@@ -144,7 +144,7 @@ impl<M: GuestRam> Guest<M> {
         };
         if handler == 0 {
             self.traps[usize::from(vector)] = None;
-            self.cpu_tables_stale = true;
+            self.traps_stale = true;
             self.regs.rax = 0;
             return Next::Resume;
         }
@@ -171,7 +171,7 @@ impl<M: GuestRam> Guest<M> {
             keep_interrupts: flags & trap_flags::KEEP_INTERRUPTS != 0,
             direct,
         });
-        self.cpu_tables_stale |= direct;
+        self.traps_stale |= direct;
         self.regs.rax = 0;
         Next::Resume
     }
@@ -196,7 +196,9 @@ impl<M: GuestRam> Guest<M> {
             .is_err()
         {
             let restored = match self.kernel_stack {
-                Some(old) => self.paging.set_kernel_stack(&mut self.memory, frames, old, pages),
+                Some(old) => self
+                    .paging
+                    .set_kernel_stack(&mut self.memory, frames, old, pages),
                 None => {
                     self.paging.forget_kernel_stack();
                     Ok(())
@@ -209,7 +211,7 @@ impl<M: GuestRam> Guest<M> {
             return Err(Error::BadAddress);
         }
         self.kernel_stack = Some(top);
-        self.cpu_tables_stale = true;
+        self.stack_stale = true;
         Ok(0)
     }
 

@@ -257,9 +257,13 @@ pub struct Guest<M: GuestRam> {
     pub ticks_used: u64,
     ticks_budget: u64,
     console: Vec<u8>,
-    /// Set when direct traps or the kernel stack changed: the kernel must
-    /// copy them into the CPU's tables before the next entry.
-    cpu_tables_stale: bool,
+    /// Set when the kernel stack changed: the kernel must copy it into the
+    /// CPU's TSS before the next entry (a guest OS does so at every context
+    /// switch, so it must stay cheap).
+    stack_stale: bool,
+    /// Set when a direct trap changed: the kernel must rewrite the CPU's
+    /// IDT gates (rare).
+    traps_stale: bool,
 }
 
 /// The stack pages kept mapped below the guest kernel's stack top.
@@ -306,7 +310,8 @@ impl<M: GuestRam> Guest<M> {
             ticks_used: 0,
             ticks_budget,
             console: Vec::new(),
-            cpu_tables_stale: true,
+            stack_stale: true,
+            traps_stale: true,
         })
     }
 
@@ -325,16 +330,20 @@ impl<M: GuestRam> Guest<M> {
         self.paging.stats()
     }
 
-    /// The direct traps the CPU's IDT must hold for this guest, and the
-    /// stack for them, if they changed since the last call.
+    /// What the CPU's tables must be changed to for this guest, if anything
+    /// changed since the last call: the stack for direct traps, and the
+    /// direct-trap gates (all of them, or none if only the stack changed).
     pub fn take_cpu_tables(
         &mut self,
     ) -> Option<(u64, impl Iterator<Item = (u8, Option<u64>)> + '_)> {
-        if !core::mem::take(&mut self.cpu_tables_stale) {
+        let stack_stale = core::mem::take(&mut self.stack_stale);
+        let traps_stale = core::mem::take(&mut self.traps_stale);
+        if !stack_stale && !traps_stale {
             return None;
         }
         let stack = self.kernel_stack.unwrap_or(0);
-        let gates = self.traps.iter().enumerate().filter_map(|(v, t)| {
+        let traps = if traps_stale { &self.traps[..] } else { &[] };
+        let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
             insn::may_be_direct(vector).then(|| (vector, t.filter(|t| t.direct).map(|t| t.handler)))
         });
@@ -344,7 +353,8 @@ impl<M: GuestRam> Guest<M> {
     /// Marks the CPU's tables as needing this guest's direct traps again
     /// (another guest ran on this CPU in between).
     pub fn cpu_tables_lost(&mut self) {
-        self.cpu_tables_stale = true;
+        self.stack_stale = true;
+        self.traps_stale = true;
     }
 
     /// Wakes a halted guest whose timer has fired. Returns whether it can run.

@@ -1677,3 +1677,17 @@ fn a_frame_that_straddles_two_stack_pages_is_written_to_both() {
         [0x1234, TRAPPING_RIP, KERNEL_CS, IF | 2, rsp, KERNEL_SS]
     );
 }
+
+#[test]
+fn a_new_kernel_stack_alone_does_not_rewrite_the_gates() {
+    let mut w = World::new();
+    let _ = w.guest.take_cpu_tables();
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    let (stack, gates) = w.guest.take_cpu_tables().expect("the stack changed");
+    assert_eq!(stack, STACK_TOP);
+    assert_eq!(
+        gates.count(),
+        0,
+        "a context switch must not rewrite the IDT"
+    );
+}
