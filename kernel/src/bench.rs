@@ -12,9 +12,13 @@
 
 use crate::apic::rdtsc;
 use crate::interrupts::BENCH_VECTOR;
+use crate::memory::paging::{HostPageRights, map_host_page, set_present};
+use crate::memory::{self, MemoryError};
 use crate::println;
 use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::hypercall::Number;
+use host::addr::HostPhysAddr;
 
 global_asm!(
     r#"
@@ -22,13 +26,100 @@ global_asm!(
     .global bare_iretq
 bare_iretq:
     iretq
-"#
+
+/* enter_ring3_loop(rdi = iterations, rsi = ring-3 rip, rdx = ring-3 rsp,
+ * rcx = ring-3 cs, r8 = ring-3 ss) -> rax = cycles: runs the ring-3 loop
+ * below and comes back when it raises USER_RETURN_VECTOR. */
+    .global enter_ring3_loop
+enter_ring3_loop:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, ring3_saved_rsp(%rip)
+    push %r8
+    push %rdx
+    pushq $2            /* RFLAGS: interrupts off, so no tick lands inside */
+    push %rcx
+    push %rsi
+    iretq
+
+/* The USER_RETURN_VECTOR gate: back on the host's stack, as if
+ * enter_ring3_loop returned (rax holds the loop's cycles). */
+    .global ring3_return
+ring3_return:
+    mov ring3_saved_rsp(%rip), %rsp
+    mov ${kernel_data}, %ecx
+    mov %ecx, %ss
+    mov %ecx, %ds
+    mov %ecx, %es
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
+    .section .bss.bench, "aw", @nobits
+    .balign 8
+ring3_saved_rsp:
+    .skip 8
+
+/* The ring-3 loop, on a page of its own that is mapped for ring 3:
+ * rdi round trips through `int USER_INT_VECTOR`, timed with rdtsc. */
+    .section .text.bench_user, "ax"
+    .balign 4096
+    .global ring3_loop
+ring3_loop:
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, %r8
+1:  int ${user_int}
+    dec %rdi
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rdx, %rax
+    sub %r8, %rax
+    int ${user_return}
+2:  jmp 2b
+    .balign 4096
+"#,
+    kernel_data = const crate::gdt::KERNEL_DATA_SELECTOR,
+    user_int = const USER_INT_VECTOR,
+    user_return = const USER_RETURN_VECTOR,
+    options(att_syntax)
 );
 
 unsafe extern "C" {
-    /// A handler that returns at once (`interrupts` points `BENCH_VECTOR` at it).
+    /// A handler that returns at once (`interrupts` points `BENCH_VECTOR`
+    /// and `USER_INT_VECTOR` at it).
     pub static bare_iretq: u8;
+    /// The `USER_RETURN_VECTOR` handler.
+    pub static ring3_return: u8;
+    static ring3_loop: u8;
+    fn enter_ring3_loop(iterations: u64, rip: u64, rsp: u64, cs: u64, ss: u64) -> u64;
 }
+
+/// `int` from ring 3 to this vector returns at once (gate privilege 3).
+pub const USER_INT_VECTOR: u8 = 0x82;
+/// `int` from ring 3 to this vector ends the ring-3 loop (gate privilege 3).
+pub const USER_RETURN_VECTOR: u8 = 0x83;
+
+/// Where the host maps its ring-3 loop and stack (the lower half is
+/// otherwise empty in the host's tables).
+const RING3_CODE: u64 = 0x4000_0000;
+const RING3_STACK: u64 = 0x4010_0000;
+/// The page the native page-fault benchmark faults on.
+const FAULT_PAGE: u64 = 0x4020_0000;
+
+/// The address the #PF handler maps on demand while the page-fault
+/// benchmark runs (0 otherwise).
+static FAULT_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
 /// Round trips per measurement.
 const ITERATIONS: u64 = 10_000;
@@ -45,6 +136,90 @@ pub fn run_native() {
         "bench native cr3_write iterations={ITERATIONS} total_cycles={cycles} per_op={}",
         cycles / ITERATIONS
     );
+    let measured = map_bench_pages().and_then(|()| {
+        Ok([
+            ("int_iretq_ring3", ring3_round_trips(ITERATIONS)),
+            ("page_fault", page_faults(ITERATIONS / 10)?),
+            ("pte_write_invlpg", pte_writes(ITERATIONS / 10)?),
+        ])
+    });
+    match measured {
+        Ok(results) => {
+            for (name, (iterations, cycles)) in results {
+                println!(
+                    "bench native {name} iterations={iterations} total_cycles={cycles} per_op={}",
+                    cycles / iterations.max(1)
+                );
+            }
+        }
+        Err(e) => log::warn!("bench: native ring-3 and page-fault analogues skipped: {e}"),
+    }
+}
+
+/// Maps the ring-3 loop's code and stack, and the page the fault benchmark
+/// uses, in the host's own tables.
+fn map_bench_pages() -> Result<(), MemoryError> {
+    let code = HostPhysAddr::new((&raw const ring3_loop) as u64);
+    map_host_page(RING3_CODE, code, HostPageRights::UserReadExecute)?;
+    let no_frame = MemoryError::PageTables("no frame for the benchmark");
+    let stack = memory::alloc_frame().ok_or(no_frame)?;
+    map_host_page(RING3_STACK, stack, HostPageRights::UserReadWrite)?;
+    let page =
+        memory::alloc_frame().ok_or(MemoryError::PageTables("no frame for the benchmark"))?;
+    map_host_page(FAULT_PAGE, page, HostPageRights::ReadWrite)
+}
+
+/// `n` round trips from ring 3 through `int USER_INT_VECTOR` to ring 0 and
+/// back: the native analogue of a guest's system call.
+fn ring3_round_trips(n: u64) -> (u64, u64) {
+    let selectors = crate::gdt::selectors();
+    // SAFETY: the loop's page and stack are mapped for ring 3 just above;
+    // it only loops and raises the two gates, and USER_RETURN_VECTOR's
+    // handler restores everything `enter_ring3_loop` saved.
+    let cycles = unsafe {
+        enter_ring3_loop(
+            n,
+            RING3_CODE,
+            RING3_STACK + 4096,
+            u64::from(selectors.user_code.0),
+            u64::from(selectors.user_data.0),
+        )
+    };
+    (n, cycles)
+}
+
+/// `n` demand faults: the page is made not present, touched, and the #PF
+/// handler ([`fix_bench_fault`]) maps it back: the native analogue of a
+/// guest's shadow page fault (taken, fixed in the kernel, retried).
+fn page_faults(n: u64) -> Result<(u64, u64), MemoryError> {
+    let page = FAULT_PAGE as *mut u64;
+    FAULT_ADDRESS.store(FAULT_PAGE, Ordering::SeqCst);
+    let start = rdtsc();
+    for _ in 0..n {
+        set_present(FAULT_PAGE, false)?;
+        // SAFETY: the page is ours; the read faults and the handler maps it.
+        unsafe { core::ptr::read_volatile(page) };
+    }
+    let cycles = rdtsc() - start;
+    FAULT_ADDRESS.store(0, Ordering::SeqCst);
+    Ok((n, cycles))
+}
+
+/// `n` page-table entry updates with their `invlpg`: the native analogue of
+/// a guest's set-entry hypercall.
+fn pte_writes(n: u64) -> Result<(u64, u64), MemoryError> {
+    let start = rdtsc();
+    for i in 0..n {
+        set_present(FAULT_PAGE, i % 2 == 0)?;
+    }
+    Ok((n, rdtsc() - start))
+}
+
+/// Called by the #PF handler: if the fault is the benchmark's, maps the
+/// page back and says so (the faulting access is then retried).
+pub fn fix_bench_fault(cr2: u64) -> bool {
+    let address = FAULT_ADDRESS.load(Ordering::Relaxed);
+    address != 0 && cr2 & !0xfff == address && set_present(address, true).is_ok()
 }
 
 /// `n` writes of CR3 with its own value: the native core of a context

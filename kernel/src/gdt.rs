@@ -17,6 +17,10 @@ use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
 
+/// The kernel data selector: the second GDT entry, here and in the boot GDT
+/// (assembly that reloads segments uses it as a constant; `init` checks).
+pub const KERNEL_DATA_SELECTOR: u16 = 0x10;
+
 /// IST slot (0-based in the TSS, 1-based in IDT gates) for `#DF`.
 pub const DOUBLE_FAULT_IST: u16 = 0;
 /// IST slot for NMI.
@@ -32,6 +36,11 @@ struct IstStack([u8; IST_STACK_SIZE]);
 // Written only by the CPU when it switches to them; Rust never reads them.
 static mut IST_STACKS: [IstStack; 3] = [const { IstStack([0; IST_STACK_SIZE]) }; 3];
 
+// The stack a trap from ring 3 switches to (TSS.RSP0). Guests never use it:
+// they run on the switcher's TSS. Only the host's native ring-3 benchmark
+// enters ring 3 on this TSS.
+static mut RING0_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
+
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
@@ -44,6 +53,10 @@ pub struct Selectors {
     pub kernel_data: SegmentSelector,
     /// The task state segment.
     pub tss: SegmentSelector,
+    /// Ring-3 data and stack (the host's own ring-3 benchmark code only).
+    pub user_data: SegmentSelector,
+    /// Ring-3 64-bit code (likewise).
+    pub user_code: SegmentSelector,
 }
 
 /// Builds and loads the GDT and TSS of this (the boot) CPU.
@@ -59,6 +72,8 @@ pub fn init() {
             let base = VirtAddr::from_ptr(stacks.cast::<IstStack>().wrapping_add(slot));
             tss.interrupt_stack_table[usize::from(ist)] = base + IST_STACK_SIZE as u64;
         }
+        tss.privilege_stack_table[0] =
+            VirtAddr::from_ptr(&raw mut RING0_STACK) + IST_STACK_SIZE as u64;
         tss
     });
     let (gdt, selectors) = GDT.call_once(|| {
@@ -66,15 +81,20 @@ pub fn init() {
         let kernel_code = gdt.append(Descriptor::kernel_code_segment());
         let kernel_data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
+        let user_data = gdt.append(Descriptor::user_data_segment());
+        let user_code = gdt.append(Descriptor::user_code_segment());
         (
             gdt,
             Selectors {
                 kernel_code,
                 kernel_data,
                 tss,
+                user_data,
+                user_code,
             },
         )
     });
+    assert_eq!(selectors.kernel_data.0, KERNEL_DATA_SELECTOR);
     gdt.load();
     // SAFETY: the selectors name descriptors of the GDT just loaded, which
     // lives forever in a `static`; code and data are flat ring-0 segments

@@ -95,7 +95,12 @@ pub fn init() {
             *gate = Gate::interrupt(stubs + 16 * vector as u64, code, 0, ist as u8);
         }
         let bare_iretq = (&raw const crate::bench::bare_iretq) as u64;
+        let ring3_return = (&raw const crate::bench::ring3_return) as u64;
         idt[usize::from(BENCH_VECTOR)] = Gate::interrupt(bare_iretq, code, 0, 0);
+        // The host's own ring-3 benchmark may raise these two.
+        idt[usize::from(crate::bench::USER_INT_VECTOR)] = Gate::interrupt(bare_iretq, code, 3, 0);
+        idt[usize::from(crate::bench::USER_RETURN_VECTOR)] =
+            Gate::interrupt(ring3_return, code, 3, 0);
         idt
     });
     let pointer = DescriptorTablePointer {
@@ -111,6 +116,7 @@ pub fn init() {
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector as u8 {
+        14 if crate::bench::fix_bench_fault(Cr2::read_raw()) => {}
         0..=31 => exception_report(frame),
         vector => handle_host_interrupt(vector),
     }

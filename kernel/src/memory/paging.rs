@@ -175,6 +175,11 @@ pub enum HostPageRights {
     ReadExecute,
     /// Read-write, not executable (data).
     ReadWrite,
+    /// Read-only, executable, reachable from ring 3 (the host's own ring-3
+    /// benchmark code; never a guest's).
+    UserReadExecute,
+    /// Read-write, not executable, reachable from ring 3 (its stack).
+    UserReadWrite,
 }
 
 /// Maps the 4 KiB frame `phys` at `virt` in the host's tables.
@@ -187,15 +192,36 @@ pub fn map_host_page(
     let tables = guard
         .as_mut()
         .ok_or(MemoryError::PageTables("not initialised"))?;
+    let nx = Flags::from_bits_truncate(NX_FLAG.load(Ordering::Relaxed));
     let flags = match rights {
         HostPageRights::ReadExecute => Flags::PRESENT,
-        HostPageRights::ReadWrite => {
-            Flags::PRESENT
-                | Flags::WRITABLE
-                | Flags::from_bits_truncate(NX_FLAG.load(Ordering::Relaxed))
+        HostPageRights::ReadWrite => Flags::PRESENT | Flags::WRITABLE | nx,
+        HostPageRights::UserReadExecute => Flags::PRESENT | Flags::USER_ACCESSIBLE,
+        HostPageRights::UserReadWrite => {
+            Flags::PRESENT | Flags::WRITABLE | Flags::USER_ACCESSIBLE | nx
         }
     };
     map_4k(tables, virt, phys.as_u64(), flags)
+}
+
+/// Makes the host's writable 4 KiB data mapping at `virt` present or not
+/// (keeping its frame), and flushes it from the TLB: what a native kernel
+/// does in a demand fault, for the benchmarks' native analogue.
+pub fn set_present(virt: u64, present: bool) -> Result<(), MemoryError> {
+    let mut guard = HOST_TABLES.lock();
+    let tables = guard
+        .as_mut()
+        .ok_or(MemoryError::PageTables("not initialised"))?;
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+    let mut flags = Flags::WRITABLE | Flags::from_bits_truncate(NX_FLAG.load(Ordering::Relaxed));
+    if present {
+        flags |= Flags::PRESENT;
+    }
+    // SAFETY: only the benchmark's own page changes, between accesses it
+    // makes itself.
+    unsafe { tables.update_flags(page, flags) }
+        .map(|flush| flush.flush())
+        .map_err(|_| MemoryError::PageTables("set_present"))
 }
 
 /// The no-execute bit for page-table entries the host writes by hand (0 on
