@@ -1,7 +1,7 @@
 //! Make sure the pinned Rust toolchain is complete before building.
 //!
 //! `rust-toolchain.toml` names the toolchain, the `x86_64-unknown-none`
-//! target and the components (`rust-src`, `llvm-tools`, ...). On the machines
+//! target and the components (`rust-src`, `clippy`, `rustfmt`). On the machines
 //! this project runs on, `RUSTUP_AUTO_INSTALL=0` stops rustup from fetching
 //! a missing target or component by itself, so the kernel build would fail
 //! with "can't find crate for `core`". `rustup toolchain install`, run in the
