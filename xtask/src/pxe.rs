@@ -17,6 +17,10 @@
 //!   a lab switch): two DHCP servers on one LAN fight.
 //! - `--proxy`: another DHCP server hands out the addresses; dnsmasq only
 //!   adds the boot information (proxy DHCP, part of the PXE standard).
+//!   GRUB 2.06 (Debian 12's) then takes the *other* server for its TFTP
+//!   server and stops at `grub rescue>`, so in this mode we make GRUB
+//!   network images of our own that name this server in their prefix
+//!   ([`PROXY_BIOS_BOOT_FILE`], [`PROXY_UEFI_BOOT_FILE`]).
 //!
 //! The same [`Server`] runs in the foreground for `cargo xtask pxe` and
 //! in the background ([`Server::spawn`]) inside a [`NetNs`] for `cargo xtask
@@ -77,6 +81,13 @@ pub struct Server {
     pub addressing: Addressing,
 }
 
+/// The GRUB network images for proxy DHCP, made by `cargo xtask pxe --proxy`
+/// beside `grub-mknetdir`'s: the same, but with this server's address in
+/// their prefix (`(tftp,<address>)/boot/grub`).
+pub const PROXY_BIOS_BOOT_FILE: &str = "boot/grub/i386-pc/core-proxy.0";
+/// The UEFI one.
+pub const PROXY_UEFI_BOOT_FILE: &str = "boot/grub/x86_64-efi/core-proxy.efi";
+
 /// DHCP tags dnsmasq sets for UEFI clients (option 93 = 7 or 9).
 const EFI_TAG: &str = "efi64";
 
@@ -120,9 +131,9 @@ impl Server {
                 // A proxy answers PXE clients through the PXE boot menu; one
                 // entry per client type boots without showing it. File names
                 // with a suffix are sent as they are.
-                args.push(format!("--pxe-service=x86PC,rguest,{PXE_BIOS_BOOT_FILE}").into());
+                args.push(format!("--pxe-service=x86PC,rguest,{PROXY_BIOS_BOOT_FILE}").into());
                 for csa in ["BC_EFI", "x86-64_EFI"] {
-                    args.push(format!("--pxe-service={csa},rguest,{PXE_UEFI_BOOT_FILE}").into());
+                    args.push(format!("--pxe-service={csa},rguest,{PROXY_UEFI_BOOT_FILE}").into());
                 }
             }
         }
@@ -141,7 +152,11 @@ impl Server {
             }
         }
         let subnet = match self.addressing {
-            Addressing::Proxy => Some(interface_network(&self.interface, netns)?),
+            Addressing::Proxy => {
+                let (address, network) = interface_address(&self.interface, netns)?;
+                make_proxy_images(&self.root, address)?;
+                Some(network)
+            }
             Addressing::Range { .. } => None,
         };
         let mut args = self.args(subnet);
@@ -163,8 +178,11 @@ impl Server {
         Ok(command)
     }
 
-    /// `cargo xtask pxe`: runs dnsmasq in the foreground, its log on our
-    /// stdout, until it ends (Ctrl-C). Returns its exit status.
+    /// `cargo xtask pxe`: becomes dnsmasq (exec), in the foreground, its log
+    /// on stdout, until it ends (Ctrl-C). Exec rather than a child: a signal
+    /// meant for the server (a service manager's SIGTERM) reaches it, and
+    /// no dnsmasq is left behind holding the DHCP port. Returns only when
+    /// dnsmasq cannot be started.
     pub fn serve(&self) -> Result<u8> {
         let mut command = self.command(None)?;
         eprintln!(
@@ -176,11 +194,9 @@ impl Server {
                 Addressing::Proxy => "proxy DHCP".into(),
             }
         );
-        let status = command
-            .stderr(std::io::stdout())
-            .status()
-            .map_err(|e| Error::new(format!("cannot start dnsmasq: {e}")))?;
-        Ok(status.code().map_or(1, |c| c.clamp(0, 255) as u8))
+        use std::os::unix::process::CommandExt;
+        let error = command.stderr(std::io::stdout()).exec();
+        Err(Error::new(format!("cannot start dnsmasq: {error}")))
     }
 
     /// Starts dnsmasq in the background inside `netns`, its log written to
@@ -260,9 +276,47 @@ fn process_alive(pid: u32) -> bool {
     matches!(state, Some(Some(s)) if s != 'Z' && s != 'X')
 }
 
-/// The network address of `interface`'s first IPv4 address, from
+/// Makes [`PROXY_BIOS_BOOT_FILE`] and [`PROXY_UEFI_BOOT_FILE`] in `root`:
+/// GRUB's network images as `grub-mknetdir` makes them (the PXE or EFI
+/// network driver and TFTP built in, everything else loaded from the
+/// prefix), with `server` named in the prefix.
+fn make_proxy_images(root: &Path, server: Ipv4Addr) -> Result<()> {
+    packages::ensure_all(&[
+        packages::GRUB_MKIMAGE,
+        packages::GRUB_BIOS,
+        packages::GRUB_EFI,
+    ])?;
+    let prefix = format!("(tftp,{server})/{}", image::GRUB_DIR);
+    let platforms = [
+        (
+            "i386-pc-pxe",
+            packages::GRUB_BIOS,
+            PROXY_BIOS_BOOT_FILE,
+            "pxe",
+        ),
+        (
+            "x86_64-efi",
+            packages::GRUB_EFI,
+            PROXY_UEFI_BOOT_FILE,
+            "efinet",
+        ),
+    ];
+    for (format, platform, out, driver) in platforms {
+        let mut mkimage = Command::new("grub-mkimage");
+        mkimage
+            .args(["-O", format, "-p", &prefix, "-d"])
+            .arg(image::grub_platform_dir(platform))
+            .arg("-o")
+            .arg(root.join(out))
+            .args([driver, "tftp"]);
+        image::run_quietly(&mut mkimage, "grub-mkimage")?;
+    }
+    Ok(())
+}
+
+/// The first IPv4 address of `interface` and its network address, from
 /// `ip -o -4 addr show dev <interface>` (in `netns` if given).
-pub fn interface_network(interface: &str, netns: Option<&NetNs>) -> Result<Ipv4Addr> {
+pub fn interface_address(interface: &str, netns: Option<&NetNs>) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let mut command = match netns {
         Some(netns) => netns.command(packages::IP.name),
         None => Command::new(packages::IP.name),
@@ -272,22 +326,23 @@ pub fn interface_network(interface: &str, netns: Option<&NetNs>) -> Result<Ipv4A
         .output()
         .map_err(|e| Error::new(format!("cannot run ip: {e}")))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    network_of(&text).ok_or_else(|| {
+    address_of(&text).ok_or_else(|| {
         Error::new(format!(
             "interface {interface} has no IPv4 address: proxy DHCP serves the network of one"
         ))
     })
 }
 
-/// The network address in a line of `ip -o -4 addr` (`... inet A/N ...`).
-fn network_of(ip_output: &str) -> Option<Ipv4Addr> {
+/// The address and the network address in a line of `ip -o -4 addr`
+/// (`... inet A/N ...`).
+fn address_of(ip_output: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
     let mut words = ip_output.split_whitespace();
     words.find(|w| *w == "inet")?;
     let (addr, prefix) = words.next()?.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
     let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 32)?;
     let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-    Some(Ipv4Addr::from(u32::from(addr) & mask))
+    Some((addr, Ipv4Addr::from(u32::from(addr) & mask)))
 }
 
 /// Whether every directory from `/` down to `dir` lets others in, and `dir`
@@ -391,8 +446,8 @@ mod tests {
     fn a_proxy_server_offers_boot_services_on_the_interface_network() {
         let line = joined(server(Addressing::Proxy).args(Some(Ipv4Addr::new(192, 168, 1, 0))));
         assert!(line.contains("--dhcp-range=192.168.1.0,proxy"), "{line}");
-        assert!(line.contains("--pxe-service=x86PC,rguest,boot/grub/i386-pc/core.0"));
-        assert!(line.contains("--pxe-service=BC_EFI,rguest,boot/grub/x86_64-efi/core.efi"));
+        assert!(line.contains("--pxe-service=x86PC,rguest,boot/grub/i386-pc/core-proxy.0"));
+        assert!(line.contains("--pxe-service=BC_EFI,rguest,boot/grub/x86_64-efi/core-proxy.efi"));
         assert!(!line.contains("--dhcp-authoritative"));
     }
 
@@ -413,12 +468,18 @@ mod tests {
     #[test]
     fn the_network_comes_from_ip_addr_output() {
         let line = "2: eth0    inet 192.168.7.23/24 brd 192.168.7.255 scope global eth0\\";
-        assert_eq!(network_of(line), Some(Ipv4Addr::new(192, 168, 7, 0)));
         assert_eq!(
-            network_of("3: x inet 10.1.2.3/8 scope global x"),
+            address_of(line),
+            Some((
+                Ipv4Addr::new(192, 168, 7, 23),
+                Ipv4Addr::new(192, 168, 7, 0)
+            ))
+        );
+        assert_eq!(
+            address_of("3: x inet 10.1.2.3/8 scope global x").map(|(_, net)| net),
             Some(Ipv4Addr::new(10, 0, 0, 0))
         );
-        assert_eq!(network_of(""), None);
+        assert_eq!(address_of(""), None);
     }
 
     #[test]
