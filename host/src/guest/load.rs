@@ -97,6 +97,13 @@ pub struct LoadedImage {
 /// How much of guest memory the start-up map covers at most.
 const STARTUP_MAP_LIMIT: u64 = 1 << 30;
 
+/// The bytes of guest memory the start-up map covers: whole 2 MiB pages
+/// of it, up to [`STARTUP_MAP_LIMIT`]. An image must lie inside them, or its
+/// entry would fault before the guest could map anything itself.
+fn startup_mapped(memory: u64) -> u64 {
+    memory.min(STARTUP_MAP_LIMIT) & !((2 << 20) - 1)
+}
+
 /// Loads `image` into `mem`, writes the boot parameters (with `cmdline`)
 /// and the start-up tables.
 pub fn load<M: GuestRam>(
@@ -122,7 +129,7 @@ pub fn load<M: GuestRam>(
         let end = phdr.p_paddr.checked_add(phdr.p_memsz);
         let outside = SegmentOutside(phdr.p_paddr, phdr.p_memsz);
         match end {
-            Some(end) if phdr.p_paddr >= IMAGE_MIN_GPA && end <= size.min(STARTUP_MAP_LIMIT) => {
+            Some(end) if phdr.p_paddr >= IMAGE_MIN_GPA && end <= startup_mapped(size) => {
                 image_end = image_end.max(end);
             }
             _ => return Err(outside.into()),

@@ -1691,3 +1691,22 @@ fn a_new_kernel_stack_alone_does_not_rewrite_the_gates() {
         "a context switch must not rewrite the IDT"
     );
 }
+
+#[test]
+fn an_image_must_lie_in_the_start_up_map_of_whole_2_mib_pages() {
+    use crate::paging::GuestMemory;
+    // 3 MiB of memory: the start-up map covers the first 2 MiB only, so a
+    // segment reaching past 2 MiB is refused rather than left unmapped.
+    let image = Image::good();
+    let (mem, loaded) = load_into(3 << 20, &image.bytes());
+    assert!(loaded.is_ok(), "the good image lies below 2 MiB");
+    assert_eq!(mem.size(), 3 << 20);
+    let mut big = Image::good();
+    let load = big.segments.iter_mut().find(|s| s.kind == PT_LOAD).unwrap();
+    load.memsz = (2 << 20) - IMAGE_GPA + 4096;
+    let (_, loaded) = load_into(3 << 20, &big.bytes());
+    assert!(
+        matches!(loaded, Err(LoadError::SegmentOutside { .. })),
+        "{loaded:?}"
+    );
+}
