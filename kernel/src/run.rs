@@ -24,19 +24,23 @@ use host::guest::{Guest, GuestRam, GuestState, HostServices, Next};
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
+use switcher::GuestRegs;
 
 /// A guest's memory: one host frame per guest page, not necessarily
 /// contiguous, reached through the direct map.
 pub struct FrameGuestMemory {
     frames: Vec<HostPhysAddr>,
+    /// The guest's register page: not guest memory (the guest cannot name
+    /// it); the switcher maps it into the slot while the guest runs.
+    registers: HostPhysAddr,
 }
 
 impl FrameGuestMemory {
     /// Takes `bytes` of host memory (zeroed) for a guest.
     fn new(bytes: u64) -> Option<Self> {
         let pages = bytes / PAGE_SIZE;
-        let mut frames = Vec::with_capacity(pages as usize);
-        for _ in 0..pages {
+        let mut frames = Vec::with_capacity(pages as usize + 1);
+        for _ in 0..=pages {
             match memory::alloc_frame() {
                 Some(frame) => {
                     zero_frame(frame);
@@ -48,12 +52,25 @@ impl FrameGuestMemory {
                 }
             }
         }
-        Some(Self { frames })
+        let registers = frames.pop()?;
+        Some(Self { frames, registers })
+    }
+
+    /// The frame of the guest's register page.
+    pub fn register_page(&self) -> HostPhysAddr {
+        self.registers
     }
 
     /// Gives the frames back.
     fn release(self) {
         self.frames.into_iter().for_each(memory::free_frame);
+        memory::free_frame(self.registers);
+    }
+
+    fn registers_ptr(&self) -> *mut GuestRegs {
+        memory::phys_to_virt(self.registers)
+            .wrapping_add(switcher::REGS_OFFSET as usize)
+            .cast()
     }
 
     /// The host address of guest byte `gpa`, if `len` bytes from it stay
@@ -119,6 +136,20 @@ impl GuestMemory for FrameGuestMemory {
 }
 
 impl GuestRam for FrameGuestMemory {
+    fn registers(&self) -> &GuestRegs {
+        // SAFETY: the register frame is this guest's alone (taken in `new`,
+        // freed in `release`), reached through the direct map; `REGS_OFFSET`
+        // leaves exactly one aligned `GuestRegs` at the page's top. The
+        // switcher writes it only inside `CpuSwitcher::run`, which takes no
+        // reference to it, so no Rust reference is live across a write.
+        unsafe { &*self.registers_ptr() }
+    }
+
+    fn registers_mut(&mut self) -> &mut GuestRegs {
+        // SAFETY: as for `registers`; `&mut self` makes this the only one.
+        unsafe { &mut *self.registers_ptr() }
+    }
+
     fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory> {
         let mut done = 0;
         while done < buf.len() {
@@ -383,6 +414,7 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
         );
         if next == Next::Ended {
             let slot = slots.remove(current);
+            switcher.release_registers(slot.guest.memory().register_page());
             all_as_expected &= report_end(slot);
             last_on_cpu = None;
         } else {
@@ -416,10 +448,10 @@ fn run_slice(
         if let Some((kind, at)) = last_exit.take() {
             host_shares.add(kind, apic::rdtsc() - at);
         }
-        let cr2 = switcher.run(root, &mut guest.regs);
+        let cr2 = switcher.run(root, guest.memory().register_page());
         let returned_at = apic::rdtsc();
-        last_exit = Some((ExitKind::of(&guest.regs), returned_at));
-        let vector = guest.regs.vector as u8;
+        last_exit = Some((ExitKind::of(guest.regs()), returned_at));
+        let vector = guest.regs().vector as u8;
         let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
         if host_interrupt {
             interrupts::handle_host_interrupt(vector);

@@ -20,9 +20,9 @@ use crate::memory::paging::{HostPageRights, map_host_page, nx_bit};
 use crate::memory::{self, MemoryError, phys_to_virt};
 use host::addr::HostPhysAddr;
 use switcher::{
-    GDT_ENTRIES, Gate, GuestRegs, IdtPage, PAGE, REGS_OFFSET, SLOT_BASE, STUB_STRIDE, StatePage,
-    TablePointer, Tss, idt_page_offset, register_page_offset, segment_descriptor, selector,
-    state_page_offset, tss_descriptor,
+    GDT_ENTRIES, Gate, IdtPage, PAGE, SLOT_BASE, STUB_STRIDE, StatePage, TablePointer, Tss,
+    idt_page_offset, register_page_offset, segment_descriptor, selector, state_page_offset,
+    tss_descriptor,
 };
 
 unsafe extern "C" {
@@ -51,6 +51,8 @@ pub struct CpuSwitcher {
     guest_view: HostPhysAddr,
     /// The frames of the guest view (third, second, first level).
     view_frames: [HostPhysAddr; 3],
+    /// The register page the guest view maps now.
+    resident_registers: HostPhysAddr,
 }
 
 /// Offset of a switcher symbol from the start of the switcher's code.
@@ -103,6 +105,7 @@ impl CpuSwitcher {
             idt_frame,
             guest_view: view_frames[0],
             view_frames,
+            resident_registers: regs_frame,
         };
         this.fill_state_page();
         this.fill_idt();
@@ -223,29 +226,39 @@ impl CpuSwitcher {
         self.idt()[usize::from(vector)] = gate;
     }
 
-    /// Runs the guest whose shadow root is `root` with registers `regs`
-    /// until it traps; `regs` then holds its registers at the trap, and the
-    /// result is the guest's CR2 (meaningful after a page fault).
+    /// Runs the guest whose shadow root is `root` and whose registers are
+    /// in the register page `registers` until it traps; the switcher then
+    /// leaves its registers at the trap in that same page. Returns the
+    /// guest's CR2 (meaningful after a page fault).
+    ///
+    /// The register page is the guest's own: it is put into this CPU's slot
+    /// (one page-table entry of the guest view, written only when another
+    /// guest ran here last), so the registers are never copied. The switcher
+    /// loads CR3 before it touches the page, so no stale translation of the
+    /// slot survives the change.
     ///
     /// Interrupts must be off.
-    pub fn run(&mut self, root: HostPhysAddr, regs: &mut GuestRegs) -> u64 {
+    pub fn run(&mut self, root: HostPhysAddr, registers: HostPhysAddr) -> u64 {
         self.state().guest_cr3 = root.as_u64();
-        let page = phys_to_virt(self.regs_frame);
-        // SAFETY: the register page is ours; `REGS_OFFSET` leaves room for
-        // exactly one `GuestRegs` at its top.
-        unsafe {
-            page.add(REGS_OFFSET as usize)
-                .cast::<GuestRegs>()
-                .write(*regs)
-        };
+        if self.resident_registers != registers {
+            let [_, _, pt] = self.view_frames;
+            let index = (register_page_offset(self.cpu) / PAGE) as usize;
+            write_entry(
+                pt,
+                index,
+                registers.as_u64() | PRESENT | WRITABLE | nx_bit(),
+            );
+            self.resident_registers = registers;
+        }
         let entry = SLOT_BASE + code_offset(&raw const switch_to_guest);
         let regs_page = self.slot_address(register_page_offset(self.cpu));
         // SAFETY: `switch_to_guest` saves and restores everything the host
         // needs (callee-saved registers, flags, stack, CR3, GDT, IDT, TR)
         // and returns like a function; the guest's values it leaves in the
         // caller-saved registers are declared clobbered. The state page was
-        // filled in `new`, and `root` is a shadow root with this CPU's
-        // switcher view in its last slot.
+        // filled in `new`, `root` is a shadow root with this CPU's switcher
+        // view in its last slot, and that view maps `registers` (a page the
+        // caller owns for this guest) as the register page.
         unsafe {
             core::arch::asm!(
                 "call {entry}",
@@ -254,10 +267,22 @@ impl CpuSwitcher {
                 clobber_abi("sysv64"),
             );
         }
-        // SAFETY: as above; the switcher has just written the guest's
-        // registers there.
-        *regs = unsafe { page.add(REGS_OFFSET as usize).cast::<GuestRegs>().read() };
         x86_64::registers::control::Cr2::read_raw()
+    }
+
+    /// Forgets a guest's register page (it is being freed): the slot goes
+    /// back to this CPU's own page.
+    pub fn release_registers(&mut self, registers: HostPhysAddr) {
+        if self.resident_registers == registers {
+            let [_, _, pt] = self.view_frames;
+            let index = (register_page_offset(self.cpu) / PAGE) as usize;
+            write_entry(
+                pt,
+                index,
+                self.regs_frame.as_u64() | PRESENT | WRITABLE | nx_bit(),
+            );
+            self.resident_registers = self.regs_frame;
+        }
     }
 }
 

@@ -31,23 +31,23 @@ impl<M: GuestRam> Guest<M> {
         let Some(target) = self.traps[usize::from(vector)] else {
             return self.kill(KillReason::Unhandled {
                 vector,
-                rip: self.regs.rip,
+                rip: self.regs().rip,
                 address: None,
             });
         };
-        let from_user = self.regs.cs & 3 == 3;
+        let from_user = self.regs().cs & 3 == 3;
         let stack = if from_user {
             match self.kernel_stack {
                 Some(top) => top,
                 None => return self.kill(KillReason::CannotDeliver { vector, stack: 0 }),
             }
         } else {
-            self.regs.rsp
+            self.regs().rsp
         };
         // The guest sees its virtual interrupt flag as RFLAGS.IF.
         let irq_enabled = self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) != 0;
-        let rflags = (self.regs.rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
-        let (r, e) = (&self.regs, error_code.unwrap_or(0));
+        let rflags = (self.regs().rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
+        let (r, e) = (*self.regs(), error_code.unwrap_or(0));
         let with_error = [e, r.rip, r.cs, rflags, r.rsp, r.ss];
         let frame = if error_code.is_some() {
             &with_error[..]
@@ -58,12 +58,13 @@ impl<M: GuestRam> Guest<M> {
         if !self.write_stack(frames, sp, frame) {
             return self.kill(KillReason::CannotDeliver { vector, stack });
         }
-        self.regs.rsp = sp;
-        self.regs.rip = target.handler;
-        self.regs.cs = u64::from(selector::GUEST_KERNEL_CODE);
-        self.regs.ss = u64::from(selector::GUEST_KERNEL_DATA);
+        let regs = self.regs_mut();
+        regs.rsp = sp;
+        regs.rip = target.handler;
+        regs.cs = u64::from(selector::GUEST_KERNEL_CODE);
+        regs.ss = u64::from(selector::GUEST_KERNEL_DATA);
         // Like an interrupt gate: no single-stepping into the handler.
-        self.regs.rflags &= !(1 << 8);
+        regs.rflags &= !(1 << 8);
         if !target.keep_interrupts {
             let _ = self.write_shared(shared::IRQ_ENABLED, 0);
         }

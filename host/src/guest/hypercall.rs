@@ -24,7 +24,7 @@ impl<M: GuestRam> Guest<M> {
         frames: &mut F,
         host: &mut H,
     ) -> Next {
-        let r = self.regs;
+        let r = *self.regs();
         let (a, b, c, d) = (r.rdi, r.rsi, r.rdx, r.r10);
         let result = match Number::from_raw(r.rax) {
             None => Err(Error::UnknownCall),
@@ -63,7 +63,7 @@ impl<M: GuestRam> Guest<M> {
             }
             Some(Number::BenchMark) => self.bench_mark(host, a, b),
         };
-        self.regs.rax = match result {
+        self.regs_mut().rax = match result {
             Ok(value) => value,
             Err(e) => e.to_return_value(),
         };
@@ -79,7 +79,7 @@ impl<M: GuestRam> Guest<M> {
     ) -> Next {
         match op(self, frames) {
             Ok(value) => {
-                self.regs.rax = value;
+                self.regs_mut().rax = value;
                 Next::Resume
             }
             Err(e) => self.kill(KillReason::Paging(e)),
@@ -139,20 +139,20 @@ impl<M: GuestRam> Guest<M> {
 
     fn set_trap(&mut self, vector: u64, handler: u64, flags: u64) -> Next {
         let Ok(vector) = u8::try_from(vector) else {
-            self.regs.rax = Error::InvalidArgument.to_return_value();
+            self.regs_mut().rax = Error::InvalidArgument.to_return_value();
             return Next::Resume;
         };
         if handler == 0 {
             self.traps[usize::from(vector)] = None;
             self.traps_stale = true;
-            self.regs.rax = 0;
+            self.regs_mut().rax = 0;
             return Next::Resume;
         }
         let direct = flags & trap_flags::DIRECT_FROM_USER != 0;
         let valid_flags =
             flags & !(trap_flags::DIRECT_FROM_USER | trap_flags::KEEP_INTERRUPTS) == 0;
         if !valid_flags || (direct && !insn::may_be_direct(vector)) {
-            self.regs.rax = Error::InvalidArgument.to_return_value();
+            self.regs_mut().rax = Error::InvalidArgument.to_return_value();
             return Next::Resume;
         }
         // A handler must be in the guest kernel's half and never in the
@@ -172,7 +172,7 @@ impl<M: GuestRam> Guest<M> {
             direct,
         });
         self.traps_stale |= direct;
-        self.regs.rax = 0;
+        self.regs_mut().rax = 0;
         Next::Resume
     }
 
@@ -261,7 +261,7 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn halt(&mut self) -> Next {
-        self.regs.rax = 0;
+        self.regs_mut().rax = 0;
         if self.pending_irqs() != 0 {
             return Next::Resume;
         }

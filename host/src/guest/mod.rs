@@ -39,12 +39,22 @@ use guest_abi::shared::offset as shared;
 use switcher::{GuestRegs, selector};
 
 /// A guest's memory as the run loop needs it: the words the page tables
-/// use, plus bytes (images, console output, trap frames).
+/// use, plus bytes (images, console output, trap frames), plus the page its
+/// registers live in.
 pub trait GuestRam: GuestMemory {
     /// Copies guest memory at `gpa` into `buf`.
     fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory>;
     /// Copies `data` into guest memory at `gpa`.
     fn write_bytes(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), OutsideGuestMemory>;
+    /// The guest's registers. In the kernel they live in the guest's own
+    /// register page, the very page the switcher pushes them to at an exit
+    /// and pops them from at an entry (mapped into the switcher's slot while
+    /// the guest runs), so they are never copied (lguest copied them only
+    /// when another guest had run on the CPU; we need not even then). Not
+    /// guest memory: the guest cannot name it.
+    fn registers(&self) -> &GuestRegs;
+    /// The guest's registers, to change.
+    fn registers_mut(&mut self) -> &mut GuestRegs;
 }
 
 /// What the host offers a guest besides memory and frames.
@@ -242,8 +252,6 @@ pub struct Guest<M: GuestRam> {
     pub name: String,
     memory: M,
     paging: ShadowPaging,
-    /// Its registers, as of its last exit.
-    pub regs: GuestRegs,
     state: GuestState,
     traps: [Option<TrapTarget>; 256],
     kernel_stack: Option<u64>,
@@ -288,7 +296,7 @@ impl<M: GuestRam> Guest<M> {
             paging.teardown(frames);
             return Err(e);
         }
-        let regs = GuestRegs {
+        *memory.registers_mut() = GuestRegs {
             rip: image.entry,
             cs: u64::from(selector::GUEST_KERNEL_CODE),
             ss: u64::from(selector::GUEST_KERNEL_DATA),
@@ -300,7 +308,6 @@ impl<M: GuestRam> Guest<M> {
             name,
             memory,
             paging,
-            regs,
             state: GuestState::Runnable,
             traps: [None; 256],
             kernel_stack: None,
@@ -313,6 +320,22 @@ impl<M: GuestRam> Guest<M> {
             stack_stale: true,
             traps_stale: true,
         })
+    }
+
+    /// Its registers, as of its last exit (or as the host set them for its
+    /// next entry).
+    pub fn regs(&self) -> &GuestRegs {
+        self.memory.registers()
+    }
+
+    /// Its registers, to change.
+    pub fn regs_mut(&mut self) -> &mut GuestRegs {
+        self.memory.registers_mut()
+    }
+
+    /// Its memory (the kernel needs the register page's frame to enter it).
+    pub fn memory(&self) -> &M {
+        &self.memory
     }
 
     /// Where it is in its life.
@@ -412,7 +435,7 @@ impl<M: GuestRam> Guest<M> {
         Next::Resume
     }
 
-    /// Handles the exit that just happened (its trap is in `self.regs`);
+    /// Handles the exit that just happened (its trap is in [`Self::regs`]);
     /// `cr2` is the CPU's CR2 at the exit.
     pub fn handle_exit<F: ShadowFrames, H: HostServices>(
         &mut self,
@@ -420,7 +443,7 @@ impl<M: GuestRam> Guest<M> {
         frames: &mut F,
         host: &mut H,
     ) -> Next {
-        let vector = self.regs.vector as u8;
+        let vector = self.regs().vector as u8;
         let next = match vector {
             v if v == guest_abi::hypercall::VECTOR => {
                 self.counters.hypercalls += 1;
@@ -436,7 +459,7 @@ impl<M: GuestRam> Guest<M> {
             0..=31 => {
                 self.counters.exceptions += 1;
                 let error =
-                    guest_abi::hypercall::has_error_code(vector).then_some(self.regs.error_code);
+                    guest_abi::hypercall::has_error_code(vector).then_some(self.regs().error_code);
                 self.deliver(frames, vector, error)
             }
             _ => {
@@ -459,25 +482,26 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn page_fault<F: ShadowFrames>(&mut self, cr2: u64, frames: &mut F) -> Next {
-        let write = self.regs.error_code & 2 != 0;
+        let error_code = self.regs().error_code;
+        let write = error_code & 2 != 0;
         let in_switcher = GuestVirtAddr::try_new(cr2)
             .is_ok_and(|a| a.table_index(4) == switcher::SLOT_PML4_INDEX);
         if in_switcher && write {
             return self.kill(KillReason::SwitcherAccess {
                 address: cr2,
-                rip: self.regs.rip,
+                rip: self.regs().rip,
             });
         }
         let Ok(address) = GuestVirtAddr::try_new(cr2) else {
             return self.kill(KillReason::Unhandled {
                 vector: 14,
-                rip: self.regs.rip,
+                rip: self.regs().rip,
                 address: Some(cr2),
             });
         };
         match self
             .paging
-            .demand_page(&mut self.memory, frames, address, self.regs.error_code)
+            .demand_page(&mut self.memory, frames, address, error_code)
         {
             FaultDecision::Fixed => Next::Resume,
             FaultDecision::Reflect {
@@ -488,7 +512,7 @@ impl<M: GuestRam> Guest<M> {
                 if self.traps[14].is_none() {
                     return self.kill(KillReason::Unhandled {
                         vector: 14,
-                        rip: self.regs.rip,
+                        rip: self.regs().rip,
                         address: Some(address.as_u64()),
                     });
                 }
@@ -499,10 +523,12 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn general_protection<F: ShadowFrames>(&mut self, frames: &mut F) -> Next {
-        let from_user = self.regs.cs & 3 == 3;
-        let error = self.regs.error_code;
+        let from_user = self.regs().cs & 3 == 3;
+        let error = self.regs().error_code;
         if from_user && insn::is_gate_fault(error, guest_abi::hypercall::VECTOR) {
-            return self.kill(KillReason::HypercallFromUser { rip: self.regs.rip });
+            return self.kill(KillReason::HypercallFromUser {
+                rip: self.regs().rip,
+            });
         }
         if !from_user {
             let mut bytes = [0u8; 16];
@@ -510,7 +536,7 @@ impl<M: GuestRam> Guest<M> {
             if let Some(what) = insn::privileged(&bytes[..n]) {
                 return self.kill(KillReason::PrivilegedInstruction {
                     what,
-                    rip: self.regs.rip,
+                    rip: self.regs().rip,
                 });
             }
         }
@@ -525,7 +551,7 @@ impl<M: GuestRam> Guest<M> {
         while n < buf.len() {
             let Some(gpa) = self.translate(
                 frames,
-                self.regs.rip.wrapping_add(n as u64),
+                self.regs().rip.wrapping_add(n as u64),
                 Access::KERNEL_READ,
             ) else {
                 break;
@@ -594,15 +620,15 @@ impl<M: GuestRam> Guest<M> {
     /// Whatever the host did to the registers (and the guest could not), it
     /// enters in ring 1 or 3 with interrupts on and no I/O privilege.
     fn sanitize_regs(&mut self) {
-        let user = self.regs.cs & 3 == 3;
-        let (cs, ss) = if user {
+        let regs = self.regs_mut();
+        let (cs, ss) = if regs.cs & 3 == 3 {
             (selector::GUEST_USER_CODE, selector::GUEST_USER_DATA)
         } else {
             (selector::GUEST_KERNEL_CODE, selector::GUEST_KERNEL_DATA)
         };
-        self.regs.cs = u64::from(cs);
-        self.regs.ss = u64::from(ss);
-        self.regs.rflags = (self.regs.rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | RFLAGS_RESERVED;
+        regs.cs = u64::from(cs);
+        regs.ss = u64::from(ss);
+        regs.rflags = (regs.rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | RFLAGS_RESERVED;
     }
 
     fn kill(&mut self, reason: KillReason) -> Next {

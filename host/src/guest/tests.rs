@@ -296,7 +296,7 @@ impl World {
         }
     }
 
-    /// The exit in `self.guest.regs` happened, with CR2 = `cr2`.
+    /// The exit in `*self.guest.regs()` happened, with CR2 = `cr2`.
     fn exit(&mut self, cr2: u64) -> Next {
         self.guest
             .handle_exit(cr2, &mut self.frames, &mut self.host)
@@ -306,7 +306,7 @@ impl World {
     fn hypercall(&mut self, number: u64, args: &[u64]) -> Next {
         let mut a = [0; 4];
         a[..args.len()].copy_from_slice(args);
-        let r = &mut self.guest.regs;
+        let r = self.guest.regs_mut();
         (r.vector, r.error_code, r.rax) = (u64::from(guest_abi::hypercall::VECTOR), 0, number);
         (r.rdi, r.rsi, r.rdx, r.r10) = (a[0], a[1], a[2], a[3]);
         self.exit(0)
@@ -319,7 +319,7 @@ impl World {
             Next::Resume,
             "{number:?}"
         );
-        self.guest.regs.rax
+        self.guest.regs().rax
     }
 
     /// Registers `handler` for `vector`; gives the result.
@@ -329,26 +329,32 @@ impl World {
 
     /// The CPU was in the guest kernel at `rip` with stack `rsp`.
     fn in_kernel(&mut self, rip: u64, rsp: u64) {
-        let r = &mut self.guest.regs;
+        let r = self.guest.regs_mut();
         (r.rip, r.cs, r.rsp, r.ss, r.rflags) = (rip, KERNEL_CS, rsp, KERNEL_SS, IF | 2);
     }
 
     /// The CPU was in guest user code at `rip` with stack `rsp`.
     fn in_user(&mut self, rip: u64, rsp: u64) {
-        let r = &mut self.guest.regs;
+        let r = self.guest.regs_mut();
         (r.rip, r.cs, r.rsp, r.ss, r.rflags) = (rip, USER_CS, rsp, USER_SS, IF | 2);
     }
 
     /// Exception `vector` (with `error_code`, 0 if none) where the
     /// registers say.
     fn trap(&mut self, vector: u8, error_code: u64) -> Next {
-        (self.guest.regs.vector, self.guest.regs.error_code) = (u64::from(vector), error_code);
+        {
+            let r = self.guest.regs_mut();
+            (r.vector, r.error_code) = (u64::from(vector), error_code);
+        }
         self.exit(0)
     }
 
     /// A page fault at `address` with `error_code`.
     fn page_fault(&mut self, address: u64, error_code: u64) -> Next {
-        (self.guest.regs.vector, self.guest.regs.error_code) = (14, error_code);
+        {
+            let r = self.guest.regs_mut();
+            (r.vector, r.error_code) = (14, error_code);
+        }
         self.exit(address)
     }
 
@@ -463,7 +469,7 @@ fn boot_params_carry_magic_version_memory_and_command_line() {
 #[test]
 fn a_new_guest_starts_at_the_entry_in_ring_1_with_boot_params_in_rdi() {
     let w = World::new();
-    let r = w.guest.regs;
+    let r = *w.guest.regs();
     assert_eq!((r.rip, r.cs, r.ss), (ENTRY, KERNEL_CS, KERNEL_SS));
     assert_eq!(r.rdi, kva(BOOT_PARAMS_GPA));
     assert_eq!(r.rflags, IF | 2);
@@ -480,7 +486,11 @@ fn the_startup_map_lets_the_shadow_fault_in_the_entry_page() {
     w.in_kernel(ENTRY, 0);
     assert_eq!(w.page_fault(ENTRY, 0x10), Next::Resume);
     assert_eq!(w.guest.state(), &GuestState::Runnable);
-    assert_eq!(w.guest.regs.rip, ENTRY, "the guest retries the same fetch");
+    assert_eq!(
+        w.guest.regs().rip,
+        ENTRY,
+        "the guest retries the same fetch"
+    );
     let leaf = w.shadow_leaf(ENTRY);
     assert!(leaf.is_present());
     assert!(!leaf.flags().contains(PteFlags::USER), "supervisor only");
@@ -694,10 +704,10 @@ proptest! {
 #[test]
 fn nop_returns_zero_and_leaves_the_other_registers() {
     let mut w = World::new();
-    w.guest.regs.rbx = 0x1234;
-    w.guest.regs.rip = ENTRY + 2;
+    w.guest.regs_mut().rbx = 0x1234;
+    w.guest.regs_mut().rip = ENTRY + 2;
     assert_eq!(w.call(Number::Nop, &[9, 9, 9, 9]), 0);
-    let r = w.guest.regs;
+    let r = *w.guest.regs();
     assert_eq!((r.rbx, r.rdi, r.rip), (0x1234, 9, ENTRY + 2));
     assert_eq!(w.guest.counters.hypercalls, 1);
     assert_eq!(w.guest.state(), &GuestState::Runnable);
@@ -708,7 +718,7 @@ fn an_unknown_hypercall_returns_unknown_call() {
     let mut w = World::new();
     for number in [Number::ALL.len() as u64, 0x100, u64::MAX] {
         assert_eq!(w.hypercall(number, &[]), Next::Resume);
-        assert_eq!(w.guest.regs.rax, Error::UnknownCall.to_return_value());
+        assert_eq!(w.guest.regs().rax, Error::UnknownCall.to_return_value());
     }
     assert_eq!(w.guest.state(), &GuestState::Runnable);
 }
@@ -950,7 +960,7 @@ fn halt_sleeps_until_the_timer_fires() {
     assert!(w.guest.poll(BOOT_TIME + 1_000));
     assert_eq!(w.guest.state(), &GuestState::Runnable);
     assert_eq!(w.shared(shared::IRQ_PENDING), 1 << (TIMER_VECTOR - 32));
-    assert_eq!(w.guest.regs.rax, 0, "halt returns 0");
+    assert_eq!(w.guest.regs().rax, 0, "halt returns 0");
 }
 
 #[test]
@@ -1042,10 +1052,10 @@ fn an_exception_with_a_handler_is_delivered_with_a_cpu_style_frame() {
     // aligned address, as the CPU puts it.
     let rsp = STACK_TOP - 8;
     w.in_kernel(TRAPPING_RIP, rsp);
-    w.guest.regs.rflags = IF | 2 | CF | TF;
+    w.guest.regs_mut().rflags = IF | 2 | CF | TF;
     assert_eq!(w.trap(6, 0), Next::Resume);
     let frame = STACK_TOP - 16 - 5 * 8;
-    let r = w.guest.regs;
+    let r = *w.guest.regs();
     assert_eq!(
         (r.rip, r.rsp, r.cs, r.ss),
         (HANDLER, frame, KERNEL_CS, KERNEL_SS)
@@ -1067,7 +1077,7 @@ fn the_frame_shows_the_virtual_interrupt_flag_as_rflags_if() {
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(0, 0), Next::Resume);
     let frame = STACK_TOP - 5 * 8;
-    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(w.guest.regs().rsp, frame);
     assert_eq!(w.words(frame + 16, 1), [2], "IF clear: the guest had cli'd");
 }
 
@@ -1078,7 +1088,7 @@ fn keep_interrupts_leaves_the_virtual_flag_on() {
     w.set_shared(shared::IRQ_ENABLED, 1);
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(3, 0), Next::Resume);
-    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(w.shared(shared::IRQ_ENABLED), 1);
 }
 
@@ -1111,7 +1121,7 @@ fn an_exception_in_user_mode_is_delivered_on_the_kernel_stack() {
     w.in_user(USER_RIP, USER_RSP);
     assert_eq!(w.trap(6, 0), Next::Resume);
     let frame = STACK_TOP - 5 * 8;
-    let r = w.guest.regs;
+    let r = *w.guest.regs();
     assert_eq!(
         (r.rip, r.rsp, r.cs, r.ss),
         (HANDLER, frame, KERNEL_CS, KERNEL_SS)
@@ -1169,7 +1179,7 @@ fn nmis_and_host_interrupts_only_resume() {
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     for vector in [2, 32, 0x30, 0xff] {
         assert_eq!(w.trap(vector, 0), Next::Resume);
-        assert_eq!(w.guest.regs.rip, TRAPPING_RIP, "vector {vector}");
+        assert_eq!(w.guest.regs().rip, TRAPPING_RIP, "vector {vector}");
     }
     assert_eq!(w.guest.counters.interrupts, 3, "the NMI is not counted");
     assert_eq!(w.guest.counters.exceptions, 0);
@@ -1246,8 +1256,8 @@ fn an_ordinary_gp_in_ring_1_is_delivered_with_its_error_code() {
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(13, 0x18), Next::Resume);
     let frame = STACK_TOP - 6 * 8;
-    assert_eq!(w.guest.regs.rsp, frame);
-    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.guest.regs().rsp, frame);
+    assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(
         w.words(frame, 6),
         [0x18, TRAPPING_RIP, KERNEL_CS, 2, STACK_TOP, KERNEL_SS]
@@ -1295,9 +1305,9 @@ fn a_gp_in_user_mode_goes_to_the_guest_kernel() {
     let gate_error = (0x80 << 3) | 2;
     assert_eq!(w.trap(13, gate_error), Next::Resume);
     let frame = STACK_TOP - 6 * 8;
-    assert_eq!((w.guest.regs.rip, w.guest.regs.rsp), (HANDLER, frame));
+    assert_eq!((w.guest.regs().rip, w.guest.regs().rsp), (HANDLER, frame));
     assert_eq!(w.words(frame, 2), [gate_error, USER_RIP]);
-    assert_eq!(w.guest.regs.cs, KERNEL_CS);
+    assert_eq!(w.guest.regs().cs, KERNEL_CS);
 }
 
 // ---------------------------------------------------------------------------
@@ -1327,7 +1337,7 @@ fn a_read_of_the_switcher_slot_faults_into_the_guest_as_unmapped() {
     w.set_trap(14, HANDLER, 0);
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.page_fault(SWITCHER_ADDRESS, 0), Next::Resume);
-    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(w.shared(shared::FAULT_ADDRESS), SWITCHER_ADDRESS);
     assert_eq!(w.words(STACK_TOP - 6 * 8, 1), [0], "not present, read");
 }
@@ -1340,7 +1350,7 @@ fn a_fault_the_guest_tables_forbid_is_delivered_with_its_address() {
     assert_eq!(w.page_fault(UNMAPPED, 2), Next::Resume);
     assert_eq!(w.shared(shared::FAULT_ADDRESS), UNMAPPED);
     let frame = STACK_TOP - 6 * 8;
-    assert_eq!(w.guest.regs.rip, HANDLER);
+    assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(
         w.words(frame, 6),
         [2, TRAPPING_RIP, KERNEL_CS, 2, STACK_TOP, KERNEL_SS]
@@ -1412,7 +1422,7 @@ fn a_pending_interrupt_waits_while_virtual_interrupts_are_off() {
     w.set_shared(shared::IRQ_PENDING, 1);
     w.set_shared(shared::IRQ_ENABLED, 0);
     assert!(w.enter().is_some());
-    assert_eq!(w.guest.regs.rip, TRAPPING_RIP);
+    assert_eq!(w.guest.regs().rip, TRAPPING_RIP);
     assert_eq!(w.shared(shared::IRQ_PENDING), 1, "still pending");
     assert_eq!(w.guest.counters.virtual_interrupts, 0);
 }
@@ -1424,7 +1434,10 @@ fn a_pending_interrupt_is_delivered_once_virtual_interrupts_are_on() {
     w.set_shared(shared::IRQ_ENABLED, 1);
     assert!(w.enter().is_some());
     let frame = STACK_TOP - 5 * 8;
-    assert_eq!((w.guest.regs.rip, w.guest.regs.rsp), (TIMER_HANDLER, frame));
+    assert_eq!(
+        (w.guest.regs().rip, w.guest.regs().rsp),
+        (TIMER_HANDLER, frame)
+    );
     assert_eq!(
         w.words(frame, 5),
         [TRAPPING_RIP, KERNEL_CS, IF | 2, STACK_TOP, KERNEL_SS]
@@ -1435,8 +1448,8 @@ fn a_pending_interrupt_is_delivered_once_virtual_interrupts_are_on() {
     // Off now: the next entry delivers nothing more.
     w.set_shared(shared::IRQ_PENDING, 1);
     w.enter();
-    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
-    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
+    assert_eq!(w.guest.regs().rsp, frame);
 }
 
 #[test]
@@ -1448,7 +1461,7 @@ fn an_interrupt_in_user_mode_is_delivered_on_the_kernel_stack() {
     w.set_shared(shared::IRQ_ENABLED, 1);
     assert!(w.enter().is_some());
     let frame = STACK_TOP - 5 * 8;
-    let r = w.guest.regs;
+    let r = *w.guest.regs();
     assert_eq!((r.rip, r.rsp, r.cs), (TIMER_HANDLER, frame, KERNEL_CS));
     assert_eq!(
         w.words(frame, 5),
@@ -1463,7 +1476,7 @@ fn a_pending_interrupt_without_a_handler_is_dropped() {
     w.set_shared(shared::IRQ_PENDING, 1);
     w.set_shared(shared::IRQ_ENABLED, 1);
     assert!(w.enter().is_some());
-    assert_eq!(w.guest.regs.rip, TRAPPING_RIP);
+    assert_eq!(w.guest.regs().rip, TRAPPING_RIP);
     assert_eq!(w.shared(shared::IRQ_PENDING), 0);
     assert_eq!(w.shared(shared::IRQ_ENABLED), 1);
     assert_eq!(w.guest.counters.virtual_interrupts, 0);
@@ -1476,7 +1489,7 @@ fn the_lowest_pending_interrupt_goes_first() {
     w.set_shared(shared::IRQ_PENDING, 0b11);
     w.set_shared(shared::IRQ_ENABLED, 1);
     w.enter();
-    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
+    assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
     assert_eq!(w.shared(shared::IRQ_PENDING), 0b10);
 }
 
@@ -1487,11 +1500,11 @@ fn the_timer_fires_at_entry_and_the_time_is_in_the_shared_page() {
     w.call(Number::SetTimer, &[500]);
     w.host.now = BOOT_TIME + 499;
     w.enter();
-    assert_eq!(w.guest.regs.rip, TRAPPING_RIP, "not yet");
+    assert_eq!(w.guest.regs().rip, TRAPPING_RIP, "not yet");
     assert_eq!(w.shared(shared::TIME_NS), BOOT_TIME + 499);
     w.host.now = BOOT_TIME + 500;
     w.enter();
-    assert_eq!(w.guest.regs.rip, TIMER_HANDLER);
+    assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
     assert_eq!(w.shared(shared::TIME_NS), BOOT_TIME + 500);
 }
 
@@ -1536,14 +1549,17 @@ fn the_first_reason_to_kill_is_kept() {
 fn entry_clears_the_flags_a_guest_may_not_have() {
     let mut w = World::new();
     w.in_kernel(ENTRY, STACK_TOP);
-    w.guest.regs.rflags = IOPL3 | NT | RF | VM | CF | TF | (1 << 63);
-    w.guest.regs.cs = 0x08; // the host's own code segment
-    w.guest.regs.ss = 0;
+    w.guest.regs_mut().rflags = IOPL3 | NT | RF | VM | CF | TF | (1 << 63);
+    w.guest.regs_mut().cs = 0x08; // the host's own code segment
+    w.guest.regs_mut().ss = 0;
     let root = w.enter().expect("entered");
-    let flags = w.guest.regs.rflags;
+    let flags = w.guest.regs().rflags;
     assert_eq!(flags & (IOPL3 | NT | RF | VM), 0, "{flags:#x}");
     assert_eq!(flags, IF | 2 | CF | TF);
-    assert_eq!((w.guest.regs.cs, w.guest.regs.ss), (KERNEL_CS, KERNEL_SS));
+    assert_eq!(
+        (w.guest.regs().cs, w.guest.regs().ss),
+        (KERNEL_CS, KERNEL_SS)
+    );
     assert_eq!(root, w.guest.paging.current_shadow_root());
     assert_eq!(w.guest.counters.cr3_loads, 2);
 }
@@ -1552,12 +1568,12 @@ fn entry_clears_the_flags_a_guest_may_not_have() {
 fn entry_turns_interrupts_on_and_keeps_user_mode_in_ring_3() {
     let mut w = World::new();
     w.in_user(USER_RIP, USER_RSP);
-    w.guest.regs.rflags = 0;
-    w.guest.regs.cs = 0x0b; // RPL 3 on a ring-0 selector
-    w.guest.regs.ss = 0x10;
+    w.guest.regs_mut().rflags = 0;
+    w.guest.regs_mut().cs = 0x0b; // RPL 3 on a ring-0 selector
+    w.guest.regs_mut().ss = 0x10;
     w.enter().expect("entered");
-    assert_eq!(w.guest.regs.rflags, IF | 2);
-    assert_eq!((w.guest.regs.cs, w.guest.regs.ss), (USER_CS, USER_SS));
+    assert_eq!(w.guest.regs().rflags, IF | 2);
+    assert_eq!((w.guest.regs().cs, w.guest.regs().ss), (USER_CS, USER_SS));
 }
 
 #[test]
@@ -1612,7 +1628,7 @@ proptest! {
     ) {
         let mut w = World::new();
         for (vector, error_code, [rax, rdi, rsi, rdx, r10], rflags, cr2) in exits {
-            let r = &mut w.guest.regs;
+            let r = w.guest.regs_mut();
             (r.vector, r.error_code, r.rflags) = (vector, error_code, rflags);
             (r.rax, r.rdi, r.rsi, r.rdx, r.r10) = (rax % 16, rdi, rsi, rdx, r10);
             w.exit(cr2);
@@ -1621,7 +1637,7 @@ proptest! {
             }
             w.guest.poll(u64::MAX);
             if w.enter().is_some() {
-                let r = w.guest.regs;
+                let r = *w.guest.regs();
                 prop_assert_eq!(r.rflags & (IF | IOPL3 | NT | VM), IF);
                 prop_assert!(r.cs == KERNEL_CS || r.cs == USER_CS);
             }
@@ -1668,10 +1684,10 @@ fn a_frame_that_straddles_two_stack_pages_is_written_to_both() {
     // the error code, rip, cs and rflags in the lower one.
     let rsp = STACK_TOP - 4096 + 16;
     w.in_kernel(TRAPPING_RIP, rsp);
-    w.guest.regs.rflags = IF | 2;
+    w.guest.regs_mut().rflags = IF | 2;
     assert_eq!(w.trap(13, 0x1234), Next::Resume);
     let frame = rsp - 6 * 8;
-    assert_eq!(w.guest.regs.rsp, frame);
+    assert_eq!(w.guest.regs().rsp, frame);
     assert_eq!(
         w.words(frame, 6),
         [0x1234, TRAPPING_RIP, KERNEL_CS, IF | 2, rsp, KERNEL_SS]

@@ -24,6 +24,8 @@ pub const SHADOW_FRAMES_BASE: u64 = 0x100_0000;
 pub struct FakeGuestMemory {
     size: u64,
     pages: HashMap<u64, Box<[u64; 512]>>,
+    /// The register page's contents (the guest's registers).
+    registers: switcher::GuestRegs,
 }
 
 impl FakeGuestMemory {
@@ -34,6 +36,7 @@ impl FakeGuestMemory {
         Self {
             size,
             pages: HashMap::new(),
+            registers: switcher::GuestRegs::default(),
         }
     }
 
@@ -116,6 +119,14 @@ impl crate::guest::GuestRam for FakeGuestMemory {
             self.write_u64(word_gpa, u64::from_le_bytes(bytes))?;
         }
         Ok(())
+    }
+
+    fn registers(&self) -> &switcher::GuestRegs {
+        &self.registers
+    }
+
+    fn registers_mut(&mut self) -> &mut switcher::GuestRegs {
+        &mut self.registers
     }
 }
 
