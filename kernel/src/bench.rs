@@ -16,7 +16,7 @@ use crate::memory::paging::{HostPageRights, map_host_page, set_present};
 use crate::memory::{self, MemoryError};
 use crate::println;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_abi::hypercall::Number;
 use host::addr::HostPhysAddr;
 
@@ -124,8 +124,12 @@ static FAULT_ADDRESS: AtomicU64 = AtomicU64::new(0);
 /// Round trips per measurement.
 const ITERATIONS: u64 = 10_000;
 
-/// Measures the native analogues and prints them.
+/// Set by `bench=on`: the per-exit host costs are printed only then.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Measures the native analogues and prints them (`bench=on`).
 pub fn run_native() {
+    ENABLED.store(true, Ordering::Relaxed);
     let cycles = int_round_trips(ITERATIONS);
     println!(
         "bench native int_iretq iterations={ITERATIONS} total_cycles={cycles} per_op={}",
@@ -334,8 +338,12 @@ impl HostShares {
         *total += cycles;
     }
 
-    /// Prints one `bench host` line per kind of exit guest `name` made.
+    /// Prints one `bench host` line per kind of exit guest `name` made
+    /// (with `bench=on`).
     pub fn report(&self, name: &str) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
         for kind in ExitKind::all() {
             let (exits, cycles) = self.by_kind[kind.index()];
             if let Some(per_exit) = cycles.checked_div(exits) {
