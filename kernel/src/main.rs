@@ -16,10 +16,14 @@
 //!    reports and stops the machine.
 //! 4. [`memory`]: the frame allocator, the host's page tables with the
 //!    direct map of RAM, the heap.
-//! 5. [`apic`]: the periodic tick, calibrated against the PIT.
-//! 6. Then the real work (guests, when the switcher lands), or a self-test
-//!    ([`selftest`]), and [`power`] ends the machine with a status QEMU
-//!    passes on.
+//! 5. [`apic`]: the periodic tick, calibrated against the PIT; [`acpi`]:
+//!    how many CPUs the machine has.
+//! 6. Then the real work: [`switcher`] installs the world switch in its
+//!    slot, and [`run`] starts the guests named on the command line from
+//!    the guest archive (the first boot module) and shares the CPU between
+//!    them until each has ended; with `bench=on`, [`bench`] first measures
+//!    the native analogues. Or a self-test instead ([`selftest`]). Last,
+//!    [`power`] ends the machine with a status QEMU passes on.
 //!
 //! On any target but bare metal this crate is an empty program, so that
 //! `cargo test` and `cargo clippy` over the workspace pass on Linux.
