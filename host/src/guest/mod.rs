@@ -580,13 +580,12 @@ impl<M: GuestRam> Guest<M> {
         if vaddr.table_index(4) == switcher::SLOT_PML4_INDEX {
             return None;
         }
-        match self
-            .paging
-            .demand_page(&mut self.memory, frames, vaddr, access.error_code(true))
-        {
-            FaultDecision::Fixed => self.paging.guest_address(&self.memory, vaddr),
-            _ => None,
-        }
+        // A malformed entry is not this access's business: the guest's own
+        // access will fault on it and be killed with the reason.
+        self.paging
+            .access_for_guest(&mut self.memory, frames, vaddr, access)
+            .ok()
+            .flatten()
     }
 
     fn fire_timer(&mut self, now_ns: u64) {

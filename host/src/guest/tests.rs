@@ -1726,3 +1726,18 @@ fn an_image_must_lie_in_the_start_up_map_of_whole_2_mib_pages() {
         "{loaded:?}"
     );
 }
+
+#[test]
+fn the_hosts_own_accesses_to_guest_memory_are_not_counted_as_guest_faults() {
+    let mut w = World::new();
+    assert_eq!(w.set_trap(6, HANDLER, 0), 0);
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    let before = w.guest.paging_stats().faults_fixed;
+    assert_eq!(w.trap(6, 0), Next::Resume);
+    assert_eq!(
+        w.guest.paging_stats().faults_fixed,
+        before,
+        "writing the trap frame is the host's access, not a guest fault"
+    );
+    assert_eq!(w.words(STACK_TOP - 5 * 8, 1), [TRAPPING_RIP]);
+}

@@ -26,7 +26,7 @@ use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
 use super::{KernelStack, MAX_STACK_PAGES, ShadowPaging};
-use crate::addr::{GuestVirtAddr, PAGE_SIZE};
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
 use guest_abi::pte::SWITCHER_PML4_INDEX;
 
 /// What to do about a page fault.
@@ -51,9 +51,12 @@ pub enum FaultDecision {
 
 /// What filling one page came to, before it is told to the caller.
 enum Fill {
-    Mapped,
+    /// Mapped; the guest page (4 KiB) the address lands in.
+    Mapped(GuestPhysAddr),
     Raced,
-    Forbidden { present: bool },
+    Forbidden {
+        present: bool,
+    },
 }
 
 impl ShadowPaging {
@@ -68,7 +71,7 @@ impl ShadowPaging {
     ) -> FaultDecision {
         let access = Access::from_error_code(error_code);
         match self.fill(mem, frames, vaddr, access) {
-            Ok(Fill::Mapped) => {
+            Ok(Fill::Mapped(_)) => {
                 self.stats.faults_fixed += 1;
                 FaultDecision::Fixed
             }
@@ -116,7 +119,31 @@ impl ShadowPaging {
         let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
         let shadow_root = self.roots.current().shadow;
         self.map_page(frames, shadow_root, vaddr, leaf)?;
-        Ok(Fill::Mapped)
+        Ok(Fill::Mapped(walk.page))
+    }
+
+    /// The host's own access to guest-virtual `vaddr` on the guest's behalf
+    /// (writing a trap frame to its stack, reading a hypercall's buffer):
+    /// judged by the guest's tables exactly like the guest's own access,
+    /// with the accessed and dirty bits set and the page mapped, but not
+    /// counted as a guest fault. Gives the guest-physical address, or
+    /// `None` if the guest's tables forbid the access.
+    pub fn access_for_guest<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+        access: Access,
+    ) -> Result<Option<GuestPhysAddr>, PagingError> {
+        // Two tries: the first may find the guest changing an entry.
+        for _ in 0..2 {
+            match self.fill(mem, frames, vaddr, access)? {
+                Fill::Mapped(page) => return Ok(page.checked_add(vaddr.as_u64() & 0xfff)),
+                Fill::Raced => continue,
+                Fill::Forbidden { .. } => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Sets accessed in every entry of the walk, and dirty in the leaf for

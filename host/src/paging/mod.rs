@@ -269,22 +269,6 @@ impl ShadowPaging {
         self.roots.current().shadow
     }
 
-    /// The guest-physical address that `vaddr` translates to in the running
-    /// address space, by the guest's own tables; `None` where nothing is
-    /// mapped (or the tables are malformed). The host uses it to reach guest
-    /// memory by virtual address, after [`Self::demand_page`] has checked
-    /// the access and set the accessed and dirty bits.
-    pub fn guest_address<M: GuestMemory>(
-        &self,
-        mem: &M,
-        vaddr: GuestVirtAddr,
-    ) -> Option<GuestPhysAddr> {
-        match walk::walk_guest(mem, self.current_guest_root(), vaddr, &self.limits).ok()? {
-            walk::WalkOutcome::Mapped(walk) => walk.page.checked_add(vaddr.as_u64() & 0xfff),
-            _ => None,
-        }
-    }
-
     /// (vi) Puts the switcher into the running root: its top-level slot
     /// points at `switcher_table`, this CPU's switcher table (made by the
     /// kernel, mapping the code read-only, this CPU's register page writable
