@@ -388,7 +388,8 @@ fn start_guest(
 fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Services) -> bool {
     let mut all_as_expected = true;
     let mut current = 0;
-    let mut last_on_cpu: Option<*const ()> = None;
+    // Which guest ran here last, by its register page (unique per guest).
+    let mut last_on_cpu: Option<HostPhysAddr> = None;
     while !slots.is_empty() {
         current %= slots.len();
         let now = services.now_ns();
@@ -401,7 +402,7 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
             continue;
         }
         let slot = &mut slots[current];
-        let id = (&slot.guest as *const Guest<_>).cast::<()>();
+        let id = slot.guest.memory().register_page();
         if last_on_cpu != Some(id) {
             slot.guest.cpu_tables_lost();
             last_on_cpu = Some(id);
