@@ -137,37 +137,54 @@ pub const BOOT_PATHS: [Requirement; 14] = [
     QBOOT_ROM,
 ];
 
-/// Makes sure every one of `requirements` is present.
+/// Makes sure every one of `requirements` is present: whatever is missing
+/// is named in one line and installed with one `apt-get install`, or, when
+/// we may not install, named in one error line with the command that would.
 pub fn ensure_all(requirements: &[Requirement]) -> Result<()> {
-    requirements.iter().try_for_each(|r| ensure(*r).map(drop))
+    let missing: Vec<Requirement> = requirements
+        .iter()
+        .copied()
+        .filter(|r| locate(r.name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|r| r.debian_package).collect();
+    packages.dedup();
+    let names: Vec<&str> = missing.iter().map(|r| r.name).collect();
+    let command = format!(
+        "apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    );
+    if !is_root() || locate("apt-get").is_none() {
+        return Err(Error::new(format!(
+            "missing: {}; install the Debian packages with: sudo {command}",
+            names.join(", ")
+        )));
+    }
+    eprintln!(
+        "xtask: missing {}; installing the Debian packages ({command})",
+        names.join(", ")
+    );
+    apt_get_update_once()?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&packages);
+    apt_get(&args)?;
+    match missing.iter().find(|r| locate(r.name).is_none()) {
+        Some(still) => Err(Error::new(format!(
+            "installed {} but {} is still missing",
+            still.debian_package, still.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Makes sure `requirement` is present, installing its package when we may.
 /// Returns where it is.
 pub fn ensure(requirement: Requirement) -> Result<PathBuf> {
-    if let Some(found) = locate(requirement.name) {
-        return Ok(found);
-    }
-    let package = requirement.debian_package;
-    let command = format!("apt-get install -y --no-install-recommends {package}");
-    if !is_root() || locate("apt-get").is_none() {
-        return Err(Error::new(format!(
-            "{} not found: install the Debian package {package} (sudo {command})",
-            requirement.name
-        )));
-    }
-    eprintln!(
-        "xtask: {} not found; installing the Debian package {package} ({command})",
-        requirement.name
-    );
-    apt_get_update_once()?;
-    apt_get(&["install", "-y", "--no-install-recommends", package])?;
-    locate(requirement.name).ok_or_else(|| {
-        Error::new(format!(
-            "installed {package} but {} is still missing",
-            requirement.name
-        ))
-    })
+    ensure_all(&[requirement])?;
+    locate(requirement.name)
+        .ok_or_else(|| Error::new(format!("{} is missing after its install", requirement.name)))
 }
 
 /// A program in `PATH`, or an absolute path that exists.

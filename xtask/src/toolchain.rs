@@ -8,6 +8,12 @@
 //! workspace root with no arguments, reads the file and installs whatever is
 //! missing; when everything is there it returns at once. We stay quiet then
 //! and show rustup's output only when it had to work or failed.
+//!
+//! One trap: `cargo` hands every process it runs, `cargo xtask` included,
+//! `RUSTUP_TOOLCHAIN` (and `RUSTUP_TOOLCHAIN_SOURCE`). rustup treats that as
+//! an environment override and then installs the bare toolchain, without
+//! the targets and components the file names. So rustup runs here without
+//! them, and afterwards we check that the target's `core` really is there.
 
 use crate::workspace::Workspace;
 use crate::{Error, Result};
@@ -25,6 +31,8 @@ fn install(workspace: &Workspace) -> Result<()> {
     let output = Command::new("rustup")
         .args(["toolchain", "install"])
         .current_dir(&workspace.root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTUP_TOOLCHAIN_SOURCE")
         .output()
         .map_err(|e| {
             Error::new(format!(
@@ -43,7 +51,35 @@ fn install(workspace: &Workspace) -> Result<()> {
     if rustup_downloaded_something(&said) {
         eprint!("{said}");
     }
-    Ok(())
+    check_target_installed(workspace)
+}
+
+/// The bare-metal target every kernel and guest is built for.
+const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// Fails with the command that fixes it when the toolchain that builds the
+/// workspace has no `core` for [`KERNEL_TARGET`]: better one clear line
+/// here than "can't find crate for `core`" deep in a build.
+fn check_target_installed(workspace: &Workspace) -> Result<()> {
+    let output = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", KERNEL_TARGET])
+        .current_dir(&workspace.root)
+        .output()
+        .map_err(|e| Error::new(format!("cannot run rustc: {e}")))?;
+    let libdir = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let has_core = std::fs::read_dir(&libdir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| entry.file_name().to_string_lossy().starts_with("libcore-"));
+    if output.status.success() && has_core {
+        return Ok(());
+    }
+    Err(Error::new(format!(
+        "the toolchain has no `core` for {KERNEL_TARGET} (looked in {libdir:?}): \
+         run `rustup target add {KERNEL_TARGET}` in {}",
+        workspace.root.display()
+    )))
 }
 
 /// rustup says "using existing install" and nothing about downloads when the

@@ -109,6 +109,9 @@ impl<M: GuestRam> Guest<M> {
             return;
         }
         self.counters.virtual_interrupts += 1;
-        self.deliver(frames, vector, None);
+        let keeps_interrupts = self.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
+        if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
+            self.in_interrupt_handler = true;
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! is an error returned in `rax`; only what leaves the guest no sane way to
 //! continue (a trap handler inside the switcher's slot) kills it.
 
-use super::{Guest, GuestRam, GuestState, HostServices, KillReason, Next, TrapTarget, insn};
+use super::{
+    BenchStart, Guest, GuestRam, GuestState, HostServices, KillReason, Next, TrapTarget, insn,
+};
 use crate::addr::GuestVirtAddr;
 use crate::paging::{Access, ShadowFrames};
 use guest_abi::hypercall::{CONSOLE_WRITE_MAX, Error, Number, trap_flags};
@@ -225,24 +227,33 @@ impl<M: GuestRam> Guest<M> {
     ) -> Result<u64, Error> {
         match phase {
             0 => {
-                self.bench_mark = Some((id, self.counters, self.paging.stats()));
+                self.bench_mark = Some(BenchStart {
+                    id,
+                    counters: self.counters,
+                    paging: self.paging.stats(),
+                    ticks: self.ticks_used,
+                });
                 Ok(0)
             }
             1 => {
-                let Some((started, c0, p0)) = self.bench_mark.take().filter(|m| m.0 == id) else {
+                let Some(start) = self.bench_mark.take().filter(|m| m.id == id) else {
                     return Err(Error::InvalidArgument);
                 };
+                let (started, c0, p0) = (start.id, start.counters, start.paging);
                 let (c1, p1) = (self.counters, self.paging.stats());
                 // The ending call's own exit and its two CR3 loads are not
                 // part of what was measured (the starting call's are
                 // already outside the snapshot).
                 let line = alloc::format!(
-                    "bench events id={started} exits={} hypercalls={} page_faults={} exceptions={} interrupts={} virtual_irqs={} cr3_loads={} shadow_faults_fixed={} faults_reflected={} entries_set={} roots_made={} roots_reused={} roots_evicted={}",
+                    "bench events id={started} exits={} guest_exits={} host_interrupts={} host_ticks={} irq_handler_exits={} hypercalls={} page_faults={} exceptions={} virtual_irqs={} cr3_loads={} shadow_faults_fixed={} faults_reflected={} entries_set={} roots_made={} roots_reused={} roots_evicted={}",
                     (c1.total() - c0.total()).saturating_sub(1),
+                    (c1.guest_caused() - c0.guest_caused()).saturating_sub(1),
+                    c1.interrupts - c0.interrupts,
+                    self.ticks_used - start.ticks,
+                    c1.in_interrupt_handlers - c0.in_interrupt_handlers,
                     (c1.hypercalls - c0.hypercalls).saturating_sub(1),
                     c1.page_faults - c0.page_faults,
                     c1.exceptions - c0.exceptions,
-                    c1.interrupts - c0.interrupts,
                     c1.virtual_interrupts - c0.virtual_interrupts,
                     (c1.cr3_loads - c0.cr3_loads).saturating_sub(2),
                     p1.faults_fixed - p0.faults_fixed,

@@ -196,6 +196,12 @@ pub struct ExitCounters {
     pub interrupts: u64,
     /// Virtual interrupts delivered.
     pub virtual_interrupts: u64,
+    /// Exits the guest made while handling a virtual interrupt (between
+    /// its delivery and the guest turning its virtual interrupts back on):
+    /// work the interrupt caused, such as a timer handler re-arming the
+    /// timer. Counted here instead of in `hypercalls`, `page_faults` or
+    /// `exceptions`, which count only what the guest's own code did.
+    pub in_interrupt_handlers: u64,
     /// CR3 loads: one per entry (the switcher loads the shadow root) and
     /// one per exit (back to the host's).
     pub cr3_loads: u64,
@@ -204,7 +210,15 @@ pub struct ExitCounters {
 impl ExitCounters {
     /// All exits.
     pub fn total(&self) -> u64 {
-        self.hypercalls + self.page_faults + self.exceptions + self.interrupts
+        self.guest_caused() + self.interrupts + self.in_interrupt_handlers
+    }
+
+    /// Exits the guest's own code caused, outside any interrupt's doing:
+    /// not a host interrupt, not work inside a virtual-interrupt handler.
+    /// Unlike the total, this does not depend on how fast the machine is
+    /// (a slow loop meets more host ticks, never more of these).
+    pub fn guest_caused(&self) -> u64 {
+        self.hypercalls + self.page_faults + self.exceptions
     }
 }
 
@@ -212,16 +226,35 @@ impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exits={} hypercalls={} page_faults={} exceptions={} interrupts={} virtual_irqs={} cr3_loads={}",
+            "exits={} hypercalls={} page_faults={} exceptions={} interrupts={} irq_handler_exits={} virtual_irqs={} cr3_loads={}",
             self.total(),
             self.hypercalls,
             self.page_faults,
             self.exceptions,
             self.interrupts,
+            self.in_interrupt_handlers,
             self.virtual_interrupts,
             self.cr3_loads
         )
     }
+}
+
+/// The kinds of exit the guest's own code makes, as [`ExitCounters`]
+/// counts them.
+#[derive(Clone, Copy, Debug)]
+enum GuestExit {
+    Hypercall,
+    PageFault,
+    Exception,
+}
+
+/// A measurement's id and the counts at its start (`BenchMark` phase 0).
+#[derive(Clone, Copy, Debug)]
+struct BenchStart {
+    id: u64,
+    counters: ExitCounters,
+    paging: PagingStats,
+    ticks: u64,
 }
 
 /// Where the guest wants a trap delivered.
@@ -256,11 +289,14 @@ pub struct Guest<M: GuestRam> {
     traps: [Option<TrapTarget>; 256],
     kernel_stack: Option<u64>,
     timer_deadline: Option<u64>,
-    /// The measurement a `bench_mark` hypercall started: its id and the
-    /// counters at its start.
-    bench_mark: Option<(u64, ExitCounters, PagingStats)>,
+    /// The measurement a `bench_mark` hypercall started.
+    bench_mark: Option<BenchStart>,
     /// Exits by reason.
     pub counters: ExitCounters,
+    /// Set when a virtual interrupt is delivered with interrupts off, until
+    /// an exit finds the guest's virtual interrupts on again: the exits in
+    /// between are the interrupt handler's.
+    in_interrupt_handler: bool,
     /// Host ticks it has run for, and the most it may.
     pub ticks_used: u64,
     ticks_budget: u64,
@@ -314,6 +350,7 @@ impl<M: GuestRam> Guest<M> {
             timer_deadline: None,
             bench_mark: None,
             counters: ExitCounters::default(),
+            in_interrupt_handler: false,
             ticks_used: 0,
             ticks_budget,
             console: Vec::new(),
@@ -446,18 +483,18 @@ impl<M: GuestRam> Guest<M> {
         let vector = self.regs().vector as u8;
         let next = match vector {
             v if v == guest_abi::hypercall::VECTOR => {
-                self.counters.hypercalls += 1;
+                self.count_guest_exit(GuestExit::Hypercall);
                 self.hypercall(frames, host)
             }
             14 => {
-                self.counters.page_faults += 1;
+                self.count_guest_exit(GuestExit::PageFault);
                 self.page_fault(cr2, frames)
             }
             13 => self.general_protection(frames),
             2 => Next::Resume, // NMI: the host's business, nothing for the guest.
             8 | 18 => self.kill(KillReason::Fatal(vector)),
             0..=31 => {
-                self.counters.exceptions += 1;
+                self.count_guest_exit(GuestExit::Exception);
                 let error =
                     guest_abi::hypercall::has_error_code(vector).then_some(self.regs().error_code);
                 self.deliver(frames, vector, error)
@@ -473,6 +510,24 @@ impl<M: GuestRam> Guest<M> {
             self.flush_console(host);
         }
         next
+    }
+
+    /// Counts an exit the guest made: as its interrupt handler's while it
+    /// is still in one (its virtual interrupts still off), else by kind.
+    fn count_guest_exit(&mut self, kind: GuestExit) {
+        if self.in_interrupt_handler {
+            if self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) == 0 {
+                self.counters.in_interrupt_handlers += 1;
+                return;
+            }
+            self.in_interrupt_handler = false;
+        }
+        let counter = match kind {
+            GuestExit::Hypercall => &mut self.counters.hypercalls,
+            GuestExit::PageFault => &mut self.counters.page_faults,
+            GuestExit::Exception => &mut self.counters.exceptions,
+        };
+        *counter += 1;
     }
 
     /// Ends the guest's tables, returning every frame; gives the final counts.
@@ -540,7 +595,7 @@ impl<M: GuestRam> Guest<M> {
                 });
             }
         }
-        self.counters.exceptions += 1;
+        self.count_guest_exit(GuestExit::Exception);
         self.deliver(frames, 13, Some(error))
     }
 

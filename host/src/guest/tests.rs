@@ -1659,7 +1659,41 @@ fn bench_mark_counts_the_exits_between_its_two_calls() {
     let printed = w.host.printed();
     let line = printed.last().expect("a bench events line");
     assert!(
-        line.contains("bench events id=7 exits=3 hypercalls=3 page_faults=0"),
+        line.contains("bench events id=7 exits=3 guest_exits=3 host_interrupts=0 host_ticks=0 irq_handler_exits=0 hypercalls=3 page_faults=0"),
+        "{line}"
+    );
+}
+
+/// A host tick in a measured region, the virtual timer it brings and the
+/// handler's re-arming hypercall are all told apart from what the guest's
+/// own code did: a slow loop meets more ticks, never more guest exits.
+#[test]
+fn exits_of_an_interrupt_handler_are_not_the_guests_own() {
+    /// The kernel's tick vector (`kernel::interrupts::TIMER_VECTOR`).
+    const HOST_TICK_VECTOR: u8 = 32;
+    let mut w = world_with_timer_handler();
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    assert_eq!(w.call(Number::BenchMark, &[0, 9]), 0);
+    // The tick: a host interrupt (the run loop charges it), and the
+    // guest's timer is pending by then.
+    assert_eq!(w.trap(HOST_TICK_VECTOR, 0), Next::Resume);
+    assert_eq!(w.guest.charge_tick(), Next::Resume);
+    w.set_shared(shared::IRQ_PENDING, 1 << (TIMER_VECTOR - 32));
+    assert!(w.enter().is_some());
+    assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
+    // The handler re-arms its timer with interrupts still off...
+    w.call(Number::SetTimer, &[1_000_000]);
+    // ...and returns (iretq turns them on again), then the guest's own
+    // code makes one hypercall of its own.
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.call(Number::Nop, &[]);
+    assert_eq!(w.call(Number::BenchMark, &[1, 9]), 0);
+    let printed = w.host.printed();
+    let line = printed.last().expect("a bench events line");
+    assert!(
+        line.contains(
+            "exits=3 guest_exits=1 host_interrupts=1 host_ticks=1 irq_handler_exits=1 hypercalls=1"
+        ),
         "{line}"
     );
 }
