@@ -119,6 +119,18 @@ pub fn boot_via(path: BootPath, images: &Path) -> Boot {
     }
 }
 
+/// Runs `cargo xtask <args>` as a user would type it, output captured, in a
+/// boot slot (it boots QEMU itself), stopped after `time_limit`. The
+/// record's `serial` is the command's stdout, `qemu_messages` its stderr,
+/// `exit_status` its status.
+pub fn cargo_xtask(args: &[&str], time_limit: Duration) -> Record {
+    let mut cargo = artefacts::cargo(&Workspace::current());
+    cargo.arg("xtask").args(args);
+    let _slot = BOOT_SLOTS.take();
+    session::run(cargo, &Options::captured(time_limit))
+        .unwrap_or_else(|e| panic!("cannot run cargo xtask {}: {e}", args.join(" ")))
+}
+
 /// The images of every GRUB boot path, made once per test binary from the
 /// kernel, the guest archive and `cargo xtask run`'s default command line,
 /// in `target/qemu-tests/images/`.

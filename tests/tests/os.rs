@@ -100,33 +100,34 @@ fn all_workloads_in_one_guest() {
 }
 
 /// 10000 `getpid` calls through the direct-trap gate cost the host
-/// nothing: no fault, no exception, no hypercall of their own. The only
-/// exits in the region may be the host's tick and, when it brought the
-/// guest's virtual timer, the timer handler's re-arming hypercall; at least
-/// one of the five loops has no exit at all.
+/// nothing: in every one of the five loops, not one exit is the guest's own
+/// doing (no fault, no exception, no hypercall). The host's ticks that land
+/// in a loop, and its timer handler's work when a tick brings the guest's
+/// virtual timer, are counted apart (`host_interrupts=`,
+/// `irq_handler_exits=`): how many there are depends only on how fast the
+/// machine is, so they are checked for consistency, never for a value.
 #[test]
 fn system_calls_make_no_host_exits() {
     let boot = run("os/syscall");
     os_guest_passed(&boot, "os/syscall");
     let mut loops = 0;
-    let mut clean = 0;
     for line in boot
         .lines()
         .filter(|l| l.starts_with("[os/syscall] bench events "))
     {
         let n = |key| number_after(line, key).unwrap_or(u64::MAX);
-        if n("page_faults=") != 0 || n("exceptions=") != 0 {
-            boot.fail("the system-call loop faulted into the host");
+        if n("guest_exits=") != 0 {
+            boot.fail(&format!("a system call left the guest: {line}"));
         }
-        let timer_calls = n("virtual_irqs=");
-        if n("hypercalls=") != timer_calls || n("exits=") != n("interrupts=") + timer_calls {
-            boot.fail("the system-call loop exited for something other than the timer");
+        if n("exits=") != n("host_interrupts=") + n("irq_handler_exits=") {
+            boot.fail(&format!(
+                "exits that are neither the host's nor a handler's: {line}"
+            ));
         }
         loops += 1;
-        clean += u64::from(n("exits=") == 0);
     }
-    if loops != 5 || clean == 0 {
-        boot.fail("expected five system-call loops, at least one with exits=0");
+    if loops != 5 {
+        boot.fail(&format!("expected five system-call loops, saw {loops}"));
     }
     boot.line_containing(&["bench syscall ", "iterations=10000", "per_op="]);
 }
@@ -155,7 +156,8 @@ fn benchmarks_all_report() {
         }
     }
     // A write after a read is the host's alone (dirty emulation): no
-    // reflected fault, no hypercall.
+    // reflected fault, no hypercall of the guest's own (its timer
+    // handler's, if a tick came, are counted apart).
     let id = number_after(
         boot.line_containing(&["bench pf_write_after_read id="]),
         "id=",

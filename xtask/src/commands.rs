@@ -9,6 +9,7 @@ use crate::bootpath::BootPath;
 use crate::cli::{BootTimesArgs, Common, GuestsChoice, ImageArgs, PxeArgs, RunArgs, TestArgs};
 use crate::guests;
 use crate::image::{self, Payload};
+use crate::packages;
 use crate::pxe;
 use crate::qemu::{self, Accel, Firmware, Machine};
 use crate::session::{self, Options};
@@ -239,12 +240,18 @@ fn announce_accel(common: &Common) -> Accel {
     choice.accel
 }
 
-/// `cargo xtask test`: unit tests on Linux, the kernel, the QEMU tests.
+/// `cargo xtask test`: the lints, unit tests on Linux, the kernel, the QEMU
+/// tests. Every stage runs even when an earlier one failed (a failing unit
+/// test must not hide whether the QEMU tests pass), and the last line counts
+/// them all; the status is 0 only when everything passed.
 pub fn test(args: &TestArgs) -> Result<u8> {
     let workspace = Workspace::current();
     toolchain::ensure_complete(&workspace)?;
 
-    eprintln!("xtask: 1/3 unit tests on Linux");
+    eprintln!("xtask: 1/4 formatting and lints");
+    let lints = lint(&workspace);
+
+    eprintln!("xtask: 2/4 unit tests on Linux");
     let unit = cargo_test(
         &workspace,
         &["--workspace", "--exclude", "qemu-tests"],
@@ -252,13 +259,20 @@ pub fn test(args: &TestArgs) -> Result<u8> {
         &args.test_words,
     )?;
 
-    eprintln!("xtask: 2/3 building the kernel and the guests");
+    eprintln!("xtask: 3/4 building the kernel and the guests");
     let built = artefacts::build_all(&workspace, args.common.profile)
         // Make sure QEMU is there before the tests start several boots at once.
-        .and_then(|built| crate::packages::ensure_all(&crate::packages::BOOT_PATHS).map(|()| built))
-        .map_err(|e| Error::new(format!("{e} (unit tests: {unit}; QEMU tests not run)")))?;
+        .and_then(|built| {
+            let tools = [&packages::BOOT_PATHS[..], &packages::README_TOOLS].concat();
+            packages::ensure_all(&tools).map(|()| built)
+        })
+        .map_err(|e| {
+            Error::new(format!(
+                "{e} (lints: {lints}; unit tests: {unit}; QEMU tests not run)"
+            ))
+        })?;
 
-    eprintln!("xtask: 3/3 QEMU integration tests");
+    eprintln!("xtask: 4/4 QEMU integration tests");
     let accel = announce_accel(&args.common);
     let kernel_path = built.kernel.to_string_lossy().into_owned();
     let guests_path = built.guests.to_string_lossy().into_owned();
@@ -268,19 +282,82 @@ pub fn test(args: &TestArgs) -> Result<u8> {
         (test_env::ACCEL, accel.name()),
         (test_env::FIRMWARE, args.common.firmware.name()),
     ];
-    let qemu = cargo_test(
-        &workspace,
-        &["--package", "qemu-tests"],
-        &env,
-        &args.test_words,
-    )?;
+    let mut words = args.test_words.clone();
+    let as_root = packages::is_root();
+    if as_root {
+        // The tests that need root are `#[ignore]`d with that reason, so a
+        // plain `cargo test` as another user skips them by itself.
+        words.push("--include-ignored".into());
+    }
+    let qemu = cargo_test(&workspace, &["--package", "qemu-tests"], &env, &words)?;
+    if qemu.ignored > 0 && !as_root {
+        eprintln!(
+            "xtask: skipped {} QEMU test(s) that need root (they make network namespaces \
+             for PXE boots); run them with: sudo -E cargo xtask test",
+            qemu.ignored
+        );
+    }
 
-    eprintln!("xtask: unit tests: {unit}; QEMU tests: {qemu}");
-    if unit.all_passed() && qemu.all_passed() {
+    eprintln!("xtask: lints: {lints}; unit tests: {unit}; QEMU tests: {qemu}");
+    if lints.passed() && unit.all_passed() && qemu.all_passed() {
         Ok(0)
     } else {
         Ok(1)
     }
+}
+
+/// What the lint stage found: which of its checks failed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LintResults {
+    /// The names of the checks that failed.
+    pub failed: Vec<&'static str>,
+}
+
+impl LintResults {
+    fn passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+impl std::fmt::Display for LintResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.passed() {
+            f.write_str("clean")
+        } else {
+            write!(f, "FAILED ({})", self.failed.join(", "))
+        }
+    }
+}
+
+/// The packages built only for the bare-metal target (not default members,
+/// so a plain `cargo clippy` on Linux never looks at them).
+const BARE_METAL_PACKAGES: [&str; 4] = ["kernel", "guest-rt", "guests", "os"];
+
+/// `cargo fmt --check` over the workspace, and clippy with `-D warnings`
+/// over the Linux crates and over the bare-metal ones (where the kernel's
+/// `unsafe` blocks are, and the rule that each carries a SAFETY comment).
+fn lint(workspace: &Workspace) -> LintResults {
+    let mut results = LintResults::default();
+    let mut check = |name: &'static str, args: Vec<&str>| {
+        let mut cargo = artefacts::cargo(workspace);
+        cargo.args(&args);
+        if artefacts::run_to_completion(&mut cargo, name).is_err() {
+            eprintln!("xtask: {name} failed: cargo {}", args.join(" "));
+            results.failed.push(name);
+        }
+    };
+    check("rustfmt", vec!["fmt", "--all", "--check"]);
+    check(
+        "clippy (Linux crates)",
+        vec!["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
+    );
+    let mut bare_metal = vec!["clippy", "--quiet", "--target", artefacts::KERNEL_TARGET];
+    for package in BARE_METAL_PACKAGES {
+        bare_metal.extend(["--package", package]);
+    }
+    bare_metal.extend(["--", "-D", "warnings"]);
+    check("clippy (bare-metal crates)", bare_metal);
+    results
 }
 
 /// Test counts summed over every `test result:` line of a `cargo test`.
@@ -290,6 +367,8 @@ pub struct TestCounts {
     pub passed: u32,
     /// Tests that failed.
     pub failed: u32,
+    /// Tests skipped (`#[ignore]`d, e.g. because they need root).
+    pub ignored: u32,
     /// Whether cargo itself succeeded (it fails on a build error too).
     pub cargo_succeeded: bool,
 }
@@ -300,7 +379,7 @@ impl TestCounts {
     }
 
     /// Adds the counts of one libtest summary line such as
-    /// `test result: ok. 7 passed; 0 failed; 0 ignored; ...`.
+    /// `test result: ok. 7 passed; 0 failed; 1 ignored; ...`.
     fn add_line(&mut self, line: &str) {
         let Some(tail) = line.trim().strip_prefix("test result: ") else {
             return;
@@ -311,6 +390,7 @@ impl TestCounts {
                 match (n.parse::<u32>(), what) {
                     (Ok(n), "passed") => self.passed += n,
                     (Ok(n), "failed") => self.failed += n,
+                    (Ok(n), "ignored") => self.ignored += n,
                     _ => {}
                 }
             }
@@ -321,6 +401,9 @@ impl TestCounts {
 impl std::fmt::Display for TestCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if self.ignored > 0 {
+            write!(f, ", {} skipped", self.ignored)?;
+        }
         if !self.cargo_succeeded && self.failed == 0 {
             write!(f, " (cargo test failed)")?;
         }
@@ -337,7 +420,12 @@ fn cargo_test(
     test_words: &[String],
 ) -> Result<TestCounts> {
     let mut cargo = artefacts::cargo(workspace);
-    cargo.arg("test").args(selection).envs(env.iter().copied());
+    // Every test binary runs even when one fails: a failure must not hide
+    // how the others fare.
+    cargo
+        .args(["test", "--no-fail-fast"])
+        .args(selection)
+        .envs(env.iter().copied());
     if !test_words.is_empty() {
         cargo.arg("--").args(test_words);
     }
@@ -368,12 +456,17 @@ pub fn boot_times(args: &BootTimesArgs) -> Result<u8> {
     if !args.boot.is_empty() {
         return boot_path_times(args, &kernel, accel);
     }
+    // The same boot as `cargo xtask run`: the default guest runs, so "exit"
+    // includes it.
+    let guests = guests::build(&Workspace::current(), args.common.profile)?;
     println!(
         "firmware   first byte   banner   exit   (median of {} boots)",
         args.runs
     );
     for firmware in Firmware::ALL {
         let mut machine = Machine::new(&kernel);
+        machine.cmdline = DEFAULT_CMDLINE.to_string();
+        machine.initrd = Some(guests.clone());
         machine.accel = accel;
         machine.firmware = firmware;
         let times = measure(&machine, args.runs)?;
@@ -497,7 +590,7 @@ mod tests {
             "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
         );
         counts.add_line("running 3 tests");
-        assert_eq!((counts.passed, counts.failed), (9, 1));
+        assert_eq!((counts.passed, counts.failed, counts.ignored), (9, 1, 1));
         counts.cargo_succeeded = true;
         assert!(!counts.all_passed());
     }

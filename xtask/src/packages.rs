@@ -116,6 +116,16 @@ pub const IP: Requirement = Requirement {
     debian_package: "iproute2",
 };
 
+/// The debugger of `cargo xtask run --gdb` (the QEMU tests attach it).
+pub const GDB: Requirement = Requirement {
+    name: "gdb",
+    debian_package: "gdb",
+};
+
+/// What the tests of the README's commands need besides [`BOOT_PATHS`]:
+/// the debugger and `qemu-img`.
+pub const README_TOOLS: [Requirement; 2] = [GDB, QEMU_IMG];
+
 /// Everything the GRUB boot paths need: to make the three images, to serve
 /// PXE, and to boot them under QEMU (UEFI firmware, network boot ROM).
 /// `cargo xtask test` installs them before its QEMU tests start several

@@ -149,6 +149,9 @@ pub struct Record {
     pub qemu_messages: String,
     /// From starting QEMU to its end.
     pub elapsed: Duration,
+    /// The process's own exit status (`None` if it was stopped at its time
+    /// limit): for a program other than QEMU, such as `cargo xtask` itself.
+    pub exit_status: Option<ExitStatus>,
     /// When each piece of serial output had arrived: (time since QEMU
     /// started, length of the output so far).
     arrivals: Vec<(Duration, usize)>,
@@ -219,7 +222,8 @@ pub fn run(mut command: Command, options: &Options) -> Result<Record> {
     let serial = Capture::start(child.stdout.take(), started, options.echo, Echo::Stdout);
     let messages = Capture::start(child.stderr.take(), started, options.echo, Echo::Stderr);
 
-    let outcome = match wait_until(&mut child, options.time_limit.map(|t| started + t)) {
+    let exit_status = wait_until(&mut child, options.time_limit.map(|t| started + t));
+    let outcome = match exit_status {
         Some(status) => Outcome::from_status(status),
         None => {
             stop(&mut child, options.interactive);
@@ -234,6 +238,7 @@ pub fn run(mut command: Command, options: &Options) -> Result<Record> {
         serial,
         qemu_messages,
         elapsed,
+        exit_status,
         arrivals,
     })
 }

@@ -1,0 +1,378 @@
+//! The commands README.md shows, run as a user would type them.
+//!
+//! A documented command that silently breaks is worse than none: the first
+//! thing a new user does is copy one. So every `cargo xtask ...` the README
+//! shows (in a shell block or in running text) is listed in
+//! [`README_COMMANDS`] with how it is checked: run exactly as written, run
+//! in a quick form where the full one is long, or left out for a stated
+//! reason (serving PXE on a real network, `dd` to a disk). The first test
+//! fails when the README gains a command this file does not know.
+
+use qemu_tests::{Record, cargo_xtask, kernel};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The commands share `target/` (the guest archive, `target/image/`), so
+/// they run one at a time, as a user would type them.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a README command is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Run exactly as the README shows it, by the test named.
+    AsWritten(&'static str),
+    /// Run in this quicker form, by the test named.
+    QuickForm(&'static str, &'static str),
+    /// Not run here, for this reason.
+    NotRun(&'static str),
+}
+
+/// Every `cargo xtask` command in README.md (as written there, without
+/// `sudo` and trailing comments) and how it is checked.
+const README_COMMANDS: &[(&str, Check)] = &[
+    (
+        "cargo xtask run",
+        Check::AsWritten("run_boots_the_default_guest"),
+    ),
+    (
+        "cargo xtask run -- guests=hello,bench/1000",
+        Check::AsWritten("run_takes_kernel_words"),
+    ),
+    (
+        "cargo xtask run -- guests=trap/cli:killed",
+        Check::AsWritten("run_takes_kernel_words"),
+    ),
+    (
+        "cargo xtask run -- log=debug",
+        Check::AsWritten("run_takes_kernel_words"),
+    ),
+    (
+        "cargo xtask run --gdb",
+        Check::AsWritten("run_gdb_stops_at_kernel_entry"),
+    ),
+    (
+        "cargo xtask test",
+        Check::NotRun("it is the command .ci/run runs"),
+    ),
+    (
+        "cargo xtask test -- page_fault",
+        Check::AsWritten("test_with_a_filter_runs_only_those_tests"),
+    ),
+    (
+        "cargo xtask build",
+        Check::AsWritten("build_names_its_artefacts"),
+    ),
+    (
+        "cargo xtask help",
+        Check::AsWritten("help_lists_every_command"),
+    ),
+    (
+        "cargo xtask boot-times",
+        Check::QuickForm(
+            "cargo xtask boot-times --runs 1",
+            "boot_times_measure_every_firmware",
+        ),
+    ),
+    (
+        "cargo xtask boot-times --boot all --runs 3",
+        Check::QuickForm(
+            "cargo xtask boot-times --boot direct,iso,disk-uefi --runs 1",
+            "boot_times_measure_boot_paths",
+        ),
+    ),
+    (
+        "cargo xtask image",
+        Check::AsWritten("image_writes_the_three_artefacts"),
+    ),
+    (
+        "cargo xtask image -- <words>",
+        Check::QuickForm(
+            "cargo xtask image --qcow2 -- log=debug",
+            "image_writes_the_three_artefacts",
+        ),
+    ),
+    (
+        "cargo xtask bench",
+        Check::AsWritten("bench_reports_every_metric"),
+    ),
+    (
+        "cargo xtask pxe",
+        Check::NotRun("it serves DHCP on a real network until stopped"),
+    ),
+    (
+        "cargo xtask pxe --interface eth1 --range 10.33.0.10,10.33.0.50",
+        Check::NotRun("it serves DHCP on a real network until stopped"),
+    ),
+    (
+        "cargo xtask pxe --interface eth0 --proxy",
+        Check::NotRun("it serves DHCP on a real network until stopped"),
+    ),
+];
+
+/// How long one command may take. The slowest here, `bench` (14 boots)
+/// and the nested `test`, take well under a minute on an idle 2-core
+/// machine; the margin is for a loaded one.
+const COMMAND_TIME_LIMIT: Duration = Duration::from_secs(600);
+
+/// The `cargo xtask ...` commands README.md shows: the lines of its shell
+/// blocks and its inline code spans, without `sudo` and comments; the bare
+/// `cargo xtask` of running text names the tool, not a command.
+fn commands_in_readme() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md is readable");
+    let mut found = Vec::new();
+    let mut in_block = false;
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        let candidates: Vec<&str> = if in_block {
+            vec![line.split('#').next().unwrap_or("")]
+        } else {
+            line.split('`').skip(1).step_by(2).collect()
+        };
+        for candidate in candidates {
+            let words: Vec<&str> = candidate
+                .split_whitespace()
+                .skip_while(|w| *w == "sudo")
+                .collect();
+            if words.len() > 2 && words[..2] == ["cargo", "xtask"] {
+                found.push(words.join(" "));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn every_readme_command_is_checked_here() {
+    let known: Vec<&str> = README_COMMANDS.iter().map(|(c, _)| *c).collect();
+    let unknown: Vec<String> = commands_in_readme()
+        .into_iter()
+        .filter(|c| !known.contains(&c.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README.md shows commands tests/tests/readme.rs does not check: {unknown:?}"
+    );
+    let shown = commands_in_readme();
+    let stale: Vec<&str> = known
+        .iter()
+        .copied()
+        .filter(|c| !shown.iter().any(|s| s == c))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "tests/tests/readme.rs lists commands README.md no longer shows: {stale:?}"
+    );
+}
+
+/// Runs a README command line (`cargo xtask ...`, as one string).
+fn run_command(line: &str) -> Record {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..2], ["cargo", "xtask"], "{line}");
+    cargo_xtask(&words[2..], COMMAND_TIME_LIMIT)
+}
+
+/// Runs `line` and checks it exited 0; returns its stdout and stderr.
+#[track_caller]
+fn expect_success(line: &str) -> (String, String) {
+    let record = run_command(line);
+    if !record.exit_status.is_some_and(|s| s.success()) {
+        panic!(
+            "`{line}` did not succeed ({:?}):\n--- stdout\n{}\n--- stderr\n{}",
+            record.exit_status, record.serial, record.qemu_messages
+        );
+    }
+    (record.serial, record.qemu_messages)
+}
+
+/// The quick form of a README command, from the table.
+fn quick_form(readme: &str) -> &'static str {
+    match README_COMMANDS.iter().find(|(c, _)| *c == readme) {
+        Some((_, Check::QuickForm(quick, _))) => quick,
+        other => panic!("no quick form for `{readme}`: {other:?}"),
+    }
+}
+
+#[test]
+fn run_boots_the_default_guest() {
+    let _turn = one_at_a_time();
+    let (out, err) = expect_success("cargo xtask run");
+    assert!(out.contains("guest hello exited code=0"), "{out}");
+    assert!(err.contains("xtask: kernel shut down cleanly"), "{err}");
+}
+
+#[test]
+fn run_takes_kernel_words() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success("cargo xtask run -- guests=hello,bench/1000");
+    assert!(out.contains("guest hello exited code=0"), "{out}");
+    assert!(out.contains("guest bench/1000 exited code=0"), "{out}");
+    let (out, _) = expect_success("cargo xtask run -- guests=trap/cli:killed");
+    assert!(out.contains("guest trap/cli killed:"), "{out}");
+    let (out, _) = expect_success("cargo xtask run -- log=debug");
+    assert!(out.contains("guest hello exited code=0"), "{out}");
+    assert!(
+        out.contains("DEBUG"),
+        "log=debug printed no debug line:\n{out}"
+    );
+}
+
+/// The README's gdb session, scripted: QEMU waits halted, gdb attaches,
+/// stops at `kernel_entry`, and ends the machine.
+#[test]
+fn run_gdb_stops_at_kernel_entry() {
+    let _turn = one_at_a_time();
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut xtask = {
+        let mut cargo = xtask::artefacts::cargo(&xtask::workspace::Workspace::current());
+        cargo
+            .args(["xtask", "run", "--gdb"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so that QEMU goes with it below.
+            .process_group(0);
+        cargo.spawn().expect("cargo xtask run --gdb starts")
+    };
+    let gdb = xtask::packages::ensure(xtask::packages::GDB).expect("gdb is installed");
+    let mut script = Command::new(gdb);
+    script.args(["-batch", "-nx"]);
+    for command in [
+        // QEMU may not listen yet: cargo is still checking the build.
+        "set tcp auto-retry on",
+        "set tcp connect-timeout 300",
+        "target remote :1234",
+        "hbreak kernel_entry",
+        "continue",
+        // In a release build the stop shows the first inlined callee
+        // (`console::init`); the symbol of the pc is still kernel_entry.
+        "info symbol $pc",
+        "kill",
+    ] {
+        script.args(["-ex", command]);
+    }
+    script.arg(kernel());
+    let record = xtask::session::run(
+        script,
+        &xtask::session::Options::captured(COMMAND_TIME_LIMIT),
+    )
+    .expect("gdb runs");
+    // gdb's `kill` ended QEMU; if it never attached, end the group here.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", xtask.id())])
+        .status();
+    let _ = xtask.wait();
+    assert!(
+        record.serial.contains("Breakpoint 1,") && record.serial.contains("kernel_entry + "),
+        "gdb did not stop at kernel_entry:\n{}\n{}",
+        record.serial,
+        record.qemu_messages
+    );
+}
+
+#[test]
+fn test_with_a_filter_runs_only_those_tests() {
+    let _turn = one_at_a_time();
+    let (out, err) = expect_success("cargo xtask test -- page_fault");
+    assert!(out.contains("page_fault"), "{out}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("xtask: lints: clean; unit tests:"),
+        "{err}"
+    );
+    assert!(last.contains(" 0 failed"), "{last}");
+}
+
+#[test]
+fn build_names_its_artefacts() {
+    let _turn = one_at_a_time();
+    let (_, err) = expect_success("cargo xtask build");
+    assert!(err.contains("xtask: kernel: "), "{err}");
+    assert!(err.contains("guests.tar"), "{err}");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let _turn = one_at_a_time();
+    let (out, err) = expect_success("cargo xtask help");
+    let text = out + &err;
+    for command in [
+        "build",
+        "run",
+        "test",
+        "boot-times",
+        "bench",
+        "image",
+        "pxe",
+    ] {
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn boot_times_measure_every_firmware() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success(quick_form("cargo xtask boot-times"));
+    for firmware in ["seabios", "qboot", "microvm"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(firmware))
+            .unwrap_or_else(|| panic!("no {firmware} line:\n{out}"));
+        assert!(!line.contains(" - "), "a time is missing: {line}");
+    }
+}
+
+#[test]
+fn boot_times_measure_boot_paths() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success(quick_form("cargo xtask boot-times --boot all --runs 3"));
+    for path in ["direct", "iso", "disk-uefi"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{path} "))),
+            "no {path} line:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn image_writes_the_three_artefacts() {
+    let _turn = one_at_a_time();
+    let (_, err) = expect_success("cargo xtask image");
+    for artefact in ["host.iso", "host.img", "pxe"] {
+        assert!(err.contains(artefact), "{artefact}:\n{err}");
+    }
+    let (_, err) = expect_success(quick_form("cargo xtask image -- <words>"));
+    assert!(err.contains("host.qcow2"), "{err}");
+    assert!(err.contains("guests=hello log=debug"), "{err}");
+}
+
+#[test]
+fn bench_reports_every_metric() {
+    let _turn = one_at_a_time();
+    let (out, err) = expect_success("cargo xtask bench");
+    for metric in [
+        "hypercall",
+        "syscall",
+        "pf_read",
+        "ctxsw_hit",
+        "fork_exit_wait",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{metric} "))),
+            "no {metric} row:\n{out}"
+        );
+    }
+    assert!(err.contains("results.json"), "{err}");
+}
