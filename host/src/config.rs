@@ -2,13 +2,19 @@
 //!
 //! The command line is a list of `key=value` words separated by spaces, as
 //! QEMU's `-append`, GRUB's `multiboot2` line or `cargo xtask run -- ...`
-//! pass it. Every key the host knows has a typed value here; an unknown key
-//! is a [`Warning`] (the machine still boots: a typo must not brick a remote
-//! server), a known key with a malformed value is a [`ConfigError`] (the
-//! machine stops and says which word was wrong, because running with a
-//! setting the user did not ask for is worse).
+//! pass it. Every key the host knows is one entry of [`KEYS`], which says
+//! what values it takes, its default and what it means, and reads it into a
+//! typed field of [`Config`]; the README's command-line table is checked
+//! against that list by a unit test here. An unknown key is a [`Warning`]
+//! (the machine still boots: a typo must not brick a remote server), a known
+//! key with a malformed value is a [`ConfigError`] (the machine stops and
+//! says which word was wrong, because running with a setting the user did
+//! not ask for is worse).
 
+use crate::paging::{MAX_CACHED_ROOTS, MIN_CACHED_ROOTS};
 use core::fmt;
+use core::ops::RangeInclusive;
+use core::str::FromStr;
 
 /// How much the host logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -165,7 +171,8 @@ impl fmt::Display for ConfigError<'_> {
 }
 
 impl<'a> Config<'a> {
-    /// Parses `cmdline`, reporting ignorable words through `warn`.
+    /// Parses `cmdline`, reporting ignorable words through `warn`. A key is
+    /// known if it is in [`KEYS`], and read by that entry.
     pub fn parse(
         cmdline: &'a str,
         mut warn: impl FnMut(Warning<'a>),
@@ -176,86 +183,179 @@ impl<'a> Config<'a> {
                 warn(Warning::NotKeyValue(word));
                 continue;
             };
-            let bad = |expected| ConfigError {
-                key,
-                value,
-                expected,
-            };
-            match key {
-                "log" => config.log_level = parse_level(value).ok_or(bad(LOG_LEVELS))?,
-                "timer_hz" => {
-                    config.timer_hz = value
-                        .parse()
-                        .ok()
-                        .filter(|hz| (1..=10_000).contains(hz))
-                        .ok_or(bad("a whole number of Hz from 1 to 10000"))?
-                }
-                "test" => {
-                    config.test = Some(
-                        BootTest::NAMES
-                            .iter()
-                            .find(|(n, _)| *n == value)
-                            .map(|(_, t)| *t)
-                            .ok_or(bad(TEST_NAMES))?,
-                    )
-                }
-                "guests" => {
-                    if GuestSpec::parse_list(value).any(|s| s.is_none()) {
-                        return Err(bad("a comma-separated list of image[/arg][:code|:killed]"));
-                    }
-                    config.guests = value;
-                }
-                "bench" => {
-                    config.bench = match value {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(bad("on or off")),
-                    }
-                }
-                "guest_mem" => {
-                    config.guest_mem_mib = value
-                        .parse()
-                        .ok()
-                        .filter(|m| (2..=1024).contains(m))
-                        .ok_or(bad("a whole number of MiB from 2 to 1024"))?
-                }
-                "guest_budget_ms" => {
-                    config.guest_budget_ms = value
-                        .parse()
-                        .ok()
-                        .filter(|&m| m > 0)
-                        .ok_or(bad("a whole number of milliseconds above 0"))?
-                }
-                "roots" => {
-                    config.cached_roots = value
-                        .parse()
-                        .ok()
-                        .filter(|r| (2..=16).contains(r))
-                        .ok_or(bad("a whole number of roots from 2 to 16"))?
-                }
-                "eviction" => {
-                    config.eviction = match value {
-                        "lru" => RootEviction::LeastRecentlyUsed,
-                        "random" => RootEviction::Random,
-                        _ => return Err(bad("lru or random")),
-                    }
-                }
-                "eager_fill" => {
-                    config.eager_fill = match value {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(bad("on or off")),
-                    }
-                }
-                _ => warn(Warning::UnknownKey(key)),
+            match KEYS.iter().find(|known| known.name == key) {
+                Some(known) => (known.set)(&mut config, value).map_err(|expected| ConfigError {
+                    key,
+                    value,
+                    expected,
+                })?,
+                None => warn(Warning::UnknownKey(key)),
             }
         }
         Ok(config)
     }
 }
 
+/// One key of the kernel command line: what the README's table says of it,
+/// and how the parser reads its value. [`KEYS`] holds them all.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// The key, the part of the word before `=`.
+    pub name: &'static str,
+    /// The values it takes (Markdown, as the README shows them).
+    pub values: &'static str,
+    /// Its value when the command line does not name it, as it would be
+    /// written there; `None` when leaving it out means "none" (no self-test).
+    pub default: Option<&'static str>,
+    /// What it does (Markdown).
+    pub meaning: &'static str,
+    /// Reads `value` into the configuration, or says what would have been
+    /// accepted.
+    set: for<'a> fn(&mut Config<'a>, &'a str) -> Result<(), &'static str>,
+}
+
+/// Every key of the kernel command line, in the order of the README's
+/// table. The parser knows exactly these keys, and a unit test checks the
+/// README's table against this list, row by row, so the two cannot drift.
+pub const KEYS: [Key; 10] = [
+    Key {
+        name: "log",
+        values: "`error`, `warn`, `info`, `debug`, `trace`",
+        default: Some("info"),
+        meaning: "how much the host logs",
+        set: |c, v| {
+            c.log_level = parse_level(v).ok_or(LOG_LEVELS)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "timer_hz",
+        values: "1 to 10000",
+        default: Some("100"),
+        meaning: "the host's periodic tick, in Hz",
+        set: |c, v| {
+            c.timer_hz = number(v, 1..=10_000).ok_or("a whole number of Hz from 1 to 10000")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "test",
+        values: "`fault-ud`, `fault-pf`, `fault-de`, `fault-stack`, `panic`, `alloc-stress`",
+        default: None,
+        meaning: "a self-test instead of normal work: the faults and `panic` must each end in a \
+                  report and a failure status, `alloc-stress` in frame and heap counts that balance",
+        set: |c, v| {
+            let test = BootTest::NAMES.iter().find(|(n, _)| *n == v);
+            c.test = Some(test.map(|(_, t)| *t).ok_or(TEST_NAMES)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "guests",
+        values: "comma-separated `name` or `name/argument` (its command line), each with \
+                 `:code` or `:killed` for the end expected (default `:0`)",
+        default: Some("hello"),
+        meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
+                  only if every guest ends as expected (`cargo xtask run` also passes \
+                  `guests=hello`)",
+        set: |c, v| {
+            if GuestSpec::parse_list(v).any(|s| s.is_none()) {
+                return Err("a comma-separated list of image[/arg][:code|:killed]");
+            }
+            c.guests = v;
+            Ok(())
+        },
+    },
+    Key {
+        name: "guest_mem",
+        values: "2 to 1024",
+        default: Some("16"),
+        meaning: "memory per guest, in MiB",
+        set: |c, v| {
+            c.guest_mem_mib = number(v, 2..=1024).ok_or("a whole number of MiB from 2 to 1024")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "guest_budget_ms",
+        values: "a whole number above 0",
+        default: Some("60000"),
+        meaning: "CPU time a guest may use, in milliseconds, before the host ends it",
+        set: |c, v| {
+            c.guest_budget_ms =
+                number(v, 1..=u64::MAX).ok_or("a whole number of milliseconds above 0")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "bench",
+        values: "`on`, `off`",
+        default: Some("off"),
+        meaning: "measure the native analogues of the benchmarks before running the guests",
+        set: |c, v| {
+            c.bench = on_off(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "roots",
+        values: "2 to 16",
+        default: Some("4"),
+        meaning: "shadow roots (address spaces) each guest keeps cached",
+        set: |c, v| {
+            c.cached_roots = number(v, MIN_CACHED_ROOTS..=MAX_CACHED_ROOTS)
+                .ok_or("a whole number of roots from 2 to 16")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "eviction",
+        values: "`lru`, `random`",
+        default: Some("lru"),
+        meaning: "which cached shadow root a new one replaces: the least recently used, or one \
+                  at random (lguest's choice)",
+        set: |c, v| {
+            c.eviction = match v {
+                "lru" => RootEviction::LeastRecentlyUsed,
+                "random" => RootEviction::Random,
+                _ => return Err("lru or random"),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "eager_fill",
+        values: "`on`, `off`",
+        default: Some("on"),
+        meaning: "map a page at once when the guest reports an entry it already marked \
+                  accessed (`off`: only drop the old shadow entry, and let the next fault \
+                  fill it)",
+        set: |c, v| {
+            c.eager_fill = on_off(v)?;
+            Ok(())
+        },
+    },
+];
+
+// The error message for `roots=` names the bounds.
+const _: () = assert!(MIN_CACHED_ROOTS == 2 && MAX_CACHED_ROOTS == 16);
+
 const LOG_LEVELS: &str = "one of error, warn, info, debug, trace";
 const TEST_NAMES: &str = "one of fault-ud, fault-pf, fault-de, fault-stack, panic, alloc-stress";
+
+/// A whole number in `range`.
+fn number<T: FromStr + PartialOrd>(value: &str, range: RangeInclusive<T>) -> Option<T> {
+    value.parse().ok().filter(|n| range.contains(n))
+}
+
+/// `on` or `off`.
+fn on_off(value: &str) -> Result<bool, &'static str> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off"),
+    }
+}
 
 fn parse_level(value: &str) -> Option<LogLevel> {
     Some(match value {
@@ -315,6 +415,8 @@ impl<'a> GuestSpec<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::format;
+    use std::string::{String, ToString};
     use std::vec::Vec;
 
     fn parse(s: &str) -> (Result<Config<'_>, ConfigError<'_>>, Vec<Warning<'_>>) {
@@ -428,6 +530,111 @@ mod tests {
             let err = parse(line).0.unwrap_err();
             assert_eq!((err.key, err.value), (key, value), "{line}");
             assert!(std::format!("{err}").contains(line), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_key_in_the_list_is_known_and_its_default_is_the_default() {
+        for key in KEYS {
+            let bogus = format!("{}=?", key.name);
+            let err = parse(&bogus).0.unwrap_err();
+            assert_eq!(err.key, key.name, "{bogus} must be an error, not a warning");
+            match key.default {
+                Some(default) => {
+                    let word = format!("{}={default}", key.name);
+                    let (c, w) = parse(&word);
+                    assert_eq!(c, Ok(Config::default()), "{word} is not the default");
+                    assert!(w.is_empty(), "{word}");
+                }
+                None => {
+                    assert_eq!(key.name, "test", "only `test` has no default");
+                    assert_eq!(Config::default().test, None);
+                }
+            }
+        }
+        let values = |name| KEYS.iter().find(|k| k.name == name).unwrap().values;
+        for (name, _) in BootTest::NAMES {
+            assert!(values("test").contains(&format!("`{name}`")), "{name}");
+        }
+        for name in ["error", "warn", "info", "debug", "trace"] {
+            assert!(values("log").contains(&format!("`{name}`")), "{name}");
+        }
+    }
+
+    /// The cells of one Markdown table row (a `\|` does not split).
+    fn cells(line: &str) -> Vec<String> {
+        let line = line.trim();
+        let inner = line.strip_prefix('|').unwrap_or(line);
+        let inner = inner.strip_suffix('|').unwrap_or(inner);
+        let mut cells = std::vec![String::new()];
+        let mut escaped = false;
+        for ch in inner.chars() {
+            match cells.last_mut() {
+                Some(cell) if ch != '|' || escaped => cell.push(ch),
+                _ => cells.push(String::new()),
+            }
+            escaped = ch == '\\';
+        }
+        cells.iter().map(|c| c.trim().to_string()).collect()
+    }
+
+    /// The rows of the table in the README's "The kernel command line".
+    fn readme_rows(readme: &str) -> Vec<Vec<String>> {
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("The kernel command line\n"))
+            .expect("README.md has no section `## The kernel command line`");
+        let mut lines = section.lines().skip_while(|l| !l.starts_with("| key |"));
+        let header = lines
+            .next()
+            .expect("that section has no `| key | ...` table");
+        assert_eq!(cells(header), ["key", "values", "default", "meaning"]);
+        lines.next(); // | --- | --- | ...
+        lines
+            .take_while(|l| l.starts_with('|'))
+            .map(cells)
+            .collect()
+    }
+
+    /// The README row of `key`.
+    fn readme_row(key: &Key) -> Vec<String> {
+        std::vec![
+            format!("`{}`", key.name),
+            key.values.to_string(),
+            key.default
+                .map_or_else(|| "none".to_string(), |d| format!("`{d}`")),
+            key.meaning.to_string(),
+        ]
+    }
+
+    #[test]
+    fn the_readme_table_has_one_row_per_key_in_order_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let rows = readme_rows(&readme);
+        let wanted: Vec<_> = KEYS.iter().map(readme_row).collect();
+        let table: Vec<_> = wanted
+            .iter()
+            .map(|row| format!("| {} |", row.join(" | ")))
+            .collect();
+        let table = table.join("\n");
+        let first =
+            |rows: &[Vec<String>]| -> Vec<String> { rows.iter().map(|r| r[0].clone()).collect() };
+        assert_eq!(
+            first(&rows),
+            first(&wanted),
+            "the README's command-line table must have one row per key of \
+             host::config::KEYS, in its order; its rows should be:\n{table}"
+        );
+        for (row, want) in rows.iter().zip(&wanted) {
+            assert_eq!(row.get(2), want.get(2), "the default of {}", want[0]);
+            assert_eq!(
+                row,
+                want,
+                "the README's row for {} should read:\n| {} |",
+                want[0],
+                want.join(" | ")
+            );
         }
     }
 }
