@@ -11,6 +11,14 @@
 //! up its own stack, IDT entries (hypercalls) and, later, its own tables.
 //! Its code and stack segments are the [`selector`]s below.
 //!
+//! The rest of its CPU state is its own from the start, and stays its own
+//! whatever other guests run in between: the x87 FPU, MMX and SSE (usable
+//! from ring 1 and ring 3) start clean, as after `fninit` with MXCSR at
+//! 0x1f80 and every register zero, and `ds`, `es`, `fs` and `gs` start
+//! null (their bases are always 0: the GDT's segments are flat, and ring 1
+//! cannot write the base registers). There is no LDT: a selector naming it
+//! (bit 2 set) raises `#GP`, reflected to the guest like any other.
+//!
 //! An image says which ABI it was built for in an ELF note ([`NOTE_NAME`],
 //! [`NOTE_TYPE_ABI_VERSION`]); the host refuses an image without the note or
 //! with another version.

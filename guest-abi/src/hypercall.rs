@@ -144,9 +144,48 @@ pub mod trap_flags {
     pub const KEEP_INTERRUPTS: u64 = 1 << 0;
     /// A direct trap: guest user code (ring 3) reaches the handler with
     /// `int vector` straight through the CPU's IDT, never through the host.
-    /// Only for vectors 0x20-0xff other than the hypercall vector; the
-    /// handler runs in ring 1 on the stack set with `set_kernel_stack`.
+    /// Only for the vectors [`super::may_be_direct`] allows (0x20-0xff but
+    /// the hypercall vector and the [`super::host_vector`]s); for any other
+    /// the call fails with [`super::Error::InvalidArgument`]. The handler
+    /// runs in ring 1 on the stack set with `set_kernel_stack`.
     pub const DIRECT_FROM_USER: u64 = 1 << 1;
+}
+
+/// The vectors of the host's own hardware interrupts. They arrive through
+/// the CPU's IDT while a guest runs as much as while the host does, so a
+/// direct trap on one would hand the host's interrupt to the guest: the
+/// host would never acknowledge its timer again, and never take the CPU
+/// back. [`Number::SetTrap`] refuses them as direct traps (a trap the host
+/// delivers, such as the virtual [`TIMER_VECTOR`], may use any number: it
+/// never reaches the CPU's IDT). The host's kernel programs its interrupt
+/// controllers with these very constants: this is the one place they are
+/// written down.
+pub mod host_vector {
+    /// The host's periodic tick, from the local APIC timer.
+    pub const TIMER: u8 = 0x20;
+    /// The first of the vectors the legacy 8259 PICs are moved to, away
+    /// from the exceptions: the master's eight lines, then the slave's.
+    /// Every line is masked, but a PIC can still raise a spurious interrupt
+    /// on its last line.
+    pub const LEGACY_PIC_BASE: u8 = 0xe0;
+    /// How many vectors the two PICs take from [`LEGACY_PIC_BASE`].
+    pub const LEGACY_PIC_LINES: u8 = 16;
+    /// The local APIC's spurious-interrupt vector.
+    pub const SPURIOUS: u8 = 0xff;
+
+    /// Whether `vector` is one of the host's.
+    pub const fn contains(vector: u8) -> bool {
+        vector == TIMER
+            || (vector >= LEGACY_PIC_BASE && vector - LEGACY_PIC_BASE < LEGACY_PIC_LINES)
+            || vector == SPURIOUS
+    }
+}
+
+/// Whether `vector` may be a direct trap ([`trap_flags::DIRECT_FROM_USER`]):
+/// not an exception (0-31), not the hypercall gate, not one of the host's
+/// own interrupt vectors ([`host_vector`]).
+pub const fn may_be_direct(vector: u8) -> bool {
+    vector >= 32 && vector != VECTOR && !host_vector::contains(vector)
 }
 
 /// Why a hypercall failed (returned negated in `rax`).
@@ -200,6 +239,28 @@ mod tests {
         for v in 0..=255u8 {
             assert_eq!(has_error_code(v), with.contains(&v), "vector {v}");
         }
+    }
+
+    #[test]
+    fn the_host_vectors_are_its_timer_the_legacy_pics_and_the_spurious_vector() {
+        for v in 0..=255u8 {
+            let expected = v == 0x20 || (0xe0..=0xef).contains(&v) || v == 0xff;
+            assert_eq!(host_vector::contains(v), expected, "vector {v:#x}");
+        }
+    }
+
+    #[test]
+    fn direct_traps_are_the_software_vectors_nobody_else_has() {
+        for v in 0..=255u8 {
+            let software = (0x21..=0xdf).contains(&v) || (0xf0..=0xfe).contains(&v);
+            let expected = software && v != VECTOR;
+            assert_eq!(may_be_direct(v), expected, "vector {v:#x}");
+        }
+        assert!(may_be_direct(0x80), "the guest OS's system-call vector");
+        assert!(
+            !may_be_direct(TIMER_VECTOR),
+            "the host's tick shares its number"
+        );
     }
 
     #[test]

@@ -25,8 +25,15 @@ pub struct SharedPage {
     pub fault_address: u64,
     /// Nanoseconds since the host booted, refreshed at every entry.
     pub time_ns: u64,
+    /// Nonzero while the guest handles a virtual interrupt: set by the host
+    /// when it delivers one, cleared by the guest when its handler is done
+    /// (its end of interrupt, after interrupts are back on, so that the
+    /// exit which takes the next pending one still counts). The host uses
+    /// it only to tell the exits an interrupt caused from the guest's own
+    /// in its measurements (`bench events`), never to decide anything.
+    pub in_interrupt: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 124],
+    pub reserved: [u64; 123],
     /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
     pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
 }
@@ -42,6 +49,8 @@ pub mod offset {
     pub const IRQ_PENDING: u64 = offset_of!(SharedPage, irq_pending) as u64;
     /// [`SharedPage::fault_address`].
     pub const FAULT_ADDRESS: u64 = offset_of!(SharedPage, fault_address) as u64;
+    /// [`SharedPage::in_interrupt`].
+    pub const IN_INTERRUPT: u64 = offset_of!(SharedPage, in_interrupt) as u64;
     /// [`SharedPage::time_ns`].
     pub const TIME_NS: u64 = offset_of!(SharedPage, time_ns) as u64;
     /// [`SharedPage::mmu_ring`].

@@ -132,17 +132,23 @@ fn count_across_pit_interval() -> Option<(u64, u64)> {
 
 /// Moves the 8259 PICs to vectors 0xe0-0xef (away from the exceptions,
 /// where a stray legacy interrupt would pass for a CPU fault) and masks
-/// every line.
+/// every line. The range is one of the host's vectors of the guest
+/// contract (`guest_abi::hypercall::host_vector`), which no guest may take
+/// as a direct trap: a masked PIC still raises a spurious interrupt now
+/// and then.
 fn disable_legacy_pics() {
+    use guest_abi::hypercall::host_vector::{LEGACY_PIC_BASE, LEGACY_PIC_LINES};
     const INIT: u8 = 0x11;
+    const SLAVE_BASE: u8 = LEGACY_PIC_BASE + 8;
+    const _: () = assert!(LEGACY_PIC_LINES == 16 && LEGACY_PIC_BASE.is_multiple_of(8));
     let steps: [(u16, u8); 10] = [
         (0x20, INIT),
         (0xa0, INIT),
-        (0x21, 0xe0), // master's vector base
-        (0xa1, 0xe8), // slave's vector base
-        (0x21, 4),    // slave on line 2
-        (0xa1, 2),    // slave identity
-        (0x21, 1),    // 8086 mode
+        (0x21, LEGACY_PIC_BASE), // master's vector base
+        (0xa1, SLAVE_BASE),      // slave's vector base
+        (0x21, 4),               // slave on line 2
+        (0xa1, 2),               // slave identity
+        (0x21, 1),               // 8086 mode
         (0xa1, 1),
         (0x21, 0xff), // mask all
         (0xa1, 0xff),

@@ -4,8 +4,12 @@
 //! UMIP (which makes `sgdt`/`sidt` fault in a guest's ring 1) is turned on
 //! when present. Two features are reported but deliberately never used:
 //! XSAVE (enabling it has crashed the software hypervisor on the machines
-//! this project is built on; FPU state is saved with `fxsave`) and PCID
-//! (TCG ignores it and the KVM here refuses it).
+//! this project is built on) and PCID (TCG ignores it and the KVM here
+//! refuses it). The x87 FPU, MMX and SSE are the guests' alone
+//! ([`enable_fpu_for_guests`]): the host is built soft-float
+//! (`x86_64-unknown-none`: not one x87 or SSE instruction in it), and
+//! `context.rs` switches their state between guests with
+//! `fxsave`/`fxrstor`, never XSAVE.
 
 use raw_cpuid::CpuId;
 
@@ -95,10 +99,15 @@ pub fn physical_address_bits() -> u8 {
 }
 
 /// Turns on the protections that cost nothing and keep guests in their
-/// place: UMIP (`sgdt`, `sidt`, `str`, `smsw` fault outside ring 0, so a
-/// guest kernel cannot read where the host's tables are) and SMEP (ring 0
-/// never runs code from a user page). Not SMAP: the guest kernel is
-/// supervisor too, and it must reach its own user pages without `stac`,
+/// place: UMIP (`sgdt`, `sidt`, `sldt`, `str`, `smsw` fault outside ring 0,
+/// so a guest kernel that tries them is caught and killed, naming the
+/// instruction, rather than reading the descriptor-table registers) and
+/// SMEP (ring 0 never runs code from a user page). UMIP does not hide
+/// where the host's tables are: the per-CPU state page of the switcher,
+/// which ring 1 can read, holds the host's saved CR3, GDTR, IDTR and stack
+/// pointer (see `docs/DESIGN.md`, "The privilege model"). Those are
+/// addresses of nothing the guest has mapped. Not SMAP: the guest kernel
+/// is supervisor too, and it must reach its own user pages without `stac`,
 /// which ring 1 cannot execute.
 pub fn harden(features: &Features) {
     use x86_64::registers::control::{Cr4, Cr4Flags};
@@ -113,4 +122,32 @@ pub fn harden(features: &Features) {
     // ring-0 code runs (it never executes user pages, and UMIP only
     // affects rings 1-3).
     unsafe { Cr4::update(|flags| flags.insert(add)) };
+}
+
+/// Lets guests use the x87 FPU, MMX and SSE, which every x86-64 CPU has.
+/// The host itself never does (it is soft-float), so their registers hold
+/// the running guest's state at all times, and `context.rs` switches them
+/// only when another guest takes the CPU. So: CR0.EM off and CR0.MP on (the
+/// instructions run, as on a CPU with its FPU); CR0.TS off (no lazy
+/// switching on `#NM`, which would cost a trap and a host round trip per
+/// guest slice); CR0.NE on (an x87 error is a `#MF` in the guest that made
+/// it, reflected like any exception, not an external interrupt on the
+/// masked legacy PIC); CR4.OSFXSR (SSE instructions run, and
+/// `fxsave`/`fxrstor` carry the SSE registers and MXCSR) and CR4.OSXMMEXCPT
+/// (an unmasked SIMD exception is a `#XM`, not a `#UD`). Not
+/// CR4.OSXSAVE: see the module docs.
+pub fn enable_fpu_for_guests() {
+    use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+    // SAFETY: the host has no x87, MMX or SSE instruction, so these bits
+    // change nothing for it; every x86-64 CPU has FXSR and SSE, which the
+    // two CR4 bits announce the host handles (it does, in context.rs).
+    unsafe {
+        Cr0::update(|flags| {
+            flags.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
+            flags.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::NUMERIC_ERROR);
+        });
+        Cr4::update(|flags| {
+            flags.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
+        });
+    }
 }

@@ -9,6 +9,18 @@
 //! The selectors match the boot GDT in `boot/entry.rs`, so reloading changes
 //! nothing for the code that is running. Guests never see this GDT: the
 //! switcher loads a per-CPU guest GDT of its own.
+//!
+//! There is no LDT, and the LDT register says so: [`init`] loads it with
+//! the null selector. Left as the CPU comes out of reset, it names a table
+//! at linear address 0 with a limit of 0xffff, and linear 0 is whatever
+//! the running guest maps there: a selector with its table bit set (bit 2)
+//! would read a descriptor the guest wrote, such as a call gate to the
+//! ring-0 code selector, which is a way into ring 0 (the shape of Xen's
+//! XSA-298). With a null LDT every such selector faults (`#GP`, reflected
+//! to the guest like any other). Nothing loads another: `lldt` is
+//! privileged (a guest kernel that tries is killed naming it), neither the
+//! switcher nor the kernel has an `lldt` but this one, and no GDT here or
+//! in the switcher holds an LDT descriptor.
 
 use spin::Once;
 use x86_64::VirtAddr;
@@ -106,6 +118,22 @@ pub fn init() {
         ES::set_reg(selectors.kernel_data);
         load_tss(selectors.tss);
     }
+    load_null_ldt();
+}
+
+/// Empties this CPU's LDT register (see the module docs), and checks it.
+fn load_null_ldt() {
+    // SAFETY: loading the null selector is always allowed in ring 0 and
+    // marks the LDT register invalid; nothing in the host uses the LDT.
+    unsafe {
+        core::arch::asm!("lldt {0:x}", in(reg) 0u16, options(nomem, nostack, preserves_flags));
+    }
+    let ldtr: u16;
+    // SAFETY: `sldt` only reads the LDT register's selector.
+    unsafe {
+        core::arch::asm!("sldt {0:x}", out(reg) ldtr, options(nomem, nostack, preserves_flags));
+    }
+    assert_eq!(ldtr, 0, "the LDT register must hold the null selector");
 }
 
 /// The selectors of the loaded GDT.

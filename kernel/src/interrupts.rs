@@ -10,9 +10,13 @@
 //! In the host itself an exception is always a bug: the report names the
 //! exception and shows the registers, and the machine stops with the failure
 //! status. External interrupts (the APIC timer) are counted and acknowledged.
+//! Their vectors come from the guest contract's list of the host's own
+//! ([`guest_abi::hypercall::host_vector`]), the one place that names them,
+//! which the host also checks every direct trap a guest asks for against.
 
 use crate::{apic, gdt, power};
 use core::arch::global_asm;
+use guest_abi::hypercall::host_vector;
 use spin::Once;
 use switcher::Gate;
 use x86_64::VirtAddr;
@@ -20,13 +24,24 @@ use x86_64::instructions::tables::lidt;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::DescriptorTablePointer;
 
-/// The vector of the host's periodic timer interrupt.
-pub const TIMER_VECTOR: u8 = 32;
+/// The vector of the host's periodic timer interrupt. The host's hardware
+/// vectors are part of the guest contract ([`host_vector`]: no guest may
+/// have a direct trap on them), and written down only there.
+pub const TIMER_VECTOR: u8 = host_vector::TIMER;
 /// A vector whose handler is a bare `iretq`: the native analogue the
-/// benchmarks time a hypercall against.
+/// benchmarks time a hypercall against. Only in the host's own IDT, raised
+/// only by the host: no hardware interrupt uses it.
 pub const BENCH_VECTOR: u8 = 0x80;
 /// The vector the local APIC uses for spurious interrupts.
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+pub const SPURIOUS_VECTOR: u8 = host_vector::SPURIOUS;
+
+// The host's software vectors are not among its hardware ones (a guest may
+// take them as direct traps: in the guest IDT they mean nothing to the host).
+const _: () = assert!(
+    !host_vector::contains(BENCH_VECTOR)
+        && !host_vector::contains(crate::bench::USER_INT_VECTOR)
+        && !host_vector::contains(crate::bench::USER_RETURN_VECTOR)
+);
 
 /// The registers at the moment of a trap, as the stubs leave them on the
 /// stack: the very layout of a guest's registers in the switcher's register

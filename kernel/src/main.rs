@@ -11,17 +11,19 @@
 //!    long mode and copy what the loader told us (memory map, command line).
 //! 2. [`console`]: the serial line, and the log level from the command line
 //!    ([`host::config`]).
-//! 3. [`cpu`], [`gdt`], [`interrupts`]: what the CPU can do; segments, the
-//!    task state with its emergency stacks; an IDT whose every exception
-//!    reports and stops the machine.
+//! 3. [`cpu`], [`gdt`], [`interrupts`]: what the CPU can do (and the FPU
+//!    and SSE given to guests); segments, a null LDT, the task state with
+//!    its emergency stacks; an IDT whose every exception reports and stops
+//!    the machine.
 //! 4. [`memory`]: the frame allocator, the host's page tables with the
 //!    direct map of RAM, the heap.
 //! 5. [`apic`]: the periodic tick, calibrated against the PIT; [`acpi`]:
 //!    how many CPUs the machine has.
 //! 6. Then the real work: [`switcher`] installs the world switch in its
-//!    slot, and [`run`] starts the guests named on the command line from
-//!    the guest archive (the first boot module) and shares the CPU between
-//!    them until each has ended; with `bench=on`, [`bench`] first measures
+//!    slot (with [`context`], the FPU, SSE and segment state it hands from
+//!    guest to guest), and [`run`] starts the guests named on the command
+//!    line from the guest archive (the first boot module) and shares the
+//!    CPU between them until each has ended; with `bench=on`, [`bench`] first measures
 //!    the native analogues. Or a self-test instead ([`selftest`]). Last,
 //!    [`power`] ends the machine with a status QEMU passes on.
 //!
@@ -43,6 +45,8 @@ mod boot;
 #[cfg(target_os = "none")]
 #[macro_use]
 mod console;
+#[cfg(target_os = "none")]
+mod context;
 #[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
@@ -108,6 +112,7 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         }
     }
     cpu::harden(&features);
+    cpu::enable_fpu_for_guests();
     if let Err(e) = memory::init(&boot, features.nx) {
         fail(format_args!("memory set-up failed: {e}"));
     }

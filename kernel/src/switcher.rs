@@ -6,16 +6,25 @@
 //!
 //! 1. maps the switcher's code pages (the kernel's `.switcher` section) at
 //!    `SLOT_BASE` in the host's tables, read-only and executable;
-//! 2. takes three frames for this CPU (register, state and IDT page), maps
-//!    them writable for the host, and fills in the guest GDT, TSS and IDT;
+//! 2. takes three frames for this CPU, maps them writable for the host,
+//!    and fills in the guest GDT, TSS and IDT: the state page and the IDT
+//!    page, which are this CPU's, and a register page of the CPU's own,
+//!    which fills the register slot only while no guest's page is there
+//!    (each guest has its own register page, see below);
 //! 3. builds this CPU's *guest view* of the slot, a small page-table tree
 //!    that every shadow root on this CPU gets as its last top-level entry:
-//!    the code read-only, the register page writable, the state and IDT
+//!    the code read-only, the register slot writable, the state and IDT
 //!    pages read-only, all supervisor-only, nothing of other CPUs.
 //!
-//! [`CpuSwitcher::run`] then enters a guest and comes back with its
-//! registers and the trap that stopped it.
+//! [`CpuSwitcher::run`] then maps the guest's own register page into the
+//! guest view's register slot, enters the guest and comes back with its
+//! registers, in that page, and the trap that stopped it. When that page
+//! changes, another guest is taking the CPU, and `run` hands over what the
+//! switcher's assembly does not carry: the FPU, SSE and segment state
+//! ([`crate::context`]). The IDT gates a guest's direct traps change are
+//! never the host's own interrupt vectors ([`CpuSwitcher::set_direct_trap`]).
 
+use crate::context::GuestContexts;
 use crate::memory::paging::{HostPageRights, map_host_page, nx_bit};
 use crate::memory::{self, MemoryError, phys_to_virt};
 use host::addr::HostPhysAddr;
@@ -43,6 +52,8 @@ const IST_VECTORS: [usize; 3] = [2, 8, 18];
 /// guests.
 pub struct CpuSwitcher {
     cpu: usize,
+    /// The CPU's own register page: the host's tables map it in the register
+    /// slot, and the guest view does whenever no guest's page is there.
     regs_frame: HostPhysAddr,
     state_frame: HostPhysAddr,
     idt_frame: HostPhysAddr,
@@ -51,8 +62,12 @@ pub struct CpuSwitcher {
     guest_view: HostPhysAddr,
     /// The frames of the guest view (third, second, first level).
     view_frames: [HostPhysAddr; 3],
-    /// The register page the guest view maps now.
+    /// The register page the guest view maps in the register slot now: the
+    /// last guest's, or `regs_frame`.
     resident_registers: HostPhysAddr,
+    /// The FPU, SSE and segment state of the guests that ran here, handed
+    /// over when the register page changes (see `run`).
+    contexts: GuestContexts,
 }
 
 /// Offset of a switcher symbol from the start of the switcher's code.
@@ -106,6 +121,7 @@ impl CpuSwitcher {
             guest_view: view_frames[0],
             view_frames,
             resident_registers: regs_frame,
+            contexts: GuestContexts::new(),
         };
         this.fill_state_page();
         this.fill_idt();
@@ -218,10 +234,17 @@ impl CpuSwitcher {
     /// Points `vector` straight at a guest kernel handler for `int vector`
     /// from guest user code (a trap gate: interrupts stay on, so the host's
     /// tick still preempts the handler), or back at the switcher.
+    ///
+    /// Never on a vector the contract forbids (an exception, the hypercall
+    /// gate, one of the host's own interrupt vectors): the host refused it
+    /// already, and if it ever did not, the stub stays, so the host's
+    /// interrupts always come back to the host.
     pub fn set_direct_trap(&mut self, vector: u8, handler: Option<u64>) {
         let gate = match handler {
-            Some(handler) => Gate::trap(handler, selector::GUEST_KERNEL_CODE, 3),
-            None => self.stub_gate(usize::from(vector)),
+            Some(handler) if guest_abi::hypercall::may_be_direct(vector) => {
+                Gate::trap(handler, selector::GUEST_KERNEL_CODE, 3)
+            }
+            _ => self.stub_gate(usize::from(vector)),
         };
         self.idt()[usize::from(vector)] = gate;
     }
@@ -237,10 +260,19 @@ impl CpuSwitcher {
     /// loads CR3 before it touches the page, so no stale translation of the
     /// slot survives the change.
     ///
+    /// The same change of register page is when another guest takes the
+    /// CPU, so it is also when the guests' FPU, SSE and segment state
+    /// changes hands ([`crate::context`]): the same guest entering again
+    /// (after a hypercall, a fault, a tick) pays nothing for it.
+    ///
     /// Interrupts must be off.
     pub fn run(&mut self, root: HostPhysAddr, registers: HostPhysAddr) -> u64 {
         self.state().guest_cr3 = root.as_u64();
         if self.resident_registers != registers {
+            let leaving =
+                (self.resident_registers != self.regs_frame).then_some(self.resident_registers);
+            let guest_gdt = self.state().guest_gdtr;
+            self.contexts.switch(leaving, registers, &guest_gdt);
             let [_, _, pt] = self.view_frames;
             let index = (register_page_offset(self.cpu) / PAGE) as usize;
             write_entry(
@@ -271,8 +303,11 @@ impl CpuSwitcher {
     }
 
     /// Forgets a guest's register page (it is being freed): the slot goes
-    /// back to this CPU's own page.
+    /// back to this CPU's own page, and the guest's saved FPU, SSE and
+    /// segment state is dropped (what of it is still in the CPU, the next
+    /// guest's entry overwrites).
     pub fn release_registers(&mut self, registers: HostPhysAddr) {
+        self.contexts.forget(registers);
         if self.resident_registers == registers {
             let [_, _, pt] = self.view_frames;
             let index = (register_page_offset(self.cpu) / PAGE) as usize;

@@ -4,9 +4,10 @@
 //! `.switcher`, which the kernel maps (read-only, executable) at
 //! [`crate::SLOT_BASE`] in its own tables and in every guest's. It runs at
 //! that address, not where it was linked, so it is position-independent:
-//! it reaches nothing by absolute address. It finds its per-CPU pages from
-//! `rdi` on the way in and from the stack pointer on the way out (the CPU
-//! put the stack at the top of the register page), and every offset comes
+//! it reaches nothing by absolute address. It finds its CPU's pages in the
+//! slot from `rdi` on the way in and from the stack pointer on the way out
+//! (the CPU put the stack at the top of the register slot, where the
+//! running guest's own register page is mapped), and every offset comes
 //! from the Rust types in [`crate::layout`].
 //!
 //! Entry points, as offsets from `switcher_start` (exported to the kernel):
@@ -41,10 +42,12 @@ mod code {
 switcher_start:
 
 /*
- * switch_to_guest(rdi = this CPU's register page, at its slot address)
+ * switch_to_guest(rdi = the slot address of this CPU's register page)
  *
- * Called by the host with interrupts off; returns when the guest traps,
- * with the trap's vector in the register page.
+ * Called by the host with interrupts off, with the entering guest's own
+ * register page mapped at rdi in the guest's tables (the host's tables map
+ * a page of the CPU's own there); returns when the guest traps, with the
+ * guest's registers and the trap's vector in the guest's register page.
  */
     .global switch_to_guest
 switch_to_guest:
@@ -90,9 +93,10 @@ switch_to_guest:
 
 /*
  * The trap stubs: every vector of the guest IDT but the direct traps lands
- * in one of these, on the register page (TSS.RSP0 or IST1). Vectors 8,
- * 10-14, 17, 21, 29 and 30 come with an error code from the CPU; the others
- * push a zero in its place so the frame has one shape.
+ * in one of these, on the guest's register page (TSS.RSP0 or IST1: the
+ * top of the register slot). Vectors 8, 10-14, 17, 21, 29 and 30 come with
+ * an error code from the CPU; the others push a zero in its place so the
+ * frame has one shape.
  */
     .balign {stride}
     .global guest_trap_stubs
@@ -112,8 +116,8 @@ guest_trap_common:
 "#,
     push_registers!(),
     r#"
-    /* The guest's registers are now saved in the register page. The state
-       page is the next one up. */
+    /* The guest's registers are now saved in its register page (mapped in
+       this CPU's register slot). The state page is the next one up. */
     mov %rsp, %rsi
     and $-{page}, %rsi
     add ${page}, %rsi

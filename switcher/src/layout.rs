@@ -12,14 +12,17 @@ pub const CODE_BYTES: u64 = 0x10000;
 /// Offset in the slot of CPU 0's pages.
 pub const PER_CPU_BASE: u64 = CODE_BYTES;
 
-/// Bytes of slot per CPU (register, state and IDT page, and a gap that
-/// stays unmapped so running off one CPU's pages faults).
+/// Bytes of slot per CPU (the register slot, the state and IDT pages, and a
+/// gap that stays unmapped so running off one CPU's pages faults).
 pub const PER_CPU_BYTES: u64 = 4 * PAGE;
 
 /// The most CPUs the slot has room for in its first 2 MiB (one page table).
 pub const MAX_CPUS: usize = ((0x20_0000 - PER_CPU_BASE) / PER_CPU_BYTES) as usize;
 
-/// Slot offset of CPU `cpu`'s register page.
+/// Slot offset of CPU `cpu`'s register slot: the page mapped there is the
+/// register page of the guest running on that CPU (each guest has its own;
+/// the kernel swaps it in before the entry), or the CPU's own page when no
+/// guest's is there.
 pub const fn register_page_offset(cpu: usize) -> u64 {
     PER_CPU_BASE + cpu as u64 * PER_CPU_BYTES
 }

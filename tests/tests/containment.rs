@@ -2,6 +2,14 @@
 //! is killed with a reason naming what it did, and the host, and the guests
 //! after it, carry on.
 //!
+//! Some offences are contained without a kill: a request the host refuses
+//! with an error (a direct trap on one of the host's own interrupt
+//! vectors), a fault the CPU raises and the host reflects to the guest's
+//! handler (a selector naming the LDT, which the host left null), or state
+//! the host keeps apart (one guest's FPU, SSE and segment registers, never
+//! seen by the next). Those guests exit with [`CONTAINED`] after a line
+//! saying exactly what happened.
+//!
 //! All the misbehaving guests share one boot (they run one after another
 //! and side by side on the host's tick); a well-behaved guest at the end
 //! must still run to completion.
@@ -26,6 +34,35 @@ const ACTIONS: &[(&str, &[&str])] = &[
     ("user-hypercall", &["hypercall from user mode"]),
 ];
 
+/// The exit code of a `trap` action the host contained without killing it.
+const CONTAINED: u64 = 3;
+
+/// Each action the host contains without a kill, and words of the line the
+/// guest prints about it before it exits with [`CONTAINED`]. `fpu-look`
+/// comes right after `fpu-plant`, so that it runs while `fpu-plant` sleeps.
+const CONTAINED_ACTIONS: &[(&str, &[&str])] = &[
+    (
+        "direct-host-vector",
+        &["every host vector refused with an error, vector 0x80 accepted"],
+    ),
+    (
+        "ldt-call-gate",
+        &[
+            "mov ds, 0xf: #GP(0xc)",
+            "far call through 0x15: #GP(0x14)",
+            "ring 0 never reached",
+        ],
+    ),
+    (
+        "fpu-plant",
+        &["fpu-plant: clean state at start, our own state back after the sleep"],
+    ),
+    (
+        "fpu-look",
+        &["fpu-look: clean state at start, our own state back after the sleep"],
+    ),
+];
+
 /// The one boot all the tests below read.
 fn contained() -> &'static Boot {
     static BOOT: OnceLock<Boot> = OnceLock::new();
@@ -34,6 +71,11 @@ fn contained() -> &'static Boot {
             .iter()
             .map(|(action, _)| format!("trap/{action}:killed"))
             .collect();
+        guests.extend(
+            CONTAINED_ACTIONS
+                .iter()
+                .map(|(action, _)| format!("trap/{action}:{CONTAINED}")),
+        );
         guests.push("hello".to_string());
         boot(&format!("guests={}", guests.join(",")))
     })
@@ -51,6 +93,80 @@ fn every_privileged_action_kills_its_guest_with_the_reason() {
     // No guest got past its action.
     if boot.serial().contains("survived") {
         boot.fail("a trap guest survived its privileged action");
+    }
+}
+
+#[test]
+fn every_contained_action_ends_its_guest_with_what_the_host_did() {
+    let boot = contained();
+    for (action, what) in CONTAINED_ACTIONS {
+        let mut needles = vec![format!("[trap/{action}]")];
+        needles.extend(what.iter().map(|w| w.to_string()));
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        boot.line_containing(&needles);
+        boot.line_containing(&[&format!("guest trap/{action} exited code={CONTAINED}")]);
+    }
+}
+
+/// The host's timer, the legacy PICs' range and the APIC's spurious vector
+/// are the host's: a direct trap there would hand the guest the host's
+/// interrupts (and the host would never take the CPU back). Each is refused
+/// with `InvalidArgument`, the guest lives on, and the host's tick still
+/// preempts everyone (the guests after it end as expected).
+#[test]
+fn direct_traps_on_the_hosts_interrupt_vectors_are_refused() {
+    let boot = contained();
+    for vector in ["0x20", "0xe0", "0xe7", "0xef", "0xff"] {
+        boot.line_containing(&[
+            "[trap/direct-host-vector]",
+            &format!("direct trap on vector {vector} refused: InvalidArgument"),
+        ]);
+    }
+    if boot.serial().contains("the host gave us its vector") {
+        boot.fail("the host accepted a direct trap on one of its own vectors");
+    }
+}
+
+/// The LDT register is null: a selector naming the LDT faults (#GP with the
+/// selector as error code) instead of reading a descriptor from linear
+/// address 0, the guest's own memory, where the `trap` guest put a call
+/// gate to the host's ring-0 code selector.
+#[test]
+fn an_ldt_selector_faults_and_never_reaches_ring_0() {
+    let boot = contained();
+    boot.line_containing(&[
+        "[trap/ldt-call-gate]",
+        "#GP(0xc)",
+        "#GP(0x14)",
+        "ring 0 never reached",
+    ]);
+    if boot.serial().contains("ran our code in ring 0") {
+        boot.fail("a call gate in a guest's LDT reached ring 0");
+    }
+}
+
+/// Each guest starts with a clean FPU, SSE and segment state (`fninit`'s
+/// control word, MXCSR 0x1f80, zeroed registers, null selectors), never
+/// the one another guest left, and finds its own state again after it
+/// slept while the other ran.
+#[test]
+fn fpu_sse_and_segment_state_stays_with_its_guest() {
+    const CLEAN: &str = "fcw=0x37f mxcsr=0x1f80 mm0=0x0 mm7=0x0 xmm0=0x0:0x0 xmm15=0x0:0x0 ds=0x0 es=0x0 fs=0x0 gs=0x0";
+    const PLANTED: &str = "fcw=0xf7f mxcsr=0x7f80 mm0=0xa0a0000000000000 mm7=0xa0a0000000000007 xmm0=0xa0a0000000000101:0xa0a0000000000100 xmm15=0xa0a0000000001501:0xa0a0000000001500 ds=0x21 es=0x2b fs=0x19 gs=0x33";
+    const LOOKED: &str = "fcw=0x77f mxcsr=0x3f80 mm0=0xb0b0000000000000 mm7=0xb0b0000000000007 xmm0=0xb0b0000000000101:0xb0b0000000000100 xmm15=0xb0b0000000001501:0xb0b0000000001500 ds=0x2b es=0x21 fs=0x33 gs=0x19";
+    let boot = contained();
+    for (action, own) in [("fpu-plant", PLANTED), ("fpu-look", LOOKED)] {
+        let tag = format!("[trap/{action}]");
+        let at_start = boot.line_containing(&[&tag, &format!("{action} at start:")]);
+        if !at_start.ends_with(CLEAN) {
+            boot.fail(&format!("{action} did not start with the clean state"));
+        }
+        let after = boot.line_containing(&[&tag, &format!("{action} after a")]);
+        if !after.ends_with(own) {
+            boot.fail(&format!(
+                "{action} did not find its own state after its sleep"
+            ));
+        }
     }
 }
 

@@ -199,7 +199,14 @@ fn side_by_side_guests_keep_their_own_memory() {
         )]);
     }
     // Both filled their memory before either finished checking: they
-    // really ran side by side, each checking while the other wrote.
+    // really ran side by side, each checking while the other wrote. No
+    // message passes between the two to order this; the margin is in the
+    // guest (images/guests/src/bin/isolation.rs): each sleeps 5 times, each
+    // time at least as long as its own fill took, and the other has the
+    // CPU alone meanwhile, so it would have to run more than 5 times
+    // slower than the first did to be still filling at the first's last
+    // check. That holds however slow the machine is, only not if it slows
+    // down fivefold for the second guest alone.
     let last_fill = ["a", "b"]
         .map(|n| line_index(boot, &format!("isolation {n}: filled")))
         .into_iter()

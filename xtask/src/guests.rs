@@ -134,9 +134,21 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a file of its own
+/// beside it, then renamed over it. A QEMU that opens the archive while a
+/// build rewrites it (a test booting while `cargo xtask build` runs) gets
+/// the old archive or the new one, never one cut short: which of the two
+/// depends on timing, whether it is whole does not.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes)
-        .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))
+    let mut scratch = path.as_os_str().to_owned();
+    scratch.push(format!(".{}.tmp", std::process::id()));
+    let scratch = PathBuf::from(scratch);
+    std::fs::write(&scratch, bytes)
+        .and_then(|()| std::fs::rename(&scratch, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&scratch);
+            Error::new(format!("cannot write {}: {e}", path.display()))
+        })
 }
 
 #[cfg(test)]

@@ -220,6 +220,9 @@ impl Server {
     }
 }
 
+/// How long [`Running::wait_until_ready`] waits for dnsmasq to come up.
+const READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A dnsmasq started by [`Server::spawn`]; killed on drop.
 #[derive(Debug)]
 pub struct Running {
@@ -233,10 +236,15 @@ impl Running {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (up to 5 s) for dnsmasq to say its TFTP server is up; an early
-    /// exit (a bad option, a busy port) is an error with its log.
+    /// Waits for dnsmasq to say its TFTP server is up; an early exit (a bad
+    /// option, a busy port) is an error with its log at once.
+    ///
+    /// The limit only ends a dnsmasq that neither comes up nor dies, so it
+    /// can be generous: dnsmasq is up well within a second on an idle
+    /// machine, and the 30 s allow for a loaded 2-core CI machine with a
+    /// QEMU and image builds beside it.
     fn wait_until_ready(&self) -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + READY_LIMIT;
         while std::time::Instant::now() < deadline {
             if self.log().contains("TFTP root is") {
                 return Ok(());
@@ -486,8 +494,17 @@ mod tests {
     fn a_dead_child_is_not_alive() {
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!process_alive(pid));
+        // Waits for the exit itself, not for a while: `true` may take any
+        // time to start and end on a loaded machine. WNOWAIT leaves the
+        // child a zombie, which is exactly the state to check.
+        // SAFETY: `info` is a valid siginfo_t for waitid to fill; `pid` is
+        // our own child, not yet reaped.
+        let waited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        assert_eq!(waited, 0, "waitid: {}", std::io::Error::last_os_error());
+        assert!(!process_alive(pid), "a zombie counts as gone");
         child.wait().unwrap();
         assert!(process_alive(std::process::id()));
     }

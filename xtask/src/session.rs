@@ -299,6 +299,18 @@ enum Echo {
     Stderr,
 }
 
+/// How long [`Capture::finish`] waits, after QEMU's end, for its reader
+/// thread to reach the end of the pipe. When QEMU is gone the pipe closes at
+/// once, and the thread has only to read what is left and be scheduled: a
+/// millisecond on an idle machine. The wait is cut short by the end of the
+/// pipe, so only a stray process holding it open costs the whole grace. It
+/// is wide because a thread not yet scheduled when it runs out loses the
+/// end of the transcript (the kernel's last lines, what the tests read),
+/// and how long a ready thread waits for a core on a loaded 2-core machine
+/// running two QEMUs is not ours to bound: 10 s is ten thousand times the
+/// idle figure.
+const PIPE_GRACE: Duration = Duration::from_secs(10);
+
 /// A thread that reads one of QEMU's output pipes to its end.
 struct Capture {
     shared: Arc<Mutex<Captured>>,
@@ -343,10 +355,11 @@ impl Capture {
         Self { shared, done }
     }
 
-    /// The text read, once the pipe has closed. Waits at most a second after
-    /// QEMU's end: a stray process holding the pipe open must not hang us.
+    /// The text read, once the pipe has closed. Waits at most
+    /// [`PIPE_GRACE`] after QEMU's end: a stray process holding the pipe
+    /// open must not hang us.
     fn finish(self) -> (String, Vec<(Duration, usize)>) {
-        let _ = self.done.recv_timeout(Duration::from_secs(1));
+        let _ = self.done.recv_timeout(PIPE_GRACE);
         let captured = self.shared.lock().unwrap();
         let text = String::from_utf8_lossy(&captured.bytes).into_owned();
         (text, captured.arrivals.clone())
@@ -425,19 +438,28 @@ mod tests {
 
     #[test]
     fn a_wedged_process_and_its_children_are_killed_at_the_limit() {
+        // `echo before` must run before the limit: the shell starts and
+        // echoes in milliseconds on an idle machine; 3 s is the margin for
+        // a loaded one.
+        let limit = Duration::from_secs(3);
         let started = Instant::now();
         // The inner sleep holds the pipe open: only a group kill ends it.
         let record = run(
             shell("echo before; sleep 30 & sleep 30"),
-            &Options::captured(Duration::from_millis(300)),
+            &Options::captured(limit),
         )
         .unwrap();
-        assert_eq!(
-            record.outcome,
-            Outcome::TimedOut(Duration::from_millis(300))
-        );
+        assert_eq!(record.outcome, Outcome::TimedOut(limit));
         assert_eq!(record.serial, "before\n");
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Killed with its group, the inner sleep closes the pipe at once;
+        // had it survived, reading the pipe would have waited the whole
+        // grace for it. The kill and the reads have the grace (10 s) as
+        // their margin.
+        let took = started.elapsed();
+        assert!(
+            took < limit + PIPE_GRACE,
+            "{took:?}: the wedged process's child kept the pipe open"
+        );
         assert!(record.summary().contains("timed out"));
     }
 }

@@ -109,9 +109,8 @@ impl<M: GuestRam> Guest<M> {
             return;
         }
         self.counters.virtual_interrupts += 1;
-        let keeps_interrupts = self.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
-        if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
-            self.in_interrupt_handler = true;
+        if self.deliver(frames, vector, None) == Next::Resume {
+            self.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use super::{
     BenchStart, Guest, GuestRam, GuestState, HostServices, KillReason, Next, TrapTarget, insn,
+    shared,
 };
 use crate::addr::GuestVirtAddr;
 use crate::paging::{Access, ShadowFrames};
@@ -153,6 +154,10 @@ impl<M: GuestRam> Guest<M> {
         let direct = flags & trap_flags::DIRECT_FROM_USER != 0;
         let valid_flags =
             flags & !(trap_flags::DIRECT_FROM_USER | trap_flags::KEEP_INTERRUPTS) == 0;
+        // A direct trap is a gate in the CPU's own IDT, so never on an
+        // exception, the hypercall gate or one of the host's interrupt
+        // vectors (its tick would go to the guest, unacknowledged). Asking
+        // is a refused request, not an offence: an error, not a kill.
         if !valid_flags || (direct && !insn::may_be_direct(vector)) {
             self.regs_mut().rax = Error::InvalidArgument.to_return_value();
             return Next::Resume;
@@ -271,12 +276,32 @@ impl<M: GuestRam> Guest<M> {
         }
     }
 
+    /// Sleeps until a virtual interrupt is pending. Waking is the only way
+    /// out of a halt (a halted guest uses no time, so its budget never ends
+    /// it), so a halt that nothing can end is the guest's end: the host
+    /// runs until every guest has ended, and would otherwise never finish.
+    /// The runtime's sleep halts with its virtual interrupts off and a
+    /// timer armed: that is a sleep with a way out, since a pending
+    /// interrupt ends a halt whatever the virtual interrupt flag (it is
+    /// delivered once the guest turns interrupts back on).
     fn halt(&mut self) -> Next {
         self.regs_mut().rax = 0;
         if self.pending_irqs() != 0 {
             return Next::Resume;
         }
+        if !self.can_be_woken() {
+            let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
+            return self.kill(KillReason::HaltedForever { interrupts_off });
+        }
         self.state = GuestState::Halted;
         Next::Halted
+    }
+
+    /// Whether anything could raise a virtual interrupt for this guest
+    /// later. Today that is only its timer. The hook for devices: a guest
+    /// with a device that can interrupt it (an input queue, a network
+    /// card) must answer true here while the device may still raise one.
+    fn can_be_woken(&self) -> bool {
+        self.timer_deadline.is_some()
     }
 }

@@ -7,6 +7,10 @@
 //! them, so one that does is broken or hostile, and the host ends it with
 //! the instruction's name. Only the opcode is decoded: enough to name it,
 //! never to emulate it.
+//!
+//! Also here, the vectors' rules: which a guest may take as direct traps
+//! (gates in the CPU's own IDT), which never (the exceptions, the hypercall
+//! gate, the host's own interrupt vectors).
 
 /// The mnemonic and name of exception `vector`.
 pub fn exception_name(vector: u8) -> &'static str {
@@ -51,8 +55,21 @@ pub fn exception_name(vector: u8) -> &'static str {
 }
 
 /// Whether `vector` may be a direct trap (user code reaching the guest
-/// kernel through the CPU's IDT): not an exception, not the hypercall gate.
+/// kernel through the CPU's IDT): not an exception, not the hypercall gate,
+/// not one of the host's own interrupt vectors, whose gates must always
+/// bring the interrupt back to the host. The contract's rule
+/// ([`guest_abi::hypercall::may_be_direct`]), over the host's vectors as the
+/// kernel programs them ([`guest_abi::hypercall::host_vector`]).
 pub fn may_be_direct(vector: u8) -> bool {
+    guest_abi::hypercall::may_be_direct(vector)
+}
+
+/// Whether the CPU's IDT gate for `vector` is one a guest's direct traps
+/// could have changed, and so is rewritten whenever they are handed to the
+/// CPU again: every vector from 32 up but the hypercall gate. The host's
+/// own vectors are among them; as no direct trap is ever accepted there,
+/// each rewrite puts their switcher stub back.
+pub fn has_rewritable_gate(vector: u8) -> bool {
     vector >= 32 && vector != guest_abi::hypercall::VECTOR
 }
 
@@ -206,5 +223,12 @@ mod tests {
                 && !may_be_direct(guest_abi::hypercall::VECTOR)
                 && !may_be_direct(14)
         );
+        // The host's timer, the legacy PICs' range and the spurious vector.
+        for host in [0x20, 0xe0, 0xe7, 0xe8, 0xef, 0xff] {
+            assert!(!may_be_direct(host), "{host:#x}");
+            assert!(has_rewritable_gate(host), "{host:#x} gets its stub back");
+        }
+        assert!(may_be_direct(0x21) && may_be_direct(0xdf) && may_be_direct(0xf0));
+        assert!(!has_rewritable_gate(13) && !has_rewritable_gate(guest_abi::hypercall::VECTOR));
     }
 }

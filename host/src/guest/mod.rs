@@ -122,6 +122,13 @@ pub enum KillReason {
     BadHypercall(&'static str, u64),
     /// A double fault or machine check while the guest ran.
     Fatal(u8),
+    /// It halted with no interrupt pending and nothing that could raise
+    /// one (no timer armed, no device): it would sleep for ever, and the
+    /// host, which ends when every guest has, with it.
+    HaltedForever {
+        /// Whether its virtual interrupts were off as well.
+        interrupts_off: bool,
+    },
     /// It ran longer than its time budget.
     OverBudget {
         /// The budget, in host ticks.
@@ -167,6 +174,15 @@ impl fmt::Display for KillReason {
             ),
             Self::BadHypercall(what, value) => write!(f, "bad hypercall: {what} ({value:#x})"),
             Self::Fatal(vector) => write!(f, "{} while running", insn::exception_name(*vector)),
+            Self::HaltedForever { interrupts_off } => write!(
+                f,
+                "halted with nothing to wake it (no interrupt pending, no timer armed{})",
+                if *interrupts_off {
+                    ", virtual interrupts off"
+                } else {
+                    ""
+                }
+            ),
             Self::OverBudget {
                 ticks,
                 interrupts_off,
@@ -197,7 +213,8 @@ pub struct ExitCounters {
     /// Virtual interrupts delivered.
     pub virtual_interrupts: u64,
     /// Exits the guest made while handling a virtual interrupt (between
-    /// its delivery and the guest turning its virtual interrupts back on):
+    /// its delivery and the guest's end of interrupt, see
+    /// `guest_abi::shared::SharedPage::in_interrupt`):
     /// work the interrupt caused, such as a timer handler re-arming the
     /// timer. Counted here instead of in `hypercalls`, `page_faults` or
     /// `exceptions`, which count only what the guest's own code did.
@@ -293,9 +310,10 @@ pub struct Guest<M: GuestRam> {
     bench_mark: Option<BenchStart>,
     /// Exits by reason.
     pub counters: ExitCounters,
-    /// Set when a virtual interrupt is delivered with interrupts off, until
-    /// an exit finds the guest's virtual interrupts on again: the exits in
-    /// between are the interrupt handler's.
+    /// Set when a virtual interrupt is delivered, until an exit finds that
+    /// the guest has ended it (`SharedPage::in_interrupt` cleared): the
+    /// exits in between are the interrupt handler's. A host-side copy so
+    /// that the common exit, outside any handler, reads no guest memory.
     in_interrupt_handler: bool,
     /// Host ticks it has run for, and the most it may.
     pub ticks_used: u64,
@@ -325,6 +343,13 @@ impl<M: GuestRam> Guest<M> {
     ) -> Result<Self, PagingError> {
         let mut memory = memory;
         let mut paging = ShadowPaging::new(paging, &memory, frames, image.root)?;
+        // The host writes the shared page at every entry (the clock, the
+        // pending interrupts), so it must never be read as a root: not the
+        // initial one, nor one the guest switches to later.
+        if let Err(e) = paging.reserve_shared_page(SHARED_PAGE_GPA) {
+            paging.teardown(frames);
+            return Err(e);
+        }
         // The MMU ring is the one in the shared page, as the ABI says
         // (`SharedPage::mmu_ring`).
         let ring = SHARED_PAGE_GPA + shared::MMU_RING;
@@ -405,7 +430,10 @@ impl<M: GuestRam> Guest<M> {
         let traps = if traps_stale { &self.traps[..] } else { &[] };
         let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
-            insn::may_be_direct(vector).then(|| (vector, t.filter(|t| t.direct).map(|t| t.handler)))
+            // A host vector never gets a handler: `set_trap` refuses it, and
+            // its gate goes back to the switcher's stub all the same.
+            let direct = t.filter(|t| t.direct && insn::may_be_direct(vector));
+            insn::has_rewritable_gate(vector).then(|| (vector, direct.map(|t| t.handler)))
         });
         Some((stack, gates))
     }
@@ -513,10 +541,11 @@ impl<M: GuestRam> Guest<M> {
     }
 
     /// Counts an exit the guest made: as its interrupt handler's while it
-    /// is still in one (its virtual interrupts still off), else by kind.
+    /// is still in one (it has not yet said its end of interrupt), else by
+    /// kind.
     fn count_guest_exit(&mut self, kind: GuestExit) {
         if self.in_interrupt_handler {
-            if self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) == 0 {
+            if self.read_shared(shared::IN_INTERRUPT).unwrap_or(0) != 0 {
                 self.counters.in_interrupt_handlers += 1;
                 return;
             }

@@ -976,8 +976,9 @@ fn a_timer_set_to_zero_is_cancelled() {
     let mut w = World::new();
     w.call(Number::SetTimer, &[1_000]);
     w.call(Number::SetTimer, &[0]);
-    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
-    assert!(!w.guest.poll(u64::MAX), "no timer: it sleeps on");
+    // No timer: nothing could wake it, so the halt ends it.
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Ended);
+    assert!(!w.guest.poll(u64::MAX), "no timer fired");
     assert_eq!(w.shared(shared::IRQ_PENDING), 0);
 }
 
@@ -987,8 +988,9 @@ fn the_timer_fires_once() {
     w.call(Number::SetTimer, &[10]);
     assert!(w.guest.poll(BOOT_TIME + 10));
     w.set_shared(shared::IRQ_PENDING, 0); // the guest took it
-    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
-    assert!(!w.guest.poll(BOOT_TIME + 1_000_000));
+    // Fired, it is disarmed: a halt now has nothing to wake it.
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Ended);
+    assert!(matches!(w.kill_reason(), KillReason::HaltedForever { .. }));
 }
 
 #[test]
@@ -1681,18 +1683,24 @@ fn exits_of_an_interrupt_handler_are_not_the_guests_own() {
     w.set_shared(shared::IRQ_PENDING, 1 << (TIMER_VECTOR - 32));
     assert!(w.enter().is_some());
     assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
-    // The handler re-arms its timer with interrupts still off...
+    // The handler re-arms its timer, and takes another pending interrupt
+    // with interrupts on (the runtime's `irq::enable` makes a `nop` exit
+    // for it): both the interrupt's work...
     w.call(Number::SetTimer, &[1_000_000]);
-    // ...and returns (iretq turns them on again), then the guest's own
-    // code makes one hypercall of its own.
     w.set_shared(shared::IRQ_ENABLED, 1);
+    w.call(Number::Nop, &[]);
+    // ...and ends its interrupt (the runtime does, as its handler
+    // returns); then the guest's own code makes one hypercall of its own.
+    assert_eq!(w.shared(shared::IN_INTERRUPT), 1, "set at delivery");
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.set_shared(shared::IN_INTERRUPT, 0);
     w.call(Number::Nop, &[]);
     assert_eq!(w.call(Number::BenchMark, &[1, 9]), 0);
     let printed = w.host.printed();
     let line = printed.last().expect("a bench events line");
     assert!(
         line.contains(
-            "exits=3 guest_exits=1 host_interrupts=1 host_ticks=1 irq_handler_exits=1 hypercalls=1"
+            "exits=4 guest_exits=1 host_interrupts=1 host_ticks=1 irq_handler_exits=2 hypercalls=1"
         ),
         "{line}"
     );
@@ -1774,4 +1782,145 @@ fn the_hosts_own_accesses_to_guest_memory_are_not_counted_as_guest_faults() {
         "writing the trap frame is the host's access, not a guest fault"
     );
     assert_eq!(w.words(STACK_TOP - 5 * 8, 1), [TRAPPING_RIP]);
+}
+
+// ---------------------------------------------------------------------------
+// Containment holes: a halt nothing can end, the shared page as a root.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_halt_with_nothing_to_wake_it_ends_the_guest_saying_so() {
+    // Virtual interrupts off (as the guest starts) and no timer.
+    let mut w = World::new();
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::HaltedForever {
+            interrupts_off: true
+        }
+    );
+    assert_eq!(
+        w.kill_reason().to_string(),
+        "halted with nothing to wake it (no interrupt pending, no timer armed, \
+         virtual interrupts off)"
+    );
+    // Virtual interrupts on, and a timer that was cancelled.
+    let mut w = World::new();
+    w.set_shared(shared::IRQ_ENABLED, 1);
+    w.call(Number::SetTimer, &[1_000]);
+    w.call(Number::SetTimer, &[0]);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::HaltedForever {
+            interrupts_off: false
+        }
+    );
+}
+
+#[test]
+fn the_runtimes_sleep_halting_with_interrupts_off_and_a_timer_still_wakes() {
+    // images/guest-rt/src/time.rs: virtual interrupts off, timer armed.
+    let mut w = World::new();
+    assert_eq!(w.shared(shared::IRQ_ENABLED), 0);
+    w.call(Number::SetTimer, &[500]);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    assert!(!w.guest.poll(BOOT_TIME + 499));
+    assert!(w.guest.poll(BOOT_TIME + 500));
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn set_root_to_the_shared_page_kills_naming_it() {
+    let mut w = World::new();
+    assert_eq!(
+        w.hypercall(Number::SetRoot as u64, &[SHARED_PAGE_GPA]),
+        Next::Ended
+    );
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::Paging(PagingError::SharedPageAsRoot {
+            root: SHARED_PAGE_GPA
+        })
+    );
+    // The guest's memory (its clock word) was never used as a root.
+    assert!(
+        w.guest
+            .paging
+            .cached_roots()
+            .all(|r| r.as_u64() != SHARED_PAGE_GPA)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Containment holes: direct traps on the host's own interrupt vectors.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn direct_traps_on_the_hosts_interrupt_vectors_are_refused_without_a_kill() {
+    use guest_abi::hypercall::host_vector;
+    let mut w = World::new();
+    let invalid = Error::InvalidArgument.to_return_value();
+    let direct = trap_flags::DIRECT_FROM_USER;
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    // The host's tick, the legacy PICs (first, last, and the slave's
+    // first) and the APIC's spurious vector: each an error, nothing more.
+    let host_vectors = [
+        host_vector::TIMER,
+        host_vector::LEGACY_PIC_BASE,
+        host_vector::LEGACY_PIC_BASE + 8,
+        host_vector::LEGACY_PIC_BASE + host_vector::LEGACY_PIC_LINES - 1,
+        host_vector::SPURIOUS,
+    ];
+    assert_eq!(host_vectors, [0x20, 0xe0, 0xe8, 0xef, 0xff]);
+    for vector in host_vectors {
+        assert_eq!(
+            w.set_trap(u64::from(vector), HANDLER, direct),
+            invalid,
+            "{vector:#x}"
+        );
+        assert!(!w.guest.has_ended(), "a refused request is not an offence");
+    }
+    // Their neighbours are software vectors the guest may have.
+    for vector in [0x21u8, 0xdf, 0xf0, 0xfe] {
+        assert_eq!(
+            w.set_trap(u64::from(vector), HANDLER, direct),
+            0,
+            "{vector:#x}"
+        );
+    }
+    // The virtual timer has the host tick's number, but the host delivers
+    // it: as an ordinary trap it is still the guest's.
+    assert_eq!(w.set_trap(u64::from(TIMER_VECTOR), TIMER_HANDLER, 0), 0);
+    let (_, gates) = w.guest.take_cpu_tables().expect("tables changed");
+    let gates: Vec<(u8, Option<u64>)> = gates.collect();
+    for vector in host_vectors {
+        assert!(
+            gates.contains(&(vector, None)),
+            "{vector:#x} keeps the switcher's stub"
+        );
+    }
+    let handed_out: Vec<u8> = gates
+        .iter()
+        .filter(|(_, handler)| handler.is_some())
+        .map(|(vector, _)| *vector)
+        .collect();
+    assert_eq!(handed_out, [0x21, 0xdf, 0xf0, 0xfe]);
+}
+
+#[test]
+fn no_direct_gate_is_ever_handed_out_on_a_host_vector() {
+    // Whatever a guest asks, in any order, the CPU's IDT never gets a guest
+    // handler on a vector the host's hardware interrupts use.
+    let mut w = World::new();
+    for vector in 0..=255u64 {
+        let _ = w.set_trap(vector, HANDLER, trap_flags::DIRECT_FROM_USER);
+    }
+    assert!(!w.guest.has_ended());
+    let (_, gates) = w.guest.take_cpu_tables().expect("tables changed");
+    for (vector, handler) in gates {
+        if guest_abi::hypercall::host_vector::contains(vector) {
+            assert_eq!(handler, None, "{vector:#x}");
+        }
+    }
 }

@@ -3,7 +3,10 @@
 //! One variant per reason, each carrying the bad value and where it was
 //! found, so the line the host prints when it kills a guest is enough to
 //! find the guest's bug. Apart from [`PagingError::OutOfFrames`] (the host
-//! ran out of memory) every variant is the guest's doing.
+//! ran out of memory) and [`PagingError::FaultWithoutProgress`] (the CPU
+//! refused an access for a reason the shadow does not model: a gap in the
+//! host's model, reported instead of looping) every variant is the guest's
+//! doing.
 
 use super::entry::Level;
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, NonCanonical};
@@ -61,6 +64,17 @@ pub enum PagingError {
         /// The address it would translate.
         vaddr: GuestVirtAddr,
     },
+    /// The guest reported an entry below the top level for an address in
+    /// the switcher's slot: no guest table can be there (its top-level
+    /// entry is never present), so the report names nothing of the guest's.
+    SwitcherSlotBelowTop {
+        /// The entry.
+        value: u64,
+        /// Its level (1..=3).
+        level: Level,
+        /// The address it would translate.
+        vaddr: GuestVirtAddr,
+    },
     /// A page-table root (CR3 value) that is not page-aligned or not
     /// inside guest memory.
     BadRoot {
@@ -68,6 +82,39 @@ pub enum PagingError {
         root: u64,
         /// The size of guest memory.
         memory_size: u64,
+    },
+    /// A page-table root that is the guest's shared page, which the host
+    /// writes (the clock, pending interrupts) at every entry: as a root, its
+    /// words would become top-level entries behind the guest's back.
+    SharedPageAsRoot {
+        /// The root.
+        root: u64,
+    },
+    /// A page-table root that is a table the running address space already
+    /// uses one level down, below a kernel-half top-level entry.
+    TableAsRoot {
+        /// The root.
+        root: u64,
+        /// The top-level slot (256..=510) whose entry points at it.
+        slot: usize,
+    },
+    /// The running address space alone needs more shadow tables than the
+    /// guest's bound allows, even after every other shadow table was thrown
+    /// away.
+    ShadowLimit {
+        /// The bound, in shadow frames.
+        limit: u64,
+        /// The address being mapped.
+        vaddr: GuestVirtAddr,
+    },
+    /// A page fault at an address the shadow already maps with every right
+    /// the access needs: the CPU refused it for a reason the shadow does not
+    /// model, and "fixing" it again would loop forever.
+    FaultWithoutProgress {
+        /// The address.
+        vaddr: GuestVirtAddr,
+        /// The hardware error code.
+        error_code: u64,
     },
     /// A virtual address that is not canonical.
     NonCanonical(NonCanonical),
@@ -167,6 +214,31 @@ impl fmt::Display for PagingError {
             Self::SwitcherSlot { value, vaddr } => write!(
                 f,
                 "guest entry {value:#x} for {vaddr} would map the switcher's slot"
+            ),
+            Self::SwitcherSlotBelowTop {
+                value,
+                level,
+                vaddr,
+            } => write!(
+                f,
+                "guest entry {value:#x} at level {} for {vaddr} lies in the switcher's slot",
+                level.number()
+            ),
+            Self::SharedPageAsRoot { root } => write!(
+                f,
+                "page-table root {root:#x} is the shared page, which the host writes"
+            ),
+            Self::TableAsRoot { root, slot } => write!(
+                f,
+                "page-table root {root:#x} is the guest's own level-3 table under top-level slot {slot}"
+            ),
+            Self::ShadowLimit { limit, vaddr } => write!(
+                f,
+                "the running address space alone needs more than its bound of {limit} shadow frames (mapping {vaddr})"
+            ),
+            Self::FaultWithoutProgress { vaddr, error_code } => write!(
+                f,
+                "page fault at {vaddr} (code {error_code:#x}) recurs although the shadow already allows the access"
             ),
             Self::BadRoot { root, memory_size } => write!(
                 f,

@@ -15,11 +15,15 @@
 //! honest: a read maps the page read-only even if the guest allows writes,
 //! so the first write faults again and we can set dirty then.
 //!
-//! A trap into the guest kernel pushes a frame on its stack; if that stack
-//! were not mapped the push would fault inside the switcher with no way to
-//! tell the guest. So the stack is pinned: [`ShadowPaging::pin_stack`]
-//! makes sure it is mapped writable in the running root before the guest
-//! runs, and a guest whose stack cannot be mapped is killed.
+//! A trap into the guest kernel puts a frame on its stack: the host writes
+//! it when it delivers a trap, and the CPU pushes it itself when guest user
+//! code makes a direct trap. So the stack is pinned:
+//! [`ShadowPaging::pin_stack`] makes sure it is mapped writable in the
+//! running root before the guest runs, so a direct trap never stops
+//! half-way to fault the stack in, and a stack the guest's own tables do
+//! not let it write is refused when the guest names it, not found at some
+//! later trap, when there would be nowhere left to deliver the fault. A
+//! guest whose pinned stack cannot be mapped again is killed.
 
 use super::entry::{Level, PteFlags, ShadowEntry};
 use super::error::PagingError;
@@ -28,6 +32,12 @@ use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
 use super::{KernelStack, MAX_STACK_PAGES, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
 use guest_abi::pte::SWITCHER_PML4_INDEX;
+
+/// Passes over the kernel stack before giving up on pinning it at the
+/// bound: one may reclaim for the tables the other pages hold, one more
+/// for the stack's own tables after a gentle reclaim; a third that still
+/// reclaims means the stack alone does not fit.
+const PIN_PASSES: usize = 3;
 
 /// What to do about a page fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +67,9 @@ enum Fill {
     Forbidden {
         present: bool,
     },
+    /// The shadow already mapped the page with every right the access
+    /// needs: the CPU faulted for a reason the walk does not model.
+    NoProgress,
 }
 
 impl ShadowPaging {
@@ -70,7 +83,7 @@ impl ShadowPaging {
         error_code: u64,
     ) -> FaultDecision {
         let access = Access::from_error_code(error_code);
-        match self.fill(mem, frames, vaddr, access) {
+        match self.fill(mem, frames, vaddr, access, true) {
             Ok(Fill::Mapped(_)) => {
                 self.stats.faults_fixed += 1;
                 FaultDecision::Fixed
@@ -86,18 +99,27 @@ impl ShadowPaging {
                     error_code: access.error_code(present),
                 }
             }
+            // Mapping it again would change nothing, and the guest would
+            // fault again at once, for ever: a gap in the model (SMEP was
+            // one), reported with the fault rather than looped on.
+            Ok(Fill::NoProgress) => {
+                FaultDecision::Kill(PagingError::FaultWithoutProgress { vaddr, error_code })
+            }
             Err(reason) => FaultDecision::Kill(reason),
         }
     }
 
     /// Walks, judges, updates the guest's bits and maps: the body of
-    /// [`Self::demand_page`].
+    /// [`Self::demand_page`]. `cpu_faulted`: the CPU refused this access
+    /// (not the host's own access on the guest's behalf), so a shadow that
+    /// already allows it means the fault cannot be fixed.
     fn fill<M: GuestMemory, F: ShadowFrames>(
         &mut self,
         mem: &mut M,
         frames: &mut F,
         vaddr: GuestVirtAddr,
         access: Access,
+        cpu_faulted: bool,
     ) -> Result<Fill, PagingError> {
         // The switcher's slot: nothing of the guest's can be there, so to
         // the guest it is simply not mapped (a stray pointer in guest user
@@ -117,9 +139,27 @@ impl ShadowPaging {
             return Ok(Fill::Raced);
         };
         let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
-        let shadow_root = self.roots.current().shadow;
-        self.map_page(frames, shadow_root, vaddr, leaf)?;
+        if cpu_faulted {
+            let existing = Self::shadow_leaf(frames, self.roots.current().shadow, vaddr);
+            if Self::already_allows(existing, leaf, access) {
+                return Ok(Fill::NoProgress);
+            }
+        }
+        self.map_page_reclaiming(frames, vaddr, leaf)?;
         Ok(Fill::Mapped(walk.page))
+    }
+
+    /// Whether the shadow leaf `existing` already maps the frame of `leaf`
+    /// (what the fill would write) with every right `access` needs: the
+    /// CPU should not have faulted. The accessed and dirty bits are the
+    /// CPU's to set in a shadow entry, so they are not compared.
+    fn already_allows(existing: ShadowEntry, leaf: ShadowEntry, access: Access) -> bool {
+        let flags = existing.flags();
+        existing.is_present()
+            && existing.frame() == leaf.frame()
+            && (!access.write || flags.contains(PteFlags::WRITABLE))
+            && (!access.user || flags.contains(PteFlags::USER))
+            && (!access.fetch || !flags.contains(PteFlags::NO_EXECUTE))
     }
 
     /// The host's own access to guest-virtual `vaddr` on the guest's behalf
@@ -137,10 +177,10 @@ impl ShadowPaging {
     ) -> Result<Option<GuestPhysAddr>, PagingError> {
         // Two tries: the first may find the guest changing an entry.
         for _ in 0..2 {
-            match self.fill(mem, frames, vaddr, access)? {
+            match self.fill(mem, frames, vaddr, access, false)? {
                 Fill::Mapped(page) => return Ok(page.checked_add(vaddr.as_u64() & 0xfff)),
                 Fill::Raced => continue,
-                Fill::Forbidden { .. } => return Ok(None),
+                Fill::Forbidden { .. } | Fill::NoProgress => return Ok(None),
             }
         }
         Ok(None)
@@ -252,12 +292,26 @@ impl ShadowPaging {
             self.stack_needs_pin = false;
             return Ok(());
         };
-        for page in 0..stack.pages {
-            let vaddr = GuestVirtAddr::new_truncate(stack.bottom.as_u64() + page * PAGE_SIZE);
-            self.pin_page(mem, frames, vaddr)?;
+        // Pinning one page may reach the bound on shadow frames, and the
+        // reclaim may throw away the pages pinned before it: the pass is
+        // done again until one needs no reclaim. A stack that keeps
+        // reclaiming itself does not fit in the bound at all, and no trap
+        // could be delivered.
+        for _ in 0..PIN_PASSES {
+            let reclaims = self.stats.reclaims;
+            for page in 0..stack.pages {
+                let vaddr = GuestVirtAddr::new_truncate(stack.bottom.as_u64() + page * PAGE_SIZE);
+                self.pin_page(mem, frames, vaddr)?;
+            }
+            if self.stats.reclaims == reclaims {
+                self.stack_needs_pin = false;
+                return Ok(());
+            }
         }
-        self.stack_needs_pin = false;
-        Ok(())
+        Err(PagingError::ShadowLimit {
+            limit: self.frame_limit,
+            vaddr: stack.bottom,
+        })
     }
 
     /// Pins one stack page. Two tries: the first may find the guest

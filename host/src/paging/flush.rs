@@ -29,14 +29,46 @@ impl ShadowPaging {
     /// Drops everything: the shared kernel half, the user half of the
     /// running root, and every other cached root with its frame. The
     /// kernel stack is re-pinned before the guest runs again.
+    ///
+    /// Its cost is bounded by the guest's bound on shadow frames: it frees
+    /// at most [`ShadowPaging::shadow_frame_limit`] tables (see there for
+    /// the worst case in time).
     pub fn flush_all<F: ShadowFrames>(&mut self, frames: &mut F) {
         self.stats.flushes += 1;
-        self.drop_kernel_half(frames);
+        self.drop_other_roots(frames);
+        self.clear_running(frames);
+    }
+
+    /// Makes room at the bound on shadow frames (counted in
+    /// [`super::PagingStats::reclaims`]): throws away the other cached
+    /// roots, and then, if `everything` or if what is left still fills more
+    /// than three quarters of the bound, the running root's shadow too (as
+    /// lguest did when it ran short). Each reclaim that clears the running
+    /// root leaves at least a quarter of the bound free, so reclaims cost
+    /// O(1) per table allocated, amortized.
+    pub(super) fn reclaim<F: ShadowFrames>(&mut self, frames: &mut F, everything: bool) {
+        self.stats.reclaims += 1;
+        self.drop_other_roots(frames);
+        if everything || self.stats.frames_held > self.frame_limit / 4 * 3 {
+            self.clear_running(frames);
+        }
+    }
+
+    /// Frees every cached root but the running one, with its user half.
+    /// A root built again later is re-pinned ([`Self::switch_root`]).
+    fn drop_other_roots<F: ShadowFrames>(&mut self, frames: &mut F) {
         let others = self.roots.drop_others();
         for root in others {
             self.flush_user_half(frames, root);
             self.free_frame(frames, root);
         }
+    }
+
+    /// Drops the shared kernel half and the running user half, keeping
+    /// only the running root's own frame; the stack is re-pinned before the
+    /// guest runs again.
+    fn clear_running<F: ShadowFrames>(&mut self, frames: &mut F) {
+        self.drop_kernel_half(frames);
         let root = self.roots.current().shadow;
         self.flush_user_half(frames, root);
         self.stack_needs_pin = self.stack.is_some();

@@ -401,6 +401,10 @@ impl Model {
         let code = u64::from(code) & !0b1000; // never the reserved-bit flag
         let (write, user, fetch) = (code & 2 != 0, code & 4 != 0, code & 16 != 0);
         let expected = reference_walk(&self.f.mem, self.current, va);
+        // The shadow leaf before the fault: a real CPU never faults on an
+        // access it already allows, so such a fault is one the host cannot
+        // fix (it would loop), and must be refused.
+        let before = self.f.leaf(va);
         let got = self.f.fault(va, code);
         let access = code & (2 | 4 | 16);
         self.faults_checked += 1;
@@ -414,12 +418,29 @@ impl Model {
             ),
             Reference::Malformed => prop_assert!(matches!(got, FaultDecision::Kill(_))),
             Reference::Mapped {
+                page,
                 write: w,
                 user: u,
                 execute: x,
                 ..
             } => {
-                if (!write || w) && (!user || u) && (!fetch || x) {
+                // SMEP: the guest kernel never executes a user page.
+                let smep = fetch && !user && u;
+                let flags = before.flags();
+                let already = before.is_present()
+                    && before.frame() == Ok(FakeGuestMemory::backing(page >> 12))
+                    && (!write || flags.contains(super::PteFlags::WRITABLE))
+                    && (!user || flags.contains(super::PteFlags::USER))
+                    && (!fetch || !flags.contains(super::PteFlags::NO_EXECUTE));
+                if (!write || w) && (!user || u) && (!fetch || x) && !smep && already {
+                    prop_assert_eq!(
+                        got,
+                        FaultDecision::Kill(super::PagingError::FaultWithoutProgress {
+                            vaddr: GuestVirtAddr::try_new(va).unwrap(),
+                            error_code: code
+                        })
+                    );
+                } else if (!write || w) && (!user || u) && (!fetch || x) && !smep {
                     prop_assert_eq!(got, FaultDecision::Fixed);
                     let leaf = self.f.leaf(va);
                     prop_assert!(leaf.is_present());

@@ -15,6 +15,7 @@ use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
 use super::{MAX_CACHED_ROOTS, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
+use guest_abi::pte::{self, KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
 
 /// Which cached root to throw out when a new one is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +195,7 @@ impl ShadowPaging {
         frames: &mut F,
         root: u64,
     ) -> Result<RootSwitch, PagingError> {
-        let root = Self::check_root(&self.limits, mem, root)?;
+        let root = Self::check_root(&self.limits, self.shared_page, mem, root)?;
         if self.roots.current.guest_root == root {
             self.roots.touch();
             self.stats.roots_reused += 1;
@@ -211,9 +212,20 @@ impl ShadowPaging {
             self.stats.roots_reused += 1;
             return Ok(RootSwitch::Reused);
         }
+        self.check_not_kernel_table(mem, root)?;
         let how = match self.roots.free_slot() {
             Some(index) => {
-                let shadow = self.allocate_table(frames, GuestVirtAddr::new_truncate(0))?;
+                // At the bound, a reclaim makes room: it empties the other
+                // slots (so `index` stays free) and clears the root being
+                // left, which stays cached, empty.
+                let zero = GuestVirtAddr::new_truncate(0);
+                let shadow = match self.allocate_table(frames, zero) {
+                    Err(PagingError::ShadowLimit { .. }) => {
+                        self.reclaim(frames, true);
+                        self.allocate_table(frames, zero)?
+                    }
+                    other => other?,
+                };
                 self.copy_kernel_half(frames, shadow);
                 let slot = RootSlot {
                     guest_root: root,
@@ -246,6 +258,40 @@ impl ShadowPaging {
         self.stats.roots_made += 1;
         self.pin_stack(mem, frames)?;
         Ok(how)
+    }
+
+    /// Refuses a new root that is one of the running address space's
+    /// kernel-half level-3 tables (its top-level entries 256..=510 point at
+    /// them). That is the cheap part of "a live lower-level table is no
+    /// root": 255 reads of the running root, only when a shadow root is
+    /// built (not on a switch served from the cache). The rest (a level-2
+    /// or level-1 table, a user-half table, a table of another address
+    /// space) would need a reverse map of every guest table and is not
+    /// checked: such a root only confuses the guest itself, since every
+    /// entry reached through it is still checked like any other
+    /// ([`super::entry::GuestEntry::decode`]), its switcher slot must be
+    /// absent ([`Self::check_root`]), and the shadow maps nothing but the
+    /// guest's own memory. The host writes only the shared page, refused
+    /// as a root outright, and accessed and dirty bits, as the CPU would.
+    fn check_not_kernel_table<M: GuestMemory>(
+        &self,
+        mem: &M,
+        root: GuestPhysAddr,
+    ) -> Result<(), PagingError> {
+        let current = self.roots.current().guest_root.as_u64();
+        for slot in KERNEL_HALF_FIRST_PML4_INDEX..SWITCHER_PML4_INDEX {
+            let gpa = GuestPhysAddr::new(current + 8 * slot as u64);
+            let value = mem
+                .read_u64(gpa)
+                .map_err(|_| PagingError::GuestMemory { gpa })?;
+            if value & pte::PRESENT != 0 && value & pte::ADDRESS_MASK == root.as_u64() {
+                return Err(PagingError::TableAsRoot {
+                    root: root.as_u64(),
+                    slot,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The guest roots whose shadows are cached, the running one first.

@@ -18,12 +18,21 @@ use crate::addr::{GuestVirtAddr, HostPhysAddr};
 use guest_abi::pte::{KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
 
 impl ShadowPaging {
-    /// A fresh zeroed shadow table, counted.
+    /// A fresh zeroed shadow table, counted; refused at the guest's bound
+    /// ([`ShadowPaging::shadow_frame_limit`]) with
+    /// [`PagingError::ShadowLimit`], which the callers at a safe point (no
+    /// walk of the shadow under way) answer by reclaiming and trying again.
     pub(super) fn allocate_table<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
         vaddr: GuestVirtAddr,
     ) -> Result<HostPhysAddr, PagingError> {
+        if self.stats.frames_held >= self.frame_limit {
+            return Err(PagingError::ShadowLimit {
+                limit: self.frame_limit,
+                vaddr,
+            });
+        }
         let frame = frames
             .allocate_zeroed()
             .ok_or(PagingError::OutOfFrames { vaddr })?;
@@ -153,6 +162,27 @@ impl ShadowPaging {
             }
             None => ShadowEntry::ABSENT,
         }
+    }
+
+    /// Maps the 4 KiB page of `vaddr` in the running root with `leaf`,
+    /// reclaiming at the bound: first gently (the other roots, more if that
+    /// freed too little), then everything. Fails only if even an emptied
+    /// shadow cannot hold this one mapping.
+    pub(super) fn map_page_reclaiming<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+        leaf: ShadowEntry,
+    ) -> Result<(), PagingError> {
+        for everything in [false, true] {
+            let root = self.roots.current().shadow;
+            match self.map_page(frames, root, vaddr, leaf) {
+                Err(PagingError::ShadowLimit { .. }) => self.reclaim(frames, everything),
+                other => return other,
+            }
+        }
+        let root = self.roots.current().shadow;
+        self.map_page(frames, root, vaddr, leaf)
     }
 
     /// Maps the 4 KiB page of `vaddr` under `root` with `leaf`.

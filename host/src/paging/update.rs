@@ -21,9 +21,12 @@
 //! have no shadow for need nothing (the root will be built from scratch).
 //!
 //! Reports can also be queued in the MMU ring in guest memory
-//! ([`guest_abi::pte::ring`]) and applied in one go at the next exit
-//! ([`ShadowPaging::apply_ring`]): one exit for a whole `fork`'s worth of
-//! changes. The ring is the guest's memory, so its indices are never
+//! ([`guest_abi::pte::ring`]) and applied in one go when the guest asks,
+//! with the `FlushMmuRing` hypercall ([`ShadowPaging::apply_ring`]): one
+//! exit for a whole `fork`'s worth of changes. Nothing else applies them:
+//! ops still queued at any other exit wait for that hypercall, so the guest
+//! flushes the ring before it relies on the changes (and before the ring
+//! fills). The ring is the guest's memory, so its indices are never
 //! trusted: the host counts what it applied itself and applies at most one
 //! ring's worth per call.
 
@@ -50,12 +53,24 @@ impl ShadowPaging {
     ) -> Result<(), PagingError> {
         let level = Level::from_number(level).ok_or(PagingError::BadLevel(level))?;
         let vaddr = GuestVirtAddr::try_new(vaddr)?;
-        let root = Self::check_root(&self.limits, mem, root)?;
+        let root = Self::check_root(&self.limits, self.shared_page, mem, root)?;
         self.stats.entries_set += 1;
         if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
-            // Nothing of the guest's is shadowed there; only making the
-            // top-level entry present is an offence.
-            if level == Level::L4 && GuestEntry::new(value).is_present() {
+            // Nothing of the guest's is shadowed there. Making the
+            // top-level entry present is an offence; clearing it is
+            // harmless. Below the top level there is no guest table to
+            // report on (the top-level entry is never present: roots and
+            // top-level reports are checked), so any such report, present
+            // or not, is a guest bug or a probe, refused like the first
+            // rather than silently ignored.
+            if level != Level::L4 {
+                return Err(PagingError::SwitcherSlotBelowTop {
+                    value,
+                    level,
+                    vaddr,
+                });
+            }
+            if GuestEntry::new(value).is_present() {
                 return Err(PagingError::SwitcherSlot { value, vaddr });
             }
             return Ok(());

@@ -92,10 +92,21 @@ impl Access {
 
     /// Whether `rights` allow this access. The guest kernel is supervisor
     /// and CR0.WP is on, so a write needs write rights from it too.
+    ///
+    /// SMEP is modelled: a supervisor fetch from a user page (every level
+    /// allowing user access) is refused, as the CPU refuses it when the
+    /// host runs with CR4.SMEP (it does wherever the CPU has it). Were it
+    /// judged allowed, the host would "fix" the fault by mapping the page
+    /// the CPU had already mapped, and the guest would fault again for
+    /// ever. The guest sees the same rule on every host: on one without
+    /// SMEP, a fetch that finds the page already in the shadow is not
+    /// refused by the CPU, but one that faults is always reflected.
     pub const fn allowed_by(self, rights: Rights) -> bool {
+        let smep = self.fetch && !self.user && rights.user;
         (!self.write || rights.write)
             && (!self.user || rights.user)
             && (!self.fetch || rights.execute)
+            && !smep
     }
 }
 

@@ -49,6 +49,15 @@ pub fn enable() {
     }
 }
 
+/// Tells the host this interrupt's handling is done (its end of
+/// interrupt): exits from here on are the guest's own in the host's
+/// measurements (`SharedPage::in_interrupt`). Only bookkeeping: nothing is
+/// delivered or masked by it.
+pub fn end_of_interrupt() {
+    // SAFETY: as in `flag`.
+    unsafe { AtomicU64::from_ptr(&raw mut (*shared()).in_interrupt) }.store(0, Ordering::SeqCst);
+}
+
 /// Puts the flag back as [`disable`] found it.
 pub fn restore(was_enabled: bool) {
     if was_enabled {

@@ -2,9 +2,9 @@
 //!
 //! An rguest guest is a small kernel that runs in ring 1 on the host's
 //! shadow page tables and asks the host, by hypercall, for everything ring 1
-//! may not do (see `guest-abi` for the contract, and DESIGN.md for the
-//! privilege model). This crate is what every such guest needs before it
-//! can do anything interesting; the programs in `images/guests` are built
+//! may not do (see `guest-abi` for the contract, and `docs/DESIGN.md`,
+//! "The privilege model"). This crate is what every such guest needs before
+//! it can do anything interesting; the programs in `images/guests` are built
 //! on it and stay short.
 //!
 //! The modules, in the order a guest's life uses them:

@@ -241,16 +241,28 @@ mod bare {
 
     /// Runs `handler` for trap `vector`, delivered as `delivery` says.
     pub fn set_handler(vector: u8, handler: Handler, delivery: Delivery) -> Result<(), Error> {
-        let index = usize::from(vector);
-        HANDLERS[index].store(handler as usize, Ordering::Release);
-        IS_INTERRUPT[index].store(delivery == Delivery::Interrupt, Ordering::Release);
         let flags = match delivery {
             Delivery::Exception => trap_flags::KEEP_INTERRUPTS,
             Delivery::Interrupt => 0,
         };
+        register(vector, handler, delivery == Delivery::Interrupt, flags)
+    }
+
+    /// Puts `handler` in the table, then asks the host for the vector (in
+    /// that order, so a trap that comes at once finds it); if the host
+    /// refuses, the handler the vector had before is put back.
+    fn register(vector: u8, handler: Handler, is_interrupt: bool, flags: u64) -> Result<(), Error> {
+        let index = usize::from(vector);
+        let old_handler = HANDLERS[index].swap(handler as usize, Ordering::AcqRel);
+        let old_is_interrupt = IS_INTERRUPT[index].swap(is_interrupt, Ordering::AcqRel);
         // SAFETY: the stub is our own code, which handles the frame the
         // host pushes (see the module docs) for the program's whole life.
-        unsafe { hypercall::set_trap(vector, stub_address(vector), flags) }.map(drop)
+        let result = unsafe { hypercall::set_trap(vector, stub_address(vector), flags) };
+        if result.is_err() {
+            HANDLERS[index].store(old_handler, Ordering::Release);
+            IS_INTERRUPT[index].store(old_is_interrupt, Ordering::Release);
+        }
+        result.map(drop)
     }
 
     /// Runs `handler` for vector `vector` as a *direct trap*: guest user
@@ -260,13 +272,12 @@ mod bare {
     /// so the virtual interrupt flag stays as user code had it (on); the
     /// handler runs like a [`Delivery::Interrupt`] on the way out (the flag
     /// is turned back on if the frame's RFLAGS.IF says it was on).
+    ///
+    /// The host refuses (`InvalidArgument`) the vectors the contract keeps
+    /// from direct traps (`guest_abi::hypercall::may_be_direct`): the
+    /// exceptions, the hypercall gate and the host's own interrupt vectors.
     pub fn set_direct_handler(vector: u8, handler: Handler) -> Result<(), Error> {
-        let index = usize::from(vector);
-        HANDLERS[index].store(handler as usize, Ordering::Release);
-        IS_INTERRUPT[index].store(true, Ordering::Release);
-        // SAFETY: as in set_handler: our own stub, for the program's life.
-        unsafe { hypercall::set_trap(vector, stub_address(vector), trap_flags::DIRECT_FROM_USER) }
-            .map(drop)
+        register(vector, handler, true, trap_flags::DIRECT_FROM_USER)
     }
 
     /// Where the common trap path calls in: runs the vector's handler.
@@ -283,6 +294,11 @@ mod bare {
         handler(frame);
         if IS_INTERRUPT[index].load(Ordering::Acquire) && frame.interrupts_were_on() {
             crate::irq::enable();
+        }
+        // After `enable`: the exit it may make to take the next pending
+        // interrupt is still this interrupt's doing.
+        if index >= usize::from(guest_abi::hypercall::TIMER_VECTOR) {
+            crate::irq::end_of_interrupt();
         }
     }
 

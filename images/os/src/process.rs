@@ -570,6 +570,10 @@ pub fn wait() -> Option<(u64, u64)> {
 fn on_timer(frame: &mut TrapFrame) {
     let _ = hypercall::set_timer(TICK_NS);
     if frame.ring() == 3 {
+        // The interrupt's own work ends here; the switch to another
+        // process, and all that process then does until this one runs
+        // again, is the scheduler's (the host counts it as ours).
+        irq::end_of_interrupt();
         yield_now();
     } else {
         NEED_RESCHED.store(true, Ordering::Relaxed);

@@ -4,7 +4,8 @@
 //! CPU's IDT as a ring-3-callable gate into our ring-1 code, so a system
 //! call goes from ring 3 straight to [`on_syscall`] on the process's kernel
 //! stack (TSS.RSP1) and back with `iretq`, and the host never hears of it.
-//! (`syscall`/`sysret` would land in the host's ring 0; DESIGN.md.)
+//! (`syscall`/`sysret` would land in the host's ring 0; `docs/DESIGN.md`,
+//! "The privilege model".)
 //!
 //! The convention is Linux's: the number in `rax`, arguments in `rdi`,
 //! `rsi`, `rdx`, `r10`, the result in `rax` (`u64::MAX` for failure); the

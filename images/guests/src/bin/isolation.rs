@@ -31,7 +31,8 @@ mod guest {
 
     /// How many times each guest sleeps and checks its memory.
     const ROUNDS: u64 = 5;
-    /// How long each sleep is: several host ticks, for the other guest.
+    /// The shortest sleep: several host ticks, for the other guest. Each
+    /// sleep is also at least as long as our own fill took (see `main`).
     const SLEEP_MS: u64 = 20;
     /// Pages kept out of the pattern for the probe's page tables.
     const TABLE_PAGES: u64 = 8;
@@ -53,6 +54,7 @@ mod guest {
         let tables_start = boot::params().image_end.next_multiple_of(PAGE_BYTES);
         let region = tables_start + TABLE_PAGES * PAGE_BYTES..memory;
         let seed = seed(name);
+        let fill_started = time::now_ns();
         for address in region.clone().step_by(8) {
             // SAFETY: free memory after the image and the table pages,
             // mapped writable by the start-up map; nothing else uses it.
@@ -60,11 +62,22 @@ mod guest {
                 (boot::kernel_virtual(address) as *mut u64).write_volatile(word(seed, address))
             };
         }
+        let fill_ns = time::now_ns() - fill_started;
         let pages = (region.end - region.start) / PAGE_BYTES;
         println!("isolation {name}: filled {pages} pages with pattern {seed:#x}");
+        // The test wants the other guest to have filled its memory before
+        // we finish checking ours (they ran side by side), and no message
+        // can pass between us to make sure of it. Its fill is the same work
+        // as ours, and it never halts while it fills, so while we sleep it
+        // has the CPU alone: sleeping at least as long as our fill took,
+        // ROUNDS times, gives it at least ROUNDS times the wall time our
+        // fill needed (and half the time of our checks besides). It would
+        // have to get less than a fifth of the CPU we got, over all that
+        // time, to be still filling when we print our last line.
+        let sleep_ns = (SLEEP_MS * 1_000_000).max(fill_ns);
         irq::enable();
         for _ in 0..ROUNDS {
-            time::sleep_ms(SLEEP_MS);
+            time::sleep_ns(sleep_ns);
             for address in region.clone().step_by(8) {
                 // SAFETY: as above; reads only.
                 let seen = unsafe { (boot::kernel_virtual(address) as *const u64).read_volatile() };

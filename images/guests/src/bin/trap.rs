@@ -19,8 +19,30 @@
 //! `root-switcher` (`set_root` to a root whose entry 511 is present),
 //! `bad-root` (`set_root` to an address past the guest's memory),
 //! `reserved-bits` (a reported entry with reserved address bit 51 set) and
-//! `ring-overrun` (an MMU ring head more than a ring ahead). An unknown
-//! action lists the known ones and exits with code 2.
+//! `ring-overrun` (an MMU ring head more than a ring ahead).
+//!
+//! Last, the actions the host contains without killing us, each of which
+//! prints what the host did and exits with code 3 (`CONTAINED`):
+//!
+//! - `direct-host-vector`: direct traps on the host's own interrupt vectors
+//!   (its APIC timer, the legacy PICs' range, the spurious vector), each of
+//!   which must be refused with an error (a free vector, 0x80, must not);
+//!   were one accepted, the host's tick would come to our handler;
+//! - `ldt-call-gate`: a data segment and a call gate to the host's ring-0
+//!   code selector written at linear address 0 (a page of ours mapped
+//!   there), which is where the LDT register points after reset, then a
+//!   selector naming each loaded into `ds` and called through: both must
+//!   fault (`#GP` with the selector, reflected to our handler), and the
+//!   gate's target, which notes the code segment it ran with, never run;
+//! - `fpu-plant` and `fpu-look` (one after the other on the command line):
+//!   each reads the x87 control word, MXCSR, `mm0`/`mm7`, `xmm0`/`xmm15`
+//!   and `ds`/`es`/`fs`/`gs`, which must be the clean state, plants values
+//!   of its own, sleeps on the virtual timer while the other runs, and
+//!   reads them again, which must be its own.
+//!
+//! A contained action that gets through prints `survived ...` and exits
+//! with code 1, as the others do. An unknown action lists the known ones
+//! and exits with code 2.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -29,11 +51,12 @@ guest_rt::entry!(guest::main);
 #[cfg(target_os = "none")]
 mod guest {
     use core::arch::asm;
+    use core::sync::atomic::{AtomicU64, Ordering};
     use guest_abi::hypercall::{Number, VECTOR};
     use guest_abi::pte::{ACCESSED, DIRTY, MmuOp, SWITCHER_PML4_INDEX, USER, WRITABLE};
     use guest_rt::paging::{self, FrameAllocator, PAGE_BYTES};
     use guest_rt::traps::{self, Delivery, TrapFrame, vector};
-    use guest_rt::{boot, hypercall, irq, println, user};
+    use guest_rt::{boot, hypercall, irq, println, time, user};
 
     /// One thing to try: its name on the command line, what it does, and
     /// the code that does it.
@@ -144,12 +167,37 @@ mod guest {
             what: "an MMU ring head a thousand ops ahead",
             run: ring_overrun,
         },
+        Action {
+            name: "direct-host-vector",
+            what: "direct traps on the host's own interrupt vectors",
+            run: direct_host_vector,
+        },
+        Action {
+            name: "ldt-call-gate",
+            what: "an LDT of our own at linear 0, with a call gate to ring 0",
+            run: ldt_call_gate,
+        },
+        Action {
+            name: "fpu-plant",
+            what: "planting FPU, SSE and segment state, then sleeping",
+            run: fpu_plant,
+        },
+        Action {
+            name: "fpu-look",
+            what: "reading the FPU, SSE and segment state another guest left",
+            run: fpu_look,
+        },
     ];
 
     /// The exit code when the host let us do it.
     const SURVIVED: u64 = 1;
     /// The exit code for an unknown action.
     const UNKNOWN_ACTION: u64 = 2;
+    /// The exit code of the actions the host contains without killing us
+    /// (it refuses the request, reflects the fault, or keeps our state
+    /// apart): each prints what the host did first, and a test expects
+    /// both (`guests=trap/ldt-call-gate:3`).
+    const CONTAINED: u64 = 3;
 
     pub fn main() -> u64 {
         let name = boot::cmdline();
@@ -448,6 +496,405 @@ mod guest {
             let result = paging::ring::flush();
             println!("trap: the host applied the ring: {result:?}");
         }
+    }
+
+    /// The vectors the host's own hardware interrupts arrive on, as a
+    /// hostile guest finds them: the local APIC timer (0x20), the legacy
+    /// PICs moved to 0xe0-0xef (the first, a middle and the last) and the
+    /// APIC's spurious vector (0xff). A direct-trap gate there would hand
+    /// the host's interrupts to us: the host would never acknowledge its
+    /// timer again, nor take the CPU back.
+    const HOST_VECTORS: [u8; 5] = [0x20, 0xe0, 0xe7, 0xef, 0xff];
+    /// A vector the host leaves to guests (the guest OS's system calls):
+    /// the control, which must still be accepted.
+    const FREE_VECTOR: u8 = 0x80;
+
+    /// Interrupts that reached our direct handler.
+    static HOST_INTERRUPTS_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+    fn direct_host_vector() {
+        let mut accepted = false;
+        for vector in HOST_VECTORS {
+            match traps::set_direct_handler(vector, on_host_interrupt) {
+                Ok(()) => {
+                    println!("trap: the host gave us its vector {vector:#x}");
+                    accepted = true;
+                }
+                Err(error) => {
+                    println!("trap: direct trap on vector {vector:#x} refused: {error:?}")
+                }
+            }
+        }
+        if let Err(error) = traps::set_direct_handler(FREE_VECTOR, on_host_interrupt) {
+            panic!("the host refused the free vector {FREE_VECTOR:#x}: {error:?}");
+        }
+        // SAFETY: a zero handler removes the trap again.
+        if let Err(error) = unsafe { hypercall::set_trap(FREE_VECTOR, 0, 0) } {
+            panic!("the host refused to remove vector {FREE_VECTOR:#x}: {error:?}");
+        }
+        if !accepted {
+            println!(
+                "trap: every host vector refused with an error, vector {FREE_VECTOR:#x} accepted"
+            );
+            hypercall::shutdown(CONTAINED);
+        }
+        // The gates are in the CPU's IDT from our next entry on: wait (a
+        // second at most) for the host's tick to come to us instead.
+        let start = time::now_ns();
+        while HOST_INTERRUPTS_TAKEN.load(Ordering::SeqCst) == 0
+            && time::now_ns() - start < 1_000_000_000
+        {
+            core::hint::spin_loop();
+        }
+        println!(
+            "trap: our handler took {} of the host's interrupts",
+            HOST_INTERRUPTS_TAKEN.load(Ordering::SeqCst)
+        );
+    }
+
+    fn on_host_interrupt(_frame: &mut TrapFrame) {
+        HOST_INTERRUPTS_TAKEN.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The selector bit that names the LDT instead of the GDT.
+    const SELECTOR_LDT: u16 = 1 << 2;
+    /// LDT entry 1: a flat data segment of privilege 3, which ring 1 may
+    /// load (requested privilege 3).
+    const LDT_DATA_SELECTOR: u16 = (1 << 3) | SELECTOR_LDT | 3;
+    const LDT_DATA_DESCRIPTOR: u64 = 0x00cf_f300_0000_ffff;
+    /// LDT entries 2 and 3: a 64-bit call gate (requested privilege 1).
+    const LDT_GATE_SELECTOR: u16 = (2 << 3) | SELECTOR_LDT | 1;
+    /// The ring-0 code selector of the guest GDT (the switcher's own,
+    /// `switcher::selector::SWITCHER_CODE`): where the gate leads.
+    const RING0_CODE_SELECTOR: u16 = 0x08;
+
+    /// A 64-bit call gate of privilege `dpl` to `target` in code segment
+    /// `selector` (type 0xc, present): its two descriptor slots.
+    const fn call_gate(target: u64, selector: u16, dpl: u8) -> [u64; 2] {
+        let access = 0x8c | ((dpl as u64 & 3) << 5);
+        let low = (target & 0xffff)
+            | ((selector as u64) << 16)
+            | (access << 40)
+            | (((target >> 16) & 0xffff) << 48);
+        [low, target >> 32]
+    }
+
+    /// `mov ds, ax`: the data segment load we try, as bytes, so the #GP
+    /// handler knows it.
+    const MOV_DS_AX: [u8; 2] = [0x8e, 0xd8];
+    /// `rex.w call far [rax]` (`lcallq *(%rax)`): the far call through the
+    /// gate, likewise.
+    const FAR_CALL_RAX: [u8; 3] = [0x48, 0xff, 0x18];
+
+    /// The #GP error codes (plus one, 0: no #GP) of the two attempts.
+    static DATA_LOAD_GP: AtomicU64 = AtomicU64::new(0);
+    static FAR_CALL_GP: AtomicU64 = AtomicU64::new(0);
+    /// The code segment the ring-0 landing ran with (0: it never ran).
+    static LANDED_CS: AtomicU64 = AtomicU64::new(0);
+
+    // Where the call gate leads: code of ours that would run in ring 0 on
+    // the register page's stack. It notes the code segment it ran with and
+    // returns to ring 1 (`lretq` pops RIP, CS, RSP and SS), so a host that
+    // let it through hears about it instead of crashing.
+    core::arch::global_asm!(
+        ".section .text.trap_ring0_landing, \"ax\"",
+        ".globl trap_ring0_landing",
+        "trap_ring0_landing:",
+        "    movl %cs, %eax",
+        "    movq %rax, {landed}(%rip)",
+        "    lretq",
+        landed = sym LANDED_CS,
+        options(att_syntax),
+    );
+
+    unsafe extern "C" {
+        /// The landing above.
+        static trap_ring0_landing: u8;
+    }
+
+    /// After reset the LDT register names a table at linear address 0
+    /// (limit 0xffff): our memory, if we map a page there. We put a data
+    /// segment and a call gate to the host's ring-0 code selector in it and
+    /// use both. A host that loaded a null LDT makes each a #GP, which the
+    /// host reflects to our handler with the selector as the error code.
+    fn ldt_call_gate() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let Some(page) = frames.allocate_zeroed() else {
+            panic!("no free page for the LDT");
+        };
+        let landing = (&raw const trap_ring0_landing) as u64;
+        let gate = call_gate(landing, RING0_CODE_SELECTOR, 3);
+        // SAFETY: a free page we were just given, written through the
+        // start-up map (linear 0 itself is never dereferenced from Rust).
+        unsafe {
+            let table = boot::kernel_virtual(page) as *mut u64;
+            table.add(1).write_volatile(LDT_DATA_DESCRIPTOR);
+            table.add(2).write_volatile(gate[0]);
+            table.add(3).write_volatile(gate[1]);
+        }
+        // SAFETY: the lower half of the start-up tables is empty: the page
+        // at linear 0 takes nothing from anyone.
+        let mapped =
+            unsafe { paging::map_page(root, 0, page, WRITABLE | ACCESSED | DIRTY, &mut frames) };
+        if let Err(why) = mapped {
+            panic!("cannot map the page at linear 0: {why:?}");
+        }
+        if let Err(error) =
+            traps::set_handler(vector::GENERAL_PROTECTION, on_ldt_gp, Delivery::Exception)
+        {
+            panic!("the host refused the #GP handler: {error:?}");
+        }
+        // SAFETY: a segment load that either faults into our handler (which
+        // resumes after it) or loads a flat data segment, which 64-bit code
+        // ignores; DS goes back to null either way.
+        unsafe {
+            asm!(
+                ".byte 0x8e, 0xd8",
+                "xor eax, eax",
+                "mov ds, ax",
+                inout("eax") u32::from(LDT_DATA_SELECTOR) => _,
+            )
+        }
+        // The far pointer: an offset (ignored for a gate), then the selector.
+        let far_pointer: [u64; 2] = [0, u64::from(LDT_GATE_SELECTOR)];
+        // SAFETY: the call faults into our handler, which resumes after it,
+        // or (a broken host) runs the landing, which returns here with
+        // only rax changed.
+        unsafe {
+            asm!(
+                ".byte 0x48, 0xff, 0x18",
+                inout("rax") far_pointer.as_ptr() => _,
+            )
+        }
+        let landed = LANDED_CS.load(Ordering::SeqCst);
+        if landed != 0 {
+            println!("trap: the call gate ran our code in ring 0 (cs = {landed:#x})");
+            return;
+        }
+        println!(
+            "trap: mov ds, {LDT_DATA_SELECTOR:#x}: {}; far call through {LDT_GATE_SELECTOR:#x}: {}; ring 0 never reached",
+            GpSeen(DATA_LOAD_GP.load(Ordering::SeqCst)),
+            GpSeen(FAR_CALL_GP.load(Ordering::SeqCst)),
+        );
+        hypercall::shutdown(CONTAINED);
+    }
+
+    /// What one of the LDT attempts met: a #GP's error code plus one, or
+    /// 0 for none (as the statics above keep it).
+    struct GpSeen(u64);
+
+    impl core::fmt::Display for GpSeen {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self.0 {
+                0 => f.write_str("no #GP"),
+                code => write!(f, "#GP({:#x})", code - 1),
+            }
+        }
+    }
+
+    fn on_ldt_gp(frame: &mut TrapFrame) {
+        let code = frame.error_code + 1;
+        if frame.skip_instruction(&MOV_DS_AX) {
+            DATA_LOAD_GP.store(code, Ordering::SeqCst);
+        } else if frame.skip_instruction(&FAR_CALL_RAX) {
+            FAR_CALL_GP.store(code, Ordering::SeqCst);
+        } else {
+            panic!(
+                "#GP (error code {:#x}) at {:#x} in ring {}",
+                frame.error_code,
+                frame.rip,
+                frame.ring()
+            );
+        }
+    }
+
+    /// What stays in the CPU between one guest's entries unless the host
+    /// switches it: x87 control word, MXCSR, two MMX and two SSE registers,
+    /// and the four data segment selectors.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct CpuContext {
+        fcw: u16,
+        mxcsr: u32,
+        mm0: u64,
+        mm7: u64,
+        xmm0: [u64; 2],
+        xmm15: [u64; 2],
+        ds: u16,
+        es: u16,
+        fs: u16,
+        gs: u16,
+    }
+
+    impl core::fmt::Display for CpuContext {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(
+                f,
+                "fcw={:#x} mxcsr={:#x} mm0={:#x} mm7={:#x} xmm0={:#x}:{:#x} xmm15={:#x}:{:#x} ds={:#x} es={:#x} fs={:#x} gs={:#x}",
+                self.fcw,
+                self.mxcsr,
+                self.mm0,
+                self.mm7,
+                self.xmm0[1],
+                self.xmm0[0],
+                self.xmm15[1],
+                self.xmm15[0],
+                self.ds,
+                self.es,
+                self.fs,
+                self.gs
+            )
+        }
+    }
+
+    /// What a guest starts with: `fninit`'s control word, MXCSR's reset
+    /// value (every exception masked), zeroed registers, null selectors.
+    const CLEAN: CpuContext = CpuContext {
+        fcw: 0x037f,
+        mxcsr: 0x1f80,
+        mm0: 0,
+        mm7: 0,
+        xmm0: [0; 2],
+        xmm15: [0; 2],
+        ds: 0,
+        es: 0,
+        fs: 0,
+        gs: 0,
+    };
+
+    /// What `fpu-plant` plants: rounding toward zero in both units (every
+    /// exception still masked), `a0` patterns, and the four selectors ring
+    /// 1 may load (guest kernel data and code, user data and code), each
+    /// in another register than `fpu-look` puts it.
+    const PLANTED: CpuContext = CpuContext {
+        fcw: 0x0f7f,
+        mxcsr: 0x7f80,
+        mm0: 0xa0a0_0000_0000_0000,
+        mm7: 0xa0a0_0000_0000_0007,
+        xmm0: [0xa0a0_0000_0000_0100, 0xa0a0_0000_0000_0101],
+        xmm15: [0xa0a0_0000_0000_1500, 0xa0a0_0000_0000_1501],
+        ds: 0x21,
+        es: 0x2b,
+        fs: 0x19,
+        gs: 0x33,
+    };
+
+    /// What `fpu-look` plants after looking: rounding down, `b0` patterns,
+    /// the selectors in other registers.
+    const LOOKED: CpuContext = CpuContext {
+        fcw: 0x077f,
+        mxcsr: 0x3f80,
+        mm0: 0xb0b0_0000_0000_0000,
+        mm7: 0xb0b0_0000_0000_0007,
+        xmm0: [0xb0b0_0000_0000_0100, 0xb0b0_0000_0000_0101],
+        xmm15: [0xb0b0_0000_0000_1500, 0xb0b0_0000_0000_1501],
+        ds: 0x2b,
+        es: 0x21,
+        fs: 0x33,
+        gs: 0x19,
+    };
+
+    /// How long each sleeps: `fpu-plant` long enough for `fpu-look` (next
+    /// on the command line) to start, look, plant and sleep in between.
+    const PLANT_SLEEP_MS: u64 = 200;
+    const LOOK_SLEEP_MS: u64 = 20;
+
+    fn read_context() -> CpuContext {
+        let mut context = CLEAN;
+        let xmm = [&raw mut context.xmm0, &raw mut context.xmm15];
+        // SAFETY: stores of the state into `context`'s own fields; the
+        // guest is soft-float, so no compiled code keeps anything in these
+        // registers, and reading MMX registers changes only the x87 tags.
+        unsafe {
+            asm!(
+                "fnstcw word ptr [{fcw}]",
+                "stmxcsr dword ptr [{mxcsr}]",
+                "movq {mm0}, mm0",
+                "movq {mm7}, mm7",
+                "movdqu xmmword ptr [{xmm0}], xmm0",
+                "movdqu xmmword ptr [{xmm15}], xmm15",
+                "mov {ds:x}, ds",
+                "mov {es:x}, es",
+                "mov {fs:x}, fs",
+                "mov {gs:x}, gs",
+                fcw = in(reg) &raw mut context.fcw,
+                mxcsr = in(reg) &raw mut context.mxcsr,
+                xmm0 = in(reg) xmm[0],
+                xmm15 = in(reg) xmm[1],
+                mm0 = out(reg) context.mm0,
+                mm7 = out(reg) context.mm7,
+                ds = out(reg) context.ds,
+                es = out(reg) context.es,
+                fs = out(reg) context.fs,
+                gs = out(reg) context.gs,
+                options(nostack),
+            )
+        }
+        context
+    }
+
+    fn plant(context: &CpuContext) {
+        // SAFETY: the guest is soft-float, so no compiled code uses the
+        // x87, MMX or SSE registers we load (every exception stays masked);
+        // 64-bit code ignores DS and ES, and the FS and GS selectors we
+        // load are flat segments of base 0, as they were.
+        unsafe {
+            asm!(
+                "fldcw word ptr [{fcw}]",
+                "ldmxcsr dword ptr [{mxcsr}]",
+                "movq mm0, {mm0}",
+                "movq mm7, {mm7}",
+                "movdqu xmm0, xmmword ptr [{xmm0}]",
+                "movdqu xmm15, xmmword ptr [{xmm15}]",
+                "mov ds, {ds:x}",
+                "mov es, {es:x}",
+                "mov fs, {fs:x}",
+                "mov gs, {gs:x}",
+                fcw = in(reg) &raw const context.fcw,
+                mxcsr = in(reg) &raw const context.mxcsr,
+                xmm0 = in(reg) &raw const context.xmm0,
+                xmm15 = in(reg) &raw const context.xmm15,
+                mm0 = in(reg) context.mm0,
+                mm7 = in(reg) context.mm7,
+                ds = in(reg) context.ds,
+                es = in(reg) context.es,
+                fs = in(reg) context.fs,
+                gs = in(reg) context.gs,
+                options(nostack, readonly),
+            )
+        }
+    }
+
+    fn fpu_plant() {
+        fpu_round("fpu-plant", &PLANTED, PLANT_SLEEP_MS);
+    }
+
+    fn fpu_look() {
+        fpu_round("fpu-look", &LOOKED, LOOK_SLEEP_MS);
+    }
+
+    /// Looks at the state we start with (it must be the clean one, not
+    /// another guest's), plants `mine`, sleeps on the virtual timer so the
+    /// other guests run, and looks again (it must be ours, untouched).
+    fn fpu_round(name: &str, mine: &CpuContext, sleep_ms: u64) {
+        let at_start = read_context();
+        println!("trap: {name} at start: {at_start}");
+        plant(mine);
+        time::sleep_ms(sleep_ms);
+        let after_sleep = read_context();
+        println!("trap: {name} after a {sleep_ms} ms sleep: {after_sleep}");
+        if at_start != CLEAN {
+            println!(
+                "survived {name}: we started with another guest's state, not the clean {CLEAN}"
+            );
+            hypercall::shutdown(SURVIVED);
+        }
+        if after_sleep != *mine {
+            println!("survived {name}: our state changed while we slept; we had planted {mine}");
+            hypercall::shutdown(SURVIVED);
+        }
+        println!("trap: {name}: clean state at start, our own state back after the sleep");
+        hypercall::shutdown(CONTAINED);
     }
 
     fn on_user_ud2(frame: &mut TrapFrame) {

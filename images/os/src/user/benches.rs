@@ -32,7 +32,9 @@ const PIPE_PINGPONG: usize = 10;
 const SYSCALLS: u64 = 10_000;
 
 /// `syscall`: [`SYSCALLS`] `getpid` calls between a `bench_mark` pair: the
-/// host's events line must show no exits (the gate never leaves the guest).
+/// host's events line must show no exits of the guest's own
+/// (`guest_exits=0`: the gate never leaves the guest); host ticks that land
+/// in the loop are counted apart, as many as the machine is slow.
 pub fn syscall_loop() -> bool {
     let me = getpid();
     // Warm: the loop's code and stack are mapped before the timing.
