@@ -4,8 +4,15 @@
 //! not give it up (a guest spinning with its virtual interrupts off is still
 //! preempted by this real interrupt), and it needs to know how fast its
 //! clocks run. The local APIC timer and the TSC run at rates no register
-//! tells us, so we count both across 10 ms of the one clock whose rate is
-//! fixed by the PC's design: the 8254 PIT at 1.193182 MHz.
+//! tells us, so we count both across a few milliseconds of the one clock
+//! whose rate is fixed by the PC's design: the 8254 PIT at 1.193182 MHz.
+//!
+//! Under an emulator all three clocks are the host machine's wall time, and
+//! the emulator can be descheduled at any moment: a stall that falls
+//! between starting the PIT and reading the TSC shortens the window we
+//! measure and makes every clock look slower than it is (a long one would
+//! make the tick period collapse). So we measure three times and keep the
+//! median, which one stall cannot move.
 //!
 //! The legacy 8259 PICs are moved out of the exception vectors and masked:
 //! all interrupts arrive through the local APIC.
@@ -30,7 +37,10 @@ mod reg {
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const PIT_HZ: u64 = 1_193_182;
-const CALIBRATION_MS: u64 = 10;
+/// The length of one calibration window, and how many are taken (the
+/// median counts): together about as long as one 10 ms window was.
+const CALIBRATION_MS: u64 = 3;
+const CALIBRATION_RUNS: usize = 3;
 /// LVT timer mode bit: periodic rather than one-shot.
 const TIMER_PERIODIC: u32 = 1 << 17;
 /// LVT mask bit.
@@ -80,7 +90,7 @@ pub fn init(tick_hz: u32, has_apic: bool) -> Result<Clocks, ApicError> {
     write(reg::TIMER_DIVIDE, 0b0011); // divide by 16
     write(reg::LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
 
-    let (tsc_ticks, apic_ticks) = count_across_pit_interval().ok_or(ApicError::NoPit)?;
+    let (tsc_ticks, apic_ticks) = median_count_across_pit_intervals().ok_or(ApicError::NoPit)?;
     let tsc_hz = tsc_ticks * 1000 / CALIBRATION_MS;
     let apic_timer_hz = apic_ticks * 1000 / CALIBRATION_MS;
 
@@ -94,8 +104,20 @@ pub fn init(tick_hz: u32, has_apic: bool) -> Result<Clocks, ApicError> {
     })
 }
 
+/// [`count_across_pit_interval`] [`CALIBRATION_RUNS`] times; the run with
+/// the median TSC count (and its APIC count: both come from the same
+/// window, so a stall moved both alike).
+fn median_count_across_pit_intervals() -> Option<(u64, u64)> {
+    let mut runs = [(0, 0); CALIBRATION_RUNS];
+    for run in &mut runs {
+        *run = count_across_pit_interval()?;
+    }
+    runs.sort_unstable();
+    Some(runs[CALIBRATION_RUNS / 2])
+}
+
 /// Runs the APIC timer (one-shot, masked) and the TSC while PIT channel 2
-/// counts down 10 ms; returns how far each advanced.
+/// counts down [`CALIBRATION_MS`]; returns how far each advanced.
 fn count_across_pit_interval() -> Option<(u64, u64)> {
     let latch = (PIT_HZ * CALIBRATION_MS / 1000) as u16;
     let mut gate = Port::<u8>::new(0x61);
