@@ -38,6 +38,12 @@ pub struct Features {
     pub hw_virt: bool,
     /// We run under a hypervisor.
     pub hypervisor: bool,
+    /// `rdtscp` (and so the TSC_AUX MSR it reads).
+    pub rdtscp: bool,
+    /// `rdpid` (which reads TSC_AUX too).
+    pub rdpid: bool,
+    /// `sysenter`/`sysexit` and their MSRs.
+    pub sysenter: bool,
 }
 
 /// Reads CPUID and prints one summary line.
@@ -61,6 +67,9 @@ pub fn detect() -> Features {
         hw_virt: basic.as_ref().is_some_and(|f| f.has_vmx())
             || ext.as_ref().is_some_and(|e| e.has_svm()),
         hypervisor: basic.as_ref().is_some_and(|f| f.has_hypervisor()),
+        rdtscp: ext.as_ref().is_some_and(|e| e.has_rdtscp()),
+        rdpid: leaf7.as_ref().is_some_and(|f| f.has_rdpid()),
+        sysenter: basic.as_ref().is_some_and(|f| f.has_sysenter_sysexit()),
     };
     let vendor = cpuid.get_vendor_info();
     let brand = cpuid.get_processor_brand_string();
@@ -109,8 +118,16 @@ pub fn physical_address_bits() -> u8 {
 /// addresses of nothing the guest has mapped. Not SMAP: the guest kernel
 /// is supervisor too, and it must reach its own user pages without `stac`,
 /// which ring 1 cannot execute.
+///
+/// First it puts every piece of CPU state a guest could reach and the
+/// host does not use into a known state, instead of the one the loader
+/// left (the boot code only adds to CR0, CR4 and EFER; a firmware, GRUB,
+/// or a kernel that `kexec`s us may have set anything):
+/// `clear_what_guests_could_reach`. `docs/DESIGN.md`, "CPU state a guest
+/// can reach", has the whole list.
 pub fn harden(features: &Features) {
     use x86_64::registers::control::{Cr4, Cr4Flags};
+    clear_what_guests_could_reach(features);
     let mut add = Cr4Flags::empty();
     if features.umip {
         add |= Cr4Flags::USER_MODE_INSTRUCTION_PREVENTION;
@@ -122,6 +139,114 @@ pub fn harden(features: &Features) {
     // ring-0 code runs (it never executes user pages, and UMIP only
     // affects rings 1-3).
     unsafe { Cr4::update(|flags| flags.insert(add)) };
+}
+
+/// CR4 bits a loader may have left on that would hand guests something:
+/// VME and PVI (`cli`/`sti` in ring 3 change a virtual flag instead of
+/// faulting), TSD (`rdtsc` faulting: guests time with it), DE, PGE (the
+/// host never uses global pages: every CR3 load must drop every
+/// translation), PCE (`rdpmc` at any privilege: the host's performance
+/// counters), FSGSBASE (`wrfsbase`/`wrgsbase` at any privilege: FS and GS
+/// bases nobody switches between guests), PCIDE, OSXSAVE (AVX and the
+/// XSAVE family: YMM and other state `fxsave` does not switch), Key
+/// Locker, SMAP (the guest kernel, supervisor too, must reach its user
+/// pages without `stac`), PKE and PKS (a PKRU nobody switches), CET,
+/// UINTR (bit 25) and LAM_SUP (bit 28).
+const CR4_CLEARED: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 28);
+/// CR0.AM: with it off, RFLAGS.AC does nothing in any ring (no `#AC` in
+/// guest user code, whatever it sets).
+const CR0_ALIGNMENT_MASK: u64 = 1 << 18;
+/// EFER.SCE (`syscall` would enter ring 0 at LSTAR, from a guest), LMSLE
+/// (segment limits in 64-bit mode, which the guests' flat 4 GiB segments
+/// would trip over in the upper half) and FFXSR (AMD's fast `fxsave`/
+/// `fxrstor`, which in ring 0 skip the XMM registers: the guests' SSE
+/// state would not be switched).
+const EFER_CLEARED: u64 = (1 << 0) | (1 << 13) | (1 << 14);
+
+/// MSRs zeroed at set-up (addresses).
+mod msr {
+    /// `sysenter`'s code selector: 0 makes it `#GP` (or `#UD` on AMD in long
+    /// mode) instead of entering ring 0 wherever a loader pointed it.
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// `syscall`'s selectors, target and flag mask (unused: EFER.SCE is off).
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const SFMASK: u32 = 0xc000_0084;
+    /// FS and GS bases, and the one `swapgs` exchanges: guests can only
+    /// load selectors, whose descriptors all have base 0, and on AMD a
+    /// null selector keeps the old base, so it must be 0 to begin with.
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// What `rdtscp` and `rdpid` give at any privilege.
+    pub const TSC_AUX: u32 = 0xc000_0103;
+}
+
+/// Puts the CPU state guests can reach, or that decides what they can
+/// reach, into a known state (see [`CR4_CLEARED`], [`CR0_ALIGNMENT_MASK`],
+/// [`EFER_CLEARED`], [`msr`]), and clears the debug registers so that no
+/// breakpoint a loader left fires in a guest or in the host.
+fn clear_what_guests_could_reach(features: &Features) {
+    use x86_64::registers::control::{Cr0, Cr4};
+    use x86_64::registers::model_specific::{Efer, Msr};
+    let zeroed = [
+        msr::STAR,
+        msr::LSTAR,
+        msr::SFMASK,
+        msr::FS_BASE,
+        msr::GS_BASE,
+        msr::KERNEL_GS_BASE,
+    ]
+    .into_iter()
+    .chain(
+        features
+            .sysenter
+            .then_some([msr::SYSENTER_CS, msr::SYSENTER_ESP, msr::SYSENTER_EIP])
+            .into_iter()
+            .flatten(),
+    )
+    .chain((features.rdtscp || features.rdpid).then_some(msr::TSC_AUX));
+    // SAFETY: the host uses none of this state. Clearing these CR4 bits is
+    // always allowed (PCIDE only with CR3's PCID 0, which the host's
+    // tables always have; LA57 and VMXE, which cannot change here, are
+    // left alone); CR0.AM and the EFER bits change nothing for ring 0;
+    // every MSR written exists on every x86-64 CPU or on one whose CPUID
+    // says so (`sysenter`, TSC_AUX), and 0 is a valid value for each; the
+    // host has no FS or GS base, and no `syscall` or `sysenter` entry.
+    // DR7 = 0x400 is its reset value (no breakpoint enabled), DR6's
+    // likewise.
+    unsafe {
+        Cr4::write_raw(Cr4::read_raw() & !CR4_CLEARED);
+        Cr0::write_raw(Cr0::read_raw() & !CR0_ALIGNMENT_MASK);
+        Efer::write_raw(Efer::read_raw() & !EFER_CLEARED);
+        for address in zeroed {
+            Msr::new(address).write(0);
+        }
+        core::arch::asm!(
+            "mov dr7, {dr7}",
+            "mov dr6, {dr6}",
+            dr7 = in(reg) 0x400u64,
+            dr6 = in(reg) 0xffff_0ff0u64,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
 }
 
 /// Lets guests use the x87 FPU, MMX and SSE, which every x86-64 CPU has.

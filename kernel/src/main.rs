@@ -14,7 +14,8 @@
 //! 3. [`cpu`], [`gdt`], [`interrupts`]: what the CPU can do (and the FPU
 //!    and SSE given to guests); segments, a null LDT, the task state with
 //!    its emergency stacks; an IDT whose every exception reports and stops
-//!    the machine.
+//!    the machine. [`cpu_check`]: whether this CPU keeps ring 1 out of
+//!    ring 0 (a warning where it does not, as under QEMU's TCG).
 //! 4. [`memory`]: the frame allocator, the host's page tables with the
 //!    direct map of RAM, the heap.
 //! 5. [`apic`]: the periodic tick, calibrated against the PIT; [`acpi`]:
@@ -49,6 +50,8 @@ mod console;
 mod context;
 #[cfg(target_os = "none")]
 mod cpu;
+#[cfg(target_os = "none")]
+mod cpu_check;
 #[cfg(target_os = "none")]
 mod gdt;
 #[cfg(target_os = "none")]
@@ -113,6 +116,8 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
     }
     cpu::harden(&features);
     cpu::enable_fpu_for_guests();
+    // Before any guest: does this CPU keep ring 1 out of ring 0?
+    cpu_check::run();
     if let Err(e) = memory::init(&boot, features.nx) {
         fail(format_args!("memory set-up failed: {e}"));
     }

@@ -6,15 +6,18 @@
 //!
 //! 1. maps the switcher's code pages (the kernel's `.switcher` section) at
 //!    `SLOT_BASE` in the host's tables, read-only and executable;
-//! 2. takes three frames for this CPU, maps them writable for the host,
-//!    and fills in the guest GDT, TSS and IDT: the state page and the IDT
-//!    page, which are this CPU's, and a register page of the CPU's own,
-//!    which fills the register slot only while no guest's page is there
-//!    (each guest has its own register page, see below);
+//! 2. takes four frames for this CPU, maps them writable for the host,
+//!    and fills in the guest GDT, TSS and IDT: the state page, the IDT
+//!    page and the host page (what the switcher keeps of the host, and the
+//!    pointers its entry loads), which are this CPU's, and a register page
+//!    of the CPU's own, which fills the register slot only while no
+//!    guest's page is there (each guest has its own register page, see
+//!    below);
 //! 3. builds this CPU's *guest view* of the slot, a small page-table tree
 //!    that every shadow root on this CPU gets as its last top-level entry:
 //!    the code read-only, the register slot writable, the state and IDT
-//!    pages read-only, all supervisor-only, nothing of other CPUs.
+//!    pages read-only, all supervisor-only, nothing of other CPUs, and not
+//!    the host page.
 //!
 //! [`CpuSwitcher::run`] then maps the guest's own register page into the
 //! guest view's register slot, enters the guest and comes back with its
@@ -29,9 +32,9 @@ use crate::memory::paging::{HostPageRights, map_host_page, nx_bit};
 use crate::memory::{self, MemoryError, phys_to_virt};
 use host::addr::HostPhysAddr;
 use switcher::{
-    GDT_ENTRIES, Gate, IdtPage, PAGE, SLOT_BASE, STUB_STRIDE, StatePage, TablePointer, Tss,
-    idt_page_offset, register_page_offset, segment_descriptor, selector, state_page_offset,
-    tss_descriptor,
+    GDT_ENTRIES, Gate, HostPage, IdtPage, PAGE, SLOT_BASE, STUB_STRIDE, StatePage, TablePointer,
+    Tss, host_page_offset, idt_page_offset, register_page_offset, segment_descriptor, selector,
+    state_page_offset, tss_descriptor,
 };
 
 unsafe extern "C" {
@@ -57,6 +60,8 @@ pub struct CpuSwitcher {
     regs_frame: HostPhysAddr,
     state_frame: HostPhysAddr,
     idt_frame: HostPhysAddr,
+    /// The host page: mapped in the host's tables only.
+    host_frame: HostPhysAddr,
     /// The third-level table of the guest view: what shadow roots put in
     /// their last top-level entry.
     guest_view: HostPhysAddr,
@@ -105,10 +110,12 @@ impl CpuSwitcher {
         let regs_frame = zeroed_frame()?;
         let state_frame = zeroed_frame()?;
         let idt_frame = zeroed_frame()?;
+        let host_frame = zeroed_frame()?;
         for (offset, frame) in [
             (register_page_offset(cpu), regs_frame),
             (state_page_offset(cpu), state_frame),
             (idt_page_offset(cpu), idt_frame),
+            (host_page_offset(cpu), host_frame),
         ] {
             map_host_page(SLOT_BASE + offset, frame, HostPageRights::ReadWrite)?;
         }
@@ -118,12 +125,13 @@ impl CpuSwitcher {
             regs_frame,
             state_frame,
             idt_frame,
+            host_frame,
             guest_view: view_frames[0],
             view_frames,
             resident_registers: regs_frame,
             contexts: GuestContexts::new(),
         };
-        this.fill_state_page();
+        this.fill_state_and_host_pages();
         this.fill_idt();
         this.build_guest_view();
         Ok(this)
@@ -150,13 +158,22 @@ impl CpuSwitcher {
         unsafe { &mut *phys_to_virt(self.idt_frame).cast::<IdtPage>() }
     }
 
-    fn fill_state_page(&mut self) {
+    fn host_page(&mut self) -> &mut HostPage {
+        // SAFETY: as for `state`, for the host frame (`HostPage` fits in a
+        // page too).
+        unsafe { &mut *phys_to_virt(self.host_frame).cast::<HostPage>() }
+    }
+
+    fn fill_state_and_host_pages(&mut self) {
         let state_va = self.slot_address(state_page_offset(self.cpu));
         let regs_top = self.slot_address(register_page_offset(self.cpu)) + PAGE;
         let tss_va = state_va + core::mem::offset_of!(StatePage, guest_tss) as u64;
         let gdt_va = state_va + core::mem::offset_of!(StatePage, guest_gdt) as u64;
         let [tss_low, tss_high] = tss_descriptor(tss_va);
         let idt_va = self.slot_address(idt_page_offset(self.cpu));
+        let host = self.host_page();
+        host.guest_gdtr = TablePointer::new(gdt_va, GDT_ENTRIES as u64 * 8);
+        host.guest_idtr = TablePointer::new(idt_va, PAGE);
         let state = self.state();
         state.guest_gdt = [
             0,
@@ -169,10 +186,11 @@ impl CpuSwitcher {
             tss_low,
             tss_high,
         ];
-        state.guest_gdtr = TablePointer::new(gdt_va, GDT_ENTRIES as u64 * 8);
-        state.guest_idtr = TablePointer::new(idt_va, PAGE);
         let mut tss = Tss::default();
         tss.rsp[0] = regs_top;
+        // No guest has named a kernel stack yet: a direct trap would fault
+        // at the sentinel (see `set_direct_trap_stack`).
+        tss.rsp[1] = host::guest::NO_KERNEL_STACK;
         tss.ist[0] = regs_top;
         tss.iomap_base = size_of::<Tss>() as u16;
         state.guest_tss = tss;
@@ -211,6 +229,8 @@ impl CpuSwitcher {
         for (i, frame) in code_frames().enumerate() {
             write_entry(pt, i, frame.as_u64() | PRESENT);
         }
+        // Not the host page: its place stays unmapped here, so nothing a
+        // guest runs can read what the switcher keeps of the host there.
         let pages = [
             (register_page_offset(self.cpu), self.regs_frame, WRITABLE),
             (state_page_offset(self.cpu), self.state_frame, 0),
@@ -226,7 +246,11 @@ impl CpuSwitcher {
     }
 
     /// Sets the stack the CPU switches to when guest user code (ring 3)
-    /// raises a direct trap into the guest kernel.
+    /// raises a direct trap into the guest kernel (TSS.RSP1): the guest's
+    /// kernel stack, or, while it has named none,
+    /// [`host::guest::NO_KERNEL_STACK`], an address in the switcher's slot
+    /// that nothing maps, so that such a trap page-faults where the host
+    /// recognizes it and names it (not as a write to the switcher's pages).
     pub fn set_direct_trap_stack(&mut self, top: u64) {
         self.state().guest_tss.rsp[1] = top;
     }
@@ -267,11 +291,10 @@ impl CpuSwitcher {
     ///
     /// Interrupts must be off.
     pub fn run(&mut self, root: HostPhysAddr, registers: HostPhysAddr) -> u64 {
-        self.state().guest_cr3 = root.as_u64();
         if self.resident_registers != registers {
             let leaving =
                 (self.resident_registers != self.regs_frame).then_some(self.resident_registers);
-            let guest_gdt = self.state().guest_gdtr;
+            let guest_gdt = self.host_page().guest_gdtr;
             self.contexts.switch(leaving, registers, &guest_gdt);
             let [_, _, pt] = self.view_frames;
             let index = (register_page_offset(self.cpu) / PAGE) as usize;
@@ -287,7 +310,8 @@ impl CpuSwitcher {
         // SAFETY: `switch_to_guest` saves and restores everything the host
         // needs (callee-saved registers, flags, stack, CR3, GDT, IDT, TR)
         // and returns like a function; the guest's values it leaves in the
-        // caller-saved registers are declared clobbered. The state page was
+        // caller-saved registers are declared clobbered (`rsi`, which
+        // carries `root` in, among them). The state and host pages were
         // filled in `new`, `root` is a shadow root with this CPU's switcher
         // view in its last slot, and that view maps `registers` (a page the
         // caller owns for this guest) as the register page.
@@ -296,6 +320,7 @@ impl CpuSwitcher {
                 "call {entry}",
                 entry = in(reg) entry,
                 in("rdi") regs_page,
+                in("rsi") root.as_u64(),
                 clobber_abi("sysv64"),
             );
         }

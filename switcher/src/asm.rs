@@ -8,22 +8,27 @@
 //! slot from `rdi` on the way in and from the stack pointer on the way out
 //! (the CPU put the stack at the top of the register slot, where the
 //! running guest's own register page is mapped), and every offset comes
-//! from the Rust types in [`crate::layout`].
+//! from the Rust types in [`crate::layout`]. What it saves of the host goes
+//! to the CPU's host page, which only the host's tables map; the one
+//! exception is the host's CR3, which the way out needs before it can reach
+//! the host page, and so keeps in the state page (see
+//! [`crate::layout::StatePage`]).
 //!
 //! Entry points, as offsets from `switcher_start` (exported to the kernel):
 //! `switch_to_guest` and the 256 trap stubs at `guest_trap_stubs`,
 //! [`crate::STUB_STRIDE`] bytes apart.
 //!
 //! Instructions on the way in, host to guest (count them when changing):
-//! 7 pushes of host state, 1 `cli`, 1 `lea`, 6 saves of host state, 2
-//! table loads, 1 busy-bit clear, 2 for `ltr`, 2 for CR3, 1 `lea`, 15
-//! register pops, 1 `add`, 1 `iretq`: 40. On the way out, guest to host:
-//! 1-2 in the stub, 1 `jmp`, 15 register pushes, 3 to find the state page,
-//! 2 for CR3, 2 table loads, 4 for the host's TSS, 1 stack switch, 1
-//! `popfq`, 6 pops, 1 `ret`: 37-38.
+//! 7 pushes of host state, 1 `cli`, 6 saves of host state, 2 table loads,
+//! 1 busy-bit clear, 2 for `ltr`, 1 for CR3, 1 `lea`, 15 register pops, 1
+//! `add`, 1 `iretq`: 38. On the way out, guest to host: 1-2 in the stub, 1
+//! `jmp`, 15 register pushes, 2 to find the register slot, 2 for CR3, 2
+//! table loads, 4 for the host's TSS, 1 stack switch, 1 `popfq`, 6 pops, 1
+//! `ret`: 36-37.
 
 use crate::layout::{
-    DESCRIPTOR_TYPE_BYTE, PAGE, REGS_OFFSET, STUB_STRIDE, TSS_BUSY_BIT, selector, state,
+    DESCRIPTOR_TYPE_BYTE, PAGE, REGS_OFFSET, STUB_STRIDE, TSS_BUSY_BIT, host_page,
+    host_page_offset, register_page_offset, selector, state, state_page_offset,
 };
 use core::arch::global_asm;
 
@@ -42,12 +47,16 @@ mod code {
 switcher_start:
 
 /*
- * switch_to_guest(rdi = the slot address of this CPU's register page)
+ * switch_to_guest(rdi = the slot address of this CPU's register page,
+ *                 rsi = the shadow root to run the guest on)
  *
  * Called by the host with interrupts off, with the entering guest's own
  * register page mapped at rdi in the guest's tables (the host's tables map
  * a page of the CPU's own there); returns when the guest traps, with the
  * guest's registers and the trap's vector in the guest's register page.
+ * The shadow root comes in a register, so no page a guest can read ever
+ * holds it. The CPU's pages are at fixed distances from rdi: the state
+ * page one page up, the IDT page two, the host page three.
  */
     .global switch_to_guest
 switch_to_guest:
@@ -63,25 +72,27 @@ switch_to_guest:
     /* An interrupt between the table loads below and the iretq would find
        half a guest: keep them off (the caller should have already). */
     cli
-    lea {page}(%rdi), %rsi
-    mov %rsp, {host_rsp}(%rsi)
+    /* What the way back needs once it is on the host's tables goes to the
+       host page, which no guest maps. */
+    mov %rsp, {host}+{host_rsp}(%rdi)
+    sgdt {host}+{host_gdtr}(%rdi)
+    sidt {host}+{host_idtr}(%rdi)
+    str {host}+{host_tr}(%rdi)
+    /* The host's CR3 goes to the state page: the way back reads it while
+       still on the guest's tables, where the host page is not mapped. */
     mov %cr3, %rax
-    mov %rax, {host_cr3}(%rsi)
-    sgdt {host_gdtr}(%rsi)
-    sidt {host_idtr}(%rsi)
-    str {host_tr}(%rsi)
+    mov %rax, {state}+{host_cr3}(%rdi)
     /* The guest's GDT keeps the host's ring-0 selectors, so the code and
        stack we are running on stay valid across lgdt. */
-    lgdt {guest_gdtr}(%rsi)
-    lidt {guest_idtr}(%rsi)
+    lgdt {host}+{guest_gdtr}(%rdi)
+    lidt {host}+{guest_idtr}(%rdi)
     /* ltr faults on a busy TSS, and the last ltr on this CPU left it busy. */
-    andb ${not_busy}, {guest_gdt} + {guest_tss} + {type_byte}(%rsi)
+    andb ${not_busy}, {state} + {guest_gdt} + {guest_tss} + {type_byte}(%rdi)
     mov ${guest_tss}, %ax
     ltr %ax
     /* CR3 last: from here on only the switcher slot of the host is mapped,
        and we need nothing else. */
-    mov {guest_cr3}(%rsi), %rax
-    mov %rax, %cr3
+    mov %rsi, %cr3
     /* The guest's registers, as its last trap left them (or as the host
        prepared them), then its interrupt frame. */
     lea {regs}(%rdi), %rsp
@@ -117,22 +128,25 @@ guest_trap_common:
     push_registers!(),
     r#"
     /* The guest's registers are now saved in its register page (mapped in
-       this CPU's register slot). The state page is the next one up. */
+       this CPU's register slot): the slot's address is the stack pointer
+       rounded down to its page, and the CPU's other pages are at fixed
+       distances from it. */
     mov %rsp, %rsi
     and $-{page}, %rsi
-    add ${page}, %rsi
-    /* Host memory first: the host's tables, its GDT and IDT. */
-    mov {host_cr3}(%rsi), %rax
+    /* The host's tables first, from the one word of the host the state
+       page keeps: only then is the host page mapped. */
+    mov {state}+{host_cr3}(%rsi), %rax
     mov %rax, %cr3
-    lgdt {host_gdtr}(%rsi)
-    lidt {host_idtr}(%rsi)
+    /* The host's GDT and IDT, from the host page. */
+    lgdt {host}+{host_gdtr}(%rsi)
+    lidt {host}+{host_idtr}(%rsi)
     /* The host's TSS descriptor is busy from its own ltr: clear, reload. */
-    mov {host_gdt_base}(%rsi), %rax
-    movzwl {host_tr}(%rsi), %ecx
+    mov {host}+{host_gdt_base}(%rsi), %rax
+    movzwl {host}+{host_tr}(%rsi), %ecx
     andb ${not_busy}, {type_byte}(%rax, %rcx)
     ltr %cx
     /* Back on the host's stack: return from switch_to_guest. */
-    mov {host_rsp}(%rsi), %rsp
+    mov {host}+{host_rsp}(%rsi), %rsp
     popfq
     pop %r15
     pop %r14
@@ -146,21 +160,22 @@ guest_trap_common:
 switcher_end:
 "#,
         page = const PAGE,
+        state = const state_page_offset(0) - register_page_offset(0),
+        host = const host_page_offset(0) - register_page_offset(0),
         regs = const REGS_OFFSET,
         stride = const STUB_STRIDE,
         not_busy = const !TSS_BUSY_BIT,
         type_byte = const DESCRIPTOR_TYPE_BYTE,
         guest_tss = const selector::GUEST_TSS,
         guest_gdt = const state::GUEST_GDT,
-        guest_gdtr = const state::GUEST_GDTR,
-        guest_idtr = const state::GUEST_IDTR,
-        guest_cr3 = const state::GUEST_CR3,
-        host_rsp = const state::HOST_RSP,
         host_cr3 = const state::HOST_CR3,
-        host_gdtr = const state::HOST_GDTR,
-        host_gdt_base = const state::HOST_GDT_BASE,
-        host_idtr = const state::HOST_IDTR,
-        host_tr = const state::HOST_TR,
+        guest_gdtr = const host_page::GUEST_GDTR,
+        guest_idtr = const host_page::GUEST_IDTR,
+        host_rsp = const host_page::HOST_RSP,
+        host_gdtr = const host_page::HOST_GDTR,
+        host_gdt_base = const host_page::HOST_GDT_BASE,
+        host_idtr = const host_page::HOST_IDTR,
+        host_tr = const host_page::HOST_TR,
         options(att_syntax)
     );
 }

@@ -12,8 +12,10 @@ pub const CODE_BYTES: u64 = 0x10000;
 /// Offset in the slot of CPU 0's pages.
 pub const PER_CPU_BASE: u64 = CODE_BYTES;
 
-/// Bytes of slot per CPU (the register slot, the state and IDT pages, and a
-/// gap that stays unmapped so running off one CPU's pages faults).
+/// Bytes of slot per CPU: the register slot, the state and IDT pages, and
+/// the host page. Only the host's tables map the host page: in a guest's
+/// view of the slot its place is a gap that stays unmapped, so running off
+/// the CPU's pages there faults.
 pub const PER_CPU_BYTES: u64 = 4 * PAGE;
 
 /// The most CPUs the slot has room for in its first 2 MiB (one page table).
@@ -35,6 +37,12 @@ pub const fn state_page_offset(cpu: usize) -> u64 {
 /// Slot offset of CPU `cpu`'s IDT page.
 pub const fn idt_page_offset(cpu: usize) -> u64 {
     register_page_offset(cpu) + 2 * PAGE
+}
+
+/// Slot offset of CPU `cpu`'s host page ([`HostPage`]): mapped in the
+/// host's tables only, never in a guest's view of the slot.
+pub const fn host_page_offset(cpu: usize) -> u64 {
+    register_page_offset(cpu) + 3 * PAGE
 }
 
 /// A guest's registers as a trap leaves them at the top of the register
@@ -172,26 +180,62 @@ pub const fn tss_descriptor(base: u64) -> [u64; 2] {
     [low, base >> 32]
 }
 
-/// The per-CPU state page: what the CPU uses while a guest runs, and what
-/// the switcher must remember of the host.
+/// The per-CPU state page: mapped read-only in every guest's view of the
+/// slot, so a guest kernel (ring 1: paging cannot tell it from ring 0) can
+/// read every word of it. It holds only what must be reachable while the
+/// guest's CR3 is loaded, and why each word must be here is said beside it.
+/// Everything the switcher needs only on the host's CR3 is in the
+/// [`HostPage`], which no guest maps; the shadow root to enter is passed in
+/// a register, never stored.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StatePage {
-    /// The guest GDT.
+    /// The guest GDT. The CPU reads its descriptors while the guest runs
+    /// (every segment load, `iretq`, every trap's code and stack segment),
+    /// so it must be mapped in the guest's tables. It holds only what the
+    /// guest ABI already tells the guest (its selectors) and the TSS's slot
+    /// address.
     pub guest_gdt: [u64; GDT_ENTRIES],
-    /// Points at `guest_gdt` (by its slot address).
-    pub guest_gdtr: TablePointer,
-    /// Points at the IDT page.
-    pub guest_idtr: TablePointer,
-    /// The shadow root to run the guest on.
-    pub guest_cr3: u64,
-    /// The guest's task state: `rsp[0]` and `ist[0]` are the top of the
-    /// register page; `rsp[1]` the guest kernel's stack for direct traps.
+    /// The guest's task state. The CPU reads it at every trap, in the
+    /// guest's address space: `rsp[0]` and `ist[0]`, the top of the
+    /// register slot (a slot address, the same for every guest on this
+    /// CPU), and `rsp[1]`, the guest kernel's own stack for direct traps.
     pub guest_tss: Tss,
+    /// The host's CR3, saved at each entry. The exit path starts on the
+    /// guest's CR3, where nothing of the host but the slot is mapped: this
+    /// word is what takes it to the host's tables, so it must be readable
+    /// before anything host-only is (the code pages are read-only and
+    /// shared by every CPU, so a per-CPU value cannot live there either).
+    /// Ring 1 can read it: the one accepted leak, see `docs/DESIGN.md`
+    /// ("A known leak"): it is the physical address of a table no guest
+    /// can map or load.
+    pub host_cr3: u64,
+}
+
+/// Byte offsets into [`StatePage`], for the assembly.
+#[allow(missing_docs)]
+pub mod state {
+    use super::StatePage;
+    use core::mem::offset_of;
+
+    pub const GUEST_GDT: u64 = offset_of!(StatePage, guest_gdt) as u64;
+    pub const HOST_CR3: u64 = offset_of!(StatePage, host_cr3) as u64;
+}
+
+/// The per-CPU host page: what the switcher reads and writes only while the
+/// host's CR3 is loaded (on the way in before it loads the guest's CR3, on
+/// the way out after it loads the host's), so it lives in a page that only
+/// the host's tables map. A guest cannot read it in any ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HostPage {
+    /// Points at the guest GDT in the state page (by its slot address), for
+    /// the entry's `lgdt`.
+    pub guest_gdtr: TablePointer,
+    /// Points at the IDT page, for the entry's `lidt`.
+    pub guest_idtr: TablePointer,
     /// Saved host stack pointer.
     pub host_rsp: u64,
-    /// Saved host CR3.
-    pub host_cr3: u64,
     /// Saved host GDTR.
     pub host_gdtr: TablePointer,
     /// Saved host IDTR.
@@ -200,23 +244,20 @@ pub struct StatePage {
     pub host_tr: u64,
 }
 
-/// Byte offsets into [`StatePage`], for the assembly.
+/// Byte offsets into [`HostPage`], for the assembly.
 #[allow(missing_docs)]
-pub mod state {
-    use super::{StatePage, TablePointer};
+pub mod host_page {
+    use super::{HostPage, TablePointer};
     use core::mem::offset_of;
 
     const LIMIT: u64 = offset_of!(TablePointer, limit) as u64;
-    pub const GUEST_GDT: u64 = offset_of!(StatePage, guest_gdt) as u64;
-    pub const GUEST_GDTR: u64 = offset_of!(StatePage, guest_gdtr) as u64 + LIMIT;
-    pub const GUEST_IDTR: u64 = offset_of!(StatePage, guest_idtr) as u64 + LIMIT;
-    pub const GUEST_CR3: u64 = offset_of!(StatePage, guest_cr3) as u64;
-    pub const HOST_RSP: u64 = offset_of!(StatePage, host_rsp) as u64;
-    pub const HOST_CR3: u64 = offset_of!(StatePage, host_cr3) as u64;
-    pub const HOST_GDTR: u64 = offset_of!(StatePage, host_gdtr) as u64 + LIMIT;
+    pub const GUEST_GDTR: u64 = offset_of!(HostPage, guest_gdtr) as u64 + LIMIT;
+    pub const GUEST_IDTR: u64 = offset_of!(HostPage, guest_idtr) as u64 + LIMIT;
+    pub const HOST_RSP: u64 = offset_of!(HostPage, host_rsp) as u64;
+    pub const HOST_GDTR: u64 = offset_of!(HostPage, host_gdtr) as u64 + LIMIT;
     pub const HOST_GDT_BASE: u64 = HOST_GDTR + 2;
-    pub const HOST_IDTR: u64 = offset_of!(StatePage, host_idtr) as u64 + LIMIT;
-    pub const HOST_TR: u64 = offset_of!(StatePage, host_tr) as u64;
+    pub const HOST_IDTR: u64 = offset_of!(HostPage, host_idtr) as u64 + LIMIT;
+    pub const HOST_TR: u64 = offset_of!(HostPage, host_tr) as u64;
 }
 
 /// One 16-byte IDT gate.
@@ -265,17 +306,21 @@ impl Gate {
     }
 }
 
-/// The per-CPU IDT page: 256 gates fill it exactly.
+/// The per-CPU IDT page: 256 gates fill it exactly. The CPU reads it at
+/// every trap while a guest runs, so it is mapped (read-only) in the
+/// guest's view of the slot; its gates hold only slot addresses of the
+/// switcher's stubs and the running guest's own direct-trap handlers.
 pub type IdtPage = [Gate; 256];
 
 /// Bytes between consecutive trap stubs in the code.
 pub const STUB_STRIDE: u64 = 16;
 
 const _: () = assert!(size_of::<StatePage>() as u64 <= PAGE);
+const _: () = assert!(size_of::<HostPage>() as u64 <= PAGE);
 const _: () = assert!(size_of::<IdtPage>() as u64 == PAGE);
 const _: () = assert!(size_of::<Tss>() == 104);
 const _: () = assert!(size_of::<GuestRegs>() == 22 * 8);
-const _: () = assert!(state::GUEST_GDTR % 8 == 6 && state::HOST_GDTR % 8 == 6);
+const _: () = assert!(host_page::GUEST_GDTR % 8 == 6 && host_page::HOST_GDTR % 8 == 6);
 
 #[cfg(test)]
 mod tests {
@@ -312,7 +357,18 @@ mod tests {
     #[test]
     fn per_cpu_pages_fit_the_slot() {
         const { assert!(MAX_CPUS >= 64) };
-        const { assert!(idt_page_offset(MAX_CPUS - 1) + PAGE <= 0x20_0000) };
+        const { assert!(host_page_offset(MAX_CPUS - 1) + PAGE <= 0x20_0000) };
+        // Each CPU's four pages are its own, the host page last.
+        for cpu in [0, 1, MAX_CPUS - 1] {
+            let pages = [
+                register_page_offset(cpu),
+                state_page_offset(cpu),
+                idt_page_offset(cpu),
+                host_page_offset(cpu),
+            ];
+            assert!(pages.windows(2).all(|w| w[1] == w[0] + PAGE));
+            assert_eq!(host_page_offset(cpu) + PAGE, register_page_offset(cpu + 1));
+        }
         assert_eq!(REGS_OFFSET + size_of::<GuestRegs>() as u64, PAGE);
     }
 }

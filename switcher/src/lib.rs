@@ -14,31 +14,37 @@
 //!                                    guest's own register page
 //!                                    state page     (read-only to the guest)
 //!                                    IDT page       (read-only to the guest)
+//!                                    host page      (the host's tables only)
 //! ```
 //!
-//! The state and IDT pages belong to the CPU. The register page does not:
-//! each guest has one of its own, and the kernel maps the page of the guest
-//! it is about to run into its CPU's register slot (when no guest's page is
-//! there, a page of the CPU's own stands in).
+//! The state, IDT and host pages belong to the CPU. The register page does
+//! not: each guest has one of its own, and the kernel maps the page of the
+//! guest it is about to run into its CPU's register slot (when no guest's
+//! page is there, a page of the CPU's own stands in).
 //!
-//! A guest's shadow root maps the code and *its own CPU's* slot pages,
-//! supervisor-only, so its user code sees nothing and its kernel (ring 1)
-//! can read but never change the descriptor tables the CPU uses.
+//! A guest's shadow root maps the code and *its own CPU's* slot pages but
+//! the host page, supervisor-only, so its user code sees nothing and its
+//! kernel (ring 1) can read but never change the descriptor tables the CPU
+//! uses. What the switcher keeps of the host is in the host page, which no
+//! guest maps, except the host's CR3 (in the state page: the way back
+//! needs it before it can reach anything host-only).
 //!
 //! ## The round trip
 //!
 //! The host calls [`asm`]'s `switch_to_guest` at its slot address with
 //! the slot address of the CPU's register page in `rdi` (in the guest's
-//! tables, the guest's own register page is mapped there). It saves the
-//! host's callee-saved registers, stack, CR3 and descriptor tables in the
-//! state page, loads the guest's GDT, IDT and TSS (all in the state and IDT
-//! pages), writes the guest's CR3 last, pops the guest's registers from its
-//! register page and `iretq`s into the guest. Any trap or interrupt then
-//! enters through the guest IDT, whose TSS points `RSP0` at the top of the
-//! register slot: the CPU pushes its interrupt frame there, the stub pushes
-//! the vector and the registers below it, and the [`GuestRegs`] are saved
-//! in the guest's register page, exactly where the host reads them. The way
-//! back restores the host's CR3, tables and stack, and returns from
+//! tables, the guest's own register page is mapped there) and the shadow
+//! root in `rsi`. It saves the host's callee-saved registers on the host's
+//! stack, the stack pointer and descriptor tables in the host page and the
+//! CR3 in the state page, loads the guest's GDT, IDT and TSS (all in the
+//! state and IDT pages), writes the guest's CR3 last, pops the guest's
+//! registers from its register page and `iretq`s into the guest. Any trap
+//! or interrupt then enters through the guest IDT, whose TSS points `RSP0`
+//! at the top of the register slot: the CPU pushes its interrupt frame
+//! there, the stub pushes the vector and the registers below it, and the
+//! [`GuestRegs`] are saved in the guest's register page, exactly where the
+//! host reads them. The way back loads the host's CR3 from the state page,
+//! then the host's tables and stack from the host page, and returns from
 //! `switch_to_guest` as if it were an ordinary call.
 #![no_std]
 #![deny(unsafe_code)]

@@ -23,15 +23,29 @@ const ACTIONS: &[(&str, &[&str])] = &[
     ("cli", &["privileged instruction `cli`"]),
     ("hlt", &["privileged instruction `hlt`"]),
     ("mov-cr3", &["privileged instruction `mov to cr3`"]),
+    ("mov-cr8", &["privileged instruction `mov to cr8`"]),
+    ("mov-dr7", &["privileged instruction `mov to dr7`"]),
     ("lgdt", &["privileged instruction `lgdt`"]),
     ("wrmsr", &["privileged instruction `wrmsr`"]),
+    ("rdpmc", &["privileged instruction `rdpmc`"]),
     ("in", &["privileged instruction `in`"]),
     ("out", &["privileged instruction `out`"]),
     ("swapgs", &["privileged instruction `swapgs`"]),
-    ("iretq-ring0", &["privileged instruction `iretq`"]),
+    ("iretq-ring0", &["iretq to ring 0 (its frame's cs is 0x8)"]),
+    (
+        "iretq-bad-cs",
+        &[
+            "iretq with a bad frame",
+            "cs 0x21 is not a code selector the guest may use: #GP(0x20)",
+        ],
+    ),
     ("sgdt", &["privileged instruction `sgdt`"]),
     ("write-switcher", &["write to the switcher's pages"]),
     ("user-hypercall", &["hypercall from user mode"]),
+    (
+        "direct-no-stack",
+        &["direct trap 0x80 taken with no kernel stack set (SetKernelStack)"],
+    ),
 ];
 
 /// The exit code of a `trap` action the host contained without killing it.
@@ -61,6 +75,7 @@ const CONTAINED_ACTIONS: &[(&str, &[&str])] = &[
         "fpu-look",
         &["fpu-look: clean state at start, our own state back after the sleep"],
     ),
+    ("cpu-state", &["cpu-state: as the host promises"]),
 ];
 
 /// The one boot all the tests below read.
@@ -167,6 +182,46 @@ fn fpu_sse_and_segment_state_stays_with_its_guest() {
                 "{action} did not find its own state after its sleep"
             ));
         }
+    }
+}
+
+/// What ring 1 can reach of the CPU without a fault the host sees is what
+/// `docs/DESIGN.md` ("CPU state a guest can reach") promises: TSC_AUX 0
+/// (or no `rdtscp`/`rdpid` at all), no XSAVE state, no FS/GS base
+/// instructions, no protection keys, no `syscall`, IF on and IOPL 0, and
+/// the guest's own AC and DF kept across an exit.
+#[test]
+fn the_cpu_state_a_guest_reaches_is_what_the_host_promises() {
+    let boot = contained();
+    let line = boot.line_containing(&["[trap/cpu-state]", "cpu-state: rdtscp"]);
+    for expected in [
+        "xgetbv=#UD",
+        "rdfsbase=#UD",
+        "rdpkru=#UD",
+        "syscall=#UD",
+        "if=1 iopl=0",
+        "ac+df across a hypercall: kept",
+    ] {
+        if !line.contains(expected) {
+            boot.fail(&format!("cpu-state did not report {expected}"));
+        }
+    }
+    for (probe, zero_or_missing) in [("tsc_aux=", ["0x0", "#UD"]), ("rdpid=", ["0x0", "#UD"])] {
+        if !zero_or_missing
+            .iter()
+            .any(|value| line.contains(&format!("{probe}{value} ")))
+        {
+            boot.fail(&format!("cpu-state: {probe} is neither 0 nor missing"));
+        }
+    }
+}
+
+/// `iretq` is legal in ring 1: no kill reason may call it privileged.
+#[test]
+fn no_kill_reason_calls_iretq_privileged() {
+    let boot = contained();
+    if boot.serial().contains("privileged instruction `iretq`") {
+        boot.fail("an iretq was called a privileged instruction");
     }
 }
 

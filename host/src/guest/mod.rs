@@ -13,7 +13,11 @@
 //! - any other exception is delivered to the guest's own handler
 //!   ([`deliver`]), the way the CPU would have delivered it;
 //! - a privileged instruction in ring 1 kills the guest with a reason
-//!   naming it ([`insn`]).
+//!   naming it ([`insn`]); an `iretq` that faults in ring 1 is judged by
+//!   its frame (a return to ring 0 kills; any other bad frame is the
+//!   guest's own `#GP`);
+//! - a direct trap from guest user code taken before the guest named a
+//!   kernel stack faults at [`NO_KERNEL_STACK`], and kills naming that.
 //!
 //! Before every entry, [`Guest::prepare_entry`] delivers a pending virtual
 //! interrupt if the guest's virtual interrupt flag allows it, and readies
@@ -37,6 +41,30 @@ use core::fmt;
 use guest_abi::boot::SHARED_PAGE_GPA;
 use guest_abi::shared::offset as shared;
 use switcher::{GuestRegs, selector};
+
+pub use insn::IretProblem;
+
+/// What the CPU's TSS holds as `RSP1`, the stack of direct traps, while
+/// the guest has named no kernel stack: the middle of the switcher's slot,
+/// which the switcher never maps (its pages fit in the slot's first 2 MiB).
+/// A direct trap from guest user code then pushes its frame just below this
+/// address and page-faults there, as a supervisor write from ring 3, and
+/// the host knows the fault for what it is (see [`KillReason::NoKernelStack`])
+/// instead of taking it for a write to the switcher's pages. Canonical, so
+/// the fault is a `#PF` with the address in CR2, not a `#GP`; 16-aligned,
+/// as the CPU aligns the stack anyway.
+pub const NO_KERNEL_STACK: u64 = switcher::SLOT_BASE + (1 << 38);
+
+const _: () = assert!(
+    NO_KERNEL_STACK - switcher::PAGE >= switcher::SLOT_BASE + 0x20_0000
+        && NO_KERNEL_STACK.is_multiple_of(16)
+        && (NO_KERNEL_STACK >> 39) & 0x1ff == switcher::SLOT_PML4_INDEX as u64
+);
+
+/// The bytes below [`NO_KERNEL_STACK`] a direct trap's frame takes: SS,
+/// RSP, RFLAGS, CS, RIP (no error code: a software interrupt has none),
+/// with room to spare.
+const NO_KERNEL_STACK_FRAME: u64 = 64;
 
 /// A guest's memory as the run loop needs it: the words the page tables
 /// use, plus bytes (images, console output, trap frames), plus the page its
@@ -83,9 +111,38 @@ pub enum GuestState {
 pub enum KillReason {
     /// A privileged instruction in the guest kernel (ring 1).
     PrivilegedInstruction {
-        /// What it was (`cli`, `mov to cr3`, ...).
+        /// What it was (`cli`, `mov to cr3`, `mov from cr8`, `mov to dr7`, ...).
         what: &'static str,
         /// Where.
+        rip: u64,
+    },
+    /// An `iretq` in the guest kernel whose frame returns to ring 0 (a
+    /// code selector of privilege 0, or the switcher's own): the CPU
+    /// refuses it with `#GP`, but it is an attempt on the host's ring.
+    IretToRing0 {
+        /// The frame's CS.
+        cs: u64,
+        /// Where the `iretq` is.
+        rip: u64,
+    },
+    /// An `iretq` in the guest kernel that raised `#GP` because of its
+    /// frame, with no `#GP` handler to take it (with one, the `#GP` is
+    /// delivered, as the CPU would).
+    BadIret {
+        /// What is wrong with the frame.
+        problem: IretProblem,
+        /// The `#GP`'s error code.
+        error_code: u64,
+        /// Where the `iretq` is.
+        rip: u64,
+    },
+    /// A direct trap from guest user code, taken before the guest named a
+    /// kernel stack (`SetKernelStack`): the CPU had nowhere to push its
+    /// frame ([`NO_KERNEL_STACK`]).
+    NoKernelStack {
+        /// The vector, when the instruction at `rip` says (`int n`).
+        vector: Option<u8>,
+        /// Where, in user code.
         rip: u64,
     },
     /// `int 0x81` from guest user code.
@@ -143,6 +200,28 @@ impl fmt::Display for KillReason {
         match self {
             Self::PrivilegedInstruction { what, rip } => {
                 write!(f, "privileged instruction `{what}` at rip {rip:#x}")
+            }
+            Self::IretToRing0 { cs, rip } => write!(
+                f,
+                "iretq to ring 0 (its frame's cs is {cs:#x}) at rip {rip:#x}"
+            ),
+            Self::BadIret {
+                problem,
+                error_code,
+                rip,
+            } => write!(
+                f,
+                "iretq with a bad frame at rip {rip:#x}: {problem}: #GP({error_code:#x})"
+            ),
+            Self::NoKernelStack { vector, rip } => {
+                match vector {
+                    Some(v) => write!(f, "direct trap {v:#x}")?,
+                    None => f.write_str("a direct trap")?,
+                }
+                write!(
+                    f,
+                    " taken with no kernel stack set (SetKernelStack) at rip {rip:#x}"
+                )
             }
             Self::HypercallFromUser { rip } => {
                 write!(f, "hypercall from user mode (ring 3) at rip {rip:#x}")
@@ -426,7 +505,7 @@ impl<M: GuestRam> Guest<M> {
         if !stack_stale && !traps_stale {
             return None;
         }
-        let stack = self.kernel_stack.unwrap_or(0);
+        let stack = self.kernel_stack.unwrap_or(NO_KERNEL_STACK);
         let traps = if traps_stale { &self.traps[..] } else { &[] };
         let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
@@ -568,6 +647,15 @@ impl<M: GuestRam> Guest<M> {
     fn page_fault<F: ShadowFrames>(&mut self, cr2: u64, frames: &mut F) -> Next {
         let error_code = self.regs().error_code;
         let write = error_code & 2 != 0;
+        if self.is_direct_trap_without_stack(cr2, error_code) {
+            let mut code = [0u8; 16];
+            let n = self.read_code(frames, &mut code);
+            let vector = (n >= 2 && code[0] == 0xcd).then_some(code[1]);
+            return self.kill(KillReason::NoKernelStack {
+                vector,
+                rip: self.regs().rip,
+            });
+        }
         let in_switcher = GuestVirtAddr::try_new(cr2)
             .is_ok_and(|a| a.table_index(4) == switcher::SLOT_PML4_INDEX);
         if in_switcher && write {
@@ -606,6 +694,18 @@ impl<M: GuestRam> Guest<M> {
         }
     }
 
+    /// Whether a page fault is a direct trap's frame pushed at
+    /// [`NO_KERNEL_STACK`]: a supervisor write (the CPU's own push) while
+    /// user code ran, just below the sentinel, with no kernel stack named.
+    fn is_direct_trap_without_stack(&self, cr2: u64, error_code: u64) -> bool {
+        const WRITE: u64 = 1 << 1;
+        const USER: u64 = 1 << 2;
+        self.kernel_stack.is_none()
+            && self.regs().cs & 3 == 3
+            && error_code & (WRITE | USER) == WRITE
+            && (NO_KERNEL_STACK - NO_KERNEL_STACK_FRAME..NO_KERNEL_STACK).contains(&cr2)
+    }
+
     fn general_protection<F: ShadowFrames>(&mut self, frames: &mut F) -> Next {
         let from_user = self.regs().cs & 3 == 3;
         let error = self.regs().error_code;
@@ -617,6 +717,9 @@ impl<M: GuestRam> Guest<M> {
         if !from_user {
             let mut bytes = [0u8; 16];
             let n = self.read_code(frames, &mut bytes);
+            if let Some(slot) = insn::iret_operand_bytes(&bytes[..n]) {
+                return self.iret_fault(frames, slot, error);
+            }
             if let Some(what) = insn::privileged(&bytes[..n]) {
                 return self.kill(KillReason::PrivilegedInstruction {
                     what,
@@ -628,16 +731,65 @@ impl<M: GuestRam> Guest<M> {
         self.deliver(frames, 13, Some(error))
     }
 
+    /// An `iret` (each frame slot `slot` bytes) raised `#GP` (with
+    /// `error`) in ring 1, which may execute it: its frame is at fault.
+    /// A return to ring 0 kills, naming it; any other bad frame is the
+    /// guest's own mistake, a `#GP` delivered to its handler as the CPU
+    /// would, or, with no handler, a kill that says what was wrong.
+    fn iret_fault<F: ShadowFrames>(&mut self, frames: &mut F, slot: u8, error: u64) -> Next {
+        let rip = self.regs().rip;
+        let mut bytes = [0u8; 40];
+        let size = 5 * usize::from(slot);
+        let read = self.read_virt(frames, self.regs().rsp, &mut bytes[..size]);
+        let verdict = if read < size {
+            insn::IretVerdict::BadFrame(IretProblem::Unreadable)
+        } else {
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                let at = i * usize::from(slot);
+                w[..usize::from(slot)].copy_from_slice(&bytes[at..at + usize::from(slot)]);
+                u64::from_le_bytes(w)
+            };
+            let frame = insn::IretFrame {
+                rip: word(0),
+                cs: word(1),
+                rflags: word(2),
+                rsp: word(3),
+                ss: word(4),
+            };
+            insn::judge_iret(&frame, self.regs().rflags)
+        };
+        match verdict {
+            insn::IretVerdict::ToRing0 { cs } => self.kill(KillReason::IretToRing0 { cs, rip }),
+            insn::IretVerdict::BadFrame(problem) if self.traps[13].is_none() => {
+                self.kill(KillReason::BadIret {
+                    problem,
+                    error_code: error,
+                    rip,
+                })
+            }
+            insn::IretVerdict::BadFrame(_) => {
+                self.count_guest_exit(GuestExit::Exception);
+                self.deliver(frames, 13, Some(error))
+            }
+        }
+    }
+
     /// Reads up to 16 bytes of code at the guest's `rip` (fewer where the
     /// next page is not mapped); returns how many.
     fn read_code<F: ShadowFrames>(&mut self, frames: &mut F, buf: &mut [u8; 16]) -> usize {
+        self.read_virt(frames, self.regs().rip, buf)
+    }
+
+    /// Reads guest-virtual memory at `vaddr` into `buf` as the guest kernel
+    /// would (up to where its tables stop allowing it); returns how many
+    /// bytes it could.
+    fn read_virt<F: ShadowFrames>(&mut self, frames: &mut F, vaddr: u64, buf: &mut [u8]) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            let Some(gpa) = self.translate(
-                frames,
-                self.regs().rip.wrapping_add(n as u64),
-                Access::KERNEL_READ,
-            ) else {
+            let Some(gpa) =
+                self.translate(frames, vaddr.wrapping_add(n as u64), Access::KERNEL_READ)
+            else {
                 break;
             };
             let in_page = (4096 - gpa.page_offset()) as usize;

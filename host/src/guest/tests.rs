@@ -899,7 +899,7 @@ fn the_cpu_tables_are_handed_out_again_after_another_guest_ran() {
     assert!(w.guest.take_cpu_tables().is_none());
     w.guest.cpu_tables_lost();
     let (stack, gates) = w.guest.take_cpu_tables().unwrap();
-    assert_eq!(stack, 0);
+    assert_eq!(stack, NO_KERNEL_STACK);
     assert_eq!(gates.count(), 256 - 32 - 1, "every direct-trap vector");
 }
 
@@ -1193,7 +1193,7 @@ fn nmis_and_host_interrupts_only_resume() {
 
 #[test]
 fn privileged_instructions_in_ring_1_kill_naming_them() {
-    let cases: [(&[u8], &str); 10] = [
+    let cases: [(&[u8], &str); 9] = [
         (&[0xfa], "cli"),
         (&[0xf4], "hlt"),
         (&[0x0f, 0x22, 0xd8], "mov to cr3"),
@@ -1202,7 +1202,6 @@ fn privileged_instructions_in_ring_1_kill_naming_them() {
         (&[0xe4, 0x60], "in"),
         (&[0xee], "out"),
         (&[0x0f, 0x01, 0xf8], "swapgs"),
-        (&[0x48, 0xcf], "iretq"),
         (&[0x0f, 0x01, 0x04, 0x24], "sgdt"),
     ];
     for (code, what) in cases {
@@ -1923,4 +1922,220 @@ fn no_direct_gate_is_ever_handed_out_on_a_host_vector() {
             assert_eq!(handler, None, "{vector:#x}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Kill reasons that name what the guest did: a faulting `iretq`, control
+// and debug registers, a direct trap with no kernel stack.
+// ---------------------------------------------------------------------------
+
+/// Where the `iretq` tests put the frame the instruction pops.
+const IRET_FRAME: u64 = STACK_TOP - 5 * 8;
+
+/// The guest kernel at `TRAPPING_RIP` executes `code` (an `iret`) with the
+/// stack at [`IRET_FRAME`] holding `frame` (`slot` bytes a slot), and the
+/// CPU raises `#GP(error_code)`.
+fn iret_faults(w: &mut World, code: &[u8], frame: [u64; 5], slot: usize, error_code: u64) -> Next {
+    let bytes: Vec<u8> = frame
+        .iter()
+        .flat_map(|word| word.to_le_bytes().into_iter().take(slot))
+        .collect();
+    w.poke(IRET_FRAME, &bytes);
+    w.poke(TRAPPING_RIP, code);
+    w.in_kernel(TRAPPING_RIP, IRET_FRAME);
+    w.trap(13, error_code)
+}
+
+#[test]
+fn an_iretq_to_ring_0_kills_naming_ring_0_not_iretq() {
+    for with_handler in [false, true] {
+        let mut w = World::new();
+        if with_handler {
+            w.set_trap(13, HANDLER, 0); // a handler does not save it
+        }
+        // The `trap` guest's `iretq-ring0`: the switcher's own selectors.
+        let frame = [TRAPPING_RIP + 2, 0x08, IF | 2, STACK_TOP, 0x10];
+        assert_eq!(
+            iret_faults(&mut w, &[0x48, 0xcf], frame, 8, 0x08),
+            Next::Ended
+        );
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::IretToRing0 {
+                cs: 0x08,
+                rip: TRAPPING_RIP
+            }
+        );
+        let said = w.kill_reason().to_string();
+        assert!(
+            said.contains("iretq to ring 0 (its frame's cs is 0x8)"),
+            "{said}"
+        );
+        assert!(!said.contains("privileged"), "{said}");
+    }
+}
+
+#[test]
+fn an_iretq_with_a_bad_frame_and_no_handler_kills_saying_what_was_wrong() {
+    let mut w = World::new();
+    let non_canonical = 0x8000_0000_0000;
+    let frame = [non_canonical, KERNEL_CS, IF | 2, STACK_TOP, KERNEL_SS];
+    assert_eq!(iret_faults(&mut w, &[0x48, 0xcf], frame, 8, 0), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::BadIret {
+            problem: IretProblem::NonCanonicalRip(non_canonical),
+            error_code: 0,
+            rip: TRAPPING_RIP
+        }
+    );
+    assert_eq!(
+        w.kill_reason().to_string(),
+        std::format!(
+            "iretq with a bad frame at rip {TRAPPING_RIP:#x}: rip 0x800000000000 is not canonical: #GP(0x0)"
+        )
+    );
+}
+
+#[test]
+fn an_iretq_with_a_bad_frame_is_the_guests_own_gp_when_it_has_a_handler() {
+    let mut w = World::new();
+    w.set_trap(13, HANDLER, 0);
+    // A selector of the guest's own that is not code: the CPU says #GP(0x21).
+    let frame = [ENTRY, 0x21, IF | 2, STACK_TOP, KERNEL_SS];
+    assert_eq!(
+        iret_faults(&mut w, &[0x48, 0xcf], frame, 8, 0x21),
+        Next::Resume
+    );
+    assert_eq!(w.guest.regs().rip, HANDLER);
+    let delivered = (IRET_FRAME & !0xf) - 6 * 8;
+    assert_eq!(w.guest.regs().rsp, delivered);
+    assert_eq!(
+        w.words(delivered, 6),
+        [0x21, TRAPPING_RIP, KERNEL_CS, 2, IRET_FRAME, KERNEL_SS]
+    );
+    assert_eq!(w.guest.counters.exceptions, 1);
+}
+
+#[test]
+fn a_32_bit_iret_is_judged_by_its_4_byte_frame() {
+    let mut w = World::new();
+    // The guest kernel's code selector with privilege 3 in its RPL.
+    let frame = [0x10_0000, KERNEL_CS | 3, IF | 2, 0x30_0000, KERNEL_SS];
+    assert_eq!(iret_faults(&mut w, &[0xcf], frame, 4, 0x1b), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::BadIret {
+            problem: IretProblem::BadCode(0x1b),
+            error_code: 0x1b,
+            rip: TRAPPING_RIP
+        }
+    );
+}
+
+#[test]
+fn an_iretq_with_nt_set_is_named() {
+    let mut w = World::new();
+    let frame = [ENTRY, KERNEL_CS, IF | 2, STACK_TOP, KERNEL_SS];
+    w.poke(IRET_FRAME, &frame.map(u64::to_le_bytes).concat());
+    w.poke(TRAPPING_RIP, &[0x48, 0xcf]);
+    w.in_kernel(TRAPPING_RIP, IRET_FRAME);
+    w.guest.regs_mut().rflags |= NT;
+    assert_eq!(w.trap(13, 0), Next::Ended);
+    let said = w.kill_reason().to_string();
+    assert!(said.contains("RFLAGS.NT set"), "{said}");
+}
+
+#[test]
+fn control_and_debug_register_accesses_are_named_exactly() {
+    let cases: [(&[u8], &str); 6] = [
+        (&[0x44, 0x0f, 0x22, 0xc0], "mov to cr8"),
+        (&[0x44, 0x0f, 0x20, 0xc0], "mov from cr8"),
+        (&[0x0f, 0x20, 0xd8], "mov from cr3"),
+        (&[0x0f, 0x22, 0xe0], "mov to cr4"),
+        (&[0x0f, 0x23, 0xf8], "mov to dr7"),
+        (&[0x0f, 0x21, 0xf0], "mov from dr6"),
+    ];
+    for (code, what) in cases {
+        let mut w = World::new();
+        w.poke(TRAPPING_RIP, code);
+        w.in_kernel(TRAPPING_RIP, STACK_TOP);
+        assert_eq!(w.trap(13, 0), Next::Ended, "{what}");
+        assert_eq!(
+            w.kill_reason(),
+            &KillReason::PrivilegedInstruction {
+                what,
+                rip: TRAPPING_RIP
+            }
+        );
+    }
+}
+
+#[test]
+fn the_direct_trap_stack_is_the_sentinel_until_the_guest_names_one() {
+    let mut w = World::new();
+    assert_eq!(w.set_trap(0x80, HANDLER, trap_flags::DIRECT_FROM_USER), 0);
+    let (stack, _) = w.guest.take_cpu_tables().expect("tables changed");
+    assert_eq!(stack, NO_KERNEL_STACK);
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    let (stack, _) = w.guest.take_cpu_tables().expect("the stack changed");
+    assert_eq!(stack, STACK_TOP);
+}
+
+#[test]
+fn a_direct_trap_taken_with_no_kernel_stack_is_named() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    assert_eq!(w.set_trap(0x80, HANDLER, trap_flags::DIRECT_FROM_USER), 0);
+    // The user code's `int 0x80`, where the test can write it (the host
+    // reads it through the guest's tables, as it reads any code).
+    w.poke(TRAPPING_RIP, &[0xcd, 0x80]);
+    w.in_user(TRAPPING_RIP, USER_RSP);
+    // The CPU pushes SS first, just below RSP1, as a supervisor write.
+    assert_eq!(w.page_fault(NO_KERNEL_STACK - 8, 2), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::NoKernelStack {
+            vector: Some(0x80),
+            rip: TRAPPING_RIP
+        }
+    );
+    assert_eq!(
+        w.kill_reason().to_string(),
+        std::format!(
+            "direct trap 0x80 taken with no kernel stack set (SetKernelStack) at rip {TRAPPING_RIP:#x}"
+        )
+    );
+    // Code the host cannot read still gets the diagnosis, without the vector.
+    let mut w = World::new();
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(NO_KERNEL_STACK - 40, 3), Next::Ended);
+    assert_eq!(
+        w.kill_reason(),
+        &KillReason::NoKernelStack {
+            vector: None,
+            rip: USER_RIP
+        }
+    );
+}
+
+#[test]
+fn only_the_cpus_own_push_from_user_mode_is_taken_for_a_missing_stack() {
+    // The guest kernel writing there itself is a write to the switcher's
+    // slot, as anywhere in it.
+    let mut w = World::new();
+    w.in_kernel(TRAPPING_RIP, STACK_TOP);
+    assert_eq!(w.page_fault(NO_KERNEL_STACK - 8, 2), Next::Ended);
+    assert!(matches!(w.kill_reason(), KillReason::SwitcherAccess { .. }));
+    // User code writing there (the user bit set) likewise.
+    let mut w = World::new();
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(NO_KERNEL_STACK - 8, 6), Next::Ended);
+    assert!(matches!(w.kill_reason(), KillReason::SwitcherAccess { .. }));
+    // With a kernel stack named, RSP1 is that stack, never the sentinel.
+    let mut w = World::new();
+    assert_eq!(w.call(Number::SetKernelStack, &[STACK_TOP]), 0);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(NO_KERNEL_STACK - 8, 2), Next::Ended);
+    assert!(matches!(w.kill_reason(), KillReason::SwitcherAccess { .. }));
 }

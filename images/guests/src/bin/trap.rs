@@ -7,10 +7,15 @@
 //! code 1: the host failed to contain it. A host that works kills it with a
 //! reason instead, and a test expects exactly that (`guests=trap/cli:killed`).
 //!
-//! The actions: `cli`, `hlt`, `mov-cr3`, `lgdt`, `wrmsr`, `in`, `out`,
-//! `swapgs`, `iretq-ring0`, `sgdt` (each a privileged instruction in ring
-//! 1), `write-switcher` (a write to the switcher's read-only state page),
-//! `user-hypercall` (`int 0x81` from ring 3) and `spin` (a loop with
+//! The actions: `cli`, `hlt`, `mov-cr3`, `mov-cr8`, `mov-dr7`, `lgdt`,
+//! `wrmsr`, `rdpmc`, `in`, `out`, `swapgs`, `sgdt` (each a privileged
+//! instruction in ring 1), `iretq-ring0` (an `iretq` whose frame returns to
+//! ring 0), `iretq-bad-cs` (an `iretq` whose frame names our kernel data
+//! selector as its code segment, with no `#GP` handler: the reason must
+//! name the frame, not call `iretq` privileged), `write-switcher` (a write to the switcher's
+//! read-only state page), `user-hypercall` (`int 0x81` from ring 3),
+//! `direct-no-stack` (a direct trap from ring 3 before any kernel stack was
+//! set: the CPU has nowhere to push its frame) and `spin` (a loop with
 //! virtual interrupts off, which the host must preempt and end). Then the
 //! page-table offences, each of which the shadow page tables must refuse:
 //! `map-outside` (a reported entry for a frame past the guest's memory),
@@ -38,7 +43,14 @@
 //!   each reads the x87 control word, MXCSR, `mm0`/`mm7`, `xmm0`/`xmm15`
 //!   and `ds`/`es`/`fs`/`gs`, which must be the clean state, plants values
 //!   of its own, sleeps on the virtual timer while the other runs, and
-//!   reads them again, which must be its own.
+//!   reads them again, which must be its own;
+//! - `cpu-state`: the CPU state ring 1 can reach without a fault the host
+//!   sees (`docs/DESIGN.md`, "CPU state a guest can reach"): TSC_AUX
+//!   through `rdtscp` and `rdpid` must be 0 (or the instruction missing);
+//!   `xgetbv`, `rdfsbase`, `rdpkru` and `syscall` must each raise `#UD`
+//!   (no XSAVE state, FS/GS base writes, protection keys or `syscall`
+//!   entry for a guest); RFLAGS must show IF on and IOPL 0; and the AC and
+//!   DF flags we set must still be ours after a hypercall.
 //!
 //! A contained action that gets through prints `survived ...` and exits
 //! with code 1, as the others do. An unknown action lists the known ones
@@ -83,6 +95,16 @@ mod guest {
             run: mov_cr3,
         },
         Action {
+            name: "mov-cr8",
+            what: "mov to CR8 (raise the task priority, masking the host's interrupts)",
+            run: mov_cr8,
+        },
+        Action {
+            name: "mov-dr7",
+            what: "mov to DR7 (arm a hardware breakpoint)",
+            run: mov_dr7,
+        },
+        Action {
             name: "lgdt",
             what: "lgdt (load a descriptor table of our own)",
             run: lgdt,
@@ -91,6 +113,11 @@ mod guest {
             name: "wrmsr",
             what: "wrmsr to LSTAR (redirect the host's system calls)",
             run: wrmsr,
+        },
+        Action {
+            name: "rdpmc",
+            what: "rdpmc (read the host's performance counters)",
+            run: rdpmc,
         },
         Action {
             name: "in",
@@ -113,6 +140,11 @@ mod guest {
             run: iretq_ring0,
         },
         Action {
+            name: "iretq-bad-cs",
+            what: "iretq with a data selector for cs (with no #GP handler)",
+            run: iretq_bad_cs,
+        },
+        Action {
             name: "sgdt",
             what: "sgdt (learn where the GDT is)",
             run: sgdt,
@@ -126,6 +158,11 @@ mod guest {
             name: "user-hypercall",
             what: "int 0x81 from ring 3",
             run: user_hypercall,
+        },
+        Action {
+            name: "direct-no-stack",
+            what: "a direct trap from ring 3 before any kernel stack was set",
+            run: direct_no_stack,
         },
         Action {
             name: "spin",
@@ -187,6 +224,11 @@ mod guest {
             what: "reading the FPU, SSE and segment state another guest left",
             run: fpu_look,
         },
+        Action {
+            name: "cpu-state",
+            what: "reading the CPU state ring 1 can reach without faulting",
+            run: cpu_state,
+        },
     ];
 
     /// The exit code when the host let us do it.
@@ -234,6 +276,23 @@ mod guest {
         let root = boot::params().initial_root;
         // SAFETY: see above.
         unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack)) }
+    }
+
+    fn mov_cr8() {
+        // Priority 15 would mask every interrupt class but NMI.
+        // SAFETY: see above.
+        unsafe { asm!("mov cr8, {}", in(reg) 15u64, options(nomem, nostack)) }
+    }
+
+    fn mov_dr7() {
+        // Local enable of breakpoint 0 (DR0 as it is: 0).
+        // SAFETY: see above.
+        unsafe { asm!("mov dr7, {}", in(reg) 1u64, options(nomem, nostack)) }
+    }
+
+    fn rdpmc() {
+        // SAFETY: see above; it only reads counter 0.
+        unsafe { asm!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nomem, nostack)) }
     }
 
     fn lgdt() {
@@ -290,6 +349,34 @@ mod guest {
         }
     }
 
+    fn iretq_bad_cs() {
+        // A frame that is ours in every way (ring 1, our stack, the next
+        // instruction) but its CS, which is our kernel *data* selector: the
+        // CPU refuses it with #GP(0x20), the selector's index. A legal
+        // iretq, a bad frame, the guest's own mistake; we registered no
+        // #GP handler, so the host, which cannot deliver it, ends us
+        // saying what was wrong. (A non-canonical RIP is no good here:
+        // QEMU's TCG loads it and faults at the target instead.)
+        // SAFETY: see above; were the iretq taken, we would continue at
+        // label 2 as before, with CS holding a data segment.
+        unsafe {
+            asm!(
+                "mov {tmp}, rsp",
+                "push {ss}",
+                "push {tmp}",
+                "pushfq",
+                "push {cs}",
+                "lea {tmp}, [rip + 2f]",
+                "push {tmp}",
+                "iretq",
+                "2:",
+                ss = const guest_abi::boot::selector::KERNEL_DATA as u64,
+                cs = const guest_abi::boot::selector::KERNEL_DATA as u64,
+                tmp = out(reg) _,
+            )
+        }
+    }
+
     fn sgdt() {
         let mut descriptor = [0u8; 10];
         // SAFETY: see above; sgdt writes 10 bytes, which we own.
@@ -338,7 +425,7 @@ mod guest {
     };
 
     fn user_hypercall() {
-        if let Err(why) = set_up_user_pages() {
+        if let Err(why) = set_up_user_pages(&USER_PROGRAM) {
             panic!("cannot set up ring 3: {why}");
         }
         if let Err(error) =
@@ -351,9 +438,9 @@ mod guest {
         panic!("the host refused the kernel stack: {error:?}");
     }
 
-    /// Maps a user code page (read-only) and a user stack page in the
-    /// start-up tables, and tells the host.
-    fn set_up_user_pages() -> Result<(), &'static str> {
+    /// Maps a user code page (read-only) holding `program` and a user
+    /// stack page in the start-up tables, and tells the host.
+    fn set_up_user_pages(program: &[u8]) -> Result<(), &'static str> {
         let root = boot::params().initial_root;
         let mut frames = FrameAllocator::after_image();
         let code = frames
@@ -365,7 +452,7 @@ mod guest {
         // SAFETY: `code` is a free page we were just given.
         unsafe {
             let target = boot::kernel_virtual(code) as *mut u8;
-            target.copy_from_nonoverlapping(USER_PROGRAM.as_ptr(), USER_PROGRAM.len());
+            target.copy_from_nonoverlapping(program.as_ptr(), program.len());
         }
         // SAFETY: the lower half of the start-up tables is empty, so these
         // mappings take nothing from anyone.
@@ -377,6 +464,53 @@ mod guest {
                 .map_err(|_| "mapping the stack page failed")?;
         }
         Ok(())
+    }
+
+    /// The vector of the direct trap `direct-no-stack` takes: the guest
+    /// OS's system-call vector.
+    const DIRECT_VECTOR: u8 = 0x80;
+
+    /// The user code of `direct-no-stack`: `int 0x80; ud2`.
+    const DIRECT_TRAP_PROGRAM: [u8; 4] = [0xcd, DIRECT_VECTOR, 0x0f, 0x0b];
+
+    /// A direct trap on 0x80, then ring 3 entered by our own `iretq`, with
+    /// no `set_kernel_stack` ever made (`user::enter` would make one): the
+    /// CPU, switching to the TSS's RSP1 for the trap, finds no stack of
+    /// ours there. The host must end us naming that.
+    fn direct_no_stack() {
+        if let Err(error) = traps::set_direct_handler(DIRECT_VECTOR, on_direct_trap) {
+            panic!("the host refused the direct trap: {error:?}");
+        }
+        if let Err(why) = set_up_user_pages(&DIRECT_TRAP_PROGRAM) {
+            panic!("cannot set up ring 3: {why}");
+        }
+        // SAFETY: both pages are mapped for user access and reported; the
+        // frame is exactly what iretq pops (RIP, CS, RFLAGS, RSP, SS).
+        unsafe {
+            asm!(
+                "push {ss}",
+                "push {rsp}",
+                "push {rflags}",
+                "push {cs}",
+                "push {rip}",
+                "iretq",
+                ss = const user::USER_DATA_SELECTOR,
+                rsp = in(reg) USER_STACK + PAGE_BYTES,
+                rflags = const 0x202u64,
+                cs = const user::USER_CODE_SELECTOR,
+                rip = in(reg) USER_CODE,
+                options(noreturn),
+            )
+        }
+    }
+
+    fn on_direct_trap(frame: &mut TrapFrame) {
+        println!(
+            "survived direct-no-stack: the direct trap reached us from ring {} with its frame at {:#x}",
+            frame.ring(),
+            frame as *const TrapFrame as u64
+        );
+        hypercall::shutdown(SURVIVED);
     }
 
     /// Where the page-table offences map: low in the user half.
@@ -894,6 +1028,148 @@ mod guest {
             hypercall::shutdown(SURVIVED);
         }
         println!("trap: {name}: clean state at start, our own state back after the sleep");
+        hypercall::shutdown(CONTAINED);
+    }
+
+    /// The instructions `cpu-state` tries that may raise `#UD`, as bytes,
+    /// so the handler knows them: `rdtscp`, `rdpid rax`, `xgetbv`,
+    /// `rdfsbase rax`, `rdpkru`, `syscall`.
+    const RDTSCP: [u8; 3] = [0x0f, 0x01, 0xf9];
+    const RDPID_RAX: [u8; 4] = [0xf3, 0x0f, 0xc7, 0xf8];
+    const XGETBV: [u8; 3] = [0x0f, 0x01, 0xd0];
+    const RDFSBASE_RAX: [u8; 5] = [0xf3, 0x48, 0x0f, 0xae, 0xc0];
+    const RDPKRU: [u8; 3] = [0x0f, 0x01, 0xee];
+    const SYSCALL: [u8; 2] = [0x0f, 0x05];
+    const PROBES: [&[u8]; 6] = [
+        &RDTSCP,
+        &RDPID_RAX,
+        &XGETBV,
+        &RDFSBASE_RAX,
+        &RDPKRU,
+        &SYSCALL,
+    ];
+
+    /// `#UD`s taken (and skipped) by the probes.
+    static PROBE_UDS: AtomicU64 = AtomicU64::new(0);
+
+    fn on_probe_ud(frame: &mut TrapFrame) {
+        if PROBES.iter().any(|probe| frame.skip_instruction(probe)) {
+            PROBE_UDS.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        panic!("#UD at {:#x} in ring {}", frame.rip, frame.ring());
+    }
+
+    /// Runs the instruction whose bytes are `$bytes` (an assembler line
+    /// spelling one of [`PROBES`]) with rax, rcx and rdx zero; gives them afterwards, or `None` if it raised `#UD`.
+    macro_rules! probe {
+        ($bytes:expr) => {{
+            let before = PROBE_UDS.load(Ordering::SeqCst);
+            let (rax, rcx, rdx): (u64, u64, u64);
+            // SAFETY: each probe only reads CPU state into rax, rcx and
+            // rdx, or raises #UD, which `on_probe_ud` skips. `syscall`
+            // would also write r11 (declared) and jump to ring 0: that
+            // host would have failed already.
+            unsafe {
+                asm!(
+                    $bytes,
+                    inout("rax") 0u64 => rax,
+                    inout("rcx") 0u64 => rcx,
+                    inout("rdx") 0u64 => rdx,
+                    out("r11") _,
+                    options(nostack),
+                )
+            }
+            (PROBE_UDS.load(Ordering::SeqCst) == before).then_some((rax, rcx, rdx))
+        }};
+    }
+
+    /// What a probe found, for the report.
+    struct Seen(Option<u64>);
+
+    impl core::fmt::Display for Seen {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self.0 {
+                Some(value) => write!(f, "{value:#x}"),
+                None => f.write_str("#UD"),
+            }
+        }
+    }
+
+    /// RFLAGS bits the report names.
+    const RFLAGS_IF: u64 = 1 << 9;
+    const RFLAGS_DF: u64 = 1 << 10;
+    const RFLAGS_IOPL: u64 = 3 << 12;
+    const RFLAGS_AC: u64 = 1 << 18;
+
+    /// Sets AC and DF, makes a hypercall (an exit and an entry), and gives
+    /// the flags as they are after it (AC and DF cleared again before any
+    /// compiled code runs).
+    fn flags_across_a_hypercall() -> u64 {
+        let after: u64;
+        // SAFETY: AC does nothing in ring 1 and DF nothing without string
+        // instructions, and both are cleared before the block ends; the
+        // hypercall (Nop) changes only rax.
+        unsafe {
+            asm!(
+                "pushfq",
+                "or qword ptr [rsp], {set}",
+                "popfq",
+                "int {vector}",
+                "pushfq",
+                "pop {after}",
+                "push {after}",
+                "and qword ptr [rsp], {keep}",
+                "popfq",
+                set = const RFLAGS_AC | RFLAGS_DF,
+                keep = const !(RFLAGS_AC | RFLAGS_DF),
+                vector = const VECTOR,
+                after = out(reg) after,
+                inout("rax") Number::Nop as u64 => _,
+            )
+        }
+        after
+    }
+
+    fn cpu_state() {
+        if let Err(error) =
+            traps::set_handler(vector::INVALID_OPCODE, on_probe_ud, Delivery::Exception)
+        {
+            panic!("the host refused the #UD handler: {error:?}");
+        }
+        let rdtscp = probe!(".byte 0x0f, 0x01, 0xf9").map(|(_, tsc_aux, _)| tsc_aux);
+        let rdpid = probe!(".byte 0xf3, 0x0f, 0xc7, 0xf8").map(|(value, _, _)| value);
+        let xgetbv = probe!(".byte 0x0f, 0x01, 0xd0").map(|(low, _, high)| (high << 32) | low);
+        let rdfsbase = probe!(".byte 0xf3, 0x48, 0x0f, 0xae, 0xc0").map(|(base, _, _)| base);
+        let rdpkru = probe!(".byte 0x0f, 0x01, 0xee").map(|(pkru, _, _)| pkru);
+        let syscall = probe!(".byte 0x0f, 0x05").map(|(rax, _, _)| rax);
+        let flags = flags_across_a_hypercall();
+        let interrupts = u64::from(flags & RFLAGS_IF != 0);
+        let iopl = (flags & RFLAGS_IOPL) >> 12;
+        let ac_df_kept = flags & (RFLAGS_AC | RFLAGS_DF) == RFLAGS_AC | RFLAGS_DF;
+        println!(
+            "trap: cpu-state: rdtscp tsc_aux={} rdpid={} xgetbv={} rdfsbase={} rdpkru={} syscall={} if={interrupts} iopl={iopl} ac+df across a hypercall: {}",
+            Seen(rdtscp),
+            Seen(rdpid),
+            Seen(xgetbv),
+            Seen(rdfsbase),
+            Seen(rdpkru),
+            Seen(syscall),
+            if ac_df_kept { "kept" } else { "lost" },
+        );
+        let as_expected = rdtscp.unwrap_or(0) == 0
+            && rdpid.unwrap_or(0) == 0
+            && [xgetbv, rdfsbase, rdpkru, syscall]
+                .iter()
+                .all(Option::is_none)
+            && interrupts == 1
+            && iopl == 0
+            && ac_df_kept;
+        if !as_expected {
+            println!("survived cpu-state: the state above is not what the host promises");
+            hypercall::shutdown(SURVIVED);
+        }
+        println!("trap: cpu-state: as the host promises");
         hypercall::shutdown(CONTAINED);
     }
 
