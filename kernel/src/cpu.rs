@@ -112,10 +112,12 @@ pub fn physical_address_bits() -> u8 {
 /// so a guest kernel that tries them is caught and killed, naming the
 /// instruction, rather than reading the descriptor-table registers) and
 /// SMEP (ring 0 never runs code from a user page). UMIP does not hide
-/// where the host's tables are: the per-CPU state page of the switcher,
-/// which ring 1 can read, holds the host's saved CR3, GDTR, IDTR and stack
-/// pointer (see `docs/DESIGN.md`, "The privilege model"). Those are
-/// addresses of nothing the guest has mapped. Not SMAP: the guest kernel
+/// everything of the host: the per-CPU state page of the switcher, which
+/// ring 1 can read, still holds the host's CR3, which the way back from a
+/// guest needs before it can reach anything host-only (see
+/// `docs/DESIGN.md`, "A known leak"); the host's GDTR, IDTR and stack
+/// pointer live in a page only the host maps. The CR3 is the address of
+/// nothing the guest has mapped. Not SMAP: the guest kernel
 /// is supervisor too, and it must reach its own user pages without `stac`,
 /// which ring 1 cannot execute.
 ///
