@@ -235,7 +235,14 @@ fn clear_what_guests_could_reach(features: &Features) {
     // DR7 = 0x400 is its reset value (no breakpoint enabled), DR6's
     // likewise.
     unsafe {
-        Cr4::write_raw(Cr4::read_raw() & !CR4_CLEARED);
+        // Only when a bit is set: besides being needless, a CR4 write of
+        // the same value puts QEMU's TCG on a path where every later
+        // hypercall round trip retires 17 more instructions (measured
+        // with -icount: 287 against 270).
+        let cr4 = Cr4::read_raw();
+        if cr4 & CR4_CLEARED != 0 {
+            Cr4::write_raw(cr4 & !CR4_CLEARED);
+        }
         Cr0::write_raw(Cr0::read_raw() & !CR0_ALIGNMENT_MASK);
         Efer::write_raw(Efer::read_raw() & !EFER_CLEARED);
         for address in zeroed {
