@@ -26,7 +26,9 @@ pub struct SharedPage {
     /// Nanoseconds since the host booted, refreshed at every entry.
     pub time_ns: u64,
     /// Nonzero while the guest handles a virtual interrupt: set by the host
-    /// when it delivers one, cleared by the guest when its handler is done
+    /// when it delivers one to a handler that runs with virtual interrupts
+    /// off (registered as an interrupt), cleared by the guest when that
+    /// handler is done
     /// (its end of interrupt, after interrupts are back on, so that the
     /// exit which takes the next pending one still counts). The host uses
     /// it only to tell the exits an interrupt caused from the guest's own
@@ -36,6 +38,16 @@ pub struct SharedPage {
     pub reserved: [u64; 123],
     /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
     pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
+}
+
+/// The vector of virtual interrupt 0 (bit 0 of [`SharedPage::irq_pending`]).
+pub const FIRST_VIRTUAL_IRQ: u8 = 32;
+
+/// Whether `vector` can be a virtual interrupt: one of the 64 vectors
+/// [`SharedPage::irq_pending`] has a bit for (any other vector that reaches
+/// a guest is an exception or a direct trap).
+pub const fn is_virtual_irq(vector: u8) -> bool {
+    vector >= FIRST_VIRTUAL_IRQ && vector - FIRST_VIRTUAL_IRQ < 64
 }
 
 /// Byte offsets of the fields, for code that reaches the page by address.

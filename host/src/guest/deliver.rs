@@ -102,14 +102,15 @@ impl<M: GuestRam> Guest<M> {
         if pending == 0 || self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) == 0 {
             return;
         }
-        let vector = 32 + pending.trailing_zeros() as u8;
+        let vector = guest_abi::shared::FIRST_VIRTUAL_IRQ + pending.trailing_zeros() as u8;
         let _ = self.write_shared(shared::IRQ_PENDING, pending & (pending - 1));
         if self.traps[usize::from(vector)].is_none() {
             // No handler: the interrupt is dropped, as a masked line would be.
             return;
         }
         self.counters.virtual_interrupts += 1;
-        if self.deliver(frames, vector, None) == Next::Resume {
+        let keeps_interrupts = self.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
+        if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
             self.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
         }
     }

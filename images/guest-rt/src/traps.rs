@@ -141,7 +141,7 @@ pub use bare::*;
 mod bare {
     use super::*;
     use crate::hypercall;
-    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
     use guest_abi::hypercall::{Error, trap_flags};
 
     /// Bytes of one stub; the stub of vector `v` is at `v * STUB_BYTES`.
@@ -236,8 +236,16 @@ mod bare {
 
     /// The registered handlers, as addresses (0: none), by vector.
     static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
-    /// Whether each vector was registered as a [`Delivery::Interrupt`].
-    static IS_INTERRUPT: [AtomicBool; 256] = [const { AtomicBool::new(false) }; 256];
+    /// What [`dispatch`] does after each vector's handler.
+    static ON_RETURN: [AtomicU8; 256] = [const { AtomicU8::new(ON_RETURN_NOTHING) }; 256];
+
+    /// An exception: the handler decides everything.
+    const ON_RETURN_NOTHING: u8 = 0;
+    /// A direct trap: the virtual interrupt flag back as the frame had it
+    /// (the system call's path, kept to one load and branch here).
+    const ON_RETURN_RESTORE_FLAG: u8 = 1;
+    /// A virtual interrupt: the flag back, then the end of interrupt.
+    const ON_RETURN_END_OF_INTERRUPT: u8 = 2;
 
     /// Runs `handler` for trap `vector`, delivered as `delivery` says.
     pub fn set_handler(vector: u8, handler: Handler, delivery: Delivery) -> Result<(), Error> {
@@ -245,22 +253,26 @@ mod bare {
             Delivery::Exception => trap_flags::KEEP_INTERRUPTS,
             Delivery::Interrupt => 0,
         };
-        register(vector, handler, delivery == Delivery::Interrupt, flags)
+        let on_return = match delivery {
+            Delivery::Exception => ON_RETURN_NOTHING,
+            Delivery::Interrupt => ON_RETURN_END_OF_INTERRUPT,
+        };
+        register(vector, handler, on_return, flags)
     }
 
     /// Puts `handler` in the table, then asks the host for the vector (in
     /// that order, so a trap that comes at once finds it); if the host
     /// refuses, the handler the vector had before is put back.
-    fn register(vector: u8, handler: Handler, is_interrupt: bool, flags: u64) -> Result<(), Error> {
+    fn register(vector: u8, handler: Handler, on_return: u8, flags: u64) -> Result<(), Error> {
         let index = usize::from(vector);
         let old_handler = HANDLERS[index].swap(handler as usize, Ordering::AcqRel);
-        let old_is_interrupt = IS_INTERRUPT[index].swap(is_interrupt, Ordering::AcqRel);
+        let old_on_return = ON_RETURN[index].swap(on_return, Ordering::AcqRel);
         // SAFETY: the stub is our own code, which handles the frame the
         // host pushes (see the module docs) for the program's whole life.
         let result = unsafe { hypercall::set_trap(vector, stub_address(vector), flags) };
         if result.is_err() {
             HANDLERS[index].store(old_handler, Ordering::Release);
-            IS_INTERRUPT[index].store(old_is_interrupt, Ordering::Release);
+            ON_RETURN[index].store(old_on_return, Ordering::Release);
         }
         result.map(drop)
     }
@@ -277,7 +289,12 @@ mod bare {
     /// from direct traps (`guest_abi::hypercall::may_be_direct`): the
     /// exceptions, the hypercall gate and the host's own interrupt vectors.
     pub fn set_direct_handler(vector: u8, handler: Handler) -> Result<(), Error> {
-        register(vector, handler, true, trap_flags::DIRECT_FROM_USER)
+        register(
+            vector,
+            handler,
+            ON_RETURN_RESTORE_FLAG,
+            trap_flags::DIRECT_FROM_USER,
+        )
     }
 
     /// Where the common trap path calls in: runs the vector's handler.
@@ -292,13 +309,21 @@ mod bare {
         // usize.
         let handler: Handler = unsafe { core::mem::transmute::<usize, Handler>(handler) };
         handler(frame);
-        if IS_INTERRUPT[index].load(Ordering::Acquire) && frame.interrupts_were_on() {
-            crate::irq::enable();
-        }
-        // After `enable`: the exit it may make to take the next pending
-        // interrupt is still this interrupt's doing.
-        if index >= usize::from(guest_abi::hypercall::TIMER_VECTOR) {
-            crate::irq::end_of_interrupt();
+        match ON_RETURN[index].load(Ordering::Acquire) {
+            ON_RETURN_NOTHING => {}
+            ON_RETURN_RESTORE_FLAG => {
+                if frame.interrupts_were_on() {
+                    crate::irq::enable();
+                }
+            }
+            _ => {
+                if frame.interrupts_were_on() {
+                    crate::irq::enable();
+                }
+                // After `enable`: the exit it may make to take the next
+                // pending interrupt is still this interrupt's doing.
+                crate::irq::end_of_interrupt();
+            }
         }
     }
 
