@@ -253,14 +253,14 @@ pub const KEYS: [Key; 10] = [
     Key {
         name: "guests",
         values: "comma-separated `name` or `name/argument` (its command line), each with \
-                 `:code` or `:killed` for the end expected (default `:0`)",
+                 `:code`, `:killed` or `:any` for the end expected (default `:0`)",
         default: Some("hello"),
         meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
                   only if every guest ends as expected (`cargo xtask run` also passes \
                   `guests=hello`)",
         set: |c, v| {
             if GuestSpec::parse_list(v).any(|s| s.is_none()) {
-                return Err("a comma-separated list of image[/arg][:code|:killed]");
+                return Err("a comma-separated list of image[/arg][:code|:killed|:any]");
             }
             c.guests = v;
             Ok(())
@@ -376,10 +376,15 @@ pub enum Expect {
     Exit(u64),
     /// Killed by the host.
     Killed,
+    /// Either: the guest may exit with any code or be killed (a fuzzer,
+    /// whose end depends on what it draws). The run then stands or falls
+    /// by the host surviving it, and by the other guests.
+    Any,
 }
 
 /// One guest to run: `image[/arg][:expect]`, e.g. `hello`, `trap/cli:killed`,
-/// `bench:0`.
+/// `bench:0`, `fuzz/7/10000:any`. The argument may hold `/` (the guest
+/// reads it as it likes), the image name may not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestSpec<'a> {
     /// The archive entry to run.
@@ -395,15 +400,20 @@ impl<'a> GuestSpec<'a> {
     pub fn parse(word: &'a str) -> Option<Self> {
         let (rest, expect) = match word.rsplit_once(':') {
             Some((rest, "killed")) => (rest, Expect::Killed),
+            Some((rest, "any")) => (rest, Expect::Any),
             Some((rest, code)) => (rest, Expect::Exit(code.parse().ok()?)),
             None => (word, Expect::Exit(0)),
         };
         let (image, arg) = rest.split_once('/').unwrap_or((rest, ""));
-        let name_ok = |s: &str| {
+        let name_ok = |s: &str, extra: &[u8]| {
             s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || extra.contains(&b))
         };
-        (!image.is_empty() && name_ok(image) && name_ok(arg)).then_some(Self { image, arg, expect })
+        (!image.is_empty() && name_ok(image, b"") && name_ok(arg, b"/")).then_some(Self {
+            image,
+            arg,
+            expect,
+        })
     }
 
     /// Parses a comma-separated list.
@@ -470,6 +480,27 @@ mod tests {
         assert_eq!(GuestSpec::parse("/x"), None);
         assert_eq!(GuestSpec::parse("a b"), None);
         assert_eq!(GuestSpec::parse("a:"), None);
+    }
+
+    #[test]
+    fn any_end_may_be_expected_and_arguments_may_hold_slashes() {
+        assert_eq!(
+            GuestSpec::parse("fuzz/7/10000/verbose:any"),
+            Some(GuestSpec {
+                image: "fuzz",
+                arg: "7/10000/verbose",
+                expect: Expect::Any
+            })
+        );
+        assert_eq!(
+            GuestSpec::parse("fuzz/1/2").map(|s| (s.arg, s.expect)),
+            Some(("1/2", Expect::Exit(0)))
+        );
+        assert_eq!(GuestSpec::parse("fuzz/1:anything"), None);
+        assert_eq!(GuestSpec::parse("fuzz/1:Any"), None);
+        let (c, w) = parse("guests=fuzz/1/100:any,fuzz/2/100:any,hello");
+        assert_eq!(c.unwrap().guests, "fuzz/1/100:any,fuzz/2/100:any,hello");
+        assert!(w.is_empty());
     }
 
     #[test]

@@ -99,6 +99,14 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::AsWritten("bench_reports_every_metric"),
     ),
     (
+        "cargo xtask fuzz --seeds 1000",
+        Check::QuickForm("cargo xtask fuzz --seeds 16", "fuzz_runs_clean_seeds"),
+    ),
+    (
+        "cargo xtask fuzz --seeds N",
+        Check::QuickForm("cargo xtask fuzz --seeds 16", "fuzz_runs_clean_seeds"),
+    ),
+    (
         "cargo xtask pxe",
         Check::NotRun("it serves DHCP on a real network until stopped"),
     ),
@@ -375,4 +383,12 @@ fn bench_reports_every_metric() {
         );
     }
     assert!(err.contains("results.json"), "{err}");
+}
+
+#[test]
+fn fuzz_runs_clean_seeds() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success(quick_form("cargo xtask fuzz --seeds 1000"));
+    assert!(out.contains("fuzz: every boot passed"), "{out}");
+    assert!(out.contains("fuzz: steps executed: "), "{out}");
 }

@@ -31,6 +31,17 @@ commands:
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
                          -icount), print a table, write target/bench/results.json
+  fuzz --seeds N [--first S] [--steps K] [--per-boot M] [--jobs J]
+       [--timeout SECS] [-- <kernel command-line words>]
+                         run the fuzz guest for seeds S.. S+N-1 (default S 1),
+                         K steps each (default 10000), M guests per boot
+                         (default 8) beside hello, J boots at a time (default
+                         1), each boot killed after SECS (default 120); says
+                         how each fuzzer ended and exits non-zero if a boot
+                         failed (the host crashed, hung, leaked frames or
+                         panicked, hello did not exit 0, or a fuzzer ended
+                         otherwise than it announced); words after -- go on
+                         the kernel command line (roots=2 eviction=random)
   image [--qcow2] [--debug] [--kernel ELF] [--guests TAR | --no-guests]
         [-- <kernel command-line words>]
                          write target/image/: host.iso (BIOS+UEFI hybrid),
@@ -43,7 +54,7 @@ commands:
                          of your own, --proxy beside an existing DHCP server
   help                   this text
 
-options (run, test, boot-times):
+options (run, test, boot-times, fuzz):
   --debug                build with the dev profile instead of release
   --accel auto|kvm|tcg   auto (default): KVM only when the CPU has VT-x/AMD-V
                          and /dev/kvm opens, TCG otherwise
@@ -78,6 +89,8 @@ pub enum Task {
     BootTimes(BootTimesArgs),
     /// `bench`
     Bench(Common),
+    /// `fuzz`
+    Fuzz(FuzzArgs),
     /// `image`
     Image(ImageArgs),
     /// `pxe`
@@ -167,6 +180,28 @@ pub struct TestArgs {
     pub test_words: Vec<String>,
 }
 
+/// `cargo xtask fuzz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuzzArgs {
+    /// Profile, accelerator, firmware.
+    pub common: Common,
+    /// `--seeds`: how many seeds.
+    pub seeds: u64,
+    /// `--first`: the first seed (default 1).
+    pub first: u64,
+    /// `--steps`: steps per seed (default 10000).
+    pub steps: u64,
+    /// `--per-boot`: fuzz guests per boot (default 8).
+    pub per_boot: u64,
+    /// `--jobs`: boots at a time (default 1).
+    pub jobs: usize,
+    /// `--timeout`: the time limit of one boot (default 120 s).
+    pub time_limit: Duration,
+    /// The words after `--`, put on the kernel command line before the
+    /// guests (the shadow root cache's settings, say).
+    pub kernel_words: Vec<String>,
+}
+
 /// `cargo xtask boot-times`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootTimesArgs {
@@ -206,6 +241,19 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             test_words: flags.take_rest(),
         }),
         "bench" => Task::Bench(flags.common()?),
+        "fuzz" => Task::Fuzz(FuzzArgs {
+            common: flags.common()?,
+            seeds: flags
+                .number("--seeds")?
+                .ok_or_else(|| Error::new("fuzz needs --seeds N: how many seeds to run"))?
+                .into(),
+            first: flags.whole("--first")?.unwrap_or(1),
+            steps: flags.number("--steps")?.map_or(10_000, u64::from),
+            per_boot: flags.number("--per-boot")?.map_or(8, u64::from),
+            jobs: flags.number("--jobs")?.map_or(1, |j| j as usize),
+            time_limit: Duration::from_secs(flags.number("--timeout")?.unwrap_or(120).into()),
+            kernel_words: flags.take_rest(),
+        }),
         "image" => Task::Image(ImageArgs {
             profile: flags.common()?.profile,
             kernel: flags.value("--kernel")?.map(PathBuf::from),
@@ -314,6 +362,16 @@ impl Flags {
                 _ => Err(Error::new(format!(
                     "{name} {v}: expected a whole number above 0"
                 ))),
+            })
+            .transpose()
+    }
+
+    /// A whole number, 0 included (a seed).
+    fn whole(&mut self, name: &str) -> Result<Option<u64>> {
+        self.value(name)?
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| Error::new(format!("{name} {v}: expected a whole number")))
             })
             .transpose()
     }
@@ -481,6 +539,37 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn fuzz_takes_seeds_and_defaults_the_rest() {
+        let Task::Fuzz(fuzz) = parse_words("fuzz --seeds 16").unwrap() else {
+            panic!("not fuzz")
+        };
+        assert_eq!(
+            (fuzz.seeds, fuzz.first, fuzz.steps, fuzz.per_boot, fuzz.jobs),
+            (16, 1, 10_000, 8, 1)
+        );
+        assert_eq!(fuzz.time_limit, Duration::from_secs(120));
+        let Task::Fuzz(fuzz) = parse_words(
+            "fuzz --seeds 2 --first 0 --steps 50 --per-boot 1 --jobs 2 --timeout 9 --accel tcg",
+        )
+        .unwrap() else {
+            panic!("not fuzz")
+        };
+        assert_eq!(
+            (fuzz.seeds, fuzz.first, fuzz.steps, fuzz.per_boot, fuzz.jobs),
+            (2, 0, 50, 1, 2)
+        );
+        assert_eq!(fuzz.common.accel, AccelRequest::Forced(Accel::Tcg));
+        let Task::Fuzz(fuzz) = parse_words("fuzz --seeds 1 -- roots=2 eager_fill=off").unwrap()
+        else {
+            panic!("not fuzz")
+        };
+        assert_eq!(fuzz.kernel_words, ["roots=2", "eager_fill=off"]);
+        for bad in ["fuzz", "fuzz --seeds 0", "fuzz --seeds 2 --first x"] {
+            assert!(parse_words(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //!   above;
 //! - [`bench`]: `cargo xtask bench`, boots that measure, twice each (plain
 //!   and with instruction counting), and the table and JSON they make.
+//! - [`fuzz`]: `cargo xtask fuzz`, the `fuzz` guest over many seeds, each
+//!   boot judged on the host's health and on how every fuzzer ended.
 
 pub mod artefacts;
 pub mod bench;
@@ -39,6 +41,7 @@ pub mod bootpath;
 pub mod cli;
 pub mod commands;
 pub mod disk;
+pub mod fuzz;
 pub mod guests;
 pub mod image;
 pub mod netns;

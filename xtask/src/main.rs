@@ -28,5 +28,6 @@ fn run(args: impl Iterator<Item = String>) -> xtask::Result<u8> {
         Task::Image(args) => commands::image(&args),
         Task::Pxe(args) => commands::pxe(&args),
         Task::Bench(common) => xtask::bench::run(common.profile, common.accel),
+        Task::Fuzz(args) => xtask::fuzz::run(&args),
     }
 }

@@ -2139,3 +2139,8 @@ fn only_the_cpus_own_push_from_user_mode_is_taken_for_a_missing_stack() {
     assert_eq!(w.page_fault(NO_KERNEL_STACK - 8, 2), Next::Ended);
     assert!(matches!(w.kill_reason(), KillReason::SwitcherAccess { .. }));
 }
+
+// Property tests of exits with arbitrary registers, over this module's
+// `World`.
+#[path = "exit_props.rs"]
+mod exit_props;

@@ -95,6 +95,9 @@ mod model_tests;
 #[cfg(test)]
 mod bound_tests;
 
+#[cfg(test)]
+mod validator_props;
+
 pub use entry::{GuestEntry, GuestEntryKind, Level, PteFlags, ShadowEntry, TableIndex};
 pub use error::PagingError;
 pub use fault::FaultDecision;
