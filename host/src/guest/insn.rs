@@ -255,6 +255,26 @@ pub fn privileged(code: &[u8]) -> Option<&'static str> {
                 0xcb => "stac",
                 0xc8 => "monitor",
                 0xc9 => "mwait",
+                0xc1 => "vmcall",
+                0xc2 => "vmlaunch",
+                0xc3 => "vmresume",
+                0xc4 => "vmxoff",
+                0xd0 => "xgetbv",
+                0xd1 => "xsetbv",
+                0xd8 => "vmrun",
+                0xd9 => "vmmcall",
+                0xda => "vmload",
+                0xdb => "vmsave",
+                0xdc => "stgi",
+                0xdd => "clgi",
+                0xde => "skinit",
+                0xdf => "invlpga",
+                0xee => "rdpkru",
+                0xef => "wrpkru",
+                // Other register forms are other instructions than their
+                // ModRM reg field's memory form (0f 01 d1 is xsetbv, not
+                // lgdt): only smsw and lmsw have register forms.
+                m if m >= 0xc0 && !matches!((m >> 3) & 7, 4 | 6) => return None,
                 m => match (m >> 3) & 7 {
                     0 => "sgdt",
                     1 => "sidt",
@@ -429,7 +449,7 @@ mod tests {
 
     #[test]
     fn names_the_privileged_instructions_guests_try() {
-        let cases: [(&[u8], &str); 13] = [
+        let cases: [(&[u8], &str); 17] = [
             (&[0xfa], "cli"),
             (&[0xf4], "hlt"),
             (&[0x0f, 0x22, 0xd8], "mov to cr3"),
@@ -440,6 +460,10 @@ mod tests {
             (&[0xec], "in"),
             (&[0xe6, 0x80], "out"),
             (&[0x0f, 0x01, 0xf8], "swapgs"),
+            (&[0x0f, 0x01, 0xd1], "xsetbv"),
+            (&[0x0f, 0x01, 0xd8], "vmrun"),
+            (&[0x0f, 0x01, 0xc1], "vmcall"),
+            (&[0x0f, 0x01, 0xe0], "smsw"),
             (&[0x66, 0xef], "out"),
             (&[0x0f, 0x00, 0xc8], "str"),
             (&[0x41, 0x0f, 0x22, 0xd8], "mov to cr3"),
