@@ -227,6 +227,13 @@ pub struct ShadowPaging {
     frame_limit: u64,
     /// The guest's shared page, which is never accepted as a root.
     shared_page: Option<GuestPhysAddr>,
+    /// The guest's kernel-half level-3 tables, by top-level slot, as the
+    /// running root's entries 256..=510 named them when last read (`None`:
+    /// to be read again). Kept so that building a shadow root does not
+    /// read 255 guest entries each time (the kernel half is the same in
+    /// every address space, and changes only through reports at the top
+    /// level, which drop this).
+    kernel_tables: Option<alloc::vec::Vec<(GuestPhysAddr, usize)>>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -283,6 +290,7 @@ impl ShadowPaging {
             limits,
             roots: RootCache::new(root, first, config.cached_roots, config.eviction),
             kernel_half: [ShadowEntry::ABSENT; KERNEL_HALF_SLOTS],
+            kernel_tables: None,
             stack: None,
             stack_needs_pin: false,
             ring: None,

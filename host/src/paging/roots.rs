@@ -274,24 +274,41 @@ impl ShadowPaging {
     /// guest's own memory. The host writes only the shared page, refused
     /// as a root outright, and accessed and dirty bits, as the CPU would.
     fn check_not_kernel_table<M: GuestMemory>(
-        &self,
+        &mut self,
         mem: &M,
         root: GuestPhysAddr,
     ) -> Result<(), PagingError> {
+        if self.kernel_tables.is_none() {
+            self.kernel_tables = Some(self.read_kernel_tables(mem)?);
+        }
+        let tables = self.kernel_tables.as_deref().unwrap_or_default();
+        match tables.iter().find(|(table, _)| *table == root) {
+            Some(&(_, slot)) => Err(PagingError::TableAsRoot {
+                root: root.as_u64(),
+                slot,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The level-3 tables the running root's kernel half points at, with
+    /// their top-level slots.
+    fn read_kernel_tables<M: GuestMemory>(
+        &self,
+        mem: &M,
+    ) -> Result<alloc::vec::Vec<(GuestPhysAddr, usize)>, PagingError> {
         let current = self.roots.current().guest_root.as_u64();
+        let mut tables = alloc::vec::Vec::new();
         for slot in KERNEL_HALF_FIRST_PML4_INDEX..SWITCHER_PML4_INDEX {
             let gpa = GuestPhysAddr::new(current + 8 * slot as u64);
             let value = mem
                 .read_u64(gpa)
                 .map_err(|_| PagingError::GuestMemory { gpa })?;
-            if value & pte::PRESENT != 0 && value & pte::ADDRESS_MASK == root.as_u64() {
-                return Err(PagingError::TableAsRoot {
-                    root: root.as_u64(),
-                    slot,
-                });
+            if value & pte::PRESENT != 0 {
+                tables.push((GuestPhysAddr::new(value & pte::ADDRESS_MASK), slot));
             }
         }
-        Ok(())
+        Ok(tables)
     }
 
     /// The guest roots whose shadows are cached, the running one first.

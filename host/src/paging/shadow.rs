@@ -83,6 +83,9 @@ impl ShadowPaging {
             .get_mut(index.as_usize().wrapping_sub(KERNEL_HALF_FIRST_PML4_INDEX))
         {
             *shared = entry;
+            // A kernel-half slot filled or dropped: the guest's table
+            // behind it may be new.
+            self.kernel_tables = None;
         }
         for root in self.roots.all_frames() {
             frames.write_entry(root, index, entry.raw());

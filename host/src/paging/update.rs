@@ -76,6 +76,10 @@ impl ShadowPaging {
             return Ok(());
         }
         let kind = GuestEntry::new(value).decode(level, vaddr, &self.limits)?;
+        if level == Level::L4 && vaddr.is_upper_half() {
+            // The kernel half's tables may have changed.
+            self.kernel_tables = None;
+        }
         let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
             return Ok(());
         };
