@@ -207,10 +207,15 @@ impl CpuSwitcher {
 
     fn stub_gate(&self, vector: usize) -> Gate {
         let stubs = SLOT_BASE + code_offset(&raw const guest_trap_stubs);
-        let dpl = if vector == usize::from(guest_abi::hypercall::VECTOR) {
-            1
-        } else {
-            0
+        // Who may raise the vector with `int n`: the hypercall gate ring 1
+        // only; `int3` any ring, as on a real CPU, so that a debugger's
+        // breakpoint in the guest (kernel or user) arrives as the `#BP`
+        // the host delivers, not as a `#GP` against the gate; everything
+        // else only the CPU itself.
+        let dpl = match vector {
+            v if v == usize::from(guest_abi::hypercall::VECTOR) => 1,
+            3 => 3,
+            _ => 0,
         };
         let ist = if IST_VECTORS.contains(&vector) { 1 } else { 0 };
         Gate::interrupt(

@@ -76,6 +76,10 @@ const CONTAINED_ACTIONS: &[(&str, &[&str])] = &[
         &["fpu-look: clean state at start, our own state back after the sleep"],
     ),
     ("cpu-state", &["cpu-state: as the host promises"]),
+    (
+        "breakpoint",
+        &["breakpoint: int3 reached our #BP handler once, resuming after it"],
+    ),
 ];
 
 /// The one boot all the tests below read.

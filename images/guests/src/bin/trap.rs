@@ -229,6 +229,11 @@ mod guest {
             what: "reading the CPU state ring 1 can reach without faulting",
             run: cpu_state,
         },
+        Action {
+            name: "breakpoint",
+            what: "int3, which must reach our #BP handler as on a real CPU",
+            run: breakpoint,
+        },
     ];
 
     /// The exit code when the host let us do it.
@@ -1129,6 +1134,48 @@ mod guest {
             )
         }
         after
+    }
+
+    /// The `#BP`s our handler saw, and the rip of the last one.
+    static BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+    static BREAKPOINT_RIP: AtomicU64 = AtomicU64::new(0);
+
+    fn on_breakpoint(frame: &mut TrapFrame) {
+        BREAKPOINTS.fetch_add(1, Ordering::SeqCst);
+        BREAKPOINT_RIP.store(frame.rip, Ordering::SeqCst);
+    }
+
+    /// `int3` is how a debugger in the guest stops it: the CPU delivers
+    /// `#BP` (a trap: rip after the `int3`) to any ring whose gate allows
+    /// it, so the host's gate for vector 3 must take it from ring 1 and 3
+    /// rather than turn it into a `#GP`.
+    fn breakpoint() {
+        if let Err(error) =
+            traps::set_handler(vector::BREAKPOINT, on_breakpoint, Delivery::Exception)
+        {
+            panic!("the host refused the #BP handler: {error:?}");
+        }
+        let after: u64;
+        // SAFETY: `int3` only traps to the handler registered above, which
+        // returns to the next instruction; `lea` reads the address of that
+        // instruction.
+        unsafe {
+            core::arch::asm!(
+                "int3",
+                "2: lea {after}, [rip + 2b]",
+                after = out(reg) after,
+            );
+        }
+        let seen = BREAKPOINTS.load(Ordering::SeqCst);
+        let rip = BREAKPOINT_RIP.load(Ordering::SeqCst);
+        if seen != 1 || rip != after {
+            println!(
+                "survived breakpoint: {seen} #BP seen, rip {rip:#x}, expected 1 at {after:#x}"
+            );
+            hypercall::shutdown(SURVIVED);
+        }
+        println!("trap: breakpoint: int3 reached our #BP handler once, resuming after it");
+        hypercall::shutdown(CONTAINED);
     }
 
     fn cpu_state() {

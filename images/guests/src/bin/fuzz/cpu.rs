@@ -324,14 +324,14 @@ impl Fuzzer {
             "non-canonical stack access",
             "misaligned movaps",
         ];
-        // The vectors each may raise: int3 meets a gate of privilege 0
-        // (only the hypercall gate is open to ring 1), hence a #GP; int1
-        // (`icebp`) is a #DB, but QEMU's TCG makes it a #UD.
+        // The vectors each may raise: int3 is a #BP (its gate is open to
+        // every ring, as on a real CPU); int1 (`icebp`) is a #DB, but
+        // QEMU's TCG makes it a #UD.
         // A non-canonical stack access is a #SS, which QEMU's TCG makes a
         // #GP.
         const VECTORS: [&[u64]; 9] = [
             &[6],
-            &[13],
+            &[3],
             &[1, 6],
             &[0],
             &[0],
@@ -662,9 +662,9 @@ impl Fuzzer {
     }
 
     /// `int n` from ring 1: on one of the fuzzer's direct-trap vectors it
-    /// reaches its handler through the CPU; on any other (but the
-    /// hypercall gate) the gate's privilege forbids it, and the host must
-    /// kill the fuzzer for it.
+    /// reaches its handler through the CPU; `int 3` is a #BP; on any other
+    /// (but the hypercall gate) the gate's privilege forbids it, and the
+    /// host must kill the fuzzer for it.
     pub fn int_n(&mut self) {
         let vector = if self.rng.percent(90) {
             self.rng.pick(&DIRECT_VECTORS)
@@ -677,7 +677,9 @@ impl Fuzzer {
             }
         };
         let direct = DIRECT_VECTORS.contains(&vector);
-        let fate = if direct {
+        // `int 3` is a breakpoint, whose gate every ring may use: a #BP
+        // for the recovery point, not a kill.
+        let fate = if direct || vector == 3 {
             Fate::Safe
         } else {
             Fate::Killed("privileged instruction `int n`")
@@ -746,7 +748,9 @@ impl Fuzzer {
             }
             3 => {
                 put(&[0xcd, random_vector]);
-                ("int n", &[13], Fate::Safe)
+                // Every gate but the breakpoint's forbids ring 3.
+                let vectors: &[u64] = if random_vector == 3 { &[3] } else { &[13] };
+                ("int n", vectors, Fate::Safe)
             }
             4 => {
                 put(privileged);
@@ -778,7 +782,7 @@ impl Fuzzer {
             }
             10 => {
                 put(&[0xcc]);
-                ("int3", &[13], Fate::Safe)
+                ("int3", &[3], Fate::Safe)
             }
             11 => {
                 // mov rax, [rsp - 9]: misaligned (inside the stack page),
