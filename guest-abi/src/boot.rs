@@ -19,6 +19,16 @@
 //! cannot write the base registers). There is no LDT: a selector naming it
 //! (bit 2 set) raises `#GP`, reflected to the guest like any other.
 //!
+//! The image is either linked at its load address (`ET_EXEC`: each
+//! segment's virtual address is the start-up map's for its physical one) or
+//! position-independent (`ET_DYN`, such as Rust's `x86_64-unknown-hermit`
+//! executables): then the host loads it at guest-physical [`IMAGE_MIN_GPA`]
+//! plus each segment's virtual address, applies its `R_X86_64_RELATIVE`
+//! relocations (the only kind it accepts) for the virtual base
+//! [`KERNEL_OFFSET`]` + `[`IMAGE_MIN_GPA`], and says so in
+//! [`BootParams::load_bias`]. A `PT_TLS` segment is left to the guest: it
+//! sets up its own thread-local storage and its FS base.
+//!
 //! An image says which ABI it was built for in an ELF note ([`NOTE_NAME`],
 //! [`NOTE_TYPE_ABI_VERSION`]); the host refuses an image without the note or
 //! with another version.
@@ -97,4 +107,20 @@ pub struct BootParams {
     pub cmdline_len: u64,
     /// The guest's command line (its argument from the host's `guests=`).
     pub cmdline: [u8; CMDLINE_MAX],
+    /// What the CPU lets the guest do beyond the baseline ([`feature`]
+    /// bits).
+    pub features: u64,
+    /// For a position-independent image (`ET_DYN`): the guest-virtual
+    /// address its link-time address 0 was loaded at, after the host applied
+    /// its relocations. 0 for an image linked at its load address.
+    pub load_bias: u64,
+}
+
+/// Bits of [`BootParams::features`].
+pub mod feature {
+    /// `rdfsbase`, `wrfsbase`, `rdgsbase` and `wrgsbase` work in every ring
+    /// (CR4.FSGSBASE is on), and the host keeps each guest's FS and GS
+    /// bases apart. Without it, a guest sets its FS base with
+    /// [`crate::hypercall::Number::SetFsBase`] and its GS base not at all.
+    pub const FSGSBASE: u64 = 1 << 0;
 }

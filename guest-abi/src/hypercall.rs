@@ -25,8 +25,9 @@
 //! a CPU in 64-bit mode does for an interrupt gate:
 //!
 //! 1. **The stack**: the interrupted one if the guest kernel (ring 1) was
-//!    running; the one registered with [`Number::SetKernelStack`] if guest
-//!    user code (ring 3) was (no stack registered: the guest is killed).
+//!    running, below its red zone ([`RED_ZONE_BYTES`]); the one registered
+//!    with [`Number::SetKernelStack`] if guest user code (ring 3) was (no
+//!    stack registered: the guest is killed).
 //! 2. **Alignment**: the stack pointer is rounded down to 16 bytes first.
 //! 3. **The frame**: five words, pushed in this order so that from the new
 //!    stack pointer upwards they read RIP, CS, RFLAGS, RSP, SS (what
@@ -51,6 +52,14 @@
 //! written through the guest's tables like a kernel write: if the stack is
 //! not writable there, the guest is killed. The handler returns with
 //! `iretq`, which ring 1 may execute.
+
+/// Bytes below the stack pointer of interrupted guest kernel code that the
+/// host leaves alone when it pushes a trap frame on that stack: the System
+/// V ABI's red zone, which code compiled for it (Rust's
+/// `x86_64-unknown-hermit` target, for one) uses for locals without moving
+/// the stack pointer. A CPU delivering an interrupt on the same stack would
+/// overwrite it; the host does not.
+pub const RED_ZONE_BYTES: u64 = 128;
 
 /// The software-interrupt vector of the hypercall gate.
 pub const VECTOR: u8 = 0x81;
@@ -98,11 +107,17 @@ pub enum Number {
     /// calls themselves not counted, as one `bench events id=<id> ...` line
     /// on the guest's console.
     BenchMark = 11,
+    /// `set_fs_base(gva base)`: the guest's FS base (thread-local storage),
+    /// kept per guest like its FPU state. `base` must be canonical. A guest
+    /// whose boot parameters announce [`crate::boot::feature::FSGSBASE`]
+    /// can instead write it with `wrfsbase` (and its GS base with
+    /// `wrgsbase`), without an exit.
+    SetFsBase = 12,
 }
 
 impl Number {
     /// Every hypercall, in number order.
-    pub const ALL: [Number; 12] = [
+    pub const ALL: [Number; 13] = [
         Number::ConsoleWrite,
         Number::SetTrap,
         Number::SetKernelStack,
@@ -115,6 +130,7 @@ impl Number {
         Number::MmuOp,
         Number::SetRoot,
         Number::BenchMark,
+        Number::SetFsBase,
     ];
 
     /// Decodes `rax`.

@@ -17,7 +17,7 @@
 #![forbid(unsafe_code)]
 
 /// The version of this contract. Bump it on any incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub mod boot;
 pub mod hypercall;

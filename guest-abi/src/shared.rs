@@ -34,8 +34,17 @@ pub struct SharedPage {
     /// it only to tell the exits an interrupt caused from the guest's own
     /// in its measurements (`bench events`), never to decide anything.
     pub in_interrupt: u64,
+    /// The host's clock, readable without an exit: the host's nanoseconds
+    /// since boot are `((tsc - clock_tsc_base) * clock_ns_per_cycle) >> 32`
+    /// (a 128-bit product) for a `tsc` read with `rdtsc`, the same
+    /// arithmetic the host's own clock does. Written by the host before the
+    /// guest starts; 0 in `clock_ns_per_cycle` means the guest must ask with
+    /// [`crate::hypercall::Number::ReadTime`].
+    pub clock_tsc_base: u64,
+    /// Nanoseconds per TSC cycle, as a 32.32 fixed-point number.
+    pub clock_ns_per_cycle: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 123],
+    pub reserved: [u64; 121],
     /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
     pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
 }
@@ -65,6 +74,10 @@ pub mod offset {
     pub const IN_INTERRUPT: u64 = offset_of!(SharedPage, in_interrupt) as u64;
     /// [`SharedPage::time_ns`].
     pub const TIME_NS: u64 = offset_of!(SharedPage, time_ns) as u64;
+    /// [`SharedPage::clock_tsc_base`].
+    pub const CLOCK_TSC_BASE: u64 = offset_of!(SharedPage, clock_tsc_base) as u64;
+    /// [`SharedPage::clock_ns_per_cycle`].
+    pub const CLOCK_NS_PER_CYCLE: u64 = offset_of!(SharedPage, clock_ns_per_cycle) as u64;
     /// [`SharedPage::mmu_ring`].
     pub const MMU_RING: u64 = offset_of!(SharedPage, mmu_ring) as u64;
 }

@@ -11,7 +11,11 @@
 //! - the data segment selectors `ds`, `es`, `fs` and `gs`: a trap into
 //!   ring 0 keeps them, and nothing in the host loads them after boot
 //!   (64-bit code ignores `ds` and `es`, and the host uses no `fs` or `gs`
-//!   base).
+//!   base);
+//! - the FS and GS bases, which a guest sets with `wrfsbase`/`wrgsbase`
+//!   (where [`crate::cpu::enable_fs_gs_bases_for_guests`] allowed them) or
+//!   its FS base with the `SetFsBase` hypercall: a `std` program's
+//!   thread-local storage.
 //!
 //! So across a guest's exits they simply stay in the CPU, and a hypercall,
 //! a page fault or a host tick that resumes the same guest costs nothing
@@ -189,6 +193,65 @@ static POINTER_RESET_OPERAND: i32 = 0;
 struct GuestContext {
     fpu: FxsaveArea,
     selectors: DataSelectors,
+    bases: SegmentBases,
+}
+
+/// The FS and GS bases. Loaded after the selectors: loading a selector
+/// sets (Intel) or may keep (AMD, null selector) a base, and the guest's
+/// own base must win.
+#[derive(Clone, Copy)]
+struct SegmentBases {
+    fs: u64,
+    gs: u64,
+}
+
+impl SegmentBases {
+    /// A new guest's: both 0, as the flat descriptors give.
+    const ZERO: Self = Self { fs: 0, gs: 0 };
+
+    fn read() -> Self {
+        use x86_64::registers::model_specific::{FsBase, GsBase};
+        use x86_64::registers::segmentation::{FS, GS, Segment64};
+        if crate::cpu::fs_gs_bases_for_guests() {
+            Self {
+                fs: FS::read_base().as_u64(),
+                gs: GS::read_base().as_u64(),
+            }
+        } else {
+            Self {
+                fs: FsBase::read().as_u64(),
+                gs: GsBase::read().as_u64(),
+            }
+        }
+    }
+
+    fn load(self) {
+        use x86_64::VirtAddr;
+        use x86_64::registers::model_specific::{FsBase, GsBase};
+        use x86_64::registers::segmentation::{FS, GS, Segment64};
+        // Both were read from the CPU (so canonical) or are 0.
+        let (fs, gs) = (
+            VirtAddr::new_truncate(self.fs),
+            VirtAddr::new_truncate(self.gs),
+        );
+        if crate::cpu::fs_gs_bases_for_guests() {
+            // SAFETY: CR4.FSGSBASE is on; the host uses neither base.
+            unsafe {
+                FS::write_base(fs);
+                GS::write_base(gs);
+            }
+        } else {
+            FsBase::write(fs);
+            GsBase::write(gs);
+        }
+    }
+}
+
+/// Sets the running guest's FS base (the `SetFsBase` hypercall): it lives
+/// in the CPU while the guest runs, and [`GuestContexts::switch`] keeps it.
+/// `base` is canonical (the hypercall checks).
+pub fn set_fs_base(base: u64) {
+    x86_64::registers::model_specific::FsBase::write(x86_64::VirtAddr::new_truncate(base));
 }
 
 impl GuestContext {
@@ -197,6 +260,7 @@ impl GuestContext {
         Box::new(Self {
             fpu: FxsaveArea::CLEAN,
             selectors: DataSelectors::NULL,
+            bases: SegmentBases::ZERO,
         })
     }
 
@@ -213,6 +277,7 @@ impl GuestContext {
             );
         }
         self.selectors = DataSelectors::read();
+        self.bases = SegmentBases::read();
     }
 
     /// Puts it back into the CPU.
@@ -244,6 +309,7 @@ impl GuestContext {
             );
         }
         self.selectors.load(guest_gdt);
+        self.bases.load();
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Features {
     pub rdpid: bool,
     /// `sysenter`/`sysexit` and their MSRs.
     pub sysenter: bool,
+    /// `rdfsbase`/`wrfsbase`/`rdgsbase`/`wrgsbase` (once CR4.FSGSBASE is on).
+    pub fsgsbase: bool,
 }
 
 /// Reads CPUID and prints one summary line.
@@ -70,6 +72,7 @@ pub fn detect() -> Features {
         rdtscp: ext.as_ref().is_some_and(|e| e.has_rdtscp()),
         rdpid: leaf7.as_ref().is_some_and(|f| f.has_rdpid()),
         sysenter: basic.as_ref().is_some_and(|f| f.has_sysenter_sysexit()),
+        fsgsbase: leaf7.as_ref().is_some_and(|f| f.has_fsgsbase()),
     };
     let vendor = cpuid.get_vendor_info();
     let brand = cpuid.get_processor_brand_string();
@@ -83,13 +86,14 @@ pub fn detect() -> Features {
     );
     let f = features;
     crate::println!(
-        "cpu: nx={} apic={} 1g-pages={} umip={} smep={} smap={} invariant-tsc={} hypervisor={} vmx/svm={} (pcid={} xsave={}: not used)",
+        "cpu: nx={} apic={} 1g-pages={} umip={} smep={} smap={} fsgsbase={} invariant-tsc={} hypervisor={} vmx/svm={} (pcid={} xsave={}: not used)",
         f.nx,
         f.apic,
         f.huge_1g,
         f.umip,
         f.smep,
         f.smap,
+        f.fsgsbase,
         f.invariant_tsc,
         f.hypervisor,
         f.hw_virt,
@@ -148,8 +152,9 @@ pub fn harden(features: &Features) {
 /// faulting), TSD (`rdtsc` faulting: guests time with it), DE, PGE (the
 /// host never uses global pages: every CR3 load must drop every
 /// translation), PCE (`rdpmc` at any privilege: the host's performance
-/// counters), FSGSBASE (`wrfsbase`/`wrgsbase` at any privilege: FS and GS
-/// bases nobody switches between guests), PCIDE, OSXSAVE (AVX and the
+/// counters), FSGSBASE (`wrfsbase`/`wrgsbase` at any privilege; turned on
+/// again by [`enable_fs_gs_bases_for_guests`] once the guest contexts switch
+/// the bases), PCIDE, OSXSAVE (AVX and the
 /// XSAVE family: YMM and other state `fxsave` does not switch), Key
 /// Locker, SMAP (the guest kernel, supervisor too, must reach its user
 /// pages without `stac`), PKE and PKS (a PKRU nobody switches), CET,
@@ -281,4 +286,37 @@ pub fn enable_fpu_for_guests() {
             flags.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE);
         });
     }
+}
+
+/// Whether CR4.FSGSBASE is on (see [`enable_fs_gs_bases_for_guests`]).
+static FSGSBASE_ON: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Lets guests read and write their own FS and GS bases with `rdfsbase`,
+/// `wrfsbase`, `rdgsbase` and `wrgsbase` (CR4.FSGSBASE), where the CPU has
+/// them. A `std` program keeps its thread-local storage at FS, and its
+/// runtime switches FS at every thread switch: with this, that costs no
+/// exit (without it, each is a `SetFsBase` hypercall). It hands guests
+/// nothing of the host's: the host uses no FS or GS base (no thread-locals,
+/// no per-CPU data through GS, no `swapgs`: ring 0 is entered only from the
+/// switcher, which reads nothing through them), and `context.rs` keeps each
+/// guest's two bases with its FPU state, so a guest sees only its own. A
+/// host that one day keeps per-CPU data at GS must `swapgs` on the way in
+/// and out of every guest, as Linux does, because the guest's GS base is
+/// the guest's to set.
+///
+/// Returns whether it is on.
+pub fn enable_fs_gs_bases_for_guests(features: &Features) -> bool {
+    use x86_64::registers::control::{Cr4, Cr4Flags};
+    if features.fsgsbase {
+        // SAFETY: CPUID says the instructions exist; the bit only makes them
+        // legal, and the host never uses FS or GS (see above).
+        unsafe { Cr4::update(|flags| flags.insert(Cr4Flags::FSGSBASE)) };
+        FSGSBASE_ON.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+    features.fsgsbase
+}
+
+/// Whether guests have `rdfsbase` and friends.
+pub fn fs_gs_bases_for_guests() -> bool {
+    FSGSBASE_ON.load(core::sync::atomic::Ordering::Relaxed)
 }

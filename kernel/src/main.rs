@@ -116,6 +116,7 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
     }
     cpu::harden(&features);
     cpu::enable_fpu_for_guests();
+    cpu::enable_fs_gs_bases_for_guests(&features);
     // Before any guest: does this CPU keep ring 1 out of ring 0?
     cpu_check::run();
     if let Err(e) = memory::init(&boot, features.nx) {

@@ -17,9 +17,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_abi::boot::feature;
 use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
 use host::config::{Config, Expect, GuestSpec, RootEviction};
+use host::guest::load::Platform;
 use host::guest::{Guest, GuestRam, GuestState, HostServices, Next};
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
@@ -235,6 +237,20 @@ impl Services {
     }
 }
 
+impl Services {
+    /// What every guest is told about the machine: FSGSBASE if guests have
+    /// it, and this clock's parameters, so that a guest reads the time
+    /// without an exit.
+    fn platform(&self) -> Platform {
+        let fsgsbase = crate::cpu::fs_gs_bases_for_guests();
+        Platform {
+            features: if fsgsbase { feature::FSGSBASE } else { 0 },
+            clock_tsc_base: self.boot_tsc,
+            clock_ns_per_cycle: self.ns_per_cycle,
+        }
+    }
+}
+
 impl HostServices for Services {
     fn now_ns(&self) -> u64 {
         let cycles = apic::rdtsc().wrapping_sub(self.boot_tsc);
@@ -244,6 +260,10 @@ impl HostServices for Services {
     fn console_line(&mut self, guest: &str, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         println!("[{guest}] {text}");
+    }
+
+    fn set_fs_base(&mut self, base: u64) {
+        crate::context::set_fs_base(base);
     }
 }
 
@@ -307,6 +327,7 @@ pub fn run_guests(
             memory,
             budget_ticks.max(1),
             paging_config(config),
+            &services.platform(),
         ) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
@@ -352,6 +373,7 @@ fn start_guest(
     mem_bytes: u64,
     budget: u64,
     paging: PagingConfig,
+    platform: &Platform,
 ) -> Result<Slot, RunError> {
     let mut name = String::from(spec.image);
     if !spec.arg.is_empty() {
@@ -367,7 +389,7 @@ fn start_guest(
     let setup_error = RunError::Setup;
     let mut mem = FrameGuestMemory::new(mem_bytes)
         .ok_or_else(|| setup_error(String::from("out of host memory")))?;
-    let loaded = match host::guest::load::load(&mut mem, image, spec.arg) {
+    let loaded = match host::guest::load::load(&mut mem, image, spec.arg, platform) {
         Ok(loaded) => loaded,
         Err(e) => {
             mem.release();

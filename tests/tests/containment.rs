@@ -165,23 +165,41 @@ fn an_ldt_selector_faults_and_never_reaches_ring_0() {
 }
 
 /// Each guest starts with a clean FPU, SSE and segment state (`fninit`'s
-/// control word, MXCSR 0x1f80, zeroed registers, null selectors), never
-/// the one another guest left, and finds its own state again after it
-/// slept while the other ran.
+/// control word, MXCSR 0x1f80, zeroed registers, null selectors, FS and GS
+/// bases 0), never the one another guest left, and finds its own state
+/// again after it slept while the other ran. The bases are read and
+/// planted only where the host offers `rdfsbase` (its `cpu:` line says
+/// `fsgsbase=true`; QEMU's `-cpu max` has it), and are 0 otherwise.
 #[test]
 fn fpu_sse_and_segment_state_stays_with_its_guest() {
-    const CLEAN: &str = "fcw=0x37f mxcsr=0x1f80 mm0=0x0 mm7=0x0 xmm0=0x0:0x0 xmm15=0x0:0x0 ds=0x0 es=0x0 fs=0x0 gs=0x0";
+    const CLEAN: &str = "fcw=0x37f mxcsr=0x1f80 mm0=0x0 mm7=0x0 xmm0=0x0:0x0 xmm15=0x0:0x0 ds=0x0 es=0x0 fs=0x0 gs=0x0 fs_base=0x0 gs_base=0x0";
     const PLANTED: &str = "fcw=0xf7f mxcsr=0x7f80 mm0=0xa0a0000000000000 mm7=0xa0a0000000000007 xmm0=0xa0a0000000000101:0xa0a0000000000100 xmm15=0xa0a0000000001501:0xa0a0000000001500 ds=0x21 es=0x2b fs=0x19 gs=0x33";
     const LOOKED: &str = "fcw=0x77f mxcsr=0x3f80 mm0=0xb0b0000000000000 mm7=0xb0b0000000000007 xmm0=0xb0b0000000000101:0xb0b0000000000100 xmm15=0xb0b0000000001501:0xb0b0000000001500 ds=0x2b es=0x21 fs=0x33 gs=0x19";
     let boot = contained();
-    for (action, own) in [("fpu-plant", PLANTED), ("fpu-look", LOOKED)] {
+    let fsgsbase = fsgsbase_offered(boot);
+    let bases = |fs: &str, gs: &str| {
+        if fsgsbase {
+            format!(" fs_base={fs} gs_base={gs}")
+        } else {
+            String::from(" fs_base=0x0 gs_base=0x0")
+        }
+    };
+    let planted = format!(
+        "{PLANTED}{}",
+        bases("0xffff800000a0f000", "0xffff800000a09000")
+    );
+    let looked = format!(
+        "{LOOKED}{}",
+        bases("0xffff800000b0f000", "0xffff800000b09000")
+    );
+    for (action, own) in [("fpu-plant", planted), ("fpu-look", looked)] {
         let tag = format!("[trap/{action}]");
         let at_start = boot.line_containing(&[&tag, &format!("{action} at start:")]);
         if !at_start.ends_with(CLEAN) {
             boot.fail(&format!("{action} did not start with the clean state"));
         }
         let after = boot.line_containing(&[&tag, &format!("{action} after a")]);
-        if !after.ends_with(own) {
+        if !after.ends_with(&own) {
             boot.fail(&format!(
                 "{action} did not find its own state after its sleep"
             ));
@@ -189,18 +207,30 @@ fn fpu_sse_and_segment_state_stays_with_its_guest() {
     }
 }
 
+/// Whether the host says its guests have `rdfsbase` and friends.
+fn fsgsbase_offered(boot: &Boot) -> bool {
+    boot.line_containing(&["cpu: nx="])
+        .contains("fsgsbase=true")
+}
+
 /// What ring 1 can reach of the CPU without a fault the host sees is what
 /// `docs/DESIGN.md` ("CPU state a guest can reach") promises: TSC_AUX 0
-/// (or no `rdtscp`/`rdpid` at all), no XSAVE state, no FS/GS base
-/// instructions, no protection keys, no `syscall`, IF on and IOPL 0, and
-/// the guest's own AC and DF kept across an exit.
+/// (or no `rdtscp`/`rdpid` at all), no XSAVE state, its own FS base (0 at
+/// its start) where the host offers `rdfsbase` and no such instruction
+/// where it does not, no protection keys, no `syscall`, IF on and IOPL 0,
+/// and the guest's own AC and DF kept across an exit.
 #[test]
 fn the_cpu_state_a_guest_reaches_is_what_the_host_promises() {
     let boot = contained();
     let line = boot.line_containing(&["[trap/cpu-state]", "cpu-state: rdtscp"]);
+    let rdfsbase = if fsgsbase_offered(boot) {
+        "rdfsbase=0x0"
+    } else {
+        "rdfsbase=#UD"
+    };
     for expected in [
         "xgetbv=#UD",
-        "rdfsbase=#UD",
+        rdfsbase,
         "rdpkru=#UD",
         "syscall=#UD",
         "if=1 iopl=0",

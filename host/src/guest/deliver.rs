@@ -4,8 +4,9 @@
 //! The guest registered a handler for each trap it cares about
 //! ([`guest_abi::hypercall::Number::SetTrap`]). Delivering means doing what
 //! the CPU does in long mode for an interrupt gate: pick the stack (the
-//! current one in the guest kernel; the registered kernel stack if the guest
-//! was in user mode), align it to 16 bytes, push SS, RSP, RFLAGS, CS, RIP
+//! current one in the guest kernel, below its red zone; the registered
+//! kernel stack if the guest was in user mode), align it to 16 bytes, push
+//! SS, RSP, RFLAGS, CS, RIP
 //! and the error code if there is one, and continue at the handler in ring 1
 //! with (virtual) interrupts off. The guest returns with `iretq`, which
 //! ring 1 may execute.
@@ -17,6 +18,7 @@
 
 use super::{Guest, GuestRam, KillReason, Next, RFLAGS_IF, shared};
 use crate::paging::{Access, ShadowFrames};
+use guest_abi::hypercall::RED_ZONE_BYTES;
 use switcher::selector;
 
 impl<M: GuestRam> Guest<M> {
@@ -44,6 +46,14 @@ impl<M: GuestRam> Guest<M> {
         } else {
             self.regs().rsp
         };
+        // Code built for the System V ABI keeps locals in the 128 bytes
+        // below its stack pointer without moving it; a CPU would push over
+        // them, we do not (`RED_ZONE_BYTES`). A fresh kernel stack has none.
+        let top = if from_user {
+            stack
+        } else {
+            stack.wrapping_sub(RED_ZONE_BYTES)
+        };
         // The guest sees its virtual interrupt flag as RFLAGS.IF.
         let irq_enabled = self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) != 0;
         let rflags = (self.regs().rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
@@ -54,7 +64,7 @@ impl<M: GuestRam> Guest<M> {
         } else {
             &with_error[1..]
         };
-        let sp = (stack & !0xf).wrapping_sub(8 * frame.len() as u64);
+        let sp = (top & !0xf).wrapping_sub(8 * frame.len() as u64);
         if !self.write_stack(frames, sp, frame) {
             return self.kill(KillReason::CannotDeliver { vector, stack });
         }

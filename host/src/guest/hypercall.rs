@@ -65,6 +65,13 @@ impl<M: GuestRam> Guest<M> {
                 );
             }
             Some(Number::BenchMark) => self.bench_mark(host, a, b),
+            Some(Number::SetFsBase) => match GuestVirtAddr::try_new(a) {
+                Ok(_) => {
+                    host.set_fs_base(a);
+                    Ok(0)
+                }
+                Err(_) => Err(Error::BadAddress),
+            },
         };
         self.regs_mut().rax = match result {
             Ok(value) => value,

@@ -91,6 +91,11 @@ pub trait HostServices {
     fn now_ns(&self) -> u64;
     /// Prints one line of a guest's console output.
     fn console_line(&mut self, guest: &str, line: &[u8]);
+    /// Sets the running guest's FS base to `base` (canonical, checked by
+    /// the caller). It lives in the CPU while the guest runs, like the
+    /// guest's FPU registers, and the kernel keeps it with them when
+    /// another guest takes the CPU.
+    fn set_fs_base(&mut self, base: u64);
 }
 
 /// Where a guest is in its life.

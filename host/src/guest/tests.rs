@@ -25,7 +25,9 @@ use guest_abi::boot::{
     BOOT_PARAMS_GPA, BootParams, IMAGE_MIN_GPA, KERNEL_OFFSET, MAGIC, NOTE_NAME,
     NOTE_TYPE_ABI_VERSION, STARTUP_TABLES_GPA,
 };
-use guest_abi::hypercall::{CONSOLE_WRITE_MAX, Error, Number, TIMER_VECTOR, trap_flags};
+use guest_abi::hypercall::{
+    CONSOLE_WRITE_MAX, Error, Number, RED_ZONE_BYTES, TIMER_VECTOR, trap_flags,
+};
 use guest_abi::pte::{MmuOp, ring};
 use proptest::prelude::*;
 use std::string::{String, ToString};
@@ -73,6 +75,12 @@ const SWITCHER_ADDRESS: u64 = 0xffff_ff80_0001_1000;
 const SWITCHER_TABLE: HostPhysAddr = HostPhysAddr::new(0xdead_0000);
 /// The fake clock at the start.
 const BOOT_TIME: u64 = 1_000_000;
+/// What the fake host offers every guest: FSGSBASE, and a clock.
+const PLATFORM: load::Platform = load::Platform {
+    features: guest_abi::boot::feature::FSGSBASE,
+    clock_tsc_base: 0x1234_5678,
+    clock_ns_per_cycle: 3 << 31,
+};
 
 /// RFLAGS bits by name.
 const CF: u64 = 1 << 0;
@@ -154,6 +162,8 @@ fn code() -> Vec<u8> {
 /// A guest image, before it is written out as an ELF file.
 #[derive(Clone, Debug)]
 struct Image {
+    /// `ET_EXEC` or `ET_DYN`.
+    elf_type: u16,
     machine: u16,
     entry: u64,
     segments: Vec<Segment>,
@@ -164,6 +174,7 @@ impl Image {
     /// whose tail is zero-filled data, entered at its first byte.
     fn good() -> Self {
         Self {
+            elf_type: elf::abi::ET_EXEC,
             machine: EM_X86_64,
             entry: ENTRY,
             segments: vec![
@@ -194,7 +205,7 @@ impl Image {
         }
         let mut out = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
         out.resize(16, 0);
-        out.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        out.extend_from_slice(&self.elf_type.to_le_bytes());
         out.extend_from_slice(&self.machine.to_le_bytes());
         out.extend_from_slice(&1u32.to_le_bytes());
         out.extend_from_slice(&self.entry.to_le_bytes());
@@ -230,7 +241,7 @@ impl Image {
 /// Loads `image` into a fresh memory of `size` bytes.
 fn load_into(size: u64, image: &[u8]) -> (FakeGuestMemory, Result<LoadedImage, LoadError>) {
     let mut mem = FakeGuestMemory::new(size);
-    let result = load::load(&mut mem, image, CMDLINE);
+    let result = load::load(&mut mem, image, CMDLINE, &PLATFORM);
     (mem, result)
 }
 
@@ -239,6 +250,8 @@ fn load_into(size: u64, image: &[u8]) -> (FakeGuestMemory, Result<LoadedImage, L
 struct FakeHost {
     now: u64,
     lines: Vec<(String, Vec<u8>)>,
+    /// The last FS base a guest set.
+    fs_base: Option<u64>,
 }
 
 impl HostServices for FakeHost {
@@ -248,6 +261,10 @@ impl HostServices for FakeHost {
 
     fn console_line(&mut self, guest: &str, line: &[u8]) {
         self.lines.push((guest.to_string(), line.to_vec()));
+    }
+
+    fn set_fs_base(&mut self, base: u64) {
+        self.fs_base = Some(base);
     }
 }
 
@@ -292,6 +309,7 @@ impl World {
             host: FakeHost {
                 now: BOOT_TIME,
                 lines: Vec::new(),
+                fs_base: None,
             },
         }
     }
@@ -413,7 +431,7 @@ fn a_good_image_loads_with_its_entry_and_segment() {
     let mut mem = FakeGuestMemory::new(MEMORY);
     // Junk where the zero-filled part of the segment goes.
     mem.set(IMAGE_GPA + 0x1008, 0xdead_beef);
-    let loaded = load::load(&mut mem, &Image::good().bytes(), CMDLINE).unwrap();
+    let loaded = load::load(&mut mem, &Image::good().bytes(), CMDLINE, &PLATFORM).unwrap();
     assert_eq!(
         loaded,
         LoadedImage {
@@ -428,6 +446,190 @@ fn a_good_image_loads_with_its_entry_and_segment() {
         .unwrap();
     assert_eq!(loaded_code, code());
     assert_eq!(mem.get(IMAGE_GPA + 0x1008), 0, "the data part is zeroed");
+}
+
+// ---------------------------------------------------------------------------
+// Position-independent images (a Rust `std` program for the Hermit target).
+// ---------------------------------------------------------------------------
+
+/// Where, in a PIE's one loadable segment, its relocation table is.
+const PIE_RELA: u64 = 0x100;
+/// A word the test relocations patch, and the pointer its addend makes.
+const PIE_SLOT: u64 = 0x1000;
+const PIE_ADDEND: i64 = 0x40;
+/// The guest-virtual address a PIE's link-time 0 lands at.
+const PIE_BIAS: u64 = kva(IMAGE_MIN_GPA);
+/// `R_X86_64_RELATIVE`.
+const RELATIVE: u32 = 8;
+
+/// A static PIE: the ABI note, one executable and writable segment linked
+/// at 0 holding code, then `relocations` (offset, type, addend) at
+/// [`PIE_RELA`]; a dynamic segment naming them, with `more_dynamic` tags;
+/// and a TLS template of `tls_memsz` bytes.
+fn pie(relocations: &[(u64, u32, i64)], more_dynamic: &[(i64, u64)], tls_memsz: u64) -> Image {
+    let mut data = code();
+    data.resize(PIE_RELA as usize, 0);
+    for &(offset, kind, addend) in relocations {
+        data.extend_from_slice(&offset.to_le_bytes());
+        data.extend_from_slice(&u64::from(kind).to_le_bytes());
+        data.extend_from_slice(&addend.to_le_bytes());
+    }
+    let mut dynamic = Vec::new();
+    let rela_bytes = 24 * relocations.len() as u64;
+    let tags = [(7, PIE_RELA), (8, rela_bytes), (9, 24)];
+    for &(tag, value) in tags.iter().chain(more_dynamic).chain(&[(0, 0)]) {
+        dynamic.extend_from_slice(&tag.to_le_bytes());
+        dynamic.extend_from_slice(&value.to_le_bytes());
+    }
+    let segment = |kind, flags, vaddr, data: Vec<u8>, memsz| Segment {
+        kind,
+        flags,
+        vaddr,
+        paddr: vaddr,
+        memsz,
+        align: 8,
+        data,
+    };
+    let dynamic_len = dynamic.len() as u64;
+    Image {
+        elf_type: elf::abi::ET_DYN,
+        machine: EM_X86_64,
+        entry: 0,
+        segments: vec![
+            Segment::abi_note(ABI_VERSION),
+            segment(PT_LOAD, PF_R | PF_W | PF_X, 0, data, IMAGE_MEMSZ),
+            segment(elf::abi::PT_DYNAMIC, PF_R, 0x800, dynamic, dynamic_len),
+            segment(elf::abi::PT_TLS, PF_R, 0x900, vec![7; 16], tls_memsz),
+        ],
+    }
+}
+
+#[test]
+fn a_pie_is_loaded_at_the_image_area_and_its_relocations_applied() {
+    let image = pie(&[(PIE_SLOT, RELATIVE, PIE_ADDEND), (0x1008, 0, 0)], &[], 64);
+    let mut mem = FakeGuestMemory::new(MEMORY);
+    mem.set(IMAGE_GPA + 0x1008, 0x5555);
+    let loaded = load::load(&mut mem, &image.bytes(), CMDLINE, &PLATFORM).unwrap();
+    assert_eq!(loaded.entry, PIE_BIAS, "e_entry 0, moved with the image");
+    assert_eq!(loaded.image_end, IMAGE_GPA + IMAGE_MEMSZ);
+    assert_eq!(
+        mem.get(IMAGE_GPA + PIE_SLOT),
+        PIE_BIAS + PIE_ADDEND as u64,
+        "R_X86_64_RELATIVE: the load address plus the addend"
+    );
+    assert_eq!(
+        mem.get(IMAGE_GPA + 0x1008),
+        0,
+        "R_X86_64_NONE patches nothing"
+    );
+    let mut loaded_code = vec![0; CODE_BYTES];
+    mem.read_bytes(GuestPhysAddr::new(IMAGE_GPA), &mut loaded_code)
+        .unwrap();
+    assert_eq!(loaded_code, code());
+    let field = |offset: usize| BOOT_PARAMS_GPA + offset as u64;
+    use core::mem::offset_of;
+    assert_eq!(mem.get(field(offset_of!(BootParams, load_bias))), PIE_BIAS);
+    assert_eq!(
+        mem.get(field(offset_of!(BootParams, features))),
+        PLATFORM.features
+    );
+}
+
+#[test]
+fn a_linked_image_has_no_load_bias_and_the_clock_is_in_the_shared_page() {
+    use core::mem::offset_of;
+    let (mem, loaded) = load_into(MEMORY, &Image::good().bytes());
+    loaded.unwrap();
+    let bias = BOOT_PARAMS_GPA + offset_of!(BootParams, load_bias) as u64;
+    assert_eq!(mem.get(bias), 0);
+    assert_eq!(
+        mem.get(SHARED_PAGE_GPA + shared::CLOCK_TSC_BASE),
+        PLATFORM.clock_tsc_base
+    );
+    assert_eq!(
+        mem.get(SHARED_PAGE_GPA + shared::CLOCK_NS_PER_CYCLE),
+        PLATFORM.clock_ns_per_cycle
+    );
+}
+
+#[test]
+fn a_relocation_outside_the_loaded_segments_is_refused_naming_its_offset() {
+    for offset in [IMAGE_MEMSZ - 4, IMAGE_MEMSZ, MEMORY, u64::MAX - 3] {
+        let image = pie(&[(offset, RELATIVE, 0)], &[], 64);
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::RelocationOutside { offset }),
+            "offset {offset:#x}"
+        );
+    }
+}
+
+#[test]
+fn relocations_a_static_pie_does_not_have_are_refused() {
+    // R_X86_64_64 needs a symbol: a dynamic linker's work.
+    let image = pie(&[(PIE_SLOT, 1, 0)], &[], 64);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::UnsupportedRelocation { kind: 1 })
+    );
+    for (tag, what) in [
+        (36, "packed (RELR) relocations"),
+        (17, "REL relocations"),
+        (23, "PLT relocations"),
+    ] {
+        let image = pie(&[], &[(tag, 0x100)], 64);
+        assert_eq!(
+            load_into(MEMORY, &image.bytes()).1,
+            Err(LoadError::UnsupportedRelocationTable(what))
+        );
+    }
+    // A table that runs past the segment's file data.
+    let image = pie(&[(PIE_SLOT, RELATIVE, 0)], &[(8, 1 << 40)], 64);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::RelocationTableOutside)
+    );
+}
+
+#[test]
+fn a_tls_segment_larger_than_guest_memory_is_refused() {
+    let image = pie(&[], &[], MEMORY + 1);
+    assert_eq!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::TlsTooLarge { memsz: MEMORY + 1 })
+    );
+    let text = LoadError::TlsTooLarge { memsz: 5 }.to_string();
+    assert!(text.contains("thread-local storage"), "{text}");
+}
+
+#[test]
+fn a_pie_segment_linked_past_guest_memory_is_refused() {
+    let mut image = pie(&[], &[], 64);
+    image.segments[1].vaddr = MEMORY;
+    image.segments[1].paddr = MEMORY;
+    assert!(matches!(
+        load_into(MEMORY, &image.bytes()).1,
+        Err(LoadError::SegmentOutside { .. })
+    ));
+}
+
+proptest! {
+    /// A PIE with bytes changed at random loads or is refused, but never
+    /// panics, and what loads stays inside the image area.
+    #[test]
+    fn corrupted_pies_never_panic(
+        changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let mut bytes = pie(&[(PIE_SLOT, RELATIVE, PIE_ADDEND)], &[], 64).bytes();
+        let len = bytes.len();
+        for (at, value) in changes {
+            bytes[at % len] = value;
+        }
+        if let Ok(loaded) = load_into(MEMORY, &bytes).1 {
+            prop_assert!(loaded.entry >= kva(IMAGE_MIN_GPA));
+            prop_assert!(loaded.image_end <= MEMORY);
+        }
+    }
 }
 
 #[test]
@@ -1056,7 +1258,7 @@ fn an_exception_with_a_handler_is_delivered_with_a_cpu_style_frame() {
     w.in_kernel(TRAPPING_RIP, rsp);
     w.guest.regs_mut().rflags = IF | 2 | CF | TF;
     assert_eq!(w.trap(6, 0), Next::Resume);
-    let frame = STACK_TOP - 16 - 5 * 8;
+    let frame = STACK_TOP - 16 - RED_ZONE_BYTES - 5 * 8;
     let r = *w.guest.regs();
     assert_eq!(
         (r.rip, r.rsp, r.cs, r.ss),
@@ -1078,7 +1280,7 @@ fn the_frame_shows_the_virtual_interrupt_flag_as_rflags_if() {
     w.set_shared(shared::IRQ_ENABLED, 0);
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(0, 0), Next::Resume);
-    let frame = STACK_TOP - 5 * 8;
+    let frame = STACK_TOP - RED_ZONE_BYTES - 5 * 8;
     assert_eq!(w.guest.regs().rsp, frame);
     assert_eq!(w.words(frame + 16, 1), [2], "IF clear: the guest had cli'd");
 }
@@ -1256,7 +1458,7 @@ fn an_ordinary_gp_in_ring_1_is_delivered_with_its_error_code() {
     w.poke(TRAPPING_RIP, &[0x8e, 0xd8]); // mov ds, ax with a bad selector
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(13, 0x18), Next::Resume);
-    let frame = STACK_TOP - 6 * 8;
+    let frame = STACK_TOP - RED_ZONE_BYTES - 6 * 8;
     assert_eq!(w.guest.regs().rsp, frame);
     assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(
@@ -1340,7 +1542,11 @@ fn a_read_of_the_switcher_slot_faults_into_the_guest_as_unmapped() {
     assert_eq!(w.page_fault(SWITCHER_ADDRESS, 0), Next::Resume);
     assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(w.shared(shared::FAULT_ADDRESS), SWITCHER_ADDRESS);
-    assert_eq!(w.words(STACK_TOP - 6 * 8, 1), [0], "not present, read");
+    assert_eq!(
+        w.words(STACK_TOP - RED_ZONE_BYTES - 6 * 8, 2),
+        [0, TRAPPING_RIP],
+        "not present, read"
+    );
 }
 
 #[test]
@@ -1350,7 +1556,7 @@ fn a_fault_the_guest_tables_forbid_is_delivered_with_its_address() {
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.page_fault(UNMAPPED, 2), Next::Resume);
     assert_eq!(w.shared(shared::FAULT_ADDRESS), UNMAPPED);
-    let frame = STACK_TOP - 6 * 8;
+    let frame = STACK_TOP - RED_ZONE_BYTES - 6 * 8;
     assert_eq!(w.guest.regs().rip, HANDLER);
     assert_eq!(
         w.words(frame, 6),
@@ -1434,7 +1640,7 @@ fn a_pending_interrupt_is_delivered_once_virtual_interrupts_are_on() {
     w.set_shared(shared::IRQ_PENDING, 1);
     w.set_shared(shared::IRQ_ENABLED, 1);
     assert!(w.enter().is_some());
-    let frame = STACK_TOP - 5 * 8;
+    let frame = STACK_TOP - RED_ZONE_BYTES - 5 * 8;
     assert_eq!(
         (w.guest.regs().rip, w.guest.regs().rsp),
         (TIMER_HANDLER, frame)
@@ -1723,11 +1929,11 @@ fn a_frame_that_straddles_two_stack_pages_is_written_to_both() {
     w.set_shared(shared::IRQ_ENABLED, 1);
     // 16 bytes above a page boundary: rsp and ss land in the upper page,
     // the error code, rip, cs and rflags in the lower one.
-    let rsp = STACK_TOP - 4096 + 16;
+    let rsp = STACK_TOP - 4096 + 16 + RED_ZONE_BYTES;
     w.in_kernel(TRAPPING_RIP, rsp);
     w.guest.regs_mut().rflags = IF | 2;
     assert_eq!(w.trap(13, 0x1234), Next::Resume);
-    let frame = rsp - 6 * 8;
+    let frame = rsp - RED_ZONE_BYTES - 6 * 8;
     assert_eq!(w.guest.regs().rsp, frame);
     assert_eq!(
         w.words(frame, 6),
@@ -1780,7 +1986,10 @@ fn the_hosts_own_accesses_to_guest_memory_are_not_counted_as_guest_faults() {
         before,
         "writing the trap frame is the host's access, not a guest fault"
     );
-    assert_eq!(w.words(STACK_TOP - 5 * 8, 1), [TRAPPING_RIP]);
+    assert_eq!(
+        w.words(STACK_TOP - RED_ZONE_BYTES - 5 * 8, 1),
+        [TRAPPING_RIP]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2008,7 +2217,7 @@ fn an_iretq_with_a_bad_frame_is_the_guests_own_gp_when_it_has_a_handler() {
         Next::Resume
     );
     assert_eq!(w.guest.regs().rip, HANDLER);
-    let delivered = (IRET_FRAME & !0xf) - 6 * 8;
+    let delivered = ((IRET_FRAME - RED_ZONE_BYTES) & !0xf) - 6 * 8;
     assert_eq!(w.guest.regs().rsp, delivered);
     assert_eq!(
         w.words(delivered, 6),
@@ -2144,3 +2353,41 @@ fn only_the_cpus_own_push_from_user_mode_is_taken_for_a_missing_stack() {
 // `World`.
 #[path = "exit_props.rs"]
 mod exit_props;
+
+// ---------------------------------------------------------------------------
+// Thread-local storage and the red zone.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn set_fs_base_hands_a_canonical_base_to_the_host_and_refuses_others() {
+    let mut w = World::new();
+    assert_eq!(w.call(Number::SetFsBase, &[kva(0x20_0000)]), 0);
+    assert_eq!(w.host.fs_base, Some(kva(0x20_0000)));
+    assert_eq!(
+        w.call(Number::SetFsBase, &[0x0000_8000_0000_0000]),
+        Error::BadAddress.to_return_value()
+    );
+    assert_eq!(w.host.fs_base, Some(kva(0x20_0000)), "unchanged");
+}
+
+#[test]
+fn a_trap_in_ring_1_leaves_the_red_zone_below_the_stack_pointer_alone() {
+    let mut w = World::new();
+    w.set_trap(6, HANDLER, 0);
+    let rsp = STACK_TOP - 0x100;
+    w.in_kernel(TRAPPING_RIP, rsp);
+    let red_zone = rsp - RED_ZONE_BYTES..rsp;
+    for (i, at) in red_zone.clone().step_by(8).enumerate() {
+        w.guest
+            .memory
+            .set(at - KERNEL_OFFSET, 0xaaaa_0000 + i as u64);
+    }
+    assert_eq!(w.trap(6, 0), Next::Resume);
+    for (i, at) in red_zone.step_by(8).enumerate() {
+        assert_eq!(
+            w.guest.memory.get(at - KERNEL_OFFSET),
+            0xaaaa_0000 + i as u64
+        );
+    }
+    assert!(w.guest.regs().rsp + 5 * 8 <= rsp - RED_ZONE_BYTES);
+}

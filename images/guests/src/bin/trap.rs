@@ -40,16 +40,19 @@
 //!   fault (`#GP` with the selector, reflected to our handler), and the
 //!   gate's target, which notes the code segment it ran with, never run;
 //! - `fpu-plant` and `fpu-look` (one after the other on the command line):
-//!   each reads the x87 control word, MXCSR, `mm0`/`mm7`, `xmm0`/`xmm15`
-//!   and `ds`/`es`/`fs`/`gs`, which must be the clean state, plants values
+//!   each reads the x87 control word, MXCSR, `mm0`/`mm7`, `xmm0`/`xmm15`,
+//!   `ds`/`es`/`fs`/`gs` and, where the host offers `rdfsbase` (boot
+//!   parameters' `FSGSBASE`), the FS and GS bases, which must be the clean
+//!   state, plants values
 //!   of its own, sleeps on the virtual timer while the other runs, and
 //!   reads them again, which must be its own;
 //! - `cpu-state`: the CPU state ring 1 can reach without a fault the host
 //!   sees (`docs/DESIGN.md`, "CPU state a guest can reach"): TSC_AUX
 //!   through `rdtscp` and `rdpid` must be 0 (or the instruction missing);
-//!   `xgetbv`, `rdfsbase`, `rdpkru` and `syscall` must each raise `#UD`
-//!   (no XSAVE state, FS/GS base writes, protection keys or `syscall`
-//!   entry for a guest); RFLAGS must show IF on and IOPL 0; and the AC and
+//!   `xgetbv`, `rdpkru` and `syscall` must each raise `#UD` (no XSAVE
+//!   state, protection keys or `syscall` entry for a guest); `rdfsbase`
+//!   must read 0, our own clean base, where the host offers it, and raise
+//!   `#UD` where it does not; RFLAGS must show IF on and IOPL 0; and the AC and
 //!   DF flags we set must still be ours after a hypercall.
 //!
 //! A contained action that gets through prints `survived ...` and exits
@@ -863,13 +866,16 @@ mod guest {
         es: u16,
         fs: u16,
         gs: u16,
+        /// The FS and GS bases (left 0, and not read, without FSGSBASE).
+        fs_base: u64,
+        gs_base: u64,
     }
 
     impl core::fmt::Display for CpuContext {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             write!(
                 f,
-                "fcw={:#x} mxcsr={:#x} mm0={:#x} mm7={:#x} xmm0={:#x}:{:#x} xmm15={:#x}:{:#x} ds={:#x} es={:#x} fs={:#x} gs={:#x}",
+                "fcw={:#x} mxcsr={:#x} mm0={:#x} mm7={:#x} xmm0={:#x}:{:#x} xmm15={:#x}:{:#x} ds={:#x} es={:#x} fs={:#x} gs={:#x} fs_base={:#x} gs_base={:#x}",
                 self.fcw,
                 self.mxcsr,
                 self.mm0,
@@ -881,7 +887,9 @@ mod guest {
                 self.ds,
                 self.es,
                 self.fs,
-                self.gs
+                self.gs,
+                self.fs_base,
+                self.gs_base
             )
         }
     }
@@ -899,6 +907,8 @@ mod guest {
         es: 0,
         fs: 0,
         gs: 0,
+        fs_base: 0,
+        gs_base: 0,
     };
 
     /// What `fpu-plant` plants: rounding toward zero in both units (every
@@ -916,6 +926,8 @@ mod guest {
         es: 0x2b,
         fs: 0x19,
         gs: 0x33,
+        fs_base: 0xffff_8000_00a0_f000,
+        gs_base: 0xffff_8000_00a0_9000,
     };
 
     /// What `fpu-look` plants after looking: rounding down, `b0` patterns,
@@ -931,6 +943,8 @@ mod guest {
         es: 0x21,
         fs: 0x33,
         gs: 0x19,
+        fs_base: 0xffff_8000_00b0_f000,
+        gs_base: 0xffff_8000_00b0_9000,
     };
 
     /// How long each sleeps: `fpu-plant` long enough for `fpu-look` (next
@@ -969,6 +983,19 @@ mod guest {
                 options(nostack),
             )
         }
+        if has_fsgsbase() {
+            // SAFETY: the host turned CR4.FSGSBASE on (its boot parameters
+            // say so); reading the bases changes nothing.
+            unsafe {
+                asm!(
+                    "rdfsbase {fs}",
+                    "rdgsbase {gs}",
+                    fs = out(reg) context.fs_base,
+                    gs = out(reg) context.gs_base,
+                    options(nostack, nomem, preserves_flags),
+                )
+            }
+        }
         context
     }
 
@@ -1002,6 +1029,27 @@ mod guest {
                 options(nostack, readonly),
             )
         }
+        // After the selectors: loading one sets the base from the
+        // descriptor.
+        if has_fsgsbase() {
+            // SAFETY: the host turned CR4.FSGSBASE on (its boot parameters
+            // say so); the bases only change what our own fs:/gs: accesses
+            // reach, and our code makes none.
+            unsafe {
+                asm!(
+                    "wrfsbase {fs}",
+                    "wrgsbase {gs}",
+                    fs = in(reg) context.fs_base,
+                    gs = in(reg) context.gs_base,
+                    options(nostack, nomem, preserves_flags),
+                )
+            }
+        }
+    }
+
+    /// Whether the host lets us use `rdfsbase` and friends.
+    fn has_fsgsbase() -> bool {
+        boot::params().features & guest_abi::boot::feature::FSGSBASE != 0
     }
 
     fn fpu_plant() {
@@ -1204,11 +1252,15 @@ mod guest {
             Seen(syscall),
             if ac_df_kept { "kept" } else { "lost" },
         );
+        let rdfsbase_as_promised = if has_fsgsbase() {
+            rdfsbase == Some(0)
+        } else {
+            rdfsbase.is_none()
+        };
         let as_expected = rdtscp.unwrap_or(0) == 0
             && rdpid.unwrap_or(0) == 0
-            && [xgetbv, rdfsbase, rdpkru, syscall]
-                .iter()
-                .all(Option::is_none)
+            && rdfsbase_as_promised
+            && [xgetbv, rdpkru, syscall].iter().all(Option::is_none)
             && interrupts == 1
             && iopl == 0
             && ac_df_kept;
