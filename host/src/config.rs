@@ -76,7 +76,8 @@ impl BootTest {
 pub struct Config<'a> {
     /// `log=error|warn|info|debug|trace` (default `info`).
     pub log_level: LogLevel,
-    /// `timer_hz=<1..=10000>`: the host's periodic tick (default 100).
+    /// `timer_hz=<1..=10000>`: time slices of 1/timer_hz s between guests
+    /// that wait for the CPU (default 100).
     pub timer_hz: u32,
     /// `test=<name>`: run a self-test (see [`BootTest`]).
     pub test: Option<BootTest>,
@@ -232,7 +233,7 @@ pub const KEYS: [Key; 10] = [
         name: "timer_hz",
         values: "1 to 10000",
         default: Some("100"),
-        meaning: "the host's periodic tick, in Hz",
+        meaning: "time slices: a guest runs up to 1/timer_hz s while another waits (the host's timer is one-shot, armed only for a slice's end, a guest's own timer or the end of its budget)",
         set: |c, v| {
             c.timer_hz = number(v, 1..=10_000).ok_or("a whole number of Hz from 1 to 10000")?;
             Ok(())

@@ -1,9 +1,14 @@
 //! Time: the local APIC timer, calibrated against the PIT, and the TSC rate.
 //!
-//! The host needs a periodic tick to take the CPU back from guests that do
-//! not give it up (a guest spinning with its virtual interrupts off is still
+//! The host needs a timer to take the CPU back from guests that do not give
+//! it up (a guest spinning with its virtual interrupts off is still
 //! preempted by this real interrupt), and it needs to know how fast its
-//! clocks run. The local APIC timer and the TSC run at rates no register
+//! clocks run. The timer is one-shot: the run loop arms it for the next
+//! moment something is due (the end of a time slice while another guest
+//! waits, a guest's own virtual timer, the end of its budget) with
+//! [`arm_timer`], so a guest computing alone is not interrupted for
+//! nothing, and a guest's timer fires when it is due rather than at the
+//! next tick of a fixed period. The local APIC timer and the TSC run at rates no register
 //! tells us, so we count both across a few milliseconds of the one clock
 //! whose rate is fixed by the PC's design: the 8254 PIT at 1.193182 MHz.
 //!
@@ -41,13 +46,16 @@ const PIT_HZ: u64 = 1_193_182;
 /// median counts): together about as long as one 10 ms window was.
 const CALIBRATION_MS: u64 = 3;
 const CALIBRATION_RUNS: usize = 3;
-/// LVT timer mode bit: periodic rather than one-shot.
-const TIMER_PERIODIC: u32 = 1 << 17;
 /// LVT mask bit.
 const MASKED: u32 = 1 << 16;
 
 static APIC_BASE: AtomicUsize = AtomicUsize::new(0);
+/// Timer interrupts taken.
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// APIC timer counts per nanosecond, 32.32 fixed point (set by `init`).
+static COUNTS_PER_NS: AtomicU64 = AtomicU64::new(0);
+/// The TSC's rate (set by `init`), for [`uptime_ms`].
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 
 /// What calibration measured.
 #[derive(Clone, Copy, Debug)]
@@ -56,8 +64,6 @@ pub struct Clocks {
     pub tsc_hz: u64,
     /// The APIC timer's input rate after its divider (16).
     pub apic_timer_hz: u64,
-    /// The tick rate configured.
-    pub tick_hz: u32,
 }
 
 /// Why the timer could not be set up.
@@ -71,9 +77,9 @@ pub enum ApicError {
     NoPit,
 }
 
-/// Maps the local APIC, masks the PICs, calibrates, and starts the periodic
-/// tick at `tick_hz`. Interrupts stay off; the caller enables them.
-pub fn init(tick_hz: u32, has_apic: bool) -> Result<Clocks, ApicError> {
+/// Maps the local APIC, masks the PICs, calibrates, and leaves the timer in
+/// one-shot mode, unarmed. Interrupts stay off; the caller enables them.
+pub fn init(has_apic: bool) -> Result<Clocks, ApicError> {
     if !has_apic {
         return Err(ApicError::NoApic);
     }
@@ -94,14 +100,32 @@ pub fn init(tick_hz: u32, has_apic: bool) -> Result<Clocks, ApicError> {
     let tsc_hz = tsc_ticks * 1000 / CALIBRATION_MS;
     let apic_timer_hz = apic_ticks * 1000 / CALIBRATION_MS;
 
-    let period = (apic_timer_hz / u64::from(tick_hz)).clamp(1, u64::from(u32::MAX));
-    write(reg::LVT_TIMER, TIMER_PERIODIC | u32::from(TIMER_VECTOR));
-    write(reg::TIMER_INITIAL, period as u32);
+    let counts_per_ns = ((u128::from(apic_timer_hz) << 32) / 1_000_000_000) as u64;
+    COUNTS_PER_NS.store(counts_per_ns.max(1), Ordering::Relaxed);
+    TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+    // One-shot (mode bits 0), unmasked; nothing counts until `arm_timer`.
+    write(reg::LVT_TIMER, u32::from(TIMER_VECTOR));
     Ok(Clocks {
         tsc_hz,
         apic_timer_hz,
-        tick_hz,
     })
+}
+
+/// Arms the one-shot timer to interrupt `ns` nanoseconds from now (at least
+/// one count of the APIC timer, at most as many as its 32-bit counter
+/// holds: some 68 s at QEMU's 62.5 MHz after the divider; a later deadline
+/// is simply met by arming again when that one fires). Replaces whatever
+/// was armed.
+pub fn arm_timer(ns: u64) {
+    let counts = (u128::from(ns) * u128::from(COUNTS_PER_NS.load(Ordering::Relaxed))) >> 32;
+    let counts = counts.clamp(1, u128::from(u32::MAX)) as u32;
+    write(reg::TIMER_INITIAL, counts);
+}
+
+/// Milliseconds since the TSC started counting (0 before [`init`]), for
+/// the log's timestamps.
+pub fn uptime_ms() -> u64 {
+    rdtsc() / (TSC_HZ.load(Ordering::Relaxed) / 1000).max(1)
 }
 
 /// [`count_across_pit_interval`] [`CALIBRATION_RUNS`] times; the run with
@@ -186,7 +210,7 @@ pub fn on_timer_tick() {
     TICKS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Ticks since the timer started.
+/// Timer interrupts taken since boot.
 pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }

@@ -19,6 +19,7 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_abi::hypercall::Number;
 use host::addr::HostPhysAddr;
+use host::guest::{Exit, ExitEvents};
 
 global_asm!(
     r#"
@@ -265,6 +266,26 @@ fn int_round_trips(n: u64) -> u64 {
 pub struct HostShares {
     /// Per kind ([`ExitKind::index`]): exits counted and cycles spent.
     by_kind: [(u64, u64); ExitKind::COUNT],
+    /// The exit being handled, and the cycle the switcher returned at.
+    current: Option<(ExitKind, u64)>,
+}
+
+impl ExitEvents for HostShares {
+    fn exit(&mut self, exit: Exit) {
+        self.current = Some((ExitKind::of(exit), rdtsc()));
+    }
+
+    fn entering(&mut self) {
+        if let Some((kind, at)) = self.current.take() {
+            self.add(kind, rdtsc() - at);
+        }
+    }
+}
+
+/// Whether this boot measures (`bench=on`): the run loop then watches its
+/// exits with [`HostShares`].
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// What a guest exit was, for [`HostShares`].
@@ -285,15 +306,15 @@ pub enum ExitKind {
 impl ExitKind {
     const COUNT: usize = Number::ALL.len() + 4;
 
-    /// Classifies the exit whose trap is in `regs`.
-    pub fn of(regs: &switcher::GuestRegs) -> Self {
-        match regs.vector as u8 {
-            v if v == guest_abi::hypercall::VECTOR => {
-                Number::from_raw(regs.rax).map_or(Self::UnknownHypercall, Self::Hypercall)
+    /// The kind of `exit`.
+    pub fn of(exit: Exit) -> Self {
+        match exit {
+            Exit::Hypercall(number) => number.map_or(Self::UnknownHypercall, Self::Hypercall),
+            Exit::PageFault { .. } => Self::PageFault,
+            Exit::GeneralProtection | Exit::Nmi | Exit::Fatal(_) | Exit::Exception { .. } => {
+                Self::Exception
             }
-            14 => Self::PageFault,
-            0..=31 => Self::Exception,
-            _ => Self::Interrupt,
+            Exit::HostTimer | Exit::HostInterrupt(_) => Self::Interrupt,
         }
     }
 

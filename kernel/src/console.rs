@@ -88,11 +88,11 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let ticks = crate::apic::ticks();
+        let ms = crate::apic::uptime_ms();
         match record.level() {
-            log::Level::Info => write_fmt(format_args!("[{ticks:>6}] {}\n", record.args())),
+            log::Level::Info => write_fmt(format_args!("[{ms:>6}] {}\n", record.args())),
             level => write_fmt(format_args!(
-                "[{ticks:>6}] {level:<5} {}: {}\n",
+                "[{ms:>6}] {level:<5} {}: {}\n",
                 record.target(),
                 record.args()
             )),

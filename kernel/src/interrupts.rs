@@ -24,7 +24,7 @@ use x86_64::instructions::tables::lidt;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::DescriptorTablePointer;
 
-/// The vector of the host's periodic timer interrupt. The host's hardware
+/// The vector of the host's one-shot timer interrupt. The host's hardware
 /// vectors are part of the guest contract ([`host_vector`]: no guest may
 /// have a direct trap on them), and written down only there.
 pub const TIMER_VECTOR: u8 = host_vector::TIMER;

@@ -5,12 +5,19 @@
 //! guest memory made of host frames ([`FrameGuestMemory`]), shadow-table
 //! frames ([`HostFrames`]), the clock and the console ([`Services`]), and
 //! the switcher that actually enters the guest. Guests take turns on the
-//! boot CPU: each runs until the host's tick takes the CPU back (then the
-//! next runnable guest goes), until it halts waiting for a virtual
-//! interrupt, or until it ends. With every guest halted, the CPU sleeps
-//! until the next tick.
+//! boot CPU: each runs until its time slice ends while another guest is
+//! waiting (then the next runnable guest goes), until another guest's
+//! timer wakes it, until it halts waiting for a virtual interrupt, or until
+//! it ends. The host's timer is one-shot ([`DeadlineTimer`]): armed for the
+//! first of those moments, and for the guest's own timer and the end of its
+//! budget, so a guest computing alone is not interrupted at all. With every
+//! guest halted, the CPU sleeps until the first guest timer is due.
+//!
+//! Each exit is classified once ([`Exit::of`]) and handed on; whoever
+//! watches the exits (the benchmarks' [`HostShares`], with `bench=on`)
+//! does so through [`ExitEvents`], which the ordinary run leaves empty.
 
-use crate::bench::{ExitKind, HostShares};
+use crate::bench::HostShares;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts, memory};
 use alloc::string::String;
@@ -22,7 +29,7 @@ use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
 use host::config::{Config, Expect, GuestSpec, RootEviction};
 use host::guest::load::Platform;
-use host::guest::{Guest, GuestRam, GuestState, HostServices, Next};
+use host::guest::{Exit, ExitEvents, Guest, GuestRam, GuestState, HostServices, Next, NoEvents};
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
@@ -315,7 +322,8 @@ pub fn run_guests(
         CpuSwitcher::new(0).map_err(|e| RunError::Setup(alloc::format!("the switcher: {e}")))?;
     let services = Services::new(tsc_hz);
     let frames_before = memory::frame_stats();
-    let budget_ticks = config.guest_budget_ms * u64::from(config.timer_hz) / 1000;
+    let budget_ns = config.guest_budget_ms.saturating_mul(1_000_000);
+    let slice_ns = 1_000_000_000 / u64::from(config.timer_hz.max(1));
     let mut slots = Vec::new();
     let mut all_started = true;
     for spec in GuestSpec::parse_list(config.guests).flatten() {
@@ -325,7 +333,7 @@ pub fn run_guests(
             &archive,
             spec,
             memory,
-            budget_ticks.max(1),
+            budget_ns.max(1),
             paging_config(config),
             &services.platform(),
         ) {
@@ -337,7 +345,7 @@ pub fn run_guests(
         }
     }
     log::info!("running {} guest(s): {}", slots.len(), config.guests);
-    let all_as_expected = schedule(&mut slots, &mut switcher, services) && all_started;
+    let all_as_expected = schedule(&mut slots, &mut switcher, services, slice_ns) && all_started;
     let frames_after = memory::frame_stats();
     println!(
         "frames: {} free before the guests, {} after ({})",
@@ -407,34 +415,71 @@ fn start_guest(
 }
 
 /// Round-robin over the guests until all have ended.
-fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Services) -> bool {
+fn schedule(
+    slots: &mut Vec<Slot>,
+    switcher: &mut CpuSwitcher,
+    mut services: Services,
+    slice_ns: u64,
+) -> bool {
     let mut all_as_expected = true;
     let mut current = 0;
+    let mut timer = DeadlineTimer::new();
     // Which guest ran here last, by its register page (unique per guest).
     let mut last_on_cpu: Option<HostPhysAddr> = None;
     while !slots.is_empty() {
         current %= slots.len();
         let now = services.now_ns();
-        if !slots.iter_mut().any(|s| s.guest.poll(now)) {
-            idle_until_next_tick();
+        let runnable = slots
+            .iter_mut()
+            .map(|s| s.guest.poll(now))
+            .filter(|&can_run| can_run)
+            .count();
+        if runnable == 0 {
+            let first_due = slots.iter().filter_map(|s| s.guest.timer_deadline()).min();
+            idle_until(&mut timer, first_due, now);
             continue;
         }
         if !slots[current].guest.poll(now) {
             current += 1;
             continue;
         }
+        // What may end this guest's turn besides itself: the slice, if
+        // another guest is waiting; another guest's timer, which makes it
+        // runnable.
+        let slice_end = (runnable > 1).then(|| now.saturating_add(slice_ns));
+        let others_due = slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != current)
+            .filter_map(|(_, s)| s.guest.timer_deadline())
+            .min();
+        let turn = Turn {
+            slice_end: min_deadline(slice_end, others_due),
+            timer: &mut timer,
+        };
         let slot = &mut slots[current];
         let id = slot.guest.memory().register_page();
         if last_on_cpu != Some(id) {
             slot.guest.cpu_tables_lost();
             last_on_cpu = Some(id);
         }
-        let next = run_slice(
-            &mut slot.guest,
-            &mut slot.host_shares,
-            switcher,
-            &mut services,
-        );
+        let next = if crate::bench::enabled() {
+            run_turn(
+                &mut slot.guest,
+                turn,
+                &mut slot.host_shares,
+                switcher,
+                &mut services,
+            )
+        } else {
+            run_turn(
+                &mut slot.guest,
+                turn,
+                &mut NoEvents,
+                switcher,
+                &mut services,
+            )
+        };
         if next == Next::Ended {
             let slot = slots.remove(current);
             switcher.release_registers(slot.guest.memory().register_page());
@@ -447,19 +492,27 @@ fn schedule(slots: &mut Vec<Slot>, switcher: &mut CpuSwitcher, mut services: Ser
     all_as_expected
 }
 
-/// Runs one guest until a host tick, a halt or its end.
-fn run_slice(
+/// What bounds one guest's turn on the CPU, and the timer that enforces it.
+struct Turn<'t> {
+    /// When the turn ends whatever the guest does (its slice ended with
+    /// another guest waiting, or another guest's timer is due).
+    slice_end: Option<u64>,
+    timer: &'t mut DeadlineTimer,
+}
+
+/// Runs one guest until its turn ends, it halts or it ends; charges the CPU
+/// time it used to its budget.
+fn run_turn<E: ExitEvents>(
     guest: &mut Guest<FrameGuestMemory>,
-    host_shares: &mut HostShares,
+    turn: Turn<'_>,
+    events: &mut E,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
 ) -> Next {
-    // The last exit's kind and the cycle the switcher returned at.
-    let mut last_exit: Option<(ExitKind, u64)> = None;
+    let mut started = services.now_ns();
     loop {
-        let Some(root) =
-            guest.prepare_entry(&mut HostFrames, switcher.guest_view(), services.now_ns())
-        else {
+        let now = services.now_ns();
+        let Some(root) = guest.prepare_entry(&mut HostFrames, switcher.guest_view(), now) else {
             return Next::Ended;
         };
         if let Some((stack, gates)) = guest.take_cpu_tables() {
@@ -468,27 +521,78 @@ fn run_slice(
                 switcher.set_direct_trap(vector, handler);
             }
         }
-        if let Some((kind, at)) = last_exit.take() {
-            host_shares.add(kind, apic::rdtsc() - at);
-        }
+        let budget_end = started.saturating_add(guest.cpu_ns_left());
+        let due = min_deadline(turn.slice_end, guest.timer_deadline())
+            .map_or(budget_end, |d| d.min(budget_end));
+        turn.timer.arm(due, now);
+        events.entering();
         let cr2 = switcher.run(root, guest.memory().register_page());
-        let returned_at = apic::rdtsc();
-        last_exit = Some((ExitKind::of(guest.regs()), returned_at));
-        let vector = guest.regs().vector as u8;
-        let host_interrupt = vector >= 32 && vector != guest_abi::hypercall::VECTOR;
-        if host_interrupt {
+        let exit = Exit::of(guest.regs(), cr2);
+        events.exit(exit);
+        if let Some(vector) = exit.host_interrupt() {
             interrupts::handle_host_interrupt(vector);
         }
-        match guest.handle_exit(cr2, &mut HostFrames, services) {
-            Next::Resume if vector == interrupts::TIMER_VECTOR => return guest.charge_tick(),
-            Next::Resume => {}
-            other => return other,
+        let next = guest.handle_exit(exit, &mut HostFrames, services);
+        // The time is charged when the turn ends, and at the host's timer
+        // (which may be the budget's end).
+        let turn_over = next != Next::Resume || exit == Exit::HostTimer;
+        if !turn_over {
+            continue;
+        }
+        let now = services.now_ns();
+        if guest.charge_cpu_time(now.saturating_sub(started)) == Next::Ended {
+            return Next::Ended;
+        }
+        started = now;
+        if next != Next::Resume || turn.slice_end.is_some_and(|end| now >= end) {
+            return next;
         }
     }
 }
 
-/// Sleeps until the next host interrupt.
-fn idle_until_next_tick() {
+/// The earlier of two optional deadlines.
+fn min_deadline(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The host's one-shot timer, armed for an absolute deadline (host
+/// nanoseconds). It writes the APIC only when the deadline changes or the
+/// last one fired: a guest's hypercalls, faults and other exits, which
+/// change nothing, cost no timer access.
+struct DeadlineTimer {
+    /// The deadline armed, and the count of timer interrupts then.
+    armed: Option<(u64, u64)>,
+}
+
+impl DeadlineTimer {
+    fn new() -> Self {
+        Self { armed: None }
+    }
+
+    /// Makes the timer fire at `deadline` (at once if it is not after
+    /// `now`).
+    fn arm(&mut self, deadline: u64, now: u64) {
+        let fired = apic::ticks();
+        if self.armed == Some((deadline, fired)) {
+            return;
+        }
+        apic::arm_timer(deadline.saturating_sub(now));
+        self.armed = Some((deadline, fired));
+    }
+}
+
+/// The longest the CPU sleeps with every guest halted and no timer of
+/// theirs due: they are woken by nothing else today, so this only bounds
+/// how long a mistake could keep the host asleep.
+const IDLE_LIMIT_NS: u64 = 1_000_000_000;
+
+/// Sleeps until the first guest timer is due (`first_due`, host
+/// nanoseconds), or a host interrupt.
+fn idle_until(timer: &mut DeadlineTimer, first_due: Option<u64>, now: u64) {
+    timer.arm(first_due.unwrap_or(now + IDLE_LIMIT_NS), now);
     x86_64::instructions::interrupts::enable_and_hlt();
     x86_64::instructions::interrupts::disable();
 }
@@ -504,7 +608,7 @@ fn report_end(slot: Slot) -> bool {
     host_shares.report(&guest.name);
     let name = guest.name.clone();
     let counters = guest.counters;
-    let ticks = guest.ticks_used;
+    let cpu_ms = guest.cpu_ns_used / 1_000_000;
     let state = guest.state().clone();
     let paging = guest.paging_stats();
     let (memory, _) = guest.teardown(&mut HostFrames);
@@ -520,7 +624,7 @@ fn report_end(slot: Slot) -> bool {
         GuestState::Killed(reason) => println!("guest {name} killed: {reason}"),
         other => println!("guest {name} ended in state {other:?}"),
     }
-    println!("guest {name} counters: {counters} ticks={ticks}");
+    println!("guest {name} counters: {counters} cpu_ms={cpu_ms}");
     println!(
         "guest {name} paging: faults_fixed={} faults_reflected={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={}",
         paging.faults_fixed,

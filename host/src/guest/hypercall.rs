@@ -24,12 +24,13 @@ impl<M: GuestRam> Guest<M> {
     /// to `rax`.
     pub(super) fn hypercall<F: ShadowFrames, H: HostServices>(
         &mut self,
+        number: Option<Number>,
         frames: &mut F,
         host: &mut H,
     ) -> Next {
         let r = *self.regs();
         let (a, b, c, d) = (r.rdi, r.rsi, r.rdx, r.r10);
-        let result = match Number::from_raw(r.rax) {
+        let result = match number {
             None => Err(Error::UnknownCall),
             Some(Number::Nop) => Ok(0),
             Some(Number::ConsoleWrite) => self.console_write(frames, host, a, b),
@@ -243,7 +244,6 @@ impl<M: GuestRam> Guest<M> {
                     id,
                     counters: self.counters,
                     paging: self.paging.stats(),
-                    ticks: self.ticks_used,
                 });
                 Ok(0)
             }
@@ -261,7 +261,7 @@ impl<M: GuestRam> Guest<M> {
                     (c1.total() - c0.total()).saturating_sub(1),
                     (c1.guest_caused() - c0.guest_caused()).saturating_sub(1),
                     c1.interrupts - c0.interrupts,
-                    self.ticks_used - start.ticks,
+                    c1.host_timers - c0.host_timers,
                     c1.in_interrupt_handlers - c0.in_interrupt_handlers,
                     (c1.hypercalls - c0.hypercalls).saturating_sub(1),
                     c1.page_faults - c0.page_faults,

@@ -24,6 +24,7 @@
 //! the shadow tables (stack pinned, switcher installed).
 
 mod deliver;
+pub mod exit;
 pub mod hypercall;
 mod insn;
 pub mod load;
@@ -42,6 +43,7 @@ use guest_abi::boot::SHARED_PAGE_GPA;
 use guest_abi::shared::offset as shared;
 use switcher::{GuestRegs, selector};
 
+pub use exit::{Exit, ExitEvents, NoEvents};
 pub use insn::IretProblem;
 
 /// What the CPU's TSS holds as `RSP1`, the stack of direct traps, while
@@ -193,8 +195,8 @@ pub enum KillReason {
     },
     /// It ran longer than its time budget.
     OverBudget {
-        /// The budget, in host ticks.
-        ticks: u64,
+        /// The budget, in milliseconds of CPU time.
+        budget_ms: u64,
         /// Whether its virtual interrupts were off at the end.
         interrupts_off: bool,
     },
@@ -268,11 +270,11 @@ impl fmt::Display for KillReason {
                 }
             ),
             Self::OverBudget {
-                ticks,
+                budget_ms,
                 interrupts_off,
             } => write!(
                 f,
-                "ran over its time budget of {ticks} ticks{}",
+                "ran over its time budget of {budget_ms} ms{}",
                 if *interrupts_off {
                     " with its virtual interrupts off"
                 } else {
@@ -292,8 +294,11 @@ pub struct ExitCounters {
     pub page_faults: u64,
     /// Other exceptions reflected into the guest.
     pub exceptions: u64,
-    /// Host interrupts (the tick) that took the CPU from the guest.
+    /// Host interrupts that took the CPU from the guest.
     pub interrupts: u64,
+    /// Of those, the host's timer: a time slice, a budget or a timer of
+    /// the guest's own ending while it ran.
+    pub host_timers: u64,
     /// Virtual interrupts delivered.
     pub virtual_interrupts: u64,
     /// Exits the guest made while handling a virtual interrupt (between
@@ -355,7 +360,6 @@ struct BenchStart {
     id: u64,
     counters: ExitCounters,
     paging: PagingStats,
-    ticks: u64,
 }
 
 /// Where the guest wants a trap delivered.
@@ -399,9 +403,9 @@ pub struct Guest<M: GuestRam> {
     /// exits in between are the interrupt handler's. A host-side copy so
     /// that the common exit, outside any handler, reads no guest memory.
     in_interrupt_handler: bool,
-    /// Host ticks it has run for, and the most it may.
-    pub ticks_used: u64,
-    ticks_budget: u64,
+    /// Nanoseconds of CPU time it has run for, and the most it may.
+    pub cpu_ns_used: u64,
+    cpu_ns_budget: u64,
     console: Vec<u8>,
     /// Set when the kernel stack changed: the kernel must copy it into the
     /// CPU's TSS before the next entry (a guest OS does so at every context
@@ -422,7 +426,7 @@ impl<M: GuestRam> Guest<M> {
         memory: M,
         image: load::LoadedImage,
         paging: PagingConfig,
-        ticks_budget: u64,
+        cpu_ns_budget: u64,
         frames: &mut F,
     ) -> Result<Self, PagingError> {
         let mut memory = memory;
@@ -460,8 +464,8 @@ impl<M: GuestRam> Guest<M> {
             bench_mark: None,
             counters: ExitCounters::default(),
             in_interrupt_handler: false,
-            ticks_used: 0,
-            ticks_budget,
+            cpu_ns_used: 0,
+            cpu_ns_budget,
             console: Vec::new(),
             stack_stale: true,
             traps_stale: true,
@@ -569,14 +573,14 @@ impl<M: GuestRam> Guest<M> {
         }
     }
 
-    /// Counts a host tick that arrived while the guest ran, and ends the
-    /// guest if it has used up its budget.
-    pub fn charge_tick(&mut self) -> Next {
-        self.ticks_used += 1;
-        if self.ticks_used > self.ticks_budget {
+    /// Charges `ran_ns` of CPU time the guest used, and ends it if that
+    /// takes it over its budget.
+    pub fn charge_cpu_time(&mut self, ran_ns: u64) -> Next {
+        self.cpu_ns_used = self.cpu_ns_used.saturating_add(ran_ns);
+        if self.cpu_ns_used > self.cpu_ns_budget {
             let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
             self.kill(KillReason::OverBudget {
-                ticks: self.ticks_budget,
+                budget_ms: self.cpu_ns_budget / 1_000_000,
                 interrupts_off,
             });
             return Next::Ended;
@@ -584,34 +588,48 @@ impl<M: GuestRam> Guest<M> {
         Next::Resume
     }
 
-    /// Handles the exit that just happened (its trap is in [`Self::regs`]);
-    /// `cr2` is the CPU's CR2 at the exit.
+    /// CPU time it may still use before its budget ends it.
+    pub fn cpu_ns_left(&self) -> u64 {
+        self.cpu_ns_budget.saturating_sub(self.cpu_ns_used)
+    }
+
+    /// When its virtual timer is due (host nanoseconds), if it set one.
+    pub fn timer_deadline(&self) -> Option<u64> {
+        self.timer_deadline
+    }
+
+    /// Handles `exit`, which just happened (its trap is in [`Self::regs`]).
     pub fn handle_exit<F: ShadowFrames, H: HostServices>(
         &mut self,
-        cr2: u64,
+        exit: Exit,
         frames: &mut F,
         host: &mut H,
     ) -> Next {
-        let vector = self.regs().vector as u8;
-        let next = match vector {
-            v if v == guest_abi::hypercall::VECTOR => {
+        let next = match exit {
+            Exit::Hypercall(number) => {
                 self.count_guest_exit(GuestExit::Hypercall);
-                self.hypercall(frames, host)
+                self.hypercall(number, frames, host)
             }
-            14 => {
+            Exit::PageFault {
+                address,
+                error_code,
+            } => {
                 self.count_guest_exit(GuestExit::PageFault);
-                self.page_fault(cr2, frames)
+                self.page_fault(address, error_code, frames)
             }
-            13 => self.general_protection(frames),
-            2 => Next::Resume, // NMI: the host's business, nothing for the guest.
-            8 | 18 => self.kill(KillReason::Fatal(vector)),
-            0..=31 => {
+            Exit::GeneralProtection => self.general_protection(frames),
+            Exit::Nmi => Next::Resume,
+            Exit::Fatal(vector) => self.kill(KillReason::Fatal(vector)),
+            Exit::Exception { vector, error_code } => {
                 self.count_guest_exit(GuestExit::Exception);
-                let error =
-                    guest_abi::hypercall::has_error_code(vector).then_some(self.regs().error_code);
-                self.deliver(frames, vector, error)
+                self.deliver(frames, vector, error_code)
             }
-            _ => {
+            Exit::HostTimer => {
+                self.counters.interrupts += 1;
+                self.counters.host_timers += 1;
+                Next::Resume
+            }
+            Exit::HostInterrupt(_) => {
                 self.counters.interrupts += 1;
                 Next::Resume
             }
@@ -649,8 +667,7 @@ impl<M: GuestRam> Guest<M> {
         (self.memory, stats)
     }
 
-    fn page_fault<F: ShadowFrames>(&mut self, cr2: u64, frames: &mut F) -> Next {
-        let error_code = self.regs().error_code;
+    fn page_fault<F: ShadowFrames>(&mut self, cr2: u64, error_code: u64, frames: &mut F) -> Next {
         let write = error_code & 2 != 0;
         if self.is_direct_trap_without_stack(cr2, error_code) {
             let mut code = [0u8; 16];

@@ -288,10 +288,11 @@ struct World {
 impl World {
     /// A fresh guest with a budget no test reaches.
     fn new() -> Self {
-        Self::with_budget(1_000)
+        Self::with_budget(1_000_000_000)
     }
 
-    fn with_budget(ticks: u64) -> Self {
+    /// A fresh guest that may use `budget_ns` of CPU time.
+    fn with_budget(budget_ns: u64) -> Self {
         let (mem, loaded) = load_into(MEMORY, &Image::good().bytes());
         let mut frames = FakeFrames::new(1_000);
         let guest = Guest::new(
@@ -299,7 +300,7 @@ impl World {
             mem,
             loaded.unwrap(),
             PagingConfig::default(),
-            ticks,
+            budget_ns,
             &mut frames,
         )
         .unwrap();
@@ -316,8 +317,9 @@ impl World {
 
     /// The exit in `*self.guest.regs()` happened, with CR2 = `cr2`.
     fn exit(&mut self, cr2: u64) -> Next {
+        let exit = Exit::of(self.guest.regs(), cr2);
         self.guest
-            .handle_exit(cr2, &mut self.frames, &mut self.host)
+            .handle_exit(exit, &mut self.frames, &mut self.host)
     }
 
     /// The guest kernel executes `int 0x81` with `number` and `args`.
@@ -1718,21 +1720,22 @@ fn the_timer_fires_at_entry_and_the_time_is_in_the_shared_page() {
 #[test]
 fn a_guest_that_overruns_its_budget_is_killed() {
     for (irq_enabled, interrupts_off) in [(0, true), (1, false)] {
-        let mut w = World::with_budget(3);
+        let mut w = World::with_budget(3_000_000);
         w.set_shared(shared::IRQ_ENABLED, irq_enabled);
-        for _ in 0..3 {
-            assert_eq!(w.guest.charge_tick(), Next::Resume);
+        for left in [2_000_000, 1_000_000, 0] {
+            assert_eq!(w.guest.charge_cpu_time(1_000_000), Next::Resume);
+            assert_eq!(w.guest.cpu_ns_left(), left);
         }
         assert_eq!(w.guest.state(), &GuestState::Runnable);
-        assert_eq!(w.guest.charge_tick(), Next::Ended);
+        assert_eq!(w.guest.charge_cpu_time(1), Next::Ended);
         assert_eq!(
             w.kill_reason(),
             &KillReason::OverBudget {
-                ticks: 3,
+                budget_ms: 3,
                 interrupts_off
             }
         );
-        assert_eq!(w.guest.ticks_used, 4);
+        assert_eq!(w.guest.cpu_ns_used, 3_000_001);
     }
 }
 
@@ -1741,7 +1744,7 @@ fn the_first_reason_to_kill_is_kept() {
     let mut w = World::with_budget(0);
     w.in_kernel(TRAPPING_RIP, STACK_TOP);
     assert_eq!(w.trap(6, 0), Next::Ended);
-    assert_eq!(w.guest.charge_tick(), Next::Ended);
+    assert_eq!(w.guest.charge_cpu_time(1), Next::Ended);
     assert!(matches!(
         w.kill_reason(),
         KillReason::Unhandled { vector: 6, .. }
@@ -1876,15 +1879,14 @@ fn bench_mark_counts_the_exits_between_its_two_calls() {
 /// own code did: a slow loop meets more ticks, never more guest exits.
 #[test]
 fn exits_of_an_interrupt_handler_are_not_the_guests_own() {
-    /// The kernel's tick vector (`kernel::interrupts::TIMER_VECTOR`).
-    const HOST_TICK_VECTOR: u8 = 32;
+    /// The host's timer vector (`host_vector::TIMER`).
+    const HOST_TICK_VECTOR: u8 = guest_abi::hypercall::host_vector::TIMER;
     let mut w = world_with_timer_handler();
     w.set_shared(shared::IRQ_ENABLED, 1);
     assert_eq!(w.call(Number::BenchMark, &[0, 9]), 0);
-    // The tick: a host interrupt (the run loop charges it), and the
-    // guest's timer is pending by then.
+    // The host's timer: a host interrupt, and the guest's timer is
+    // pending by then.
     assert_eq!(w.trap(HOST_TICK_VECTOR, 0), Next::Resume);
-    assert_eq!(w.guest.charge_tick(), Next::Resume);
     w.set_shared(shared::IRQ_PENDING, 1 << (TIMER_VECTOR - 32));
     assert!(w.enter().is_some());
     assert_eq!(w.guest.regs().rip, TIMER_HANDLER);
