@@ -179,11 +179,12 @@ impl<'a> Config<'a> {
         mut warn: impl FnMut(Warning<'a>),
     ) -> Result<Self, ConfigError<'a>> {
         let mut config = Config::default();
-        for word in cmdline.split_ascii_whitespace() {
+        for word in words(cmdline) {
             let Some((key, value)) = word.split_once('=') else {
                 warn(Warning::NotKeyValue(word));
                 continue;
             };
+            let value = unquote(value);
             match KEYS.iter().find(|known| known.name == key) {
                 Some(known) => (known.set)(&mut config, value).map_err(|expected| ConfigError {
                     key,
@@ -195,6 +196,39 @@ impl<'a> Config<'a> {
         }
         Ok(config)
     }
+}
+
+/// The words of a command line: separated by whitespace, except inside
+/// double quotes, so that a value may hold spaces (`guests="app/a b"`).
+fn words(cmdline: &str) -> impl Iterator<Item = &str> {
+    let mut rest = cmdline;
+    core::iter::from_fn(move || {
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        if rest.is_empty() {
+            return None;
+        }
+        let mut quoted = false;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                !quoted && c.is_ascii_whitespace()
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let (word, after) = rest.split_at(end);
+        rest = after;
+        Some(word)
+    })
+}
+
+/// A value without the double quotes around it, if it has them.
+fn unquote(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
 }
 
 /// One key of the kernel command line: what the README's table says of it,
@@ -254,7 +288,8 @@ pub const KEYS: [Key; 10] = [
     Key {
         name: "guests",
         values: "comma-separated `name` or `name/argument` (its command line), each with \
-                 `:code`, `:killed` or `:any` for the end expected (default `:0`)",
+                 `:code`, `:killed` or `:any` for the end expected (default `:0`); in double \
+                 quotes an argument may hold spaces and `=` (`guests=\"app/KEY=v a b\",hello`)",
         default: Some("hello"),
         meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
                   only if every guest ends as expected (`cargo xtask run` also passes \
@@ -384,8 +419,11 @@ pub enum Expect {
 }
 
 /// One guest to run: `image[/arg][:expect]`, e.g. `hello`, `trap/cli:killed`,
-/// `bench:0`, `fuzz/7/10000:any`. The argument may hold `/` (the guest
-/// reads it as it likes), the image name may not.
+/// `bench:0`, `fuzz/7/10000:any`, `args-std/LANG=C a b`. The argument may
+/// hold `/`, `=`, `+`, `@`, `%` and spaces (the guest reads it as it likes:
+/// a `std` guest's runtime makes its environment and arguments of it), the
+/// image name may not; neither may hold `,`, `:` or quotes, which the list
+/// and the command line use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestSpec<'a> {
     /// The archive entry to run.
@@ -410,7 +448,7 @@ impl<'a> GuestSpec<'a> {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || extra.contains(&b))
         };
-        (!image.is_empty() && name_ok(image, b"") && name_ok(arg, b"/")).then_some(Self {
+        (!image.is_empty() && name_ok(image, b"") && name_ok(arg, b"/=+@% ")).then_some(Self {
             image,
             arg,
             expect,
@@ -481,6 +519,27 @@ mod tests {
         assert_eq!(GuestSpec::parse("/x"), None);
         assert_eq!(GuestSpec::parse("a b"), None);
         assert_eq!(GuestSpec::parse("a:"), None);
+    }
+
+    #[test]
+    fn a_quoted_value_may_hold_spaces_and_equals_signs() {
+        let (c, w) =
+            parse(r#"log=debug guests="args-std/LANG=C HOME=/tmp a  b:0,hello" timer_hz=250"#);
+        let c = c.unwrap();
+        assert_eq!(c.guests, "args-std/LANG=C HOME=/tmp a  b:0,hello");
+        assert_eq!((c.log_level, c.timer_hz), (LogLevel::Debug, 250));
+        assert!(w.is_empty());
+        let specs: Vec<_> = GuestSpec::parse_list(c.guests).flatten().collect();
+        assert_eq!(specs[0].arg, "LANG=C HOME=/tmp a  b");
+        assert_eq!(specs[1].image, "hello");
+        // Unquoted, the space ends the word, and the rest is not key=value.
+        let (c, w) = parse("guests=args-std/a b");
+        assert_eq!(c.unwrap().guests, "args-std/a");
+        assert_eq!(w, [Warning::NotKeyValue("b")]);
+        // What the list and the command line use stays out of an argument.
+        for bad in [r#"guests="a/x"y""#, "guests=a/x:y", r#"guests="a/ö""#] {
+            assert!(parse(bad).0.is_err(), "{bad}");
+        }
     }
 
     #[test]
