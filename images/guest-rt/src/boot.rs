@@ -92,18 +92,46 @@ fn check(params: *const BootParams) -> Result<(), &'static str> {
     if params.abi_version != ABI_VERSION {
         return Err("the host speaks another ABI version");
     }
-    if image_start() != KERNEL_OFFSET + IMAGE_MIN_GPA {
+    check_image_address(params)
+}
+
+/// Whether the image runs where it was linked (`linker.ld`) to run.
+#[cfg(target_os = "none")]
+fn check_image_address(_params: &BootParams) -> Result<(), &'static str> {
+    unsafe extern "C" {
+        /// The first byte of the image (linker.ld).
+        static __image_start: u8;
+    }
+    if (&raw const __image_start) as u64 != KERNEL_OFFSET + IMAGE_MIN_GPA {
         return Err("linker.ld and guest_abi disagree on where the image is");
     }
     Ok(())
 }
 
-/// The first guest-virtual address of the image (from linker.ld).
-fn image_start() -> u64 {
-    unsafe extern "C" {
-        static __image_start: u8;
+/// Whether the position-independent image runs where the host says it
+/// relocated it: its ELF header (which the linker maps at link-time
+/// address 0) must be at the load bias, and that at the image's place.
+#[cfg(target_os = "hermit")]
+fn check_image_address(params: &BootParams) -> Result<(), &'static str> {
+    if image_header() != params.load_bias {
+        return Err("the host's load bias is not where the image runs");
     }
-    (&raw const __image_start) as u64
+    if params.load_bias != KERNEL_OFFSET + IMAGE_MIN_GPA {
+        return Err("the host loaded the image somewhere guest_abi does not say");
+    }
+    Ok(())
+}
+
+/// The guest-virtual address of the image's own ELF header (which lld
+/// names `__ehdr_start` when a loadable segment covers it): for a
+/// position-independent image, its load bias.
+#[cfg(target_os = "hermit")]
+pub fn image_header() -> u64 {
+    unsafe extern "C" {
+        /// The ELF header, as the linker placed it.
+        static __ehdr_start: u8;
+    }
+    (&raw const __ehdr_start) as u64
 }
 
 /// The boot parameters the host gave us.

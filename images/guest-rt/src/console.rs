@@ -57,7 +57,7 @@ impl<F: FnMut(&[u8])> fmt::Write for LineBuffer<F> {
 }
 
 /// Formats `args` to the host console (what `print!` expands to).
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub fn print(args: fmt::Arguments<'_>) {
     use fmt::Write;
     let mut line = LineBuffer::new(|bytes: &[u8]| {
@@ -69,7 +69,7 @@ pub fn print(args: fmt::Arguments<'_>) {
 }
 
 /// Prints to the host console, like `std`'s `print!`.
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {
@@ -78,7 +78,7 @@ macro_rules! print {
 }
 
 /// Prints a line to the host console, like `std`'s `println!`.
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 #[macro_export]
 macro_rules! println {
     () => {

@@ -28,10 +28,14 @@
 //! at guest-physical 1 MiB) lives in `linker.ld` beside this crate; the
 //! guest programs link with it (see `images/guests/build.rs`).
 //!
-//! On any target but bare metal only the pure parts (entry encodings, the
-//! line buffer, the frame layout, the note) are built, so `cargo test` and
+//! It builds for two guest targets: bare metal (`x86_64-unknown-none`, the
+//! classic guests, linked with `linker.ld`) and Rust's
+//! `x86_64-unknown-hermit` (a position-independent image whose `std` is
+//! served by `images/std/hermit`, which supplies its own panic handler).
+//! On any other target only the pure parts (entry encodings, the line
+//! buffer, the frame layout, the note) are built, so `cargo test` and
 //! `cargo clippy` over the workspace pass on Linux and test them there.
-#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(any(target_os = "none", target_os = "hermit"), no_std)]
 
 pub mod console;
 pub mod note;
@@ -39,19 +43,20 @@ pub mod paging;
 pub mod probe;
 pub mod traps;
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod bench;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod boot;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod hypercall;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod irq;
+// On Hermit, std brings its own panic handler.
 #[cfg(target_os = "none")]
 mod panic;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod time;
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod user;
 
 /// The exit codes the runtime itself uses when it ends a guest. A program's
@@ -63,4 +68,10 @@ pub mod exit_code {
     pub const BAD_BOOT: u64 = 102;
     /// A trap arrived for which no handler is registered.
     pub const UNHANDLED_TRAP: u64 = 103;
+    /// The program ran out of memory (the Rust `std` runtime,
+    /// `images/std/hermit`).
+    pub const OUT_OF_MEMORY: u64 = 104;
+    /// Every thread waits for something nothing can bring (the Rust `std`
+    /// runtime's scheduler).
+    pub const DEADLOCK: u64 = 105;
 }

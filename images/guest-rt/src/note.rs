@@ -52,7 +52,7 @@ pub const fn abi_note() -> AbiNote {
     }
 }
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 #[used]
 #[unsafe(link_section = ".note.rguest")]
 static ABI_NOTE: AbiNote = abi_note();

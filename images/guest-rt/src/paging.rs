@@ -79,10 +79,10 @@ pub enum MapError {
     NoTable(u8),
 }
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub use bare::*;
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 mod bare {
     use super::*;
     use crate::boot::{self, kernel_virtual};

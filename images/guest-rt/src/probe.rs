@@ -32,10 +32,10 @@ pub const READ_INSTRUCTION: [u8; 3] = [0x48, 0x8b, 0x07];
 /// `mov qword ptr [rdi], rax`: the instruction [`write`] probes with.
 pub const WRITE_INSTRUCTION: [u8; 3] = [0x48, 0x89, 0x07];
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub use bare::*;
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 mod bare {
     use super::*;
     use crate::traps::{self, Delivery, Handler, TrapFrame, vector};

@@ -31,9 +31,31 @@ pub fn timer_interrupts() -> u64 {
     TIMER_INTERRUPTS.load(Ordering::SeqCst)
 }
 
-/// Nanoseconds since the host booted (a hypercall).
+/// Nanoseconds since the host booted. Read from the time-stamp counter
+/// with the host's own scale from the shared page, so no exit is needed;
+/// only a host that publishes no scale (0) is asked by hypercall.
 pub fn now_ns() -> u64 {
-    hypercall::read_time()
+    let shared = crate::boot::shared_page();
+    // SAFETY: the shared page is mapped for the guest's whole life; the
+    // host writes these fields before the guest starts and only while it
+    // is stopped, so plain reads never see them half-written.
+    let (tsc_base, ns_per_cycle) = unsafe {
+        (
+            (&raw const (*shared).clock_tsc_base).read_volatile(),
+            (&raw const (*shared).clock_ns_per_cycle).read_volatile(),
+        )
+    };
+    if ns_per_cycle == 0 {
+        return hypercall::read_time();
+    }
+    scale_cycles(cycles().wrapping_sub(tsc_base), ns_per_cycle)
+}
+
+/// `cycles` counted at `ns_per_cycle` (32.32 fixed point), in nanoseconds:
+/// the host's clock arithmetic, with a 128-bit product so that no run is
+/// long enough to overflow it.
+pub const fn scale_cycles(cycles: u64, ns_per_cycle: u64) -> u64 {
+    ((cycles as u128 * ns_per_cycle as u128) >> 32) as u64
 }
 
 /// Sleeps at least `ns` nanoseconds on the virtual timer. Interrupts are on

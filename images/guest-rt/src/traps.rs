@@ -134,10 +134,10 @@ pub enum Delivery {
 /// handler returns, so it must leave them pointing somewhere sound.
 pub type Handler = fn(&mut TrapFrame);
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 pub use bare::*;
 
-#[cfg(target_os = "none")]
+#[cfg(any(target_os = "none", target_os = "hermit"))]
 mod bare {
     use super::*;
     use crate::hypercall;
@@ -146,6 +146,38 @@ mod bare {
 
     /// Bytes of one stub; the stub of vector `v` is at `v * STUB_BYTES`.
     const STUB_BYTES: u64 = 16;
+
+    // Code built for Hermit uses SSE everywhere, the handlers included, so
+    // on that target the common path keeps the interrupted code's x87 and
+    // SSE registers (512 bytes, 16-aligned, below the aligned stack pointer)
+    // around the handler; a handler that switches threads then leaves them
+    // on the thread's own stack. Bare-metal guests are built without SSE
+    // and skip the cost. (Macros, because an assembly template takes only
+    // literals.)
+    #[cfg(target_os = "hermit")]
+    macro_rules! save_fpu {
+        () => {
+            "  subq $512, %rsp\n  fxsave64 (%rsp)"
+        };
+    }
+    #[cfg(target_os = "hermit")]
+    macro_rules! restore_fpu {
+        () => {
+            "  fxrstor64 (%rsp)"
+        };
+    }
+    #[cfg(target_os = "none")]
+    macro_rules! save_fpu {
+        () => {
+            ""
+        };
+    }
+    #[cfg(target_os = "none")]
+    macro_rules! restore_fpu {
+        () => {
+            ""
+        };
+    }
 
     // The stubs and the common path. AT&T syntax, because a bare symbol as
     // an Intel-syntax operand (`push vector`) would be read as memory.
@@ -198,7 +230,9 @@ mod bare {
         // direction flag clear; the interrupted code promised neither.
         "  andq $-16, %rsp",
         "  cld",
+        save_fpu!(),
         "  call {dispatch}",
+        restore_fpu!(),
         "  movq %rbx, %rsp",
         "  popq %r15",
         "  popq %r14",
