@@ -13,6 +13,9 @@
 //!   virtual interrupt flag, pending interrupts, the fault address).
 //! - [`pte`]: what the bits of the guest's page-table entries mean to the
 //!   host, and the ring through which the guest reports its changes.
+//! - [`virtio`]: the guest's devices: a page per device in guest memory,
+//!   notify and status by hypercall, completion by virtual interrupt, and
+//!   the virtio split rings the host reads and writes.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -23,3 +26,4 @@ pub mod boot;
 pub mod hypercall;
 pub mod pte;
 pub mod shared;
+pub mod virtio;

@@ -17,6 +17,9 @@
 //!    decisions at each exit (hypercalls, faults, traps, kills).
 //! 6. [`paging`]: the shadow page tables, the real tables the CPU uses while
 //!    a guest runs, built from the guest's own and never granting more.
+//! 7. [`virtio`]: the guests' devices: virtio back ends (net, console,
+//!    entropy) behind lguest's transport, a page per device, notify by
+//!    hypercall and completion by virtual interrupt, every ring checked.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -30,3 +33,4 @@ pub mod config;
 pub mod frames;
 pub mod guest;
 pub mod paging;
+pub mod virtio;
