@@ -114,6 +114,11 @@ pub struct BootParams {
     /// address its link-time address 0 was loaded at, after the host applied
     /// its relocations. 0 for an image linked at its load address.
     pub load_bias: u64,
+    /// Guest-physical address of device 0's page ([`crate::virtio`]), 0 if
+    /// the guest has no devices; device `i`'s page follows at `i` pages.
+    pub virtio_devices: u64,
+    /// How many devices there are.
+    pub virtio_device_count: u64,
 }
 
 /// Bits of [`BootParams::features`].

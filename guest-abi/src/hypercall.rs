@@ -113,11 +113,17 @@ pub enum Number {
     /// can instead write it with `wrfsbase` (and its GS base with
     /// `wrgsbase`), without an exit.
     SetFsBase = 12,
+    /// `virtio_status(device)`: "I wrote device `device`'s page: read it"
+    /// (see [`crate::virtio`]). Returns the status the host accepted.
+    VirtioStatus = 13,
+    /// `virtio_notify(device, queue)`: buffers are available on `queue`;
+    /// the host takes every one (see [`crate::virtio`]).
+    VirtioNotify = 14,
 }
 
 impl Number {
     /// Every hypercall, in number order.
-    pub const ALL: [Number; 13] = [
+    pub const ALL: [Number; 15] = [
         Number::ConsoleWrite,
         Number::SetTrap,
         Number::SetKernelStack,
@@ -131,6 +137,8 @@ impl Number {
         Number::SetRoot,
         Number::BenchMark,
         Number::SetFsBase,
+        Number::VirtioStatus,
+        Number::VirtioNotify,
     ];
 
     /// Decodes `rax`.

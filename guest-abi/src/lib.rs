@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 /// The version of this contract. Bump it on any incompatible change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 pub mod boot;
 pub mod hypercall;

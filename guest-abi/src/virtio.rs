@@ -34,16 +34,14 @@
 //! the guest resets the device. It never reads them back: it keeps its own
 //! copy. The guest writes the *driver fields* (its features, the status,
 //! and each queue's size, ring addresses and readiness), and the host reads
-//! them only inside the [`VIRTIO_STATUS`] hypercall. Interrupt status is the
+//! them only inside the [`Number::VirtioStatus`](crate::hypercall::Number::VirtioStatus) hypercall. Interrupt status is the
 //! one word both write: the host sets bits, the guest clears them.
 //!
 //! # The hypercalls
 //!
-//! Two calls, numbered after the last of
-//! [`crate::hypercall::Number`] (the numbers here are the proposal; `Number`
-//! is the authority):
+//! Two calls of [`Number`](crate::hypercall::Number):
 //!
-//! - [`VIRTIO_STATUS`] `virtio_status(device)`: "I wrote the device page:
+//! - [`Number::VirtioStatus`](crate::hypercall::Number::VirtioStatus) `virtio_status(device)`: "I wrote the device page:
 //!   read it". The host reads the status the guest wrote and acts on what
 //!   changed: 0 resets the device (queues forgotten, the page's device
 //!   fields written again, the driver fields zeroed); `FEATURES_OK` makes it
@@ -57,7 +55,7 @@
 //!   this call). Returns the status the host accepted, which it also writes
 //!   back to [`DevicePage::status`]; `-InvalidArgument` for a device that
 //!   does not exist.
-//! - [`VIRTIO_NOTIFY`] `virtio_notify(device, queue)`: the driver made
+//! - [`Number::VirtioNotify`](crate::hypercall::Number::VirtioNotify) `virtio_notify(device, queue)`: the driver made
 //!   buffers available on `queue`. The host processes *every* buffer that
 //!   is available, not just one, and completes them with one interrupt at
 //!   most. Returns 0; `-InvalidArgument` for a device or queue that does
@@ -112,12 +110,6 @@ pub const MAX_DEVICES: usize = 8;
 
 /// The size of one device page.
 pub const DEVICE_PAGE_BYTES: u64 = 4096;
-
-/// The proposed number of the `virtio_status(device)` hypercall.
-pub const VIRTIO_STATUS: u64 = 13;
-
-/// The proposed number of the `virtio_notify(device, queue)` hypercall.
-pub const VIRTIO_NOTIFY: u64 = 14;
 
 /// The virtual interrupt vector of device 0; device `i` raises
 /// `FIRST_DEVICE_VECTOR + i`. The one-shot timer has 32.

@@ -25,11 +25,15 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::boot::feature;
+use guest_abi::hypercall::Number;
 use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
 use host::archive::GuestArchive;
 use host::config::{Config, Expect, GuestSpec, RootEviction};
 use host::guest::load::Platform;
-use host::guest::{Exit, ExitEvents, Guest, GuestRam, GuestState, HostServices, Next, NoEvents};
+use host::guest::{
+    Devices, Exit, ExitEvents, Guest, GuestRam, GuestState, HostServices, Next, NoEvents,
+    standard_devices,
+};
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
@@ -326,8 +330,9 @@ pub fn run_guests(
     let slice_ns = 1_000_000_000 / u64::from(config.timer_hz.max(1));
     let mut slots = Vec::new();
     let mut all_started = true;
-    for spec in GuestSpec::parse_list(config.guests).flatten() {
+    for (index, spec) in GuestSpec::parse_list(config.guests).flatten().enumerate() {
         let memory = config.guest_mem_mib << 20;
+        let devices = standard_devices(guest_mac(index), entropy_seed());
         // A guest that cannot start is reported, and the others still run.
         match start_guest(
             &archive,
@@ -336,6 +341,7 @@ pub fn run_guests(
             budget_ns.max(1),
             paging_config(config),
             &services.platform(),
+            devices,
         ) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
@@ -382,6 +388,7 @@ fn start_guest(
     budget: u64,
     paging: PagingConfig,
     platform: &Platform,
+    devices: Devices,
 ) -> Result<Slot, RunError> {
     let mut name = String::from(spec.image);
     if !spec.arg.is_empty() {
@@ -404,13 +411,73 @@ fn start_guest(
             return Err(setup_error(alloc::format!("{e}")));
         }
     };
-    match Guest::new(name.clone(), mem, loaded, paging, budget, &mut HostFrames) {
+    match Guest::new(
+        name.clone(),
+        mem,
+        loaded,
+        paging,
+        budget,
+        devices,
+        &mut HostFrames,
+    ) {
         Ok(guest) => Ok(Slot {
             guest,
             expect: spec.expect,
             host_shares: HostShares::default(),
         }),
         Err(e) => Err(setup_error(alloc::format!("{e}"))),
+    }
+}
+
+/// Guest `index`'s network address: locally administered (`02`), then
+/// "rg", then the guest's number from 1.
+fn guest_mac(index: usize) -> [u8; 6] {
+    let n = (index + 1) as u32;
+    let [_, a, b, c] = n.to_be_bytes();
+    [0x02, 0x72, 0x67, a, b, c]
+}
+
+/// 32 bytes to seed a guest's entropy device: the CPU's `rdrand` where
+/// CPUID has it, mixed with the TSC either way (without `rdrand` the seed
+/// is only as unpredictable as the time the guest started, and the boot
+/// log says so once).
+fn entropy_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    let hardware = raw_cpuid::CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_rdrand());
+    for (i, chunk) in seed.chunks_exact_mut(8).enumerate() {
+        let mut word = apic::rdtsc().rotate_left(17 * i as u32) ^ 0x9e37_79b9_7f4a_7c15;
+        if hardware {
+            let mut random = 0u64;
+            // SAFETY: CPUID says `rdrand` exists; it only writes `random`.
+            if unsafe { core::arch::x86_64::_rdrand64_step(&mut random) } == 1 {
+                word ^= random;
+            }
+        }
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    if !hardware {
+        static WARNED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!("no rdrand: the guests' virtio-rng is seeded from the TSC alone");
+        }
+    }
+    seed
+}
+
+/// Hands the frames guest `from` sent to the others' network cards: every
+/// other guest sees every frame (a hub; the learning switch replaces it).
+fn switch_frames(slots: &mut [Slot], from: usize) {
+    let frames: Vec<Vec<u8>> = slots[from].guest.take_outbound_frames().collect();
+    if frames.is_empty() {
+        return;
+    }
+    for (i, slot) in slots.iter_mut().enumerate() {
+        if i != from {
+            slot.guest
+                .receive_frames(frames.iter().map(|frame| frame.as_slice()));
+        }
     }
 }
 
@@ -480,6 +547,7 @@ fn schedule(
                 &mut services,
             )
         };
+        switch_frames(slots, current);
         if next == Next::Ended {
             let slot = slots.remove(current);
             switcher.release_registers(slot.guest.memory().register_page());
@@ -535,7 +603,11 @@ fn run_turn<E: ExitEvents>(
         let next = guest.handle_exit(exit, &mut HostFrames, services);
         // The time is charged when the turn ends, and at the host's timer
         // (which may be the budget's end).
-        let turn_over = next != Next::Resume || exit == Exit::HostTimer;
+        // Frames it sent end its turn too, so that the guest they are
+        // for can answer while this one waits.
+        let sent_frames =
+            exit == Exit::Hypercall(Some(Number::VirtioNotify)) && guest.has_outbound_frames();
+        let turn_over = next != Next::Resume || exit == Exit::HostTimer || sent_frames;
         if !turn_over {
             continue;
         }
@@ -544,7 +616,7 @@ fn run_turn<E: ExitEvents>(
             return Next::Ended;
         }
         started = now;
-        if next != Next::Resume || turn.slice_end.is_some_and(|end| now >= end) {
+        if next != Next::Resume || turn.slice_end.is_some_and(|end| now >= end) || sent_frames {
             return next;
         }
     }

@@ -66,6 +66,18 @@ impl<M: GuestRam> Guest<M> {
                 );
             }
             Some(Number::BenchMark) => self.bench_mark(host, a, b),
+            Some(Number::VirtioStatus) => {
+                match self.device_call(host, |devices, mem| devices.status_call(mem, a)) {
+                    Ok(result) => result,
+                    Err(ended) => return ended,
+                }
+            }
+            Some(Number::VirtioNotify) => {
+                match self.device_call(host, |devices, mem| devices.notify(mem, a, b)) {
+                    Ok(result) => result,
+                    Err(ended) => return ended,
+                }
+            }
             Some(Number::SetFsBase) => match GuestVirtAddr::try_new(a) {
                 Ok(_) => {
                     host.set_fs_base(a);
@@ -305,10 +317,9 @@ impl<M: GuestRam> Guest<M> {
     }
 
     /// Whether anything could raise a virtual interrupt for this guest
-    /// later. Today that is only its timer. The hook for devices: a guest
-    /// with a device that can interrupt it (an input queue, a network
-    /// card) must answer true here while the device may still raise one.
+    /// later: its timer, or a device with a receive queue running (a
+    /// network card, a console's input).
     fn can_be_woken(&self) -> bool {
-        self.timer_deadline.is_some()
+        self.timer_deadline.is_some() || self.devices.may_interrupt()
     }
 }

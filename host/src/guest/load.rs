@@ -486,6 +486,9 @@ fn write_boot_params<M: GuestRam>(
         cmdline: [0; CMDLINE_MAX],
         features: platform.features,
         load_bias,
+        // The guest's devices write these (`Guest::new`).
+        virtio_devices: 0,
+        virtio_device_count: 0,
     };
     params.cmdline[..len].copy_from_slice(&cmdline.as_bytes()[..len]);
     let too_small = LoadError::MemoryTooSmall(mem.size());

@@ -24,6 +24,7 @@
 //! the shadow tables (stack pinned, switcher installed).
 
 mod deliver;
+pub mod devices;
 pub mod exit;
 pub mod hypercall;
 mod insn;
@@ -43,6 +44,7 @@ use guest_abi::boot::SHARED_PAGE_GPA;
 use guest_abi::shared::offset as shared;
 use switcher::{GuestRegs, selector};
 
+pub use devices::{Devices, standard_devices};
 pub use exit::{Exit, ExitEvents, NoEvents};
 pub use insn::IretProblem;
 
@@ -193,6 +195,9 @@ pub enum KillReason {
         /// Whether its virtual interrupts were off as well.
         interrupts_off: bool,
     },
+    /// It broke one of its virtio devices (a malformed ring, descriptor
+    /// or status; the reason names the device, the queue and what).
+    Device(crate::virtio::DeviceError),
     /// It ran longer than its time budget.
     OverBudget {
         /// The budget, in milliseconds of CPU time.
@@ -269,6 +274,7 @@ impl fmt::Display for KillReason {
                     ""
                 }
             ),
+            Self::Device(error) => write!(f, "{error}"),
             Self::OverBudget {
                 budget_ms,
                 interrupts_off,
@@ -414,6 +420,8 @@ pub struct Guest<M: GuestRam> {
     /// Set when a direct trap changed: the kernel must rewrite the CPU's
     /// IDT gates (rare).
     traps_stale: bool,
+    /// Its virtio devices.
+    devices: Devices,
 }
 
 /// The stack pages kept mapped below the guest kernel's stack top.
@@ -427,6 +435,7 @@ impl<M: GuestRam> Guest<M> {
         image: load::LoadedImage,
         paging: PagingConfig,
         cpu_ns_budget: u64,
+        devices: Devices,
         frames: &mut F,
     ) -> Result<Self, PagingError> {
         let mut memory = memory;
@@ -469,6 +478,13 @@ impl<M: GuestRam> Guest<M> {
             console: Vec::new(),
             stack_stale: true,
             traps_stale: true,
+            devices,
+        })
+        .map(|mut guest: Self| {
+            if guest.install_devices().is_err() {
+                guest.devices = Devices::new();
+            }
+            guest
         })
     }
 

@@ -75,6 +75,8 @@ const SWITCHER_ADDRESS: u64 = 0xffff_ff80_0001_1000;
 const SWITCHER_TABLE: HostPhysAddr = HostPhysAddr::new(0xdead_0000);
 /// The fake clock at the start.
 const BOOT_TIME: u64 = 1_000_000;
+/// The test guest's network address.
+const GUEST_MAC: [u8; 6] = [0x02, 0x72, 0x67, 0, 0, 1];
 /// What the fake host offers every guest: FSGSBASE, and a clock.
 const PLATFORM: load::Platform = load::Platform {
     features: guest_abi::boot::feature::FSGSBASE,
@@ -301,6 +303,7 @@ impl World {
             loaded.unwrap(),
             PagingConfig::default(),
             budget_ns,
+            standard_devices(GUEST_MAC, [7; 32]),
             &mut frames,
         )
         .unwrap();
@@ -2392,4 +2395,75 @@ fn a_trap_in_ring_1_leaves_the_red_zone_below_the_stack_pointer_alone() {
         );
     }
     assert!(w.guest.regs().rsp + 5 * 8 <= rsp - RED_ZONE_BYTES);
+}
+
+// ---------------------------------------------------------------------------
+// Devices.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_guest_gets_a_console_an_entropy_source_and_a_network_card() {
+    use core::mem::offset_of;
+    use guest_abi::virtio::{DEVICE_PAGE_BYTES, DEVICE_PAGES_GPA, DevicePage, DeviceType};
+    let w = World::new();
+    let field = |offset: usize| BOOT_PARAMS_GPA + offset as u64;
+    assert_eq!(
+        w.guest
+            .memory
+            .get(field(offset_of!(BootParams, virtio_devices))),
+        DEVICE_PAGES_GPA
+    );
+    assert_eq!(
+        w.guest
+            .memory
+            .get(field(offset_of!(BootParams, virtio_device_count))),
+        3
+    );
+    let types: Vec<u32> = (0..3)
+        .map(|i| {
+            let page = DEVICE_PAGES_GPA + i * DEVICE_PAGE_BYTES;
+            let at = page + offset_of!(DevicePage, device_type) as u64;
+            let mut bytes = [0; 4];
+            w.guest
+                .memory
+                .read_bytes(GuestPhysAddr::new(at), &mut bytes)
+                .unwrap();
+            u32::from_le_bytes(bytes)
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            DeviceType::Console as u32,
+            DeviceType::Rng as u32,
+            DeviceType::Net as u32
+        ]
+    );
+}
+
+#[test]
+fn a_device_call_for_a_device_that_does_not_exist_fails() {
+    let mut w = World::new();
+    let refused = Error::InvalidArgument.to_return_value();
+    assert_eq!(w.call(Number::VirtioStatus, &[3]), refused);
+    assert_eq!(w.call(Number::VirtioStatus, &[u64::MAX]), refused);
+    assert_eq!(w.call(Number::VirtioNotify, &[7, 0]), refused);
+    assert_eq!(w.call(Number::VirtioNotify, &[0, 9]), refused);
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
+#[test]
+fn a_halt_with_no_live_device_and_no_timer_ends_the_guest() {
+    let mut w = World::new();
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Ended);
+    assert!(matches!(w.kill_reason(), KillReason::HaltedForever { .. }));
+}
+
+#[test]
+fn frames_for_a_guest_whose_card_is_not_running_are_dropped_without_waking_it() {
+    let mut w = World::new();
+    w.guest.receive_frames([&[0u8; 60][..]]);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+    assert!(!w.guest.has_outbound_frames());
+    assert_eq!(w.guest.take_outbound_frames().count(), 0);
 }

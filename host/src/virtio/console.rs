@@ -59,6 +59,11 @@ impl<S: ConsoleSink> Console<S> {
         &self.sink
     }
 
+    /// Where output goes, to change (the run loop flushes it).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
     /// Input waiting for the guest.
     pub fn pending_input(&self) -> usize {
         self.input.len()
