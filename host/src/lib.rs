@@ -20,6 +20,8 @@
 //! 7. [`virtio`]: the guests' devices: virtio back ends (net, console,
 //!    entropy) behind lguest's transport, a page per device, notify by
 //!    hypercall and completion by virtual interrupt, every ring checked.
+//! 8. [`net`]: the virtual switch joining every guest's virtio-net, the
+//!    uplink and the host's own interface: learning, bounded queues, counters.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -32,5 +34,6 @@ pub mod archive;
 pub mod config;
 pub mod frames;
 pub mod guest;
+pub mod net;
 pub mod paging;
 pub mod virtio;

@@ -34,6 +34,7 @@ use host::guest::{
     Devices, Exit, ExitEvents, Guest, GuestRam, GuestState, HostServices, Next, NoEvents,
     standard_devices,
 };
+use host::net::{Limits, PortId, PortKind, Switch};
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
@@ -282,6 +283,8 @@ impl HostServices for Services {
 struct Slot {
     guest: Guest<FrameGuestMemory>,
     expect: Expect,
+    /// Its network card's port on the virtual switch.
+    port: PortId,
     /// The host's share of the guest's no-op hypercalls, for the benchmark.
     host_shares: HostShares,
 }
@@ -326,32 +329,33 @@ pub fn run_guests(
         CpuSwitcher::new(0).map_err(|e| RunError::Setup(alloc::format!("the switcher: {e}")))?;
     let services = Services::new(tsc_hz);
     let frames_before = memory::frame_stats();
-    let budget_ns = config.guest_budget_ms.saturating_mul(1_000_000);
+    let settings = GuestSettings {
+        mem_bytes: config.guest_mem_mib << 20,
+        budget_ns: config.guest_budget_ms.saturating_mul(1_000_000).max(1),
+        paging: paging_config(config),
+        platform: services.platform(),
+    };
     let slice_ns = 1_000_000_000 / u64::from(config.timer_hz.max(1));
     let mut slots = Vec::new();
+    let mut switch = Switch::new(Limits::DEFAULT);
     let mut all_started = true;
     for (index, spec) in GuestSpec::parse_list(config.guests).flatten().enumerate() {
-        let memory = config.guest_mem_mib << 20;
         let devices = standard_devices(guest_mac(index), entropy_seed());
+        let port = switch.add_port(PortKind::Guest, port_name(spec));
         // A guest that cannot start is reported, and the others still run.
-        match start_guest(
-            &archive,
-            spec,
-            memory,
-            budget_ns.max(1),
-            paging_config(config),
-            &services.platform(),
-            devices,
-        ) {
+        match start_guest(&archive, spec, &settings, devices, port) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
+                switch.remove_port(port);
                 println!("guest {} failed to start: {e}", spec.image);
                 all_started = false;
             }
         }
     }
     log::info!("running {} guest(s): {}", slots.len(), config.guests);
-    let all_as_expected = schedule(&mut slots, &mut switcher, services, slice_ns) && all_started;
+    let all_as_expected =
+        schedule(&mut slots, &mut switcher, &mut switch, services, slice_ns) && all_started;
+    println!("network: {}", switch.counters());
     let frames_after = memory::frame_stats();
     println!(
         "frames: {} free before the guests, {} after ({})",
@@ -381,14 +385,20 @@ fn paging_config(config: &Config<'_>) -> PagingConfig {
     }
 }
 
+/// What every guest starts with, from the command line and the machine.
+struct GuestSettings {
+    mem_bytes: u64,
+    budget_ns: u64,
+    paging: PagingConfig,
+    platform: Platform,
+}
+
 fn start_guest(
     archive: &GuestArchive<'_>,
     spec: GuestSpec<'_>,
-    mem_bytes: u64,
-    budget: u64,
-    paging: PagingConfig,
-    platform: &Platform,
+    settings: &GuestSettings,
     devices: Devices,
+    port: PortId,
 ) -> Result<Slot, RunError> {
     let mut name = String::from(spec.image);
     if !spec.arg.is_empty() {
@@ -402,9 +412,9 @@ fn start_guest(
         return Err(RunError::UnknownGuest(name, known));
     };
     let setup_error = RunError::Setup;
-    let mut mem = FrameGuestMemory::new(mem_bytes)
+    let mut mem = FrameGuestMemory::new(settings.mem_bytes)
         .ok_or_else(|| setup_error(String::from("out of host memory")))?;
-    let loaded = match host::guest::load::load(&mut mem, image, spec.arg, platform) {
+    let loaded = match host::guest::load::load(&mut mem, image, spec.arg, &settings.platform) {
         Ok(loaded) => loaded,
         Err(e) => {
             mem.release();
@@ -415,8 +425,8 @@ fn start_guest(
         name.clone(),
         mem,
         loaded,
-        paging,
-        budget,
+        settings.paging,
+        settings.budget_ns,
         devices,
         &mut HostFrames,
     ) {
@@ -424,6 +434,7 @@ fn start_guest(
             guest,
             expect: spec.expect,
             host_shares: HostShares::default(),
+            port,
         }),
         Err(e) => Err(setup_error(alloc::format!("{e}"))),
     }
@@ -466,29 +477,43 @@ fn entropy_seed() -> [u8; 32] {
     seed
 }
 
-/// Hands the frames guest `from` sent to the others' network cards: every
-/// other guest sees every frame (a hub; the learning switch replaces it).
-fn switch_frames(slots: &mut [Slot], from: usize) {
-    let frames: Vec<Vec<u8>> = slots[from].guest.take_outbound_frames().collect();
-    if frames.is_empty() {
+/// A guest's port name on the switch: its image name (a guest's full name
+/// may hold spaces, and a counters line wants one word).
+fn port_name(spec: GuestSpec<'_>) -> String {
+    String::from(spec.image)
+}
+
+/// Puts the frames guest `from` sent into the switch, and hands every
+/// guest the frames waiting on its port (one interrupt each for the lot).
+fn switch_frames(slots: &mut [Slot], switch: &mut Switch, from: usize) {
+    let slot = &mut slots[from];
+    let mut sent = false;
+    for frame in slot.guest.take_outbound_frames() {
+        switch.input(slot.port, &frame);
+        sent = true;
+    }
+    if !sent {
         return;
     }
-    for (i, slot) in slots.iter_mut().enumerate() {
-        if i != from {
-            slot.guest
-                .receive_frames(frames.iter().map(|frame| frame.as_slice()));
-        }
+    for slot in slots.iter_mut() {
+        switch.drain(slot.port, |frames| slot.guest.receive_frames(frames));
     }
 }
+
+/// How often the switch's clock ticks (its learned addresses age, its
+/// flood budgets renew): the ten a second its default limits assume.
+const SWITCH_TICK_NS: u64 = 100_000_000;
 
 /// Round-robin over the guests until all have ended.
 fn schedule(
     slots: &mut Vec<Slot>,
     switcher: &mut CpuSwitcher,
+    switch: &mut Switch,
     mut services: Services,
     slice_ns: u64,
 ) -> bool {
     let mut all_as_expected = true;
+    let mut next_switch_tick = services.now_ns() + SWITCH_TICK_NS;
     let mut current = 0;
     let mut timer = DeadlineTimer::new();
     // Which guest ran here last, by its register page (unique per guest).
@@ -496,6 +521,10 @@ fn schedule(
     while !slots.is_empty() {
         current %= slots.len();
         let now = services.now_ns();
+        if now >= next_switch_tick {
+            switch.tick();
+            next_switch_tick = now + SWITCH_TICK_NS;
+        }
         let runnable = slots
             .iter_mut()
             .map(|s| s.guest.poll(now))
@@ -547,11 +576,11 @@ fn schedule(
                 &mut services,
             )
         };
-        switch_frames(slots, current);
+        switch_frames(slots, switch, current);
         if next == Next::Ended {
             let slot = slots.remove(current);
             switcher.release_registers(slot.guest.memory().register_page());
-            all_as_expected &= report_end(slot);
+            all_as_expected &= report_end(slot, switch);
             last_on_cpu = None;
         } else {
             current += 1;
@@ -671,12 +700,17 @@ fn idle_until(timer: &mut DeadlineTimer, first_due: Option<u64>, now: u64) {
 
 /// Prints how a guest ended and returns its frames. Says whether that was
 /// the expected end.
-fn report_end(slot: Slot) -> bool {
+fn report_end(slot: Slot, switch: &mut Switch) -> bool {
     let Slot {
         guest,
         expect,
         host_shares,
+        port,
     } = slot;
+    if let Some(stats) = switch.port(port) {
+        println!("guest {} network: {stats}", guest.name);
+    }
+    switch.remove_port(port);
     host_shares.report(&guest.name);
     let name = guest.name.clone();
     let counters = guest.counters;
