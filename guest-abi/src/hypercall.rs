@@ -98,8 +98,12 @@ pub enum Number {
     /// `mmu_op(a, b, c, d)`: one page-table operation, encoded as one ring
     /// slot's four words (see [`crate::pte`]).
     MmuOp = 9,
-    /// `set_root(gpa)`: switch to the address space whose top-level table
-    /// is at guest-physical `gpa` (the guest's `mov cr3`).
+    /// `set_root(gpa, kernel_stack)`: switch to the address space whose
+    /// top-level table is at guest-physical `gpa` (the guest's `mov cr3`);
+    /// with `kernel_stack` nonzero, also make it the kernel stack, as
+    /// [`Number::SetKernelStack`] would, in the new address space: a
+    /// guest OS's process switch in one exit. A refused stack fails the
+    /// call (the root is switched all the same, and the old stack kept).
     SetRoot = 10,
     /// `bench_mark(phase, id)`: phase 0 starts measurement `id`, phase 1
     /// ends it; at the end the host prints the events (exits by reason,

@@ -36,7 +36,16 @@ const GUESTS_PACKAGES: [&str; 2] = ["guests", "os"];
 
 /// Every guest, by name: the binary's name, the archive entry's name and
 /// the name on the kernel command line.
-pub const GUESTS: [&str; 7] = ["hello", "trap", "bench", "mm", "isolation", "fuzz", "os"];
+pub const GUESTS: [&str; 8] = [
+    "hello",
+    "trap",
+    "bench",
+    "mm",
+    "isolation",
+    "fuzz",
+    "devices",
+    "os",
+];
 
 /// The name of the archive's first, empty entry.
 pub const FORMAT_MARKER: &str = "rguest-guests-v1";

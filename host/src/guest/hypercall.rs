@@ -60,10 +60,14 @@ impl<M: GuestRam> Guest<M> {
                 Err(_) => Err(Error::InvalidArgument),
             },
             Some(Number::SetRoot) => {
-                return self.paging_result(
+                let switched = self.paging_result(
                     |g, f| g.paging.switch_root(&mut g.memory, f, a).map(|_| 0),
                     frames,
                 );
+                if switched != Next::Resume || b == 0 {
+                    return switched;
+                }
+                self.set_kernel_stack(frames, b)
             }
             Some(Number::BenchMark) => self.bench_mark(host, a, b),
             Some(Number::VirtioStatus) => {

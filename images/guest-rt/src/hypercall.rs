@@ -155,6 +155,18 @@ pub unsafe fn set_root(root: u64) -> Result<u64, Error> {
     decode(unsafe { raw(Number::SetRoot, [root, 0, 0, 0]) })
 }
 
+/// Switches to another process: its address space (`root`, as for
+/// [`set_root`]) and its kernel stack (`kernel_stack`, as for
+/// [`set_kernel_stack`]), in one exit.
+///
+/// # Safety
+///
+/// As for [`set_root`] and [`set_kernel_stack`] together.
+pub unsafe fn switch_process(root: u64, kernel_stack: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the tables and the stack.
+    decode(unsafe { raw(Number::SetRoot, [root, kernel_stack, 0, 0]) })
+}
+
 /// Starts (`phase` 0) or ends (`phase` 1) benchmark measurement `id`; at
 /// the end the host prints the events in between (`bench events id=...`).
 pub fn bench_mark(phase: u64, id: u64) -> Result<u64, Error> {
@@ -171,4 +183,31 @@ pub fn bench_mark(phase: u64, id: u64) -> Result<u64, Error> {
 pub unsafe fn flush_mmu_ring() -> Result<u64, Error> {
     // SAFETY: the caller vouches for the queued operations.
     decode(unsafe { raw(Number::FlushMmuRing, [0; 4]) })
+}
+
+/// Tells the host that the driver wrote device `device`'s page
+/// (guest_abi::virtio): it reads the status there and, once the features
+/// are accepted, which queues are ready. Returns the status it accepted
+/// (also written back to the page).
+///
+/// # Safety
+///
+/// Every queue the page marks ready must describe rings in memory the
+/// driver has handed to the device: from this call on, the host writes the
+/// used ring there, and into the buffers the driver posts.
+pub unsafe fn virtio_status(device: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the rings the page describes.
+    decode(unsafe { raw(Number::VirtioStatus, [device, 0, 0, 0]) })
+}
+
+/// Tells the host that buffers are available on queue `queue` of device
+/// `device`; it takes every one before it returns.
+///
+/// # Safety
+///
+/// Every buffer made available on the queue must be memory the driver has
+/// handed to the device: the host writes the device-writable ones.
+pub unsafe fn virtio_notify(device: u64, queue: u64) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the buffers on the queue.
+    decode(unsafe { raw(Number::VirtioNotify, [device, queue, 0, 0]) })
 }

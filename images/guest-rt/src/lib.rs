@@ -22,7 +22,10 @@
 //! - [`paging`]: building page-table entries in the guest's own tables and
 //!   reporting them to the host, one at a time or through the MMU ring;
 //! - [`probe`]: touching memory that may fault, and learning how it did;
-//! - `user`: leaving ring 1 for guest user code (ring 3).
+//! - `user`: leaving ring 1 for guest user code (ring 3);
+//! - `virtio` (feature `virtio`): the device page as a `virtio-drivers`
+//!   transport, DMA memory for its drivers, and waiting for a device's
+//!   interrupt.
 //!
 //! The image layout (linked at guest-virtual `KERNEL_OFFSET + 1 MiB`, loaded
 //! at guest-physical 1 MiB) lives in `linker.ld` beside this crate; the
@@ -58,6 +61,8 @@ mod panic;
 pub mod time;
 #[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod user;
+#[cfg(feature = "virtio")]
+pub mod virtio;
 
 /// The exit codes the runtime itself uses when it ends a guest. A program's
 /// own codes should stay below 100.

@@ -325,17 +325,14 @@ fn zero_frame() -> TrapFrame {
     }
 }
 
-/// Tells the host the address space and kernel stack of process `slot`.
+/// Tells the host the address space and kernel stack of process `slot`,
+/// in one exit.
 fn enter_space(slot: usize, root: u64) {
     // SAFETY: every process's tables map the kernel half as the running
-    // code needs it (copied from the start-up tables).
-    let rooted = unsafe { hypercall::set_root(root) };
-    // SAFETY: the slot's kernel stack belongs to the process alone.
-    let stacked = unsafe { hypercall::set_kernel_stack(stack_top(slot)) };
-    assert!(
-        rooted.is_ok() && stacked.is_ok(),
-        "the host refused a switch"
-    );
+    // code needs it (copied from the start-up tables), and the slot's
+    // kernel stack belongs to the process alone.
+    let switched = unsafe { hypercall::switch_process(root, stack_top(slot)) };
+    assert!(switched.is_ok(), "the host refused a switch");
 }
 
 /// Gives the CPU to process `next` (already taken off the run queue).

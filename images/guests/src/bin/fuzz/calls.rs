@@ -1,4 +1,4 @@
-//! Random hypercalls: any number from 0 to 15 (12 and up name no call),
+//! Random hypercalls: any number from 0 to 15 (15 names no call),
 //! arguments from a pool of boundary values, and what each may do to the
 //! fuzzer by the host's rules (`host/src/guest/hypercall.rs`).
 //!
