@@ -9,6 +9,7 @@
 //!
 //! - [`boot`]: how a guest is loaded and entered, and its boot parameters.
 //! - [`hypercall`]: the calling convention and the calls.
+//! - [`frame`]: the shape of a trap's registers, on both sides.
 //! - [`shared`]: the page both sides read and write without a call (the
 //!   virtual interrupt flag, pending interrupts, the fault address).
 //! - [`pte`]: what the bits of the guest's page-table entries mean to the
@@ -23,6 +24,7 @@
 pub const ABI_VERSION: u32 = 3;
 
 pub mod boot;
+pub mod frame;
 pub mod hypercall;
 pub mod pte;
 pub mod shared;

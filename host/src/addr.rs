@@ -153,6 +153,15 @@ impl GuestVirtAddr {
         ((self.0 >> (PAGE_SHIFT + 9 * (level as u32 - 1))) & 0x1ff) as usize
     }
 
+    /// Whether this address is in the switcher's slot: the top-level entry
+    /// that belongs to the host in every address space, which a guest may
+    /// never map, write or name as a stack or handler
+    /// ([`guest_abi::pte::SWITCHER_PML4_INDEX`], the one place the number is
+    /// written).
+    pub const fn in_switcher_slot(self) -> bool {
+        self.table_index(4) == guest_abi::pte::SWITCHER_PML4_INDEX
+    }
+
     /// The start of the 4 KiB page this address is in.
     pub const fn page_base(self) -> Self {
         Self(self.0 & !(PAGE_SIZE - 1))

@@ -49,8 +49,9 @@ const _: () = assert!(
 pub type TrapFrame = switcher::GuestRegs;
 
 // The stubs: 256 of them, 16 bytes apart, so the IDT can be filled by
-// arithmetic. Vectors 8, 10-14, 17, 21, 29 and 30 come with an error code
-// from the CPU; the rest push a zero in its place.
+// arithmetic. The vectors of `ERROR_CODE_VECTORS` (8, 10-14, 17, 21, 29 and
+// 30) come with an error code from the CPU; the rest push a zero in its
+// place. The same list drives the switcher's stubs and the guests'.
 global_asm!(
     r#"
     .section .text.trap_stubs, "ax"
@@ -60,7 +61,7 @@ trap_stubs:
     .set vector, 0
     .rept 256
     .balign 16
-    .if !(vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 || vector == 29 || vector == 30)
+    .if !(vector < 32 && (({error_code_vectors} >> vector) & 1))
     push $0
     .endif
     push $vector
@@ -82,6 +83,7 @@ trap_common:
     add $16, %rsp
     iretq
 "#,
+    error_code_vectors = const guest_abi::hypercall::ERROR_CODE_VECTORS,
     options(att_syntax)
 );
 

@@ -105,9 +105,10 @@ switch_to_guest:
 /*
  * The trap stubs: every vector of the guest IDT but the direct traps lands
  * in one of these, on the guest's register page (TSS.RSP0 or IST1: the
- * top of the register slot). Vectors 8, 10-14, 17, 21, 29 and 30 come with
- * an error code from the CPU; the others push a zero in its place so the
- * frame has one shape.
+ * top of the register slot). The vectors whose bit is set in
+ * guest_abi::hypercall::ERROR_CODE_VECTORS (8, 10-14, 17, 21, 29, 30) come
+ * with an error code from the CPU; the others push a zero in its place so
+ * the frame has one shape.
  */
     .balign {stride}
     .global guest_trap_stubs
@@ -115,7 +116,7 @@ guest_trap_stubs:
     .set vector, 0
     .rept 256
     .balign {stride}
-    .if !(vector == 8 || (vector >= 10 && vector <= 14) || vector == 17 || vector == 21 || vector == 29 || vector == 30)
+    .if !(vector < 32 && (({error_code_vectors} >> vector) & 1))
     push $0
     .endif
     push $vector
@@ -164,6 +165,7 @@ switcher_end:
         host = const host_page_offset(0) - register_page_offset(0),
         regs = const REGS_OFFSET,
         stride = const STUB_STRIDE,
+        error_code_vectors = const guest_abi::hypercall::ERROR_CODE_VECTORS,
         not_busy = const !TSS_BUSY_BIT,
         type_byte = const DESCRIPTOR_TYPE_BYTE,
         guest_tss = const selector::GUEST_TSS,

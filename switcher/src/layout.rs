@@ -49,35 +49,7 @@ pub const fn host_page_offset(cpu: usize) -> u64 {
 /// page: general registers (pushed by the switcher), vector and error code
 /// (pushed by the stub; the error code by the CPU for some vectors), and
 /// the CPU's interrupt frame.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub struct GuestRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    /// The trap's vector (set by the switcher's stub).
-    pub vector: u64,
-    /// The CPU's error code, or 0 for vectors without one.
-    pub error_code: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
+pub type GuestRegs = guest_abi::frame::TrapFrame;
 
 /// Where [`GuestRegs`] sits in the register page: at its very top, because
 /// `RSP0` points at the page's end and the CPU pushes downwards.

@@ -73,11 +73,14 @@ pub mod layout;
 pub use layout::*;
 
 /// The index of the top-level (PML4) entry that holds the switcher: the last
-/// one, so the switcher sits in the top 512 GiB of the address space.
-pub const SLOT_PML4_INDEX: usize = 511;
+/// one, so the switcher sits in the top 512 GiB of the address space. The
+/// guest contract owns the number (a guest may never map that slot:
+/// [`guest_abi::pte::SWITCHER_PML4_INDEX`]); the switcher only names it.
+pub const SLOT_PML4_INDEX: usize = guest_abi::pte::SWITCHER_PML4_INDEX;
 
-/// The first virtual address of the switcher slot.
-pub const SLOT_BASE: u64 = 0xffff_ff80_0000_0000;
+/// The first virtual address of the switcher slot: the canonical address of
+/// the slot's first byte (bits 63..48 copy bit 47, set here).
+pub const SLOT_BASE: u64 = 0xffff_0000_0000_0000 | ((SLOT_PML4_INDEX as u64) << 39);
 
 #[cfg(test)]
 mod tests {

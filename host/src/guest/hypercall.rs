@@ -190,7 +190,7 @@ impl<M: GuestRam> Guest<M> {
         // switcher's slot: a direct-trap gate there would run the guest's
         // "handler" with the switcher's code segment in reach.
         let in_kernel_half = GuestVirtAddr::try_new(handler)
-            .is_ok_and(|h| h.is_upper_half() && h.table_index(4) != switcher::SLOT_PML4_INDEX);
+            .is_ok_and(|h| h.is_upper_half() && !h.in_switcher_slot());
         if !in_kernel_half {
             return self.kill(KillReason::BadHypercall(
                 "trap handler outside the guest kernel",
@@ -212,8 +212,8 @@ impl<M: GuestRam> Guest<M> {
         frames: &mut F,
         top: u64,
     ) -> Result<u64, Error> {
-        let canonical = GuestVirtAddr::try_new(top)
-            .is_ok_and(|t| t.is_upper_half() && t.table_index(4) != switcher::SLOT_PML4_INDEX);
+        let canonical =
+            GuestVirtAddr::try_new(top).is_ok_and(|t| t.is_upper_half() && !t.in_switcher_slot());
         if !canonical || !top.is_multiple_of(16) {
             return Err(Error::InvalidArgument);
         }

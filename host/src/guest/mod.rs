@@ -694,8 +694,7 @@ impl<M: GuestRam> Guest<M> {
                 rip: self.regs().rip,
             });
         }
-        let in_switcher = GuestVirtAddr::try_new(cr2)
-            .is_ok_and(|a| a.table_index(4) == switcher::SLOT_PML4_INDEX);
+        let in_switcher = GuestVirtAddr::try_new(cr2).is_ok_and(GuestVirtAddr::in_switcher_slot);
         if in_switcher && write {
             return self.kill(KillReason::SwitcherAccess {
                 address: cr2,
@@ -851,7 +850,7 @@ impl<M: GuestRam> Guest<M> {
         access: Access,
     ) -> Option<GuestPhysAddr> {
         let vaddr = GuestVirtAddr::try_new(vaddr).ok()?;
-        if vaddr.table_index(4) == switcher::SLOT_PML4_INDEX {
+        if vaddr.in_switcher_slot() {
             return None;
         }
         // A malformed entry is not this access's business: the guest's own

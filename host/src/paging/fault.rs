@@ -31,7 +31,6 @@ use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
 use super::{KernelStack, MAX_STACK_PAGES, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
-use guest_abi::pte::SWITCHER_PML4_INDEX;
 
 /// Passes over the kernel stack before giving up on pinning it at the
 /// bound: one may reclaim for the tables the other pages hold, one more
@@ -124,7 +123,7 @@ impl ShadowPaging {
         // The switcher's slot: nothing of the guest's can be there, so to
         // the guest it is simply not mapped (a stray pointer in guest user
         // code must not kill the whole guest).
-        if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
+        if vaddr.in_switcher_slot() {
             return Ok(Fill::Forbidden { present: false });
         }
         let root = self.roots.current().guest_root;
@@ -263,8 +262,7 @@ impl ShadowPaging {
         ) else {
             return Err(bad);
         };
-        if low.is_upper_half() != high.is_upper_half() || high.table_index(4) == SWITCHER_PML4_INDEX
-        {
+        if low.is_upper_half() != high.is_upper_half() || high.in_switcher_slot() {
             return Err(bad);
         }
         self.stack = Some(KernelStack {

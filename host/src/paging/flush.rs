@@ -11,7 +11,6 @@ use super::ShadowPaging;
 use super::entry::Level;
 use super::hw::ShadowFrames;
 use crate::addr::GuestVirtAddr;
-use guest_abi::pte::SWITCHER_PML4_INDEX;
 
 impl ShadowPaging {
     /// Drops the user half of the running root.
@@ -80,7 +79,7 @@ impl ShadowPaging {
     /// with `set_entry` at that level.
     pub fn invalidate_page<F: ShadowFrames>(&mut self, frames: &mut F, vaddr: GuestVirtAddr) {
         self.stats.flushes += 1;
-        if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
+        if vaddr.in_switcher_slot() {
             return;
         }
         let root = self.roots.current().shadow;

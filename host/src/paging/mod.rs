@@ -110,10 +110,8 @@ use entry::GuestLimits;
 use guest_abi::pte::{KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
 use roots::RootCache;
 
-/// The first address of the switcher's slot (`switcher::SLOT_BASE`; the
-/// kernel, which depends on both crates, checks they agree).
-pub const SWITCHER_SLOT_BASE: u64 =
-    GuestVirtAddr::new_truncate((SWITCHER_PML4_INDEX as u64) << 39).as_u64();
+/// The first address of the switcher's slot.
+pub const SWITCHER_SLOT_BASE: u64 = switcher::SLOT_BASE;
 
 /// The fewest shadow roots a guest may cache.
 pub const MIN_CACHED_ROOTS: usize = 2;

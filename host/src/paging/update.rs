@@ -36,7 +36,7 @@ use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{WalkOutcome, walk_guest};
 use super::{MmuRing, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr};
-use guest_abi::pte::{MmuOp, SWITCHER_PML4_INDEX, ring};
+use guest_abi::pte::{MmuOp, ring};
 
 impl ShadowPaging {
     /// (iii) The entry at `level` translating `vaddr` in the address space
@@ -55,7 +55,7 @@ impl ShadowPaging {
         let vaddr = GuestVirtAddr::try_new(vaddr)?;
         let root = Self::check_root(&self.limits, self.shared_page, mem, root)?;
         self.stats.entries_set += 1;
-        if vaddr.table_index(4) == SWITCHER_PML4_INDEX {
+        if vaddr.in_switcher_slot() {
             // Nothing of the guest's is shadowed there. Making the
             // top-level entry present is an offence; clearing it is
             // harmless. Below the top level there is no guest table to

@@ -38,7 +38,7 @@ pub use bare::*;
 #[cfg(any(target_os = "none", target_os = "hermit"))]
 mod bare {
     use super::*;
-    use crate::traps::{self, Delivery, Handler, TrapFrame, vector};
+    use crate::traps::{self, Delivery, Handler, SkipInstruction, TrapFrame, vector};
     use core::arch::asm;
     use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use guest_abi::hypercall::Error;

@@ -65,58 +65,10 @@ pub const fn has_error_code(vector: u8) -> bool {
 
 /// The stack as the common trap path leaves it: the registers it saved,
 /// the vector and error code the stub pushed (or the host, for the error
-/// code), and the frame the host pushed. Lowest address first.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)] // The general registers need no words.
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    /// The trap's vector.
-    pub vector: u64,
-    /// The error code, or 0 for a vector without one.
-    pub error_code: u64,
-    /// Where the interrupted code resumes.
-    pub rip: u64,
-    /// Its code segment; the low two bits are its ring.
-    pub cs: u64,
-    /// Its flags.
-    pub rflags: u64,
-    /// Its stack pointer.
-    pub rsp: u64,
-    /// Its stack segment.
-    pub ss: u64,
-}
-
-impl TrapFrame {
-    /// The ring the interrupted code ran in (1: the guest kernel, 3: its
-    /// user code).
-    pub fn ring(&self) -> u8 {
-        (self.cs & 3) as u8
-    }
-
-    /// Whether the interrupted code had interrupts on, as far as the frame
-    /// says (RFLAGS.IF).
-    pub fn interrupts_were_on(&self) -> bool {
-        self.rflags & RFLAGS_IF != 0
-    }
-}
-
-/// RFLAGS.IF.
-pub const RFLAGS_IF: u64 = 1 << 9;
+/// code), and the frame the host pushed: the contract's one trap frame
+/// (`guest_abi::frame`), the very shape the host's switcher keeps a guest's
+/// registers in.
+pub use guest_abi::frame::{RFLAGS_IF, TrapFrame};
 
 /// How a handler wants its trap delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,14 +334,19 @@ mod bare {
         unsafe { (&raw const (*shared).fault_address).read_volatile() }
     }
 
-    impl TrapFrame {
+    /// What a handler may do to its frame beyond changing registers.
+    pub trait SkipInstruction {
         /// Resumes after the instruction at `rip` if its bytes are
         /// `expected` (the instruction the handler knows it trapped on);
         /// returns whether it did.
         ///
         /// Only for traps from the guest kernel, whose code is always
         /// mapped: the bytes are read at `rip`.
-        pub fn skip_instruction(&mut self, expected: &[u8]) -> bool {
+        fn skip_instruction(&mut self, expected: &[u8]) -> bool;
+    }
+
+    impl SkipInstruction for TrapFrame {
+        fn skip_instruction(&mut self, expected: &[u8]) -> bool {
             if self.ring() != 1 {
                 return false;
             }

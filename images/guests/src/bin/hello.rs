@@ -16,7 +16,7 @@ guest_rt::entry!(guest::main);
 #[cfg(target_os = "none")]
 mod guest {
     use core::sync::atomic::{AtomicU64, Ordering};
-    use guest_rt::traps::{self, Delivery, TrapFrame, vector};
+    use guest_rt::traps::{self, Delivery, SkipInstruction, TrapFrame, vector};
     use guest_rt::{boot, irq, println, time};
 
     /// `div ecx`: what we divide by zero with.

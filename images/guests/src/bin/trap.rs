@@ -70,7 +70,7 @@ mod guest {
     use guest_abi::hypercall::{Number, VECTOR};
     use guest_abi::pte::{ACCESSED, DIRTY, MmuOp, SWITCHER_PML4_INDEX, USER, WRITABLE};
     use guest_rt::paging::{self, FrameAllocator, PAGE_BYTES};
-    use guest_rt::traps::{self, Delivery, TrapFrame, vector};
+    use guest_rt::traps::{self, Delivery, SkipInstruction, TrapFrame, vector};
     use guest_rt::{boot, hypercall, irq, println, time, user};
 
     /// One thing to try: its name on the command line, what it does, and
