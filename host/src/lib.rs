@@ -22,6 +22,8 @@
 //!    hypercall and completion by virtual interrupt, every ring checked.
 //! 8. [`net`]: the virtual switch joining every guest's virtio-net, the
 //!    uplink and the host's own interface: learning, bounded queues, counters.
+//! 9. [`text`]: a guest's console output made safe for the operator's
+//!    terminal.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -36,4 +38,5 @@ pub mod frames;
 pub mod guest;
 pub mod net;
 pub mod paging;
+pub mod text;
 pub mod virtio;

@@ -54,6 +54,25 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
     });
 }
 
+/// Prints one line of guest `name`'s console output as `[name] line`,
+/// with what could act on the terminal defused ([`host::text`]), in one
+/// piece (the lock held for the whole line) and without allocating.
+pub fn guest_line(name: &str, line: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(tty) = CONSOLE.lock().as_mut() {
+            let _ = tty.write_str("[");
+            host::text::for_each_printable(name.as_bytes(), |piece| {
+                let _ = tty.write_str(piece);
+            });
+            let _ = tty.write_str("] ");
+            host::text::for_each_printable(line, |piece| {
+                let _ = tty.write_str(piece);
+            });
+            let _ = tty.write_str("\n");
+        }
+    });
+}
+
 /// Writes without taking the console lock: for exception reports and
 /// panics, which may have interrupted a holder of the lock. Lines may mix
 /// with a half-written one; losing the crash report would be worse.

@@ -270,8 +270,7 @@ impl HostServices for Services {
     }
 
     fn console_line(&mut self, guest: &str, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        println!("[{guest}] {text}");
+        crate::console::guest_line(guest, line);
     }
 
     fn set_fs_base(&mut self, base: u64) {
