@@ -289,7 +289,7 @@ pub const KEYS: [Key; 10] = [
         name: "guests",
         values: "comma-separated `name` or `name/argument` (its command line), each with \
                  `:code`, `:killed` or `:any` for the end expected (default `:0`); in double \
-                 quotes an argument may hold spaces and `=` (`guests=\"app/KEY=v a b\",hello`)",
+                 quotes (around the whole list) an argument may hold spaces and `=` (`guests=\"app/KEY=v a b,hello\"`)",
         default: Some("hello"),
         meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
                   only if every guest ends as expected (`cargo xtask run` also passes \

@@ -107,6 +107,24 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::QuickForm("cargo xtask fuzz --seeds 16", "fuzz_runs_clean_seeds"),
     ),
     (
+        "cargo xtask run -- guest_mem=32 guests=hello,threads-std,crates-std",
+        Check::AsWritten("run_boots_std_guests"),
+    ),
+    (
+        "cargo xtask run --app ../my-app input.txt",
+        Check::QuickForm(
+            "cargo xtask run --app /tmp/rguest-plain-app input.txt",
+            "run_app_builds_a_plain_crate_and_a_hermit_app",
+        ),
+    ),
+    (
+        "cargo xtask run --app PATH [ARGS...] [-- <kernel words>]",
+        Check::QuickForm(
+            "cargo xtask run --app images/std/apps/args-std 0 -- log=debug",
+            "run_app_builds_a_plain_crate_and_a_hermit_app",
+        ),
+    ),
+    (
         "cargo xtask pxe",
         Check::NotRun("it serves DHCP on a real network until stopped"),
     ),
@@ -231,6 +249,79 @@ fn run_takes_kernel_words() {
         out.contains("DEBUG"),
         "log=debug printed no debug line:\n{out}"
     );
+}
+
+#[test]
+fn run_boots_std_guests() {
+    let _turn = one_at_a_time();
+    let (out, _) =
+        expect_success("cargo xtask run -- guest_mem=32 guests=hello,threads-std,crates-std");
+    for guest in ["hello", "threads-std", "crates-std"] {
+        assert!(
+            out.contains(&format!("guest {guest} exited code=0")),
+            "{out}"
+        );
+    }
+}
+
+/// `--app` on a plain std crate written for Linux (made here, in
+/// `/tmp/rguest-plain-app`, outside any workspace, with a crates.io
+/// dependency and a module) and on a Hermit application of
+/// `images/std/apps`.
+#[test]
+fn run_app_builds_a_plain_crate_and_a_hermit_app() {
+    let _turn = one_at_a_time();
+    write_plain_app();
+    let (out, err) = expect_success(quick_form("cargo xtask run --app ../my-app input.txt"));
+    assert!(err.contains("built as guest `plain-app`"), "{err}");
+    assert!(
+        out.contains("[plain-app/input.txt] plain-app: args [\"app\", \"input.txt\"]"),
+        "{out}"
+    );
+    assert!(out.contains("plain-app: 3 threads summed 6"), "{out}");
+    assert!(
+        out.contains("guest plain-app/input.txt exited code=0"),
+        "{out}"
+    );
+    let (out, _) = expect_success(quick_form(
+        "cargo xtask run --app PATH [ARGS...] [-- <kernel words>]",
+    ));
+    assert!(out.contains("guest args-std/0 exited code=0"), "{out}");
+    assert!(
+        out.contains("DEBUG"),
+        "log=debug printed no debug line:\n{out}"
+    );
+}
+
+/// A plain std crate, as `cargo new` would make one for Linux: no
+/// `hermit` anywhere.
+fn write_plain_app() {
+    let dir = std::path::Path::new("/tmp/rguest-plain-app");
+    std::fs::create_dir_all(dir.join("src")).expect("the plain crate's directory can be made");
+    let files = [
+        (
+            "Cargo.toml",
+            "[package]\nname = \"plain-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\nitoa = \"=1.0.15\"\n",
+        ),
+        (
+            "src/main.rs",
+            "mod report;\n\nfn main() {\n    \
+             let args: Vec<String> = std::env::args().collect();\n    \
+             report::say(&format!(\"plain-app: args {args:?}\"));\n    \
+             let threads: Vec<_> = (0..3).map(|i| std::thread::spawn(move || i * 2)).collect();\n    \
+             let sum: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();\n    \
+             let mut text = itoa::Buffer::new();\n    \
+             report::say(&format!(\"plain-app: 3 threads summed {}\", text.format(sum)));\n}\n",
+        ),
+        (
+            "src/report.rs",
+            "pub fn say(line: &str) {\n    println!(\"{line}\");\n}\n",
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("the plain crate can be written");
+    }
 }
 
 /// The README's gdb session, scripted: QEMU waits halted, gdb attaches,
@@ -376,6 +467,8 @@ fn bench_reports_every_metric() {
         "pf_read",
         "ctxsw_hit",
         "fork_exit_wait",
+        "std_thread_switch",
+        "std_condvar_wake",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(&format!("{metric} "))),

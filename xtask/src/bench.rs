@@ -10,6 +10,9 @@
 //!   once per instruction retired, so the same code gives the same count
 //!   every run ("instructions").
 //!
+//! The Rust std programs' costs come from the `bench-std` guest
+//! (`images/std/apps/bench-std`), whose metrics are named `std_*`.
+//!
 //! In each boot the host first measures the native analogues on itself
 //! (`bench=on`: `bench native <name> ...` lines), then runs the benchmark
 //! guests, which time their operations with `guest_rt::bench::measure`
@@ -51,6 +54,13 @@ pub const BOOTS: &[BenchBoot] = &[
     BenchBoot {
         label: "",
         cmdline: "bench=on guests=os/bench",
+    },
+    // The Rust std program's everyday operations (`images/std/apps/
+    // bench-std`): Instant::now, a Mutex, thread switches, spawn+join, a
+    // Condvar wake, println!, the 4-thread workload; metrics `std_*`.
+    BenchBoot {
+        label: "",
+        cmdline: "bench=on guest_mem=32 guests=bench-std",
     },
     BenchBoot {
         label: "eager_fill=off",

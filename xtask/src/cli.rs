@@ -18,12 +18,23 @@ usage: cargo xtask <command> [options]
 
 commands:
   build                  build every artefact (the kernel ELF and the guest
-                         archive guests.tar beside it)
+                         archive guests.tar beside it, the Rust std guests of
+                         images/std/apps included: they need the nightly
+                         toolchain, whose rust-src xtask adds itself)
   run [options] [-- <kernel command-line words>]
                          build, then boot the kernel and its guests under
                          QEMU, serial on this terminal; exits 0 only on a
                          clean shutdown. The command line starts with
                          guests=hello unless your words name guests=
+  run [options] --app PATH [ARGS...] [-- <kernel command-line words>]
+                         build the Rust std crate in directory PATH (a
+                         Hermit application, or a plain crate written for
+                         Linux: the runtime is linked in) as a guest, pack
+                         it with the classic guests, and run it alone:
+                         guests=\"<binary>/<ARGS>\". Every word after PATH
+                         up to -- is the program's (leading KEY=VALUE words
+                         its environment), so run's own options go before
+                         --app
   test [options] [-- <test filter and libtest options>]
                          unit tests on Linux, then the QEMU integration tests
   boot-times [--runs N] [--boot all|PATH,PATH...]
@@ -72,6 +83,7 @@ options (run):
   --gdb                  start halted and wait for gdb on :1234 (no timeout)
   --guests TAR           pass this guest archive instead of building one
   --no-guests            no guest archive and no default guests=hello
+  --app PATH [ARGS...]   see run above (needs the nightly toolchain)
 options (run, boot-times):
   --kernel ELF           boot this ELF instead of building the kernel
 ";
@@ -131,6 +143,17 @@ pub struct RunArgs {
     pub guests: GuestsChoice,
     /// `--boot`: which way in.
     pub boot: BootPath,
+    /// `--app PATH [ARGS...]`: a user's std crate to build and run.
+    pub app: Option<AppArgs>,
+}
+
+/// `cargo xtask run --app PATH [ARGS...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppArgs {
+    /// The crate's directory.
+    pub path: PathBuf,
+    /// The program's arguments (its `argv[1..]`).
+    pub args: Vec<String>,
 }
 
 /// `cargo xtask image`.
@@ -222,6 +245,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         return Ok(Task::Help);
     };
     let mut flags = Flags::new(args.collect());
+    // Before any flag: every word after `--app PATH` is the program's.
+    let app = if command == "run" { flags.app()? } else { None };
     let task = match command.as_str() {
         "help" | "--help" | "-h" => return Ok(Task::Help),
         "build" => Task::Build(flags.common()?),
@@ -235,6 +260,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             kernel_words: flags.take_rest(),
             kernel: flags.value("--kernel")?.map(PathBuf::from),
             guests: flags.guests()?,
+            app,
         }),
         "test" => Task::Test(TestArgs {
             common: flags.common()?,
@@ -384,6 +410,34 @@ impl Flags {
                 "--mem {size}: expected a size such as 512M or 2G"
             ))),
         }
+    }
+
+    /// `--app PATH [ARGS...]`: takes every word from `--app` on.
+    fn app(&mut self) -> Result<Option<AppArgs>> {
+        let Some(at) = self.words.iter().position(|w| w == "--app") else {
+            if self.words.iter().any(|w| w.starts_with("--app=")) {
+                return Err(Error::new("write --app PATH, not --app=PATH"));
+            }
+            return Ok(None);
+        };
+        let mut tail = self.words.split_off(at).into_iter().skip(1);
+        let path = tail
+            .next()
+            .ok_or_else(|| Error::new("--app needs a value: the directory of a crate"))?;
+        let app = AppArgs {
+            path: PathBuf::from(path),
+            args: tail.collect(),
+        };
+        if self
+            .words
+            .iter()
+            .any(|w| w.starts_with("--guests") || w == "--no-guests")
+        {
+            return Err(Error::new(
+                "--app makes its own guest archive: drop --guests / --no-guests",
+            ));
+        }
+        Ok(Some(app))
     }
 
     fn guests(&mut self) -> Result<GuestsChoice> {
@@ -581,6 +635,28 @@ mod tests {
     }
 
     #[test]
+    fn every_word_after_app_path_is_the_programs() {
+        let Task::Run(run) =
+            parse_words("run --timeout 9 --app ../wc one --timeout 2 -- log=debug").unwrap()
+        else {
+            panic!("not a run")
+        };
+        let app = run.app.unwrap();
+        assert_eq!(app.path, PathBuf::from("../wc"));
+        assert_eq!(app.args, ["one", "--timeout", "2"]);
+        assert_eq!(run.time_limit, Duration::from_secs(9));
+        assert_eq!(run.kernel_words, ["log=debug"]);
+        let Task::Run(run) = parse_words("run --app images/std/apps/args-std").unwrap() else {
+            panic!("not a run")
+        };
+        assert!(run.app.unwrap().args.is_empty());
+        assert_eq!(
+            parse_words("run").map(|t| matches!(t, Task::Run(RunArgs { app: None, .. }))),
+            Ok(true)
+        );
+    }
+
+    #[test]
     fn mistakes_are_one_line_errors() {
         for line in [
             "frobnicate",
@@ -602,6 +678,10 @@ mod tests {
             "pxe --interface eth1",
             "pxe --interface eth1 --proxy --range 10.0.0.1,10.0.0.9",
             "pxe --interface eth1 --proxy -- x",
+            "run --app",
+            "run --app=x",
+            "run --no-guests --app x",
+            "build --app x",
         ] {
             let error = parse_words(line).unwrap_err();
             assert!(!error.0.contains('\n'), "{line}: {error}");

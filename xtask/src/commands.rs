@@ -3,16 +3,20 @@
 //! Each returns the process exit status for `main` to use: 0 only when
 //! everything worked, so CI and scripts can trust it.
 
+use crate::app;
 use crate::artefacts;
 use crate::artefacts::Profile;
 use crate::bootpath::BootPath;
-use crate::cli::{BootTimesArgs, Common, GuestsChoice, ImageArgs, PxeArgs, RunArgs, TestArgs};
-use crate::guests;
+use crate::cli::{
+    AppArgs, BootTimesArgs, Common, GuestsChoice, ImageArgs, PxeArgs, RunArgs, TestArgs,
+};
+use crate::guests::{self, StdGuests};
 use crate::image::{self, Payload};
 use crate::packages;
 use crate::pxe;
 use crate::qemu::{self, Accel, Firmware, Machine};
 use crate::session::{self, Options};
+use crate::std_guests;
 use crate::toolchain;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
@@ -54,10 +58,19 @@ pub fn build(common: &Common) -> Result<u8> {
 /// `cargo xtask run`: build, boot, and exit as the kernel did.
 pub fn run(args: &RunArgs) -> Result<u8> {
     let kernel = kernel_to_boot(args.kernel.as_deref(), &args.common)?;
-    let initrd = guests_to_pass(&args.guests, &args.common)?;
+    let (initrd, default_guests) = match &args.app {
+        Some(app) => {
+            let (archive, word) = build_app(app, args.common.profile)?;
+            (Some(archive), word)
+        }
+        None => (
+            guests_for_run(&args.guests, &args.common, &args.kernel_words)?,
+            DEFAULT_CMDLINE.to_string(),
+        ),
+    };
     let accel = announce_accel(&args.common);
     let mut machine = Machine::new(&kernel);
-    machine.cmdline = kernel_cmdline(&args.kernel_words, initrd.is_some());
+    machine.cmdline = cmdline_with_default(&default_guests, &args.kernel_words, initrd.is_some());
     machine.initrd = initrd;
     machine.cpus = args.cpus;
     machine.memory = args.memory.clone();
@@ -215,14 +228,102 @@ fn guests_to_pass(choice: &GuestsChoice, common: &Common) -> Result<Option<PathB
     }
 }
 
+/// `run --app`: builds the user's crate and an archive of the classic
+/// guests and it; returns the archive and the `guests=` word that runs the
+/// program with its arguments.
+fn build_app(app: &AppArgs, profile: Profile) -> Result<(PathBuf, String)> {
+    let workspace = Workspace::current();
+    let built = app::build(&workspace, &app.path)?;
+    let word = app_guests_word(&built.name, &app.args)?;
+    let archive = guests::build_with_app(&workspace, profile, &built)?;
+    eprintln!(
+        "xtask: {} built as guest `{}`",
+        app.path.display(),
+        built.name
+    );
+    Ok((archive, word))
+}
+
+/// `guests="<name>/<args>"`: the host hands a guest the text after its
+/// name as its command line, and the runtime splits it at spaces into the
+/// program's environment (leading `KEY=VALUE` words) and arguments
+/// (`images/std/hermit/src/args.rs`). The host's `guests=` grammar takes,
+/// in double quotes, letters, digits, spaces and `-_./=+@%` in a guest's
+/// argument (`host::config::GuestSpec`), at most 256 bytes of it; an
+/// argument holding anything else (a space of its own, a comma, a colon, a
+/// quote) cannot travel there and is refused here in one line.
+pub fn app_guests_word(name: &str, args: &[String]) -> Result<String> {
+    /// The longest guest command line (`guest_abi::boot::CMDLINE_MAX`).
+    const CMDLINE_MAX: usize = 256;
+    let allowed = |arg: &String| {
+        !arg.is_empty()
+            && arg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=+@%".contains(&b))
+    };
+    if let Some(bad) = args.iter().find(|arg| !allowed(arg)) {
+        return Err(Error::new(format!(
+            "--app argument `{bad}`: a guest's arguments travel on the kernel command line, \
+             which takes only letters, digits and `-_./=+@%` in each (words are split at spaces)"
+        )));
+    }
+    if args.is_empty() {
+        return Ok(format!("{GUESTS_KEY}{name}"));
+    }
+    let line = args.join(" ");
+    if line.len() > CMDLINE_MAX {
+        return Err(Error::new(format!(
+            "--app arguments: {} bytes, more than the {CMDLINE_MAX} a guest's command line holds",
+            line.len()
+        )));
+    }
+    Ok(format!("{GUESTS_KEY}\"{name}/{line}\""))
+}
+
+/// For `run` without `--app`: the archive `--guests`/`--no-guests` asked
+/// for, or the guests freshly built. The std guests are required only when
+/// the command line names one; otherwise a missing nightly toolchain
+/// leaves them out with a warning, and the default guest still runs.
+fn guests_for_run(
+    choice: &GuestsChoice,
+    common: &Common,
+    words: &[String],
+) -> Result<Option<PathBuf>> {
+    if *choice != GuestsChoice::Build {
+        return guests_to_pass(choice, common);
+    }
+    let workspace = Workspace::current();
+    let std_names = std_guests::app_names(&workspace);
+    let wanted = if named_guests(words).any(|name| std_names.iter().any(|s| s == name)) {
+        StdGuests::Required
+    } else {
+        StdGuests::IfToolchain
+    };
+    guests::build_with(&workspace, common.profile, wanted).map(Some)
+}
+
+/// The image names the `guests=` words of `words` name.
+fn named_guests(words: &[String]) -> impl Iterator<Item = &str> {
+    words
+        .iter()
+        .filter_map(|w| w.strip_prefix(GUESTS_KEY))
+        .flat_map(|list| list.trim_matches('"').split(','))
+        .map(|spec| spec.split(['/', ':']).next().unwrap_or_default())
+}
+
 /// The default command line with the user's words appended. The default
 /// `guests=` goes when there are no guests, or when the user names their own
 /// (the kernel would otherwise see two).
 pub fn kernel_cmdline(words: &[String], with_guests: bool) -> String {
+    cmdline_with_default(DEFAULT_CMDLINE, words, with_guests)
+}
+
+/// [`kernel_cmdline`] with another default `guests=` word.
+fn cmdline_with_default(default_guests: &str, words: &[String], with_guests: bool) -> String {
     let own_guests = words.iter().any(|w| w.starts_with(GUESTS_KEY));
     let mut line = String::new();
     if with_guests && !own_guests {
-        line.push_str(DEFAULT_CMDLINE);
+        line.push_str(default_guests);
     }
     for word in words {
         if !line.is_empty() {
@@ -258,6 +359,10 @@ pub fn test(args: &TestArgs) -> Result<u8> {
         &[],
         &args.test_words,
     )?;
+
+    // The std guests' runtime keeps its pure parts (argument parsing,
+    // paths, the file tree) testable on Linux, in its own workspace.
+    let unit = unit.plus(std_guests::unit_tests(&workspace, &args.test_words)?);
 
     eprintln!("xtask: 3/4 building the kernel and the guests");
     let built = artefacts::build_all(&workspace, args.common.profile)
@@ -357,7 +462,45 @@ fn lint(workspace: &Workspace) -> LintResults {
     }
     bare_metal.extend(["--", "-D", "warnings"]);
     check("clippy (bare-metal crates)", bare_metal);
+    lint_std_guests(workspace, &mut results);
     results
+}
+
+/// rustfmt and clippy over `images/std` (the runtime and the std
+/// programs), with the nightly toolchain that builds them; clippy checks
+/// them for the Hermit target, std built from source as for the build
+/// (which then reuses what the check compiled of std's dependencies).
+fn lint_std_guests(workspace: &Workspace, results: &mut LintResults) {
+    if let Err(e) = std_guests::ensure_nightly() {
+        eprintln!("xtask: cannot lint images/std: {e}");
+        results.failed.push("rustfmt and clippy (std guests)");
+        return;
+    }
+    let mut check = |name: &'static str, args: Vec<&str>| {
+        let mut cargo = std_guests::nightly_cargo(workspace);
+        cargo
+            .current_dir(std_guests::std_workspace(workspace))
+            .args(&args);
+        if artefacts::run_to_completion(&mut cargo, name).is_err() {
+            eprintln!(
+                "xtask: {name} failed: cargo +nightly {} (in images/std)",
+                args.join(" ")
+            );
+            results.failed.push(name);
+        }
+    };
+    // Its own packages only: `--all` would also take in the path
+    // dependencies outside it (guest-rt, guest-abi), the main workspace's.
+    let apps = std_guests::app_names(workspace);
+    let mut fmt = vec!["fmt", "--check", "--package", std_guests::RUNTIME_PACKAGE];
+    for app in &apps {
+        fmt.extend(["--package", app.as_str()]);
+    }
+    check("rustfmt (std guests)", fmt);
+    let mut clippy = vec!["clippy", "--quiet", "--workspace"];
+    clippy.extend(std_guests::BUILD_STD_ARGS);
+    clippy.extend(["--", "-D", "warnings"]);
+    check("clippy (std guests)", clippy);
 }
 
 /// Test counts summed over every `test result:` line of a `cargo test`.
@@ -374,6 +517,16 @@ pub struct TestCounts {
 }
 
 impl TestCounts {
+    /// The counts of two `cargo test` runs together.
+    pub fn plus(self, other: TestCounts) -> TestCounts {
+        TestCounts {
+            passed: self.passed + other.passed,
+            failed: self.failed + other.failed,
+            ignored: self.ignored + other.ignored,
+            cargo_succeeded: self.cargo_succeeded && other.cargo_succeeded,
+        }
+    }
+
     fn all_passed(self) -> bool {
         self.cargo_succeeded && self.failed == 0
     }
@@ -419,7 +572,17 @@ fn cargo_test(
     env: &[(&str, &str)],
     test_words: &[String],
 ) -> Result<TestCounts> {
-    let mut cargo = artefacts::cargo(workspace);
+    run_cargo_test(artefacts::cargo(workspace), selection, env, test_words)
+}
+
+/// Runs `cargo` (a command of some toolchain) as `cargo test
+/// <selection>`, showing its output as it comes and counting the results.
+pub fn run_cargo_test(
+    mut cargo: std::process::Command,
+    selection: &[&str],
+    env: &[(&str, &str)],
+    test_words: &[String],
+) -> Result<TestCounts> {
     // Every test binary runs even when one fails: a failure must not hide
     // how the others fare.
     cargo
@@ -602,6 +765,38 @@ mod tests {
         assert_eq!(line, "guests=hello log=debug test=panic");
         assert_eq!(kernel_cmdline(&words, false), "log=debug test=panic");
         assert_eq!(kernel_cmdline(&[], true), "guests=hello");
+    }
+
+    #[test]
+    fn an_apps_arguments_follow_its_name_in_quotes() {
+        let args = [
+            "LANG=C".to_string(),
+            "x-y_z.2".to_string(),
+            "/tmp/a".to_string(),
+        ];
+        assert_eq!(
+            app_guests_word("wc", &args).unwrap(),
+            "guests=\"wc/LANG=C x-y_z.2 /tmp/a\""
+        );
+        assert_eq!(app_guests_word("wc", &[]).unwrap(), "guests=wc");
+        for bad in ["a b", "", "a,b", "a:b", "a\"b", "é"] {
+            let error = app_guests_word("wc", &[bad.to_string()]).unwrap_err();
+            assert!(!error.0.contains('\n'), "{error}");
+        }
+        let long = vec!["x".repeat(100); 3];
+        assert!(app_guests_word("wc", &long).is_err());
+    }
+
+    #[test]
+    fn the_std_guests_a_command_line_names_are_found() {
+        let words = [
+            "log=debug".to_string(),
+            "guests=hello,threads-std:0,args-std/a/b".to_string(),
+        ];
+        let names: Vec<&str> = named_guests(&words).collect();
+        assert_eq!(names, ["hello", "threads-std", "args-std"]);
+        let line = cmdline_with_default("guests=wc/x", &["log=debug".to_string()], true);
+        assert_eq!(line, "guests=wc/x log=debug");
     }
 
     #[test]

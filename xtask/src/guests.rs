@@ -9,6 +9,15 @@
 //! `0xffff_8000_0010_0000`, beyond the reach of 32-bit absolute addresses).
 //! The output still goes to the workspace's `target/`.
 //!
+//! The Rust `std` programs of `images/std/apps/` are guests too, built by
+//! [`crate::std_guests`] with nightly for the Hermit target and packed
+//! after the classic ones, in name order. `cargo xtask build` (and so
+//! `test`, `bench`, `image`) fails without the nightly toolchain they need
+//! ([`StdGuests::Required`]): the test suite runs them. `cargo xtask run`
+//! asks for them only when its command line names one
+//! ([`StdGuests::IfToolchain`]): otherwise a missing nightly costs a loud
+//! warning and an archive without them, and the default guest still runs.
+//!
 //! # The archive, format v1
 //!
 //! One POSIX `ustar` file, `target/x86_64-unknown-none/<profile>/guests.tar`:
@@ -21,11 +30,14 @@
 //!    guest's name on the kernel command line (`guests=hello`): no
 //!    directories, no paths;
 //! 3. every entry with mode 0644, owner 0 and modification time 0, in
-//!    [`GUESTS`] order, so the same images make the same bytes.
+//!    [`GUESTS`] order, then the std guests in name order, so the same
+//!    images make the same bytes.
 //!
 //! The host's reader is `host/src/archive.rs`.
 
+use crate::app::BuiltApp;
 use crate::artefacts::{self, KERNEL_TARGET, Profile};
+use crate::std_guests::Unbuildable;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -66,8 +78,66 @@ fn output_dir(workspace: &Workspace, profile: Profile) -> PathBuf {
         .join(profile.dir_name())
 }
 
-/// Builds every guest and packs them; returns the archive's path.
+/// Whether the archive must hold the std guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdGuests {
+    /// Fail when they cannot be built, the toolchain missing included.
+    Required,
+    /// Leave them out, with a warning, when the nightly toolchain they
+    /// need is missing; any other failure still fails.
+    IfToolchain,
+}
+
+/// Builds every guest, the std guests included, and packs them; returns
+/// the archive's path.
 pub fn build(workspace: &Workspace, profile: Profile) -> Result<PathBuf> {
+    build_with(workspace, profile, StdGuests::Required)
+}
+
+/// Builds the classic guests and, as `std_guests` says, the std guests,
+/// and packs them; returns the archive's path.
+pub fn build_with(
+    workspace: &Workspace,
+    profile: Profile,
+    std_guests: StdGuests,
+) -> Result<PathBuf> {
+    let mut images = build_classic(workspace, profile)?;
+    match (crate::std_guests::build_apps(workspace), std_guests) {
+        (Ok(built), _) => {
+            for (name, elf) in built {
+                images.push((name, read(&elf)?));
+            }
+        }
+        (Err(Unbuildable::Toolchain(reason)), StdGuests::IfToolchain) => {
+            eprintln!(
+                "xtask: WARNING: the guest archive has no std guests ({}): {reason}",
+                crate::std_guests::app_names(workspace).join(", ")
+            );
+        }
+        (Err(why), _) => return Err(why.into()),
+    }
+    write_archive(&archive_path(workspace, profile), &images)
+}
+
+/// Builds the classic guests and packs them with `app` (a user's crate of
+/// `cargo xtask run --app`) into an archive of the app's own,
+/// `target/hermit-apps/<name>/guests.tar`; returns its path.
+pub fn build_with_app(workspace: &Workspace, profile: Profile, app: &BuiltApp) -> Result<PathBuf> {
+    if GUESTS.contains(&app.name.as_str()) {
+        return Err(Error::new(format!(
+            "--app: the binary `{}` has the name of a built-in guest; rename it",
+            app.name
+        )));
+    }
+    let mut images = build_classic(workspace, profile)?;
+    images.push((app.name.clone(), read(&app.elf)?));
+    let archive = crate::app::app_dir(workspace, &app.name).join(ARCHIVE_NAME);
+    write_archive(&archive, &images)
+}
+
+/// Builds the classic guests (`images/guests`, `images/os`) and reads
+/// their ELF files, in [`GUESTS`] order.
+fn build_classic(workspace: &Workspace, profile: Profile) -> Result<Vec<(String, Vec<u8>)>> {
     crate::toolchain::ensure_complete(workspace)?;
     let mut cargo = artefacts::cargo(workspace);
     // In images/, for images/.cargo/config.toml (see the module docs). The
@@ -84,13 +154,24 @@ pub fn build(workspace: &Workspace, profile: Profile) -> Result<PathBuf> {
     }
     artefacts::run_to_completion(&mut cargo, "building the guests")?;
     let dir = output_dir(workspace, profile);
-    let images = GUESTS
+    GUESTS
         .iter()
-        .map(|name| read(&dir.join(name)).map(|bytes| (*name, bytes)))
-        .collect::<Result<Vec<_>>>()?;
-    let archive = archive_path(workspace, profile);
-    write_file(&archive, &pack(&images)?)?;
-    Ok(archive)
+        .map(|name| read(&dir.join(name)).map(|bytes| (name.to_string(), bytes)))
+        .collect()
+}
+
+/// Packs `images` and writes the archive to `path`; returns `path`.
+fn write_archive(path: &Path, images: &[(String, Vec<u8>)]) -> Result<PathBuf> {
+    let named: Vec<(&str, Vec<u8>)> = images
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.clone()))
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    write_file(path, &pack(&named)?)?;
+    Ok(path.to_path_buf())
 }
 
 /// The archive holding `images` (name, ELF bytes), in that order.
@@ -104,6 +185,26 @@ pub fn pack(images: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
     builder
         .into_inner()
         .map_err(|e| Error::new(format!("packing the guests: {e}")))
+}
+
+/// The guests of an archive made by [`pack`], marker left out: each
+/// entry's name and bytes, in order (for tests that make broken archives
+/// from a good one).
+pub fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    use std::io::Read;
+    let broken = |e: std::io::Error| Error::new(format!("reading a guest archive: {e}"));
+    let mut reader = tar::Archive::new(archive);
+    let mut images = Vec::new();
+    for entry in reader.entries().map_err(broken)? {
+        let mut entry = entry.map_err(broken)?;
+        let name = entry.path().map_err(broken)?.to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(broken)?;
+        if name != FORMAT_MARKER {
+            images.push((name, bytes));
+        }
+    }
+    Ok(images)
 }
 
 /// A guest's name must fit a ustar name field and be a plain file name
@@ -137,7 +238,7 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]) -> Resu
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         Error::new(format!(
-            "cargo built the guests but {} cannot be read: {e}",
+            "the guests were built but {} cannot be read: {e}",
             path.display()
         ))
     })
@@ -205,6 +306,17 @@ mod tests {
         // The ustar magic and version of the first header.
         assert_eq!(&archive[257..265], b"ustar\x0000");
         assert_eq!(archive.len() % 512, 0);
+    }
+
+    #[test]
+    fn unpack_gives_back_what_pack_packed() {
+        let images = [("hello", vec![1u8; 700]), ("threads-std", vec![2u8; 3])];
+        let unpacked = unpack(&pack(&images).unwrap()).unwrap();
+        let expected: Vec<(String, Vec<u8>)> = images
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.clone()))
+            .collect();
+        assert_eq!(unpacked, expected);
     }
 
     #[test]

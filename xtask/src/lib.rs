@@ -17,6 +17,10 @@
 //! - [`artefacts`]: build the kernel ELF with cargo;
 //! - [`guests`]: build the guest images and pack them into the guest
 //!   archive (format described there), which QEMU passes as `-initrd`;
+//! - [`std_guests`]: build the Rust `std` programs of `images/std/apps/`
+//!   (nightly, the Hermit target, our runtime), packed beside them;
+//! - [`app`]: `cargo xtask run --app PATH`: a user's std crate, Hermit
+//!   application or plain Linux crate, built against our runtime;
 //! - [`qemu`]: the QEMU command line: accelerator, firmware, devices;
 //! - [`session`]: run QEMU under a time limit, capture the serial console,
 //!   and turn QEMU's exit status into an [`session::Outcome`];
@@ -35,6 +39,7 @@
 //! - [`fuzz`]: `cargo xtask fuzz`, the `fuzz` guest over many seeds, each
 //!   boot judged on the host's health and on how every fuzzer ended.
 
+pub mod app;
 pub mod artefacts;
 pub mod bench;
 pub mod bootpath;
@@ -49,6 +54,7 @@ pub mod packages;
 pub mod pxe;
 pub mod qemu;
 pub mod session;
+pub mod std_guests;
 pub mod toolchain;
 pub mod workspace;
 

@@ -151,6 +151,22 @@ impl<M: GuestRam> Guest<M> {
             .flat_map(|net| net.backend_mut().sink_mut().frames.drain(..))
     }
 
+    /// Requests its devices served: status and notify calls, all devices.
+    pub fn device_requests(&mut self) -> u64 {
+        let mut total = 0;
+        let mut add = |c: crate::virtio::DeviceCounters| total += c.notifies + c.status_calls;
+        if let Some(net) = self.devices.net() {
+            add(net.counters);
+        }
+        if let Some(console) = self.devices.console() {
+            add(console.counters);
+        }
+        if let Some(rng) = self.devices.rng() {
+            add(rng.counters);
+        }
+        total
+    }
+
     /// Whether the guest has frames waiting for the switch.
     pub fn has_outbound_frames(&mut self) -> bool {
         self.devices
