@@ -1,16 +1,17 @@
-//! ACPI, read once at boot for one fact: how many CPUs the machine has.
+//! ACPI, read once at boot for one fact: which CPUs the machine has.
 //!
 //! The loader says where the tables start (PVH's `rsdp_paddr`, a
 //! Multiboot2 RSDP tag), or we search the BIOS areas as on any PC. The
 //! `acpi` crate walks the tables; we map each region it asks for into the
 //! device window (tables may sit in memory the direct map leaves out).
-//! Counting the MADT's enabled local APICs gives the CPUs the host could
-//! use; for now it runs on the boot CPU and says so.
+//! The MADT's enabled local APICs are the CPUs the host may use: their
+//! APIC ids are what [`crate::smp`] sends its start-up interrupts to.
 
 use crate::boot::AcpiRoot;
 use crate::memory::paging::map_mmio;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 use host::addr::HostPhysAddr;
 
@@ -40,16 +41,21 @@ impl AcpiHandler for Mapper {
 }
 
 /// What the MADT says about the processors.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuCount {
-    /// Processors enabled now.
-    pub enabled: u32,
-    /// Processors that could be brought online later.
+#[derive(Clone, Debug, Default)]
+pub struct Processors {
+    /// The local APIC ids of the processors enabled now, in the MADT's
+    /// order (the boot CPU's among them).
+    pub apic_ids: Vec<u32>,
+    /// Processors that could be brought online later (not started).
     pub online_capable: u32,
+    /// The MADT describes a multiprocessor wake-up mailbox (ACPI 6.4; used
+    /// by confidential VMs, which have no INIT-SIPI-SIPI): reported, not
+    /// used.
+    pub wakeup_mailbox: bool,
 }
 
-/// Counts the CPUs in the MADT, or says why it could not.
-pub fn count_cpus(root: AcpiRoot) -> Result<CpuCount, acpi::AcpiError> {
+/// Reads the processor list from the MADT, or says why it could not.
+pub fn processors(root: AcpiRoot) -> Result<Processors, acpi::AcpiError> {
     // SAFETY: the addresses come from the loader (or the BIOS search,
     // which checks signatures and checksums); `Mapper` maps what is asked.
     let tables = unsafe {
@@ -62,21 +68,27 @@ pub fn count_cpus(root: AcpiRoot) -> Result<CpuCount, acpi::AcpiError> {
         }
     }?;
     let madt = tables.find_table::<Madt>()?;
-    let mut count = CpuCount {
-        enabled: 0,
-        online_capable: 0,
-    };
+    let mut found = Processors::default();
     for entry in madt.get().entries() {
-        let flags = match entry {
-            MadtEntry::LocalApic(apic) => apic.flags,
-            MadtEntry::LocalX2Apic(apic) => apic.flags,
+        let (apic_id, flags) = match entry {
+            MadtEntry::LocalApic(apic) => (u32::from(apic.apic_id), apic.flags),
+            MadtEntry::LocalX2Apic(apic) => (apic.x2apic_id, apic.flags),
+            MadtEntry::MultiprocessorWakeup(_) => {
+                found.wakeup_mailbox = true;
+                continue;
+            }
             _ => continue,
         };
-        if flags & 1 != 0 {
-            count.enabled += 1;
-        } else if flags & 2 != 0 {
-            count.online_capable += 1;
+        if flags & ENABLED != 0 {
+            found.apic_ids.push(apic_id);
+        } else if flags & ONLINE_CAPABLE != 0 {
+            found.online_capable += 1;
         }
     }
-    Ok(count)
+    Ok(found)
 }
+
+/// Local APIC flags: the processor is usable now.
+const ENABLED: u32 = 1 << 0;
+/// Local APIC flags: the processor can be enabled later (hot plug).
+const ONLINE_CAPABLE: u32 = 1 << 1;

@@ -21,10 +21,21 @@
 //!
 //! The legacy 8259 PICs are moved out of the exception vectors and masked:
 //! all interrupts arrive through the local APIC.
+//!
+//! Every CPU has a local APIC of its own, at the same physical address (each
+//! CPU sees its own there), so one mapping serves them all. [`init`] runs on
+//! the boot CPU: it maps the registers, calibrates, and sets up its own
+//! APIC with [`init_this_cpu`], which each application processor runs too
+//! (`smp.rs`). The calibration is shared: every CPU's timer counts the same
+//! bus clock. The registers are reached the way the firmware left the APIC:
+//! through the mapped page (xAPIC, what QEMU and most firmware hand over),
+//! or through MSRs when it is already in x2APIC mode. The boot CPU starts
+//! the others with inter-processor interrupts ([`send_init`],
+//! [`send_startup`]) timed with [`delay_us`].
 
 use crate::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::memory::paging::map_mmio;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use host::addr::HostPhysAddr;
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
@@ -38,9 +49,30 @@ mod reg {
     pub const TIMER_CURRENT: usize = 0x390;
     pub const TIMER_DIVIDE: usize = 0x3e0;
     pub const TASK_PRIORITY: usize = 0x80;
+    pub const ID: usize = 0x20;
+    /// The interrupt command register: low half (xAPIC; the whole
+    /// register in x2APIC mode) and destination half.
+    pub const ICR_LOW: usize = 0x300;
+    pub const ICR_HIGH: usize = 0x310;
+}
+
+/// Interrupt command bits (Intel SDM vol. 3, "Interrupt Command Register").
+mod icr {
+    /// Delivery mode INIT.
+    pub const INIT: u32 = 0b101 << 8;
+    /// Delivery mode start-up (SIPI); the vector is the start page number.
+    pub const STARTUP: u32 = 0b110 << 8;
+    /// Level: assert (required set for every mode but INIT de-assert).
+    pub const ASSERT: u32 = 1 << 14;
+    /// xAPIC only: the previous command is still being sent.
+    pub const SEND_PENDING: u32 = 1 << 12;
 }
 
 const IA32_APIC_BASE: u32 = 0x1b;
+/// IA32_APIC_BASE bit 10: the APIC is in x2APIC mode.
+const X2APIC_ENABLED: u64 = 1 << 10;
+/// x2APIC mode: register at xAPIC offset `o` is MSR `X2APIC_MSR_BASE + o / 16`.
+const X2APIC_MSR_BASE: u32 = 0x800;
 const PIT_HZ: u64 = 1_193_182;
 /// The length of one calibration window, and how many are taken (the
 /// median counts): together about as long as one 10 ms window was.
@@ -50,6 +82,8 @@ const CALIBRATION_RUNS: usize = 3;
 const MASKED: u32 = 1 << 16;
 
 static APIC_BASE: AtomicUsize = AtomicUsize::new(0);
+/// The firmware left the APIC in x2APIC mode: registers are MSRs.
+static X2APIC: AtomicBool = AtomicBool::new(false);
 /// Timer interrupts taken.
 static TICKS: AtomicU64 = AtomicU64::new(0);
 /// APIC timer counts per nanosecond, 32.32 fixed point (set by `init`).
@@ -87,14 +121,12 @@ pub fn init(has_apic: bool) -> Result<Clocks, ApicError> {
     // SAFETY: reading IA32_APIC_BASE has no side effects; CPUID said the
     // APIC (and so the MSR) exists.
     let base_msr = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    X2APIC.store(base_msr & X2APIC_ENABLED != 0, Ordering::Relaxed);
     let phys = HostPhysAddr::new(base_msr & 0x000f_ffff_ffff_f000);
     let virt = map_mmio(phys, 4096).map_err(|_| ApicError::Map)?;
     APIC_BASE.store(virt.as_u64() as usize, Ordering::Release);
 
-    write(reg::TASK_PRIORITY, 0);
-    write(reg::SPURIOUS, (1 << 8) | u32::from(SPURIOUS_VECTOR));
-    write(reg::TIMER_DIVIDE, 0b0011); // divide by 16
-    write(reg::LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+    init_this_cpu();
 
     let (tsc_ticks, apic_ticks) = median_count_across_pit_intervals().ok_or(ApicError::NoPit)?;
     let tsc_hz = tsc_ticks * 1000 / CALIBRATION_MS;
@@ -109,6 +141,87 @@ pub fn init(has_apic: bool) -> Result<Clocks, ApicError> {
         tsc_hz,
         apic_timer_hz,
     })
+}
+
+/// Sets up the local APIC of the CPU that runs this: accept every
+/// interrupt priority, software-enable the APIC with the spurious vector,
+/// and leave the timer one-shot, divided by 16 and masked. The boot CPU
+/// runs it from [`init`]; each application processor runs it itself, after
+/// [`init`] has mapped the registers.
+pub fn init_this_cpu() {
+    write(reg::TASK_PRIORITY, 0);
+    write(reg::SPURIOUS, (1 << 8) | u32::from(SPURIOUS_VECTOR));
+    write(reg::TIMER_DIVIDE, 0b0011); // divide by 16
+    write(reg::LVT_TIMER, MASKED | u32::from(TIMER_VECTOR));
+}
+
+/// Masks or unmasks this CPU's timer interrupt (one-shot mode either way).
+pub fn set_timer_masked(masked: bool) {
+    let mask = if masked { MASKED } else { 0 };
+    write(reg::LVT_TIMER, mask | u32::from(TIMER_VECTOR));
+}
+
+/// This CPU's local APIC id.
+pub fn id() -> u32 {
+    let raw = read(reg::ID);
+    if X2APIC.load(Ordering::Relaxed) {
+        raw
+    } else {
+        raw >> 24
+    }
+}
+
+/// Sends an INIT to the CPU whose local APIC id is `apic_id`: it stops
+/// whatever it does and waits for a start-up IPI.
+pub fn send_init(apic_id: u32) {
+    send_ipi(apic_id, icr::INIT | icr::ASSERT);
+}
+
+/// Sends a start-up IPI to `apic_id`: a CPU waiting after INIT starts in
+/// real mode at physical address `page << 12` (an address below 1 MiB);
+/// any other CPU ignores it.
+pub fn send_startup(apic_id: u32, page: u8) {
+    send_ipi(apic_id, icr::STARTUP | icr::ASSERT | u32::from(page));
+}
+
+/// Writes the interrupt command register: the destination, then the
+/// command, which sends it. In xAPIC mode the destination is 8 bits (the
+/// caller sends to no id above 255) and we wait, bounded, for the local
+/// APIC to have sent the previous command; in x2APIC mode the register is
+/// one 64-bit MSR and has no pending bit.
+fn send_ipi(apic_id: u32, command: u32) {
+    if X2APIC.load(Ordering::Relaxed) {
+        let value = (u64::from(apic_id) << 32) | u64::from(command);
+        // SAFETY: in x2APIC mode the ICR is this MSR; an INIT or start-up
+        // IPI to another CPU changes nothing of this one.
+        unsafe { Msr::new(X2APIC_MSR_BASE + (reg::ICR_LOW >> 4) as u32).write(value) };
+        return;
+    }
+    wait_until_sent();
+    write(reg::ICR_HIGH, apic_id << 24);
+    write(reg::ICR_LOW, command);
+    wait_until_sent();
+}
+
+/// Waits (at most 10 ms) until the xAPIC has sent its last command.
+fn wait_until_sent() {
+    let deadline = rdtsc() + tsc_cycles_for_us(10_000);
+    while read(reg::ICR_LOW) & icr::SEND_PENDING != 0 && rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+}
+
+/// Spins for at least `us` microseconds, by the TSC (calibrated in [`init`]).
+pub fn delay_us(us: u64) {
+    let deadline = rdtsc() + tsc_cycles_for_us(us);
+    while rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+}
+
+/// TSC cycles in `us` microseconds (at least one).
+pub fn tsc_cycles_for_us(us: u64) -> u64 {
+    (u128::from(TSC_HZ.load(Ordering::Relaxed)) * u128::from(us) / 1_000_000).max(1) as u64
 }
 
 /// Arms the one-shot timer to interrupt `ns` nanoseconds from now (at least
@@ -232,13 +345,28 @@ fn register(offset: usize) -> *mut u32 {
     (APIC_BASE.load(Ordering::Acquire) + offset) as *mut u32
 }
 
+/// The MSR of the register at xAPIC offset `offset`, in x2APIC mode.
+fn x2apic_msr(offset: usize) -> Msr {
+    Msr::new(X2APIC_MSR_BASE + (offset >> 4) as u32)
+}
+
 fn write(offset: usize, value: u32) {
+    if X2APIC.load(Ordering::Relaxed) {
+        // SAFETY: `offset` is one of the register offsets above, each of
+        // which has its MSR in x2APIC mode, the mode the APIC is in.
+        unsafe { x2apic_msr(offset).write(u64::from(value)) };
+        return;
+    }
     // SAFETY: `offset` is one of the register offsets above, inside the
     // uncached page `init` mapped; APIC registers take 32-bit accesses.
     unsafe { register(offset).write_volatile(value) }
 }
 
 fn read(offset: usize) -> u32 {
+    if X2APIC.load(Ordering::Relaxed) {
+        // SAFETY: as in `write`; reading these registers has no effect.
+        return unsafe { x2apic_msr(offset).read() } as u32;
+    }
     // SAFETY: as for `write`.
     unsafe { register(offset).read_volatile() }
 }

@@ -10,6 +10,15 @@
 //! nothing for the code that is running. Guests never see this GDT: the
 //! switcher loads a per-CPU guest GDT of its own.
 //!
+//! Every CPU has a GDT and a TSS of its own, alike but for the stacks the
+//! TSS names: a TSS descriptor is marked busy by `ltr`, so two CPUs cannot
+//! share one, and two CPUs taking a double fault must not land on one
+//! stack. The boot CPU's live in `static`s ([`init`]); each application
+//! processor's are built by [`init_application_processor`] on the heap,
+//! around stacks `smp.rs` allocated for it, with the same layout, so the
+//! selectors (and the shared IDT's gates, which name them) hold on every
+//! CPU.
+//!
 //! There is no LDT, and the LDT register says so: [`init`] loads it with
 //! the null selector. Left as the CPU comes out of reset, it names a table
 //! at linear address 0 with a limit of 0xffff, and linear 0 is whatever
@@ -22,6 +31,7 @@
 //! switcher nor the kernel has an `lldt` but this one, and no GDT here or
 //! in the switcher holds an LDT descriptor.
 
+use alloc::boxed::Box;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -71,45 +81,94 @@ pub struct Selectors {
     pub user_code: SegmentSelector,
 }
 
+/// The tops of the stacks one CPU's TSS names (stacks grow down: each is
+/// one past the stack's last byte).
+#[derive(Clone, Copy, Debug)]
+pub struct TssStacks {
+    /// The IST stacks of `#DF`, NMI and `#MC`, in the order of
+    /// [`DOUBLE_FAULT_IST`], [`NMI_IST`], [`MACHINE_CHECK_IST`].
+    pub interrupt: [VirtAddr; 3],
+    /// The stack of a trap from ring 3 (TSS.RSP0).
+    pub ring0: VirtAddr,
+}
+
 /// Builds and loads the GDT and TSS of this (the boot) CPU.
 pub fn init() {
     let tss = TSS.call_once(|| {
-        let mut tss = TaskStateSegment::new();
         let stacks = &raw mut IST_STACKS;
-        for (slot, ist) in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST]
+        // Stacks grow down: the IST entry is one past the top.
+        let top = |slot: usize| {
+            VirtAddr::from_ptr(stacks.cast::<IstStack>().wrapping_add(slot)) + IST_STACK_SIZE as u64
+        };
+        task_state(TssStacks {
+            interrupt: [top(0), top(1), top(2)],
+            ring0: VirtAddr::from_ptr(&raw mut RING0_STACK) + IST_STACK_SIZE as u64,
+        })
+    });
+    let (gdt, selectors) = GDT.call_once(|| descriptor_table(tss));
+    load(gdt, *selectors);
+}
+
+/// Builds and loads the GDT and TSS of an application processor, whose
+/// TSS names `stacks`. They live as long as the CPU runs: for ever.
+pub fn init_application_processor(stacks: TssStacks) {
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(task_state(stacks)));
+    let (gdt, ours): &'static (GlobalDescriptorTable, Selectors) =
+        Box::leak(Box::new(descriptor_table(tss)));
+    let boot_cpu = selectors();
+    assert!(
+        ours.kernel_code == boot_cpu.kernel_code
+            && ours.tss == boot_cpu.tss
+            && ours.user_code == boot_cpu.user_code,
+        "every CPU's GDT has the boot CPU's layout"
+    );
+    load(gdt, *ours);
+}
+
+/// A TSS whose IST slots and ring-0 stack are `stacks`.
+fn task_state(stacks: TssStacks) -> TaskStateSegment {
+    let mut tss = TaskStateSegment::new();
+    for (top, ist) in
+        stacks
+            .interrupt
             .into_iter()
-            .enumerate()
-        {
-            // Stacks grow down: the IST entry is one past the top.
-            let base = VirtAddr::from_ptr(stacks.cast::<IstStack>().wrapping_add(slot));
-            tss.interrupt_stack_table[usize::from(ist)] = base + IST_STACK_SIZE as u64;
-        }
-        tss.privilege_stack_table[0] =
-            VirtAddr::from_ptr(&raw mut RING0_STACK) + IST_STACK_SIZE as u64;
-        tss
-    });
-    let (gdt, selectors) = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
-        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        let user_data = gdt.append(Descriptor::user_data_segment());
-        let user_code = gdt.append(Descriptor::user_code_segment());
-        (
-            gdt,
-            Selectors {
-                kernel_code,
-                kernel_data,
-                tss,
-                user_data,
-                user_code,
-            },
-        )
-    });
+            .zip([DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST])
+    {
+        tss.interrupt_stack_table[usize::from(ist)] = top;
+    }
+    tss.privilege_stack_table[0] = stacks.ring0;
+    tss
+}
+
+/// The host's GDT around `tss`: the same entries in the same order on every
+/// CPU, so the selectors are the same everywhere.
+fn descriptor_table(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, Selectors) {
+    let mut gdt = GlobalDescriptorTable::new();
+    let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+    let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
+    (
+        gdt,
+        Selectors {
+            kernel_code,
+            kernel_data,
+            tss,
+            user_data,
+            user_code,
+        },
+    )
+}
+
+/// Loads `gdt` on this CPU, reloads the segment registers from it, loads
+/// its TSS and empties the LDT register.
+fn load(gdt: &'static GlobalDescriptorTable, selectors: Selectors) {
     assert_eq!(selectors.kernel_data.0, KERNEL_DATA_SELECTOR);
     gdt.load();
     // SAFETY: the selectors name descriptors of the GDT just loaded, which
-    // lives forever in a `static`; code and data are flat ring-0 segments
+    // lives forever (a `static`, or leaked); its TSS descriptor is this
+    // CPU's alone, so not yet busy; code and data are flat ring-0 segments
     // identical to the boot GDT's, so the running code is unaffected.
     unsafe {
         CS::set_reg(selectors.kernel_code);

@@ -13,6 +13,12 @@
 //! Their vectors come from the guest contract's list of the host's own
 //! ([`guest_abi::hypercall::host_vector`]), the one place that names them,
 //! which the host also checks every direct trap a guest asks for against.
+//!
+//! All CPUs share the one IDT: it holds nothing per CPU. Each gate names a
+//! stub, the kernel code selector (the same in every CPU's GDT) and, for
+//! NMI, `#DF` and `#MC`, an IST slot *number*; where that slot's stack is,
+//! each CPU's own TSS says ([`crate::gdt`]). So an application processor
+//! only loads the table ([`init`]) the boot CPU built.
 
 use crate::{apic, gdt, power};
 use core::arch::global_asm;
@@ -94,7 +100,8 @@ unsafe extern "C" {
 
 static IDT: Once<[Gate; 256]> = Once::new();
 
-/// Builds and loads the IDT of this CPU.
+/// Loads the IDT on this CPU, building it on the first call (the boot
+/// CPU's): the other CPUs load the same table.
 pub fn init() {
     let idt = IDT.call_once(|| {
         let stubs = (&raw const trap_stubs) as u64;

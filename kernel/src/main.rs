@@ -18,8 +18,9 @@
 //!    ring 0 (a warning where it does not, as under QEMU's TCG).
 //! 4. [`memory`]: the frame allocator, the host's page tables with the
 //!    direct map of RAM, the heap.
-//! 5. [`apic`]: the periodic tick, calibrated against the PIT; [`acpi`]:
-//!    how many CPUs the machine has.
+//! 5. [`apic`]: the one-shot timer, calibrated against the PIT; [`acpi`]:
+//!    which CPUs the machine has; [`smp`]: the others started, each set up
+//!    as the boot CPU was, and parked until there is work for them.
 //! 6. Then the real work: [`switcher`] installs the world switch in its
 //!    slot (with [`context`], the FPU, SSE and segment state it hands from
 //!    guest to guest), and [`run`] starts the guests named on the command
@@ -64,6 +65,8 @@ mod power;
 mod run;
 #[cfg(target_os = "none")]
 mod selftest;
+#[cfg(target_os = "none")]
+mod smp;
 #[cfg(target_os = "none")]
 mod switcher;
 
@@ -137,15 +140,7 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         clocks.tsc_hz / 1_000_000,
         elapsed * 1_000_000 / clocks.tsc_hz.max(1),
     );
-    match acpi::count_cpus(boot.acpi) {
-        Ok(cpus) => println!(
-            "cpus: {} enabled in the ACPI MADT ({} more could come online); 1 in use (the boot CPU)",
-            cpus.enabled, cpus.online_capable
-        ),
-        Err(e) => {
-            println!("cpus: the ACPI tables could not be read ({e:?}); 1 in use (the boot CPU)")
-        }
-    }
+    smp::start_application_processors(&boot, &features);
     if !boot.notes.is_empty() {
         log::info!("boot: {}", boot.notes);
     }

@@ -5,7 +5,8 @@
 //! gives them memory. At boot [`CpuSwitcher::new`]:
 //!
 //! 1. maps the switcher's code pages (the kernel's `.switcher` section) at
-//!    `SLOT_BASE` in the host's tables, read-only and executable;
+//!    `SLOT_BASE` in the host's tables, read-only and executable (once, for
+//!    whichever CPU comes first: all CPUs share the code);
 //! 2. takes four frames for this CPU, maps them writable for the host,
 //!    and fills in the guest GDT, TSS and IDT: the state page, the IDT
 //!    page and the host page (what the switcher keeps of the host, and the
@@ -87,6 +88,28 @@ fn code_frames() -> impl Iterator<Item = HostPhysAddr> {
     (start..end).step_by(PAGE as usize).map(HostPhysAddr::new)
 }
 
+/// Whether the switcher's code pages are in the host's tables yet.
+static CODE_MAPPED: spin::Mutex<bool> = spin::Mutex::new(false);
+
+/// Maps the switcher's code pages at `SLOT_BASE` in the host's tables, the
+/// first time any CPU sets up its switcher (the CPUs share them, and which
+/// CPU comes first is not fixed: an application processor sets up its own
+/// at start-up, the boot CPU when the guests start).
+fn map_code_once() -> Result<(), MemoryError> {
+    let mut mapped = CODE_MAPPED.lock();
+    if !*mapped {
+        for (i, frame) in code_frames().enumerate() {
+            map_host_page(
+                SLOT_BASE + i as u64 * PAGE,
+                frame,
+                HostPageRights::ReadExecute,
+            )?;
+        }
+        *mapped = true;
+    }
+    Ok(())
+}
+
 fn zeroed_frame() -> Result<HostPhysAddr, MemoryError> {
     let frame =
         memory::alloc_frame().ok_or(MemoryError::PageTables("no frame for the switcher"))?;
@@ -98,15 +121,7 @@ fn zeroed_frame() -> Result<HostPhysAddr, MemoryError> {
 impl CpuSwitcher {
     /// Sets up the switcher for CPU `cpu` (see the module docs).
     pub fn new(cpu: usize) -> Result<Self, MemoryError> {
-        if cpu == 0 {
-            for (i, frame) in code_frames().enumerate() {
-                map_host_page(
-                    SLOT_BASE + i as u64 * PAGE,
-                    frame,
-                    HostPageRights::ReadExecute,
-                )?;
-            }
-        }
+        map_code_once()?;
         let regs_frame = zeroed_frame()?;
         let state_frame = zeroed_frame()?;
         let idt_frame = zeroed_frame()?;
