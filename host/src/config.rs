@@ -13,6 +13,7 @@
 
 use crate::paging::{MAX_CACHED_ROOTS, MIN_CACHED_ROOTS};
 use core::fmt;
+use core::net::Ipv4Addr;
 use core::ops::RangeInclusive;
 use core::str::FromStr;
 
@@ -50,16 +51,20 @@ pub enum BootTest {
     Panic,
     /// Allocate and free many frames and heap blocks; counts must balance.
     AllocStress,
+    /// Bring up the machine's NIC and the host's interface, serve the
+    /// counters over HTTP until the requests stop, then report.
+    Net,
 }
 
 impl BootTest {
-    const NAMES: [(&'static str, BootTest); 6] = [
+    const NAMES: [(&'static str, BootTest); 7] = [
         ("fault-ud", BootTest::FaultInvalidOpcode),
         ("fault-pf", BootTest::FaultPageFault),
         ("fault-de", BootTest::FaultDivide),
         ("fault-stack", BootTest::FaultStackOverflow),
         ("panic", BootTest::Panic),
         ("alloc-stress", BootTest::AllocStress),
+        ("net", BootTest::Net),
     ];
 
     /// The name used on the command line.
@@ -101,6 +106,51 @@ pub struct Config<'a> {
     /// `eager_fill=on|off`: map a reported entry at once when the guest
     /// already marked it accessed (default on).
     pub eager_fill: bool,
+    /// `host_ip=dhcp|off|A.B.C.D/N`: how the host's own interface gets
+    /// its address (default DHCP).
+    pub host_ip: HostIp,
+    /// `host_gateway=none|A.B.C.D`: the default route of a static
+    /// `host_ip` (DHCP brings its own).
+    pub host_gateway: Option<Ipv4Addr>,
+    /// `http_port=<1..=65535>`: where the counters page is served
+    /// (default 80).
+    pub http_port: u16,
+    /// `stats_interval_ms=<ms>`: print the counters on the console this
+    /// often; 0, the default, never.
+    pub stats_interval_ms: u64,
+}
+
+/// `host_ip=`: how the host's own network interface is addressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIp {
+    /// Ask a DHCP server on the uplink (`dhcp`).
+    Dhcp,
+    /// This address and prefix length (`10.0.2.15/24`).
+    Static {
+        /// The address.
+        address: Ipv4Addr,
+        /// The prefix length, 0 to 32.
+        prefix_len: u8,
+    },
+    /// No host interface at all (`off`): no address, no counters page.
+    Off,
+}
+
+impl HostIp {
+    /// Parses `dhcp`, `off` or `A.B.C.D/N`.
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "dhcp" => Some(Self::Dhcp),
+            "off" => Some(Self::Off),
+            _ => {
+                let (address, prefix_len) = value.split_once('/')?;
+                Some(Self::Static {
+                    address: address.parse().ok()?,
+                    prefix_len: number(prefix_len, 0..=32)?,
+                })
+            }
+        }
+    }
 }
 
 /// `eviction=`: which cached shadow root to throw out when a guest switches
@@ -126,6 +176,10 @@ impl Default for Config<'_> {
             cached_roots: 4,
             eviction: RootEviction::LeastRecentlyUsed,
             eager_fill: true,
+            host_ip: HostIp::Dhcp,
+            host_gateway: None,
+            http_port: 80,
+            stats_interval_ms: 0,
         }
     }
 }
@@ -252,7 +306,7 @@ pub struct Key {
 /// Every key of the kernel command line, in the order of the README's
 /// table. The parser knows exactly these keys, and a unit test checks the
 /// README's table against this list, row by row, so the two cannot drift.
-pub const KEYS: [Key; 10] = [
+pub const KEYS: [Key; 14] = [
     Key {
         name: "log",
         values: "`error`, `warn`, `info`, `debug`, `trace`",
@@ -275,10 +329,12 @@ pub const KEYS: [Key; 10] = [
     },
     Key {
         name: "test",
-        values: "`fault-ud`, `fault-pf`, `fault-de`, `fault-stack`, `panic`, `alloc-stress`",
+        values: "`fault-ud`, `fault-pf`, `fault-de`, `fault-stack`, `panic`, `alloc-stress`, `net`",
         default: None,
         meaning: "a self-test instead of normal work: the faults and `panic` must each end in a \
-                  report and a failure status, `alloc-stress` in frame and heap counts that balance",
+                  report and a failure status, `alloc-stress` in frame and heap counts that \
+                  balance, `net` in the NIC and the host's interface up and the counters served \
+                  over HTTP until no request has come for 3 s",
         set: |c, v| {
             let test = BootTest::NAMES.iter().find(|(n, _)| *n == v);
             c.test = Some(test.map(|(_, t)| *t).ok_or(TEST_NAMES)?);
@@ -371,13 +427,62 @@ pub const KEYS: [Key; 10] = [
             Ok(())
         },
     },
+    Key {
+        name: "host_ip",
+        values: "`dhcp`, `off`, or an address and prefix length (`10.0.2.15/24`)",
+        default: Some("dhcp"),
+        meaning: "how the host's own network interface (a port of the virtual switch, which \
+                  serves the counters page) gets its address: from a DHCP server on the uplink, \
+                  this one, or none: `off` leaves the interface out",
+        set: |c, v| {
+            c.host_ip = HostIp::parse(v).ok_or("dhcp, off, or an address like 10.0.2.15/24")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "host_gateway",
+        values: "`none`, or an address (`10.0.2.2`)",
+        default: Some("none"),
+        meaning: "the default route of a static `host_ip` (DHCP brings its own)",
+        set: |c, v| {
+            c.host_gateway = match v {
+                "none" => None,
+                _ => Some(v.parse().map_err(|_| "none, or an address like 10.0.2.2")?),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "http_port",
+        values: "1 to 65535",
+        default: Some("80"),
+        meaning: "the TCP port of the counters page on the host's interface: `/` (HTML, \
+                  reloading itself) and `/counters` (JSON)",
+        set: |c, v| {
+            c.http_port = number(v, 1..=65_535).ok_or("a TCP port from 1 to 65535")?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "stats_interval_ms",
+        values: "0, or a whole number of milliseconds",
+        default: Some("0"),
+        meaning: "print the counters page's numbers on the console this often, as `stats ...` \
+                  lines (0: never)",
+        set: |c, v| {
+            c.stats_interval_ms =
+                number(v, 0..=u64::MAX).ok_or("a whole number of milliseconds")?;
+            Ok(())
+        },
+    },
 ];
 
 // The error message for `roots=` names the bounds.
 const _: () = assert!(MIN_CACHED_ROOTS == 2 && MAX_CACHED_ROOTS == 16);
 
 const LOG_LEVELS: &str = "one of error, warn, info, debug, trace";
-const TEST_NAMES: &str = "one of fault-ud, fault-pf, fault-de, fault-stack, panic, alloc-stress";
+const TEST_NAMES: &str =
+    "one of fault-ud, fault-pf, fault-de, fault-stack, panic, alloc-stress, net";
 
 /// A whole number in `range`.
 fn number<T: FromStr + PartialOrd>(value: &str, range: RangeInclusive<T>) -> Option<T> {
@@ -585,6 +690,31 @@ mod tests {
     }
 
     #[test]
+    fn host_network_keys_are_typed() {
+        let c = parse("").0.unwrap();
+        assert_eq!(
+            (c.host_ip, c.host_gateway, c.http_port, c.stats_interval_ms),
+            (HostIp::Dhcp, None, 80, 0)
+        );
+        let (c, w) = parse(
+            "host_ip=10.0.2.15/24 host_gateway=10.0.2.2 http_port=8080 stats_interval_ms=500",
+        );
+        let c = c.unwrap();
+        assert_eq!(
+            c.host_ip,
+            HostIp::Static {
+                address: Ipv4Addr::new(10, 0, 2, 15),
+                prefix_len: 24
+            }
+        );
+        assert_eq!(c.host_gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!((c.http_port, c.stats_interval_ms), (8080, 500));
+        assert!(w.is_empty());
+        assert_eq!(parse("host_ip=off").0.unwrap().host_ip, HostIp::Off);
+        assert_eq!(parse("test=net").0.unwrap().test, Some(BootTest::Net));
+    }
+
+    #[test]
     fn later_words_override_earlier_ones() {
         let (c, _) = parse("log=error log=trace");
         assert_eq!(c.unwrap().log_level, LogLevel::Trace);
@@ -617,6 +747,14 @@ mod tests {
             ("roots=many", "roots", "many"),
             ("eviction=fifo", "eviction", "fifo"),
             ("eager_fill=yes", "eager_fill", "yes"),
+            ("host_ip=auto", "host_ip", "auto"),
+            ("host_ip=10.0.2.15", "host_ip", "10.0.2.15"),
+            ("host_ip=10.0.2.15/33", "host_ip", "10.0.2.15/33"),
+            ("host_ip=10.0.2/24", "host_ip", "10.0.2/24"),
+            ("host_gateway=10.0.2", "host_gateway", "10.0.2"),
+            ("http_port=0", "http_port", "0"),
+            ("http_port=65536", "http_port", "65536"),
+            ("stats_interval_ms=-1", "stats_interval_ms", "-1"),
         ] {
             let err = parse(line).0.unwrap_err();
             assert_eq!((err.key, err.value), (key, value), "{line}");

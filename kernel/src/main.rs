@@ -28,6 +28,10 @@
 //!    CPU between them until each has ended; with `bench=on`, [`bench`] first measures
 //!    the native analogues. Or a self-test instead ([`selftest`]). Last,
 //!    [`power`] ends the machine with a status QEMU passes on.
+//! 7. Beside the guests, the machine's network ([`network`]): the virtual
+//!    switch joining the guests' network cards, the machine's own NIC as
+//!    its uplink ([`pci`] finds it, [`nic`] drives it), and the host's own
+//!    interface, which serves the counters page ([`hostnet`]).
 //!
 //! On any target but bare metal this crate is an empty program, so that
 //! `cargo test` and `cargo clippy` over the workspace pass on Linux.
@@ -56,9 +60,17 @@ mod cpu_check;
 #[cfg(target_os = "none")]
 mod gdt;
 #[cfg(target_os = "none")]
+mod hostnet;
+#[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]
 mod memory;
+#[cfg(target_os = "none")]
+mod network;
+#[cfg(target_os = "none")]
+mod nic;
+#[cfg(target_os = "none")]
+mod pci;
 #[cfg(target_os = "none")]
 mod power;
 #[cfg(target_os = "none")]
@@ -145,6 +157,9 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         log::info!("boot: {}", boot.notes);
     }
 
+    if config.test == Some(host::config::BootTest::Net) {
+        hostnet::selftest::run(&config, boot.regions());
+    }
     if let Some(test) = config.test {
         selftest::run(test);
     }
@@ -158,7 +173,7 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         // its frames reserved, and the direct map reaches them.
         unsafe { core::slice::from_raw_parts(memory::phys_to_virt(m.start), len) }
     });
-    match run::run_guests(&config, archive, clocks.tsc_hz) {
+    match run::run_guests(&config, archive, clocks.tsc_hz, boot.regions()) {
         Ok(true) => {
             println!("rguest: shutting down");
             power::exit(power::SUCCESS)

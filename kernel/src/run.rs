@@ -18,6 +18,9 @@
 //! does so through [`ExitEvents`], which the ordinary run leaves empty.
 
 use crate::bench::HostShares;
+use crate::boot::Region;
+use crate::hostnet::snapshot::GuestLine;
+use crate::network::{self, Network};
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts, memory};
 use alloc::string::String;
@@ -34,7 +37,7 @@ use host::guest::{
     Devices, Exit, ExitEvents, Guest, GuestRam, GuestState, HostServices, Next, NoEvents,
     standard_devices,
 };
-use host::net::{Limits, PortId, PortKind, Switch};
+use host::net::PortId;
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
@@ -321,13 +324,13 @@ pub fn run_guests(
     config: &Config<'_>,
     archive: Option<&[u8]>,
     tsc_hz: u64,
+    regions: &[Region],
 ) -> Result<bool, RunError> {
     let archive =
         GuestArchive::open(archive.ok_or(RunError::NoArchive)?).map_err(RunError::Archive)?;
     let mut switcher =
         CpuSwitcher::new(0).map_err(|e| RunError::Setup(alloc::format!("the switcher: {e}")))?;
     let services = Services::new(tsc_hz);
-    let frames_before = memory::frame_stats();
     let settings = GuestSettings {
         mem_bytes: config.guest_mem_mib << 20,
         budget_ns: config.guest_budget_ms.saturating_mul(1_000_000).max(1),
@@ -336,16 +339,19 @@ pub fn run_guests(
     };
     let slice_ns = 1_000_000_000 / u64::from(config.timer_hz.max(1));
     let mut slots = Vec::new();
-    let mut switch = Switch::new(Limits::DEFAULT);
+    let mut network = Network::start(config, regions, services.now_ns());
+    // The network's rings and buffers live as long as the host: only what
+    // the guests take must come back.
+    let frames_before = memory::frame_stats();
     let mut all_started = true;
     for (index, spec) in GuestSpec::parse_list(config.guests).flatten().enumerate() {
         let devices = standard_devices(guest_mac(index), entropy_seed());
-        let port = switch.add_port(PortKind::Guest, port_name(spec));
+        let port = network.add_guest(spec.image);
         // A guest that cannot start is reported, and the others still run.
         match start_guest(&archive, spec, &settings, devices, port) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
-                switch.remove_port(port);
+                network.remove_guest(port);
                 println!("guest {} failed to start: {e}", spec.image);
                 all_started = false;
             }
@@ -353,8 +359,8 @@ pub fn run_guests(
     }
     log::info!("running {} guest(s): {}", slots.len(), config.guests);
     let all_as_expected =
-        schedule(&mut slots, &mut switcher, &mut switch, services, slice_ns) && all_started;
-    println!("network: {}", switch.counters());
+        schedule(&mut slots, &mut switcher, &mut network, services, slice_ns) && all_started;
+    println!("network: {}", network.counters());
     let frames_after = memory::frame_stats();
     println!(
         "frames: {} free before the guests, {} after ({})",
@@ -476,43 +482,47 @@ fn entropy_seed() -> [u8; 32] {
     seed
 }
 
-/// A guest's port name on the switch: its image name (a guest's full name
-/// may hold spaces, and a counters line wants one word).
-fn port_name(spec: GuestSpec<'_>) -> String {
-    String::from(spec.image)
-}
-
 /// Puts the frames guest `from` sent into the switch, and hands every
 /// guest the frames waiting on its port (one interrupt each for the lot).
-fn switch_frames(slots: &mut [Slot], switch: &mut Switch, from: usize) {
+fn switch_frames(slots: &mut [Slot], network: &mut Network, from: usize) {
     let slot = &mut slots[from];
-    let mut sent = false;
-    for frame in slot.guest.take_outbound_frames() {
-        switch.input(slot.port, &frame);
-        sent = true;
-    }
-    if !sent {
+    network.sent_by_guest(slot.port, slot.guest.take_outbound_frames());
+    deliver_frames(slots, network);
+}
+
+/// Hands every guest the frames waiting on its port, if any are.
+fn deliver_frames(slots: &mut [Slot], network: &mut Network) {
+    if !network.has_frames_waiting() {
         return;
     }
     for slot in slots.iter_mut() {
-        switch.drain(slot.port, |frames| slot.guest.receive_frames(frames));
+        network.deliver_to_guest(slot.port, |frames| slot.guest.receive_frames(frames));
     }
 }
 
-/// How often the switch's clock ticks (its learned addresses age, its
-/// flood budgets renew): the ten a second its default limits assume.
-const SWITCH_TICK_NS: u64 = 100_000_000;
+/// The guests' lines of the counters page.
+fn guest_lines(slots: &mut [Slot]) -> Vec<GuestLine> {
+    slots
+        .iter_mut()
+        .map(|slot| GuestLine {
+            name: slot.guest.name.clone(),
+            cpu_ms: slot.guest.cpu_ns_used / 1_000_000,
+            exits: slot.guest.counters,
+            paging: slot.guest.paging_stats(),
+            device_requests: slot.guest.device_requests(),
+        })
+        .collect()
+}
 
 /// Round-robin over the guests until all have ended.
 fn schedule(
     slots: &mut Vec<Slot>,
     switcher: &mut CpuSwitcher,
-    switch: &mut Switch,
+    network: &mut Network,
     mut services: Services,
     slice_ns: u64,
 ) -> bool {
     let mut all_as_expected = true;
-    let mut next_switch_tick = services.now_ns() + SWITCH_TICK_NS;
     let mut current = 0;
     let mut timer = DeadlineTimer::new();
     // Which guest ran here last, by its register page (unique per guest).
@@ -520,9 +530,9 @@ fn schedule(
     while !slots.is_empty() {
         current %= slots.len();
         let now = services.now_ns();
-        if now >= next_switch_tick {
-            switch.tick();
-            next_switch_tick = now + SWITCH_TICK_NS;
+        if network.needs_polling() {
+            network.poll(now, || guest_lines(slots));
+            deliver_frames(slots, network);
         }
         let runnable = slots
             .iter_mut()
@@ -531,7 +541,8 @@ fn schedule(
             .count();
         if runnable == 0 {
             let first_due = slots.iter().filter_map(|s| s.guest.timer_deadline()).min();
-            idle_until(&mut timer, first_due, now);
+            let poll_due = network.needs_polling().then(|| now + network::POLL_NS);
+            idle_until(&mut timer, min_deadline(first_due, poll_due), now);
             continue;
         }
         if !slots[current].guest.poll(now) {
@@ -548,8 +559,9 @@ fn schedule(
             .filter(|&(i, _)| i != current)
             .filter_map(|(_, s)| s.guest.timer_deadline())
             .min();
+        let poll_due = network.needs_polling().then(|| now + network::POLL_NS);
         let turn = Turn {
-            slice_end: min_deadline(slice_end, others_due),
+            slice_end: min_deadline(min_deadline(slice_end, others_due), poll_due),
             timer: &mut timer,
         };
         let slot = &mut slots[current];
@@ -575,11 +587,11 @@ fn schedule(
                 &mut services,
             )
         };
-        switch_frames(slots, switch, current);
+        switch_frames(slots, network, current);
         if next == Next::Ended {
             let slot = slots.remove(current);
             switcher.release_registers(slot.guest.memory().register_page());
-            all_as_expected &= report_end(slot, switch);
+            all_as_expected &= report_end(slot, network);
             last_on_cpu = None;
         } else {
             current += 1;
@@ -699,17 +711,16 @@ fn idle_until(timer: &mut DeadlineTimer, first_due: Option<u64>, now: u64) {
 
 /// Prints how a guest ended and returns its frames. Says whether that was
 /// the expected end.
-fn report_end(slot: Slot, switch: &mut Switch) -> bool {
+fn report_end(slot: Slot, network: &mut Network) -> bool {
     let Slot {
         guest,
         expect,
         host_shares,
         port,
     } = slot;
-    if let Some(stats) = switch.port(port) {
+    if let Some(stats) = network.remove_guest(port) {
         println!("guest {} network: {stats}", guest.name);
     }
-    switch.remove_port(port);
     host_shares.report(&guest.name);
     let name = guest.name.clone();
     let counters = guest.counters;
