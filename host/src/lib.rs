@@ -24,6 +24,8 @@
 //!    uplink and the host's own interface: learning, bounded queues, counters.
 //! 9. [`text`]: a guest's console output made safe for the operator's
 //!    terminal.
+//! 10. [`sched`]: the scheduling policy: which vCPU each CPU runs next,
+//!     per-CPU run queues, time slices, stealing, idle CPUs halting.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -38,5 +40,6 @@ pub mod frames;
 pub mod guest;
 pub mod net;
 pub mod paging;
+pub mod sched;
 pub mod text;
 pub mod virtio;

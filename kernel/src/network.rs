@@ -149,6 +149,15 @@ impl Network {
         }
     }
 
+    /// The last `stats` lines, when `stats_interval_ms=` asked for them:
+    /// whatever the run's length, it ends with the counters as they are at
+    /// its end (the guests gone, their ports with them).
+    pub fn final_stats(&self, now_ms: u64) {
+        if self.stats_interval_ms > 0 {
+            hostnet::print_stats(&self.snapshot(now_ms, Vec::new()));
+        }
+    }
+
     /// Everything the counters page shows, now.
     fn snapshot(&self, now_ms: u64, guests: Vec<GuestLine>) -> Snapshot {
         Snapshot {

@@ -360,6 +360,7 @@ pub fn run_guests(
     log::info!("running {} guest(s): {}", slots.len(), config.guests);
     let all_as_expected =
         schedule(&mut slots, &mut switcher, &mut network, services, slice_ns) && all_started;
+    network.final_stats(apic::uptime_ms());
     println!("network: {}", network.counters());
     let frames_after = memory::frame_stats();
     println!(

@@ -28,22 +28,40 @@
 //! [`MAX_PARALLEL_BOOTS`] machines run at once, however many test threads
 //! libtest starts: TCG is CPU-bound, and the time limits assume a core each.
 //!
+//! A test that must act while the machine runs (fetch a page from the
+//! host's network card, say) starts it with [`start_machine`] instead and
+//! gets a [`Running`] machine: its serial console so far, a way to wait for
+//! a line ([`Running::wait_for_line`]), and [`Running::finish`] for the
+//! [`Boot`] at its end. [`with_nic`] gives a machine a virtio-net card on
+//! QEMU's user network, with a free port of this machine's loopback
+//! forwarded to the host's counters page, which [`http_get`] fetches:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! let mut machine = qemu_tests::start_machine("test=net", Duration::from_secs(120), qemu_tests::with_nic);
+//! machine.wait_for_line(&["hostnet: address "], Duration::from_secs(60));
+//! let answer = qemu_tests::http_get(machine.forwarded_port(), "/counters", Duration::from_secs(60));
+//! let boot = machine.finish();
+//! ```
+//!
 //! The GRUB boot paths (ISO, disk, PXE; BIOS and UEFI) boot through
 //! [`boot_via`], from images that [`images`] makes with `cargo xtask
 //! image`'s own code (once per test binary for the default ones). A PXE
 //! boot gets a network namespace, a tap device and a dnsmasq of its own
 //! ([`xtask::pxe::Lab`]), all removed when the boot ends, pass or fail.
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use xtask::artefacts::{self, Profile};
 use xtask::bootpath::{BootPath, Family};
 use xtask::commands::{self, test_env};
 use xtask::guests;
 use xtask::image::Payload;
-use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine};
-use xtask::session::{self, Options};
+use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine, UserNet};
+use xtask::session::{self, Options, Session};
 use xtask::workspace::Workspace;
 
 pub use xtask::session::{Outcome, Record};
@@ -78,6 +96,17 @@ pub fn boot(cmdline: &str) -> Boot {
 /// Boots the kernel with `cmdline` on a machine that `shape` adjusts (more
 /// CPUs, other memory size, ...).
 pub fn boot_machine(cmdline: &str, shape: impl FnOnce(&mut Machine)) -> Boot {
+    start_machine(cmdline, TIME_LIMIT, shape).finish()
+}
+
+/// Starts the kernel with `cmdline` on a machine that `shape` adjusts, and
+/// returns while it runs (after waiting for a boot slot, which it holds to
+/// its end). It is killed when `time_limit` has passed since its start.
+pub fn start_machine(
+    cmdline: &str,
+    time_limit: Duration,
+    shape: impl FnOnce(&mut Machine),
+) -> Running {
     let mut machine = Machine::new(kernel());
     machine.cmdline = cmdline.to_string();
     machine.initrd = Some(guests());
@@ -87,15 +116,206 @@ pub fn boot_machine(cmdline: &str, shape: impl FnOnce(&mut Machine)) -> Boot {
     let command = machine
         .command()
         .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
-    let record = {
-        let _slot = BOOT_SLOTS.take();
-        session::run(command, &Options::captured(TIME_LIMIT))
+    let slot = BOOT_SLOTS.take();
+    let session = session::start(command, &Options::captured(time_limit))
+        .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
+    Running {
+        label: cmdline.to_string(),
+        session: Some(session),
+        forwarded_port: machine.nic.and_then(|nic| nic.forward).map(|f| f.from),
+        _slot: slot,
     }
-    .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
-    Boot {
-        cmdline: cmdline.to_string(),
-        record,
-        server_log: None,
+}
+
+/// Gives `machine` a virtio-net card on QEMU's user network (whose DHCP
+/// server hands out 10.0.2.15), with a free port of this machine's
+/// loopback forwarded to the host's counters page (port 80): see
+/// [`Running::forwarded_port`].
+pub fn with_nic(machine: &mut Machine) {
+    machine.nic = Some(UserNet::forwarding(free_loopback_port()));
+}
+
+/// A port of 127.0.0.1 that nothing listens on now: bound with port 0 (the
+/// kernel picks a free one) and released at once, for QEMU to take.
+pub fn free_loopback_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// A machine (or a `cargo xtask` command) still running, started by
+/// [`start_machine`] or [`start_cargo_xtask`]. Dropped unfinished (its test
+/// panicked), it is killed and gives its boot slot back.
+pub struct Running {
+    /// The command line, or the command, for failure reports.
+    label: String,
+    /// `None` once ended.
+    session: Option<Session>,
+    forwarded_port: Option<u16>,
+    _slot: SlotGuard,
+}
+
+impl Running {
+    /// What the serial console (a command's stdout) has printed so far.
+    pub fn serial(&self) -> String {
+        self.session().serial_so_far()
+    }
+
+    /// The loopback port forwarded to the host's counters page (the
+    /// machine must have been shaped [`with_nic`]).
+    #[track_caller]
+    pub fn forwarded_port(&self) -> u16 {
+        self.forwarded_port
+            .unwrap_or_else(|| panic!("`{}`: the machine has no forwarded port", self.label))
+    }
+
+    /// Waits until a whole line holding every one of `needles` has been
+    /// printed, and returns it. Fails the test, with the transcript, when
+    /// `timeout` passes first or the machine ends without printing it.
+    #[track_caller]
+    pub fn wait_for_line(&mut self, needles: &[&str], timeout: Duration) -> String {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let ended = self.session_mut().has_ended();
+            if let Some(line) = line_with(&self.serial(), needles) {
+                return line;
+            }
+            if ended {
+                self.fail(&format!(
+                    "it ended without a line holding all of {needles:?}"
+                ));
+            }
+            if Instant::now() >= give_up {
+                self.fail(&format!(
+                    "no line holding all of {needles:?} within {} s",
+                    timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the machine's end (or its time limit) and returns the boot.
+    pub fn finish(mut self) -> Boot {
+        let record = self.take_session().wait();
+        self.boot(record)
+    }
+
+    /// Ends the machine now (its outcome [`Outcome::Stopped`], unless it
+    /// had ended by itself) and returns the boot.
+    pub fn stop(mut self) -> Boot {
+        let record = self.take_session().stop();
+        self.boot(record)
+    }
+
+    /// Stops the machine and the test with `complaint` and the whole
+    /// transcript.
+    #[track_caller]
+    pub fn fail(&mut self, complaint: &str) -> ! {
+        let record = self.take_session().stop();
+        self.boot(record).fail(complaint)
+    }
+
+    fn boot(&self, record: Record) -> Boot {
+        Boot {
+            cmdline: self.label.clone(),
+            record,
+            server_log: None,
+        }
+    }
+
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("a running machine")
+    }
+
+    fn session_mut(&mut self) -> &mut Session {
+        self.session.as_mut().expect("a running machine")
+    }
+
+    fn take_session(&mut self) -> Session {
+        self.session.take().expect("a running machine")
+    }
+}
+
+/// The first whole line (ended by a newline) of `text` that holds every
+/// one of `needles`, without its line end.
+fn line_with(text: &str, needles: &[&str]) -> Option<String> {
+    text.split_inclusive('\n')
+        .filter(|line| line.ends_with('\n'))
+        .map(|line| line.trim_end_matches(['\r', '\n']))
+        .find(|line| needles.iter().all(|needle| line.contains(needle)))
+        .map(String::from)
+}
+
+/// One answer of an HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// The status code (`200`).
+    pub status: u16,
+    /// The status line and the headers, as sent.
+    pub head: String,
+    /// The body (lossy UTF-8).
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// Reads a whole answer; `None` when it is not HTTP.
+    pub fn parse(bytes: &[u8]) -> Option<HttpAnswer> {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        head.starts_with("HTTP/").then(|| HttpAnswer {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        })
+    }
+
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Sends `request` as it is to `127.0.0.1:port` and reads everything that
+/// comes back until the server closes (HTTP/1.0), each step bounded.
+pub fn http_exchange(port: u16, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(request)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// `GET path` over HTTP/1.0 from `127.0.0.1:port`, tried again every
+/// 300 ms while no HTTP answer comes (QEMU's user network accepts the
+/// connection before the machine's side is up, then closes it), until
+/// `limit` has passed: then the last error, in words.
+pub fn http_get(port: u16, path: &str, limit: Duration) -> Result<HttpAnswer, String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: rguest\r\n\r\n");
+    let give_up = Instant::now() + limit;
+    loop {
+        let error = match http_exchange(port, request.as_bytes()) {
+            Ok(bytes) => match HttpAnswer::parse(&bytes) {
+                Some(answer) => return Ok(answer),
+                None => format!("not HTTP: {:?}", String::from_utf8_lossy(&bytes)),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= give_up {
+            return Err(format!(
+                "no answer to GET {path} on port {port} within {} s (last: {error})",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -138,6 +358,24 @@ pub fn cargo_xtask(args: &[&str], time_limit: Duration) -> Record {
     let _slot = BOOT_SLOTS.take();
     session::run(cargo, &Options::captured(time_limit))
         .unwrap_or_else(|e| panic!("cannot run cargo xtask {}: {e}", args.join(" ")))
+}
+
+/// Starts `cargo xtask <args>` as [`cargo_xtask`] does and returns while
+/// it runs: its stdout is [`Running::serial`]; the [`Boot`] of
+/// [`Running::finish`] holds its exit status in `record.exit_status`.
+pub fn start_cargo_xtask(args: &[&str], time_limit: Duration) -> Running {
+    let mut cargo = artefacts::cargo(&Workspace::current());
+    cargo.arg("xtask").args(args);
+    let label = format!("cargo xtask {}", args.join(" "));
+    let slot = BOOT_SLOTS.take();
+    let session = session::start(cargo, &Options::captured(time_limit))
+        .unwrap_or_else(|e| panic!("cannot run {label}: {e}"));
+    Running {
+        label,
+        session: Some(session),
+        forwarded_port: None,
+        _slot: slot,
+    }
 }
 
 /// The images of every GRUB boot path, made once per test binary from the
@@ -395,5 +633,37 @@ mod tests {
         assert_eq!(number_after(line, "in"), Some(6));
         assert_eq!(number_after(line, "MiB"), None);
         assert_eq!(number_after(line, "absent"), None);
+    }
+
+    #[test]
+    fn only_whole_lines_are_waited_for() {
+        let text = "booting\r\nhostnet: address 10.0.2.15/24 by DHCP\nhostnet: half";
+        assert_eq!(
+            line_with(text, &["hostnet:", "DHCP"]).as_deref(),
+            Some("hostnet: address 10.0.2.15/24 by DHCP")
+        );
+        assert_eq!(line_with(text, &["half"]), None);
+        assert_eq!(line_with(text, &["booting"]).as_deref(), Some("booting"));
+    }
+
+    #[test]
+    fn http_answers_are_read() {
+        let answer = HttpAnswer::parse(
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":1}",
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("Allow"), None);
+        assert_eq!(answer.body, "{\"a\":1}");
+        assert_eq!(HttpAnswer::parse(b""), None);
+        assert_eq!(HttpAnswer::parse(b"garbage\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_free_port_can_be_bound_again() {
+        let port = free_loopback_port();
+        assert_ne!(port, 0);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is free");
     }
 }

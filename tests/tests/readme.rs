@@ -8,7 +8,7 @@
 //! reason (serving PXE on a real network, `dd` to a disk). The first test
 //! fails when the README gains a command this file does not know.
 
-use qemu_tests::{Record, cargo_xtask, kernel};
+use qemu_tests::{Record, cargo_xtask, free_loopback_port, http_get, kernel, start_cargo_xtask};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,6 +123,17 @@ const README_COMMANDS: &[(&str, Check)] = &[
             "cargo xtask run --app images/std/apps/args-std 0 -- log=debug",
             "run_app_builds_a_plain_crate_and_a_hermit_app",
         ),
+    ),
+    (
+        "cargo xtask run --net user:8080 -- test=net",
+        Check::QuickForm(
+            "cargo xtask run --net user:PORT -- test=net",
+            "run_net_serves_the_counters_page",
+        ),
+    ),
+    (
+        "cargo xtask run --net user -- guest_mem=64 guests=net-server-std,net-client-std,hello stats_interval_ms=200",
+        Check::AsWritten("run_net_prints_the_counters_while_guests_run"),
     ),
     (
         "cargo xtask pxe",
@@ -291,6 +302,56 @@ fn run_app_builds_a_plain_crate_and_a_hermit_app() {
         out.contains("DEBUG"),
         "log=debug printed no debug line:\n{out}"
     );
+}
+
+/// The README's `--net user:8080` with a free port of this machine for
+/// 8080 (which may be taken here): the page is fetched over it while the
+/// machine runs, and `test=net` then ends cleanly.
+#[test]
+fn run_net_serves_the_counters_page() {
+    let _turn = one_at_a_time();
+    let port = free_loopback_port();
+    let quick = quick_form("cargo xtask run --net user:8080 -- test=net")
+        .replace("PORT", &port.to_string());
+    let words: Vec<&str> = quick.split_whitespace().skip(2).collect();
+    let mut run = start_cargo_xtask(&words, COMMAND_TIME_LIMIT);
+    // The build comes first: the command's whole limit.
+    run.wait_for_line(&["hostnet: address 10.0.2.15/24"], COMMAND_TIME_LIMIT);
+    let counters =
+        http_get(port, "/counters", Duration::from_secs(60)).unwrap_or_else(|e| run.fail(&e));
+    let boot = run.finish();
+    assert!(
+        boot.record.exit_status.is_some_and(|s| s.success()),
+        "`{quick}` did not succeed:\n{}",
+        boot.record.transcript()
+    );
+    assert_eq!(counters.status, 200, "{}", counters.head);
+    assert!(
+        counters.body.contains("\"address\":\"10.0.2.15/24\""),
+        "{}",
+        counters.body
+    );
+    boot.line_containing(&["net: answered 1 HTTP requests", ": ok"]);
+}
+
+/// The README's console view of the counters: `stats` lines while the
+/// guests run (the first is due 200 ms after the switch starts; the two
+/// std guests' TCP and UDP exchange takes seconds), and a clean end.
+#[test]
+fn run_net_prints_the_counters_while_guests_run() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success(
+        "cargo xtask run --net user -- guest_mem=64 guests=net-server-std,net-client-std,hello stats_interval_ms=200",
+    );
+    for guest in ["net-server-std", "net-client-std", "hello"] {
+        assert!(
+            out.contains(&format!("guest {guest} exited code=0")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("nic: virtio-net at "), "{out}");
+    assert!(out.contains("stats port uplink kind=uplink "), "{out}");
+    assert!(out.contains("stats host mac=02:72:67:00:00:00 "), "{out}");
 }
 
 /// A plain std crate, as `cargo new` would make one for Linux: no

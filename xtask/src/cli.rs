@@ -7,7 +7,7 @@
 use crate::artefacts::Profile;
 use crate::bootpath::BootPath;
 use crate::pxe::Addressing;
-use crate::qemu::{self, AccelRequest, Firmware};
+use crate::qemu::{self, AccelRequest, Firmware, UserNet};
 use crate::{Error, Result};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +81,12 @@ options (run):
   --mem SIZE             memory, QEMU syntax: 512M, 2G (default 512M)
   --timeout SECS         kill QEMU after SECS seconds (default 60)
   --gdb                  start halted and wait for gdb on :1234 (no timeout)
+  --net user[:PORT]      give the host a virtio-net NIC on QEMU's user
+                         networking (its DHCP gives the host 10.0.2.15);
+                         with PORT, 127.0.0.1:PORT here leads to the host's
+                         counters page (its port 80, or http_port= of your
+                         kernel words): http://127.0.0.1:PORT/ and
+                         /counters. Not with --boot pxe, whose NIC it is
   --guests TAR           pass this guest archive instead of building one
   --no-guests            no guest archive and no default guests=hello
   --app PATH [ARGS...]   see run above (needs the nightly toolchain)
@@ -145,6 +151,8 @@ pub struct RunArgs {
     pub boot: BootPath,
     /// `--app PATH [ARGS...]`: a user's std crate to build and run.
     pub app: Option<AppArgs>,
+    /// `--net user[:PORT]`: a NIC for the host on QEMU's user networking.
+    pub net: Option<UserNet>,
 }
 
 /// `cargo xtask run --app PATH [ARGS...]`.
@@ -251,6 +259,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
         "help" | "--help" | "-h" => return Ok(Task::Help),
         "build" => Task::Build(flags.common()?),
         "run" => Task::Run(RunArgs {
+            net: flags.net()?,
             boot: flags.boot()?,
             common: flags.common()?,
             cpus: flags.number("--smp")?.unwrap_or(1),
@@ -468,6 +477,26 @@ impl Flags {
         Ok(boot)
     }
 
+    /// `--net user` or `--net user:PORT`; refused beside a PXE boot, whose
+    /// own NIC is the host's uplink.
+    fn net(&mut self) -> Result<Option<UserNet>> {
+        let Some(value) = self.value("--net")? else {
+            return Ok(None);
+        };
+        let net = parse_net(&value)?;
+        let pxe = self
+            .words
+            .windows(2)
+            .any(|w| w[0] == "--boot" && w[1].starts_with("pxe"))
+            || self.words.iter().any(|w| w.starts_with("--boot=pxe"));
+        if pxe {
+            return Err(Error::new(
+                "--net beside --boot pxe: the PXE boot's own NIC is the host's uplink; drop --net",
+            ));
+        }
+        Ok(Some(net))
+    }
+
     /// `--boot all` or a comma-separated list of boot paths.
     fn boot_paths(&mut self) -> Result<Vec<BootPath>> {
         match self.value("--boot")?.as_deref() {
@@ -507,6 +536,24 @@ impl Flags {
             )));
         }
         Ok(())
+    }
+}
+
+/// A `--net` value: `user` (a NIC, nothing forwarded) or `user:PORT`
+/// (127.0.0.1:PORT forwarded to the host's counters page).
+pub fn parse_net(value: &str) -> Result<UserNet> {
+    let bad = || {
+        Error::new(format!(
+            "--net {value}: expected user or user:PORT (a TCP port of 127.0.0.1, 1 to 65535)"
+        ))
+    };
+    match value.split_once(':') {
+        None if value == "user" => Ok(UserNet::default()),
+        Some(("user", port)) => match port.parse::<u16>() {
+            Ok(port @ 1..) => Ok(UserNet::forwarding(port)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
     }
 }
 
@@ -657,6 +704,30 @@ mod tests {
     }
 
     #[test]
+    fn net_gives_the_host_a_nic_with_or_without_a_forwarded_port() {
+        let net_of = |line: &str| match parse_words(line) {
+            Ok(Task::Run(run)) => run.net,
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(net_of("run"), None);
+        assert_eq!(net_of("run --net user"), Some(UserNet::default()));
+        assert_eq!(
+            net_of("run --net user:8080 -- test=net"),
+            Some(UserNet::forwarding(8080))
+        );
+        assert_eq!(
+            net_of("run --net=user:65535 --boot iso"),
+            Some(UserNet::forwarding(65535))
+        );
+        let Task::Run(run) = parse_words("run --net user:8080 -- test=net").unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(run.kernel_words, ["test=net"]);
+        let forward = run.net.and_then(|n| n.forward).unwrap();
+        assert_eq!((forward.from, forward.to), (8080, qemu::HTTP_PORT));
+    }
+
+    #[test]
     fn mistakes_are_one_line_errors() {
         for line in [
             "frobnicate",
@@ -682,6 +753,16 @@ mod tests {
             "run --app=x",
             "run --no-guests --app x",
             "build --app x",
+            "run --net",
+            "run --net tap",
+            "run --net user:",
+            "run --net user:0",
+            "run --net user:70000",
+            "run --net user:http",
+            "run --net users:80",
+            "run --net user:8080 --boot pxe",
+            "run --boot=pxe-uefi --net user",
+            "build --net user",
         ] {
             let error = parse_words(line).unwrap_err();
             assert!(!error.0.contains('\n'), "{line}: {error}");

@@ -14,7 +14,7 @@ use crate::guests::{self, StdGuests};
 use crate::image::{self, Payload};
 use crate::packages;
 use crate::pxe;
-use crate::qemu::{self, Accel, Firmware, Machine};
+use crate::qemu::{self, Accel, Firmware, Machine, UserNet};
 use crate::session::{self, Options};
 use crate::std_guests;
 use crate::toolchain;
@@ -77,6 +77,10 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     machine.accel = accel;
     machine.firmware = args.common.firmware;
     machine.wait_for_gdb = args.gdb;
+    machine.nic = args
+        .net
+        .map(|net| host_nic(net, &args.kernel_words))
+        .transpose()?;
     // Kept alive while QEMU runs: a PXE boot's network and server.
     let lab = attach_boot_path(args.boot, &mut machine, args.common.profile)?;
     if args.gdb {
@@ -97,6 +101,39 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         eprintln!("xtask: the DHCP/TFTP server's log:\n{}", lab.server_log());
     }
     Ok(record.outcome.exit_code())
+}
+
+/// `--net`'s card, its forwarded port (if any) leading to the counters
+/// page where the kernel words put it (`http_port=`), checked free; says
+/// where to look.
+fn host_nic(mut net: UserNet, words: &[String]) -> Result<UserNet> {
+    let Some(forward) = net.forward.as_mut() else {
+        eprintln!("xtask: the host has a NIC on QEMU's user network (no port forwarded)");
+        return Ok(net);
+    };
+    forward.to = http_port(words).unwrap_or(qemu::HTTP_PORT);
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", forward.from)) {
+        return Err(Error::new(format!(
+            "--net user:{}: 127.0.0.1:{} cannot be forwarded ({e}); pick another port",
+            forward.from, forward.from
+        )));
+    }
+    eprintln!(
+        "xtask: the host's counters, once it has an address: http://127.0.0.1:{}/ and \
+         http://127.0.0.1:{}/counters",
+        forward.from, forward.from
+    );
+    Ok(net)
+}
+
+/// The port `http_port=` of the kernel words names, if it is a port (the
+/// kernel refuses anything else, and says so).
+fn http_port(words: &[String]) -> Option<u16> {
+    words
+        .iter()
+        .rev()
+        .find_map(|w| w.strip_prefix("http_port="))
+        .and_then(|port| port.parse().ok())
 }
 
 /// For `--boot` other than `direct`: makes the artefact in `target/image/`
@@ -797,6 +834,29 @@ mod tests {
         assert_eq!(names, ["hello", "threads-std", "args-std"]);
         let line = cmdline_with_default("guests=wc/x", &["log=debug".to_string()], true);
         assert_eq!(line, "guests=wc/x log=debug");
+    }
+
+    #[test]
+    fn the_forwarded_port_follows_http_port() {
+        let words =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(String::from).collect() };
+        assert_eq!(http_port(&words("test=net")), None);
+        assert_eq!(http_port(&words("http_port=8000 test=net")), Some(8000));
+        assert_eq!(http_port(&words("http_port=1 http_port=2")), Some(2));
+        assert_eq!(http_port(&words("http_port=x")), None);
+        let net = host_nic(UserNet::default(), &words("http_port=8000")).unwrap();
+        assert_eq!(net, UserNet::default());
+        // A port nothing listens on: bound and released here.
+        let free = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let net = host_nic(UserNet::forwarding(free), &words("http_port=8000")).unwrap();
+        assert_eq!(net.forward.map(|f| (f.from, f.to)), Some((free, 8000)));
+        let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let error = host_nic(UserNet::forwarding(port), &[]).unwrap_err();
+        assert!(error.0.contains("pick another port"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,14 @@
 //! A machine may also boot through GRUB instead of `-kernel` ([`Medium`]):
 //! from a CD-ROM, a disk or the network, with SeaBIOS or OVMF (UEFI) as the
 //! firmware; see [`crate::bootpath`] for the seven ways in.
+//!
+//! And it may have a network card for the host ([`UserNet`], `cargo xtask
+//! run --net user[:PORT]`): a virtio-net NIC on QEMU's user networking
+//! (slirp), which the host drives as the uplink of its virtual switch. Its
+//! DHCP server gives the host's own interface 10.0.2.15, and a TCP port of
+//! this machine's loopback may be forwarded to that interface's counters
+//! page. The card has no option ROM (`romfile=`): nothing boots from it, so
+//! the firmware has nothing to run and QEMU no ROM file to find.
 
 use crate::packages;
 use crate::{Error, Result};
@@ -253,6 +261,55 @@ pub enum Medium {
     },
 }
 
+/// The TCP port of the host's counters page (`http_port=`'s default), where
+/// [`UserNet::forward`] leads unless told otherwise.
+pub const HTTP_PORT: u16 = 80;
+
+/// A network card for the host on QEMU's user networking: `-netdev user`
+/// and a `virtio-net-pci` device on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserNet {
+    /// A TCP port of this machine's loopback forwarded to the host.
+    pub forward: Option<PortForward>,
+}
+
+/// `127.0.0.1:<from>` here to port `<to>` of the host's interface (QEMU's
+/// `hostfwd`; user networking reaches the host's own address alone, not
+/// the guests behind its switch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    /// The loopback port on this machine.
+    pub from: u16,
+    /// The host's port.
+    pub to: u16,
+}
+
+impl UserNet {
+    /// A card whose loopback port `from` leads to the host's counters page.
+    pub fn forwarding(from: u16) -> Self {
+        Self {
+            forward: Some(PortForward {
+                from,
+                to: HTTP_PORT,
+            }),
+        }
+    }
+
+    /// `-netdev user,...` and `-device virtio-net-pci,...`.
+    fn args(&self) -> [String; 4] {
+        let mut netdev = String::from("user,id=uplink");
+        if let Some(PortForward { from, to }) = self.forward {
+            netdev += &format!(",hostfwd=tcp:127.0.0.1:{from}-:{to}");
+        }
+        [
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            "virtio-net-pci,netdev=uplink,romfile=".into(),
+        ]
+    }
+}
+
 /// One boot of the kernel: everything that varies between QEMU runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
@@ -278,6 +335,9 @@ pub struct Machine {
     /// `-icount shift=0,align=off,sleep=off`: the TSC counts instructions
     /// retired, one per instruction (TCG only; for `cargo xtask bench`).
     pub count_instructions: bool,
+    /// A network card for the host on QEMU's user networking (beside the
+    /// boot NIC of [`Medium::Network`], if any).
+    pub nic: Option<UserNet>,
 }
 
 impl Machine {
@@ -295,6 +355,7 @@ impl Machine {
             firmware: Firmware::default(),
             wait_for_gdb: false,
             count_instructions: false,
+            nic: None,
         }
     }
 
@@ -371,6 +432,9 @@ impl Machine {
                 push(&["-netdev", &netdev]);
                 push(&["-device", "virtio-net-pci,netdev=net0", "-boot", "n"]);
             }
+        }
+        if let Some(nic) = &self.nic {
+            args.extend(nic.args().map(OsString::from));
         }
         args
     }
@@ -528,5 +592,59 @@ mod tests {
         }
         // The command line is one argument, however many words it has.
         assert!(args.contains(&"log=debug test=panic".to_string()));
+        assert!(!line.contains("-netdev"), "no NIC unless asked: {line}");
+    }
+
+    fn words(machine: &Machine) -> String {
+        let args: Vec<String> = machine
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        args.join(" ")
+    }
+
+    #[test]
+    fn a_user_nic_forwards_a_loopback_port_to_the_counters_page() {
+        let mut machine = Machine::new("/k/rguest");
+        machine.nic = Some(UserNet::forwarding(8080));
+        assert!(
+            words(&machine).ends_with(
+                "-netdev user,id=uplink,hostfwd=tcp:127.0.0.1:8080-:80 \
+                 -device virtio-net-pci,netdev=uplink,romfile="
+            ),
+            "{}",
+            words(&machine)
+        );
+        machine.nic = Some(UserNet {
+            forward: Some(PortForward {
+                from: 9000,
+                to: 8000,
+            }),
+        });
+        assert!(words(&machine).contains("hostfwd=tcp:127.0.0.1:9000-:8000 "));
+        machine.nic = Some(UserNet::default());
+        let line = words(&machine);
+        assert!(line.contains("-netdev user,id=uplink -device"), "{line}");
+        assert!(!line.contains("hostfwd"), "{line}");
+    }
+
+    #[test]
+    fn a_user_nic_sits_beside_the_pxe_boot_nic() {
+        let mut machine = Machine::new("/k/rguest");
+        machine.medium = Medium::Network {
+            netns: "ns".into(),
+            tap: "tap0".into(),
+        };
+        let pxe_only = words(&machine);
+        assert!(
+            pxe_only.contains("-netdev tap,id=net0,ifname=tap0"),
+            "{pxe_only}"
+        );
+        assert!(pxe_only.contains("-device virtio-net-pci,netdev=net0 -boot n"));
+        machine.nic = Some(UserNet::forwarding(8080));
+        let both = words(&machine);
+        assert!(both.starts_with(&pxe_only), "{both}");
+        assert!(both.contains("netdev=uplink"), "{both}");
     }
 }

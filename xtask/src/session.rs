@@ -80,6 +80,9 @@ pub enum Outcome {
     Signal(i32),
     /// Our time limit passed and we killed QEMU.
     TimedOut(Duration),
+    /// Its caller was done with the machine and killed QEMU
+    /// ([`Session::stop`]).
+    Stopped,
 }
 
 impl Outcome {
@@ -115,6 +118,7 @@ impl Outcome {
             Self::Reset => 3,
             Self::QemuError(_) | Self::Signal(_) => 4,
             Self::TimedOut(_) => 5,
+            Self::Stopped => 6,
         }
     }
 }
@@ -134,6 +138,7 @@ impl std::fmt::Display for Outcome {
             Self::QemuError(code) => write!(f, "QEMU failed with status {code}"),
             Self::Signal(signal) => write!(f, "QEMU was killed by signal {signal}"),
             Self::TimedOut(limit) => write!(f, "timed out after {} s", limit.as_secs_f32()),
+            Self::Stopped => write!(f, "stopped by its caller while running"),
         }
     }
 }
@@ -208,7 +213,15 @@ impl Record {
 
 /// Runs `command` (a QEMU built by [`crate::qemu::Machine::command`]) to its
 /// end or to the time limit.
-pub fn run(mut command: Command, options: &Options) -> Result<Record> {
+pub fn run(command: Command, options: &Options) -> Result<Record> {
+    Ok(start(command, options)?.wait())
+}
+
+/// Starts `command` and returns at once: the caller may read the serial
+/// console while the machine runs (to talk to it over a forwarded port, say),
+/// then [`Session::wait`] for its end or [`Session::stop`] it. The time limit
+/// counts from here; a session dropped unfinished kills its process group.
+pub fn start(mut command: Command, options: &Options) -> Result<Session> {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     if options.interactive {
         command.stdin(Stdio::inherit());
@@ -221,26 +234,102 @@ pub fn run(mut command: Command, options: &Options) -> Result<Record> {
         .map_err(|e| Error::new(format!("cannot start {:?}: {e}", command.get_program())))?;
     let serial = Capture::start(child.stdout.take(), started, options.echo, Echo::Stdout);
     let messages = Capture::start(child.stderr.take(), started, options.echo, Echo::Stderr);
-
-    let exit_status = wait_until(&mut child, options.time_limit.map(|t| started + t));
-    let outcome = match exit_status {
-        Some(status) => Outcome::from_status(status),
-        None => {
-            stop(&mut child, options.interactive);
-            Outcome::TimedOut(options.time_limit.unwrap_or_default())
-        }
-    };
-    let elapsed = started.elapsed();
-    let (serial, arrivals) = serial.finish();
-    let (qemu_messages, _) = messages.finish();
-    Ok(Record {
-        outcome,
-        serial,
-        qemu_messages,
-        elapsed,
-        exit_status,
-        arrivals,
+    Ok(Session {
+        child: Some(child),
+        started,
+        options: options.clone(),
+        serial: Some(serial),
+        messages: Some(messages),
     })
+}
+
+/// A QEMU (or any command) running under [`start`].
+pub struct Session {
+    /// `None` once waited for.
+    child: Option<Child>,
+    started: Instant,
+    options: Options,
+    serial: Option<Capture>,
+    messages: Option<Capture>,
+}
+
+impl Session {
+    /// What the serial console has printed so far (lossy UTF-8).
+    pub fn serial_so_far(&self) -> String {
+        self.serial.as_ref().map(Capture::text).unwrap_or_default()
+    }
+
+    /// Whether the process has ended (by itself, or killed).
+    pub fn has_ended(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// When the time limit passes, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.options.time_limit.map(|limit| self.started + limit)
+    }
+
+    /// Waits for the end, or for the time limit (then kills it).
+    pub fn wait(mut self) -> Record {
+        let deadline = self.deadline();
+        self.end(deadline, |options| {
+            Outcome::TimedOut(options.time_limit.unwrap_or_default())
+        })
+    }
+
+    /// Kills it now, unless it has ended already: for a caller done with a
+    /// machine that would run on (a server waiting for clients). The
+    /// outcome is [`Outcome::Stopped`], or how it ended if it had.
+    pub fn stop(mut self) -> Record {
+        self.end(Some(Instant::now()), |_| Outcome::Stopped)
+    }
+
+    /// Waits until `deadline`, kills what is still running then (calling
+    /// that `killed`), and gathers the record.
+    fn end(
+        &mut self,
+        deadline: Option<Instant>,
+        killed: impl FnOnce(&Options) -> Outcome,
+    ) -> Record {
+        let mut child = self.child.take().expect("a session ends once");
+        let exit_status = wait_until(&mut child, deadline);
+        let outcome = match exit_status {
+            Some(status) => Outcome::from_status(status),
+            None => {
+                stop(&mut child, self.options.interactive);
+                killed(&self.options)
+            }
+        };
+        let elapsed = self.started.elapsed();
+        let (serial, arrivals) = self.serial.take().map(Capture::finish).unwrap_or_default();
+        let (qemu_messages, _) = self
+            .messages
+            .take()
+            .map(Capture::finish)
+            .unwrap_or_default();
+        Record {
+            outcome,
+            serial,
+            qemu_messages,
+            elapsed,
+            exit_status,
+            arrivals,
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session left unfinished (its caller panicked) takes its process
+    /// with it: no QEMU outlives its test.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            stop(&mut child, self.options.interactive);
+        }
+    }
 }
 
 /// Waits for `child` to exit, until `deadline` if there is one.
@@ -355,6 +444,12 @@ impl Capture {
         Self { shared, done }
     }
 
+    /// The text read so far.
+    fn text(&self) -> String {
+        let captured = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&captured.bytes).into_owned()
+    }
+
     /// The text read, once the pipe has closed. Waits at most
     /// [`PIPE_GRACE`] after QEMU's end: a stray process holding the pipe
     /// open must not hang us.
@@ -409,6 +504,7 @@ mod tests {
             Outcome::QemuError(1),
             Outcome::Signal(9),
             Outcome::TimedOut(Duration::from_secs(1)),
+            Outcome::Stopped,
         ] {
             assert_ne!(other.exit_code(), 0, "{other}");
         }
@@ -434,6 +530,42 @@ mod tests {
         assert!(record.time_to("hello").is_some());
         assert!(record.time_to("absent").is_none());
         assert!(record.transcript().contains("hello"));
+    }
+
+    #[test]
+    fn a_started_session_is_readable_while_it_runs_and_can_be_stopped() {
+        let mut session = start(
+            shell("echo ready; sleep 30"),
+            &Options::captured(Duration::from_secs(60)),
+        )
+        .unwrap();
+        // The echo comes in milliseconds; 10 s is the margin for a loaded
+        // machine.
+        let until = Instant::now() + Duration::from_secs(10);
+        while !session.serial_so_far().contains("ready\n") && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(session.serial_so_far(), "ready\n");
+        assert!(!session.has_ended());
+        let record = session.stop();
+        assert_eq!(record.outcome, Outcome::Stopped);
+        assert_eq!(record.serial, "ready\n");
+    }
+
+    #[test]
+    fn a_session_that_ended_by_itself_keeps_its_outcome() {
+        let mut session = start(
+            shell("echo done; exit 33"),
+            &Options::captured(Duration::from_secs(10)),
+        )
+        .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !session.has_ended() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let record = session.stop();
+        assert_eq!(record.outcome, Outcome::Success);
+        assert_eq!(record.serial, "done\n");
     }
 
     #[test]
