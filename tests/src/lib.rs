@@ -119,10 +119,12 @@ pub fn start_machine(
     let slot = BOOT_SLOTS.take();
     let session = session::start(command, &Options::captured(time_limit))
         .unwrap_or_else(|e| panic!("cannot boot `{cmdline}`: {e}"));
+    let nic = machine.nic.unwrap_or_default();
     Running {
         label: cmdline.to_string(),
         session: Some(session),
-        forwarded_port: machine.nic.and_then(|nic| nic.forward).map(|f| f.from),
+        forwarded_port: nic.forward.map(|f| f.from),
+        guest_ports: nic.to_guests.iter().map(|g| g.from).collect(),
         _slot: slot,
     }
 }
@@ -133,6 +135,23 @@ pub fn start_machine(
 /// [`Running::forwarded_port`].
 pub fn with_nic(machine: &mut Machine) {
     machine.nic = Some(UserNet::forwarding(free_loopback_port()));
+}
+
+/// [`with_nic`], and a free port of this machine's loopback forwarded to
+/// `address:port` of QEMU's user network, where a guest on the host's
+/// switch that takes that address answers: see
+/// [`Running::guest_port`].
+pub fn with_nic_and_guest(address: Ipv4Addr, port: u16) -> impl FnOnce(&mut Machine) {
+    move |machine| {
+        with_nic(machine);
+        if let Some(nic) = machine.nic.as_mut() {
+            nic.to_guests.push(xtask::qemu::GuestForward {
+                from: free_loopback_port(),
+                address,
+                port,
+            });
+        }
+    }
 }
 
 /// A port of 127.0.0.1 that nothing listens on now: bound with port 0 (the
@@ -153,6 +172,8 @@ pub struct Running {
     /// `None` once ended.
     session: Option<Session>,
     forwarded_port: Option<u16>,
+    /// The loopback ports forwarded to guests, in order.
+    guest_ports: Vec<u16>,
     _slot: SlotGuard,
 }
 
@@ -162,9 +183,19 @@ impl Running {
         self.session().serial_so_far()
     }
 
+    /// The loopback port forwarded to the first guest address (the
+    /// machine must have been shaped [`with_nic_and_guest`]).
+    pub fn guest_port(&self) -> u16 {
+        self.guest_ports.first().copied().unwrap_or_else(|| {
+            panic!(
+                "`{}`: the machine has no port forwarded to a guest",
+                self.label
+            )
+        })
+    }
+
     /// The loopback port forwarded to the host's counters page (the
     /// machine must have been shaped [`with_nic`]).
-    #[track_caller]
     pub fn forwarded_port(&self) -> u16 {
         self.forwarded_port
             .unwrap_or_else(|| panic!("`{}`: the machine has no forwarded port", self.label))
@@ -374,6 +405,7 @@ pub fn start_cargo_xtask(args: &[&str], time_limit: Duration) -> Running {
         label,
         session: Some(session),
         forwarded_port: None,
+        guest_ports: Vec::new(),
         _slot: slot,
     }
 }

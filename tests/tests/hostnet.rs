@@ -18,6 +18,7 @@
 
 use qemu_tests::{
     Boot, HttpAnswer, Running, boot, http_exchange, http_get, start_machine, with_nic,
+    with_nic_and_guest,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -259,6 +260,46 @@ fn hostnet_counters_list_the_running_guests_and_their_switch_ports() {
         page.body.contains("<td>net-server-std</td>"),
         "{}",
         page.body
+    );
+}
+
+/// A guest serving on the network, reached from this machine: the std
+/// program `net-server-std` takes an address of QEMU's user network for
+/// itself (`RGUEST_IP=`), the host's switch bridges it onto the NIC, and
+/// QEMU forwards a port of this machine's loopback to it. Its HTTP answer
+/// comes back through the switch and the uplink, body and all.
+#[test]
+fn hostnet_a_guests_server_is_reached_from_outside() {
+    const GUEST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 20);
+    const GUEST_PORT: u16 = 7000;
+    let cmdline = "guest_mem=64 \
+        guests=\"net-server-std/RGUEST_IP=10.0.2.20/24 RGUEST_GATEWAY=10.0.2.2,hello\"";
+    let mut machine = start_machine(
+        cmdline,
+        TIME_LIMIT,
+        with_nic_and_guest(GUEST_ADDRESS, GUEST_PORT),
+    );
+    machine.wait_for_line(
+        &["hermit: net: up, 10.0.2.20/24 via 10.0.2.2"],
+        ADDRESS_LIMIT,
+    );
+    machine.wait_for_line(&["net-server-std", "listening on"], ADDRESS_LIMIT);
+    let answer = match http_get(machine.guest_port(), "/", FETCH_LIMIT) {
+        Ok(answer) => answer,
+        Err(e) => machine.fail(&e),
+    };
+    machine.wait_for_line(&["net-server-std: answered a GET from"], ADDRESS_LIMIT);
+    machine.wait_for_line(&["guest hello exited code=0"], ADDRESS_LIMIT);
+    let boot = machine.stop();
+    for bad in ["EXCEPTION", "panicked", "net-server-std: FAILED"] {
+        if boot.serial().contains(bad) {
+            boot.fail(&format!("`{bad}` while the guest served"));
+        }
+    }
+    assert!(
+        answer.body.contains("net-server-std on rguest"),
+        "the guest's page: {}",
+        answer.body
     );
 }
 

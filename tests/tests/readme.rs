@@ -136,6 +136,13 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::AsWritten("run_net_prints_the_counters_while_guests_run"),
     ),
     (
+        "cargo xtask run --net user:8080,8081=10.0.2.20:7000 --timeout 60 -- guest_mem=64 'guests=\"net-server-std/RGUEST_IP=10.0.2.20/24 RGUEST_GATEWAY=10.0.2.2\"'",
+        Check::NotRun(
+            "it serves until --timeout ends it; hostnet.rs's \
+             hostnet_a_guests_server_is_reached_from_outside boots that machine and fetches the page",
+        ),
+    ),
+    (
         "cargo xtask pxe",
         Check::NotRun("it serves DHCP on a real network until stopped"),
     ),

@@ -86,7 +86,10 @@ options (run):
                          with PORT, 127.0.0.1:PORT here leads to the host's
                          counters page (its port 80, or http_port= of your
                          kernel words): http://127.0.0.1:PORT/ and
-                         /counters. Not with --boot pxe, whose NIC it is
+                         /counters. Then ,P=10.0.2.N:GP (N 16-254) makes
+                         127.0.0.1:P lead to port GP of a guest that takes
+                         10.0.2.N (RGUEST_IP=10.0.2.N/24 for a std guest).
+                         Not with --boot pxe, whose NIC it is
   --guests TAR           pass this guest archive instead of building one
   --no-guests            no guest archive and no default guests=hello
   --app PATH [ARGS...]   see run above (needs the nightly toolchain)
@@ -544,17 +547,44 @@ impl Flags {
 pub fn parse_net(value: &str) -> Result<UserNet> {
     let bad = || {
         Error::new(format!(
-            "--net {value}: expected user or user:PORT (a TCP port of 127.0.0.1, 1 to 65535)"
+            "--net {value}: expected user or user:PORT (a TCP port of 127.0.0.1, 1 to 65535), \
+             then any ,PORT=10.0.2.N:GUEST_PORT (N from 16 to 254: a guest's address)"
         ))
     };
-    match value.split_once(':') {
-        None if value == "user" => Ok(UserNet::default()),
-        Some(("user", port)) => match port.parse::<u16>() {
-            Ok(port @ 1..) => Ok(UserNet::forwarding(port)),
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
+    let mut parts = value.split(',');
+    let mut net = match parts.next().unwrap_or_default().split_once(':') {
+        None if value.split(',').next() == Some("user") => UserNet::default(),
+        Some(("user", port)) => UserNet::forwarding(loopback_port(port).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    for forward in parts {
+        net.to_guests
+            .push(parse_guest_forward(forward).ok_or_else(bad)?);
     }
+    Ok(net)
+}
+
+/// A port of this machine's loopback, 1 to 65535.
+fn loopback_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|&port| port != 0)
+}
+
+/// `PORT=10.0.2.N:GUEST_PORT`: a guest's address on QEMU's user network,
+/// past the addresses QEMU hands out by DHCP itself (10.0.2.15 upward; the
+/// host's interface takes the first).
+fn parse_guest_forward(text: &str) -> Option<qemu::GuestForward> {
+    let (from, to) = text.split_once('=')?;
+    let (address, port) = to.split_once(':')?;
+    let address: std::net::Ipv4Addr = address.parse().ok()?;
+    let [10, 0, 2, n] = address.octets() else {
+        return None;
+    };
+    (16..=254).contains(&n).then_some(())?;
+    Some(qemu::GuestForward {
+        from: loopback_port(from)?,
+        address,
+        port: loopback_port(port)?,
+    })
 }
 
 #[cfg(test)]
@@ -725,6 +755,37 @@ mod tests {
         assert_eq!(run.kernel_words, ["test=net"]);
         let forward = run.net.and_then(|n| n.forward).unwrap();
         assert_eq!((forward.from, forward.to), (8080, qemu::HTTP_PORT));
+        let net = net_of("run --net user:8080,8081=10.0.2.20:7000,8082=10.0.2.254:80").unwrap();
+        assert_eq!(
+            net.to_guests,
+            [
+                qemu::GuestForward {
+                    from: 8081,
+                    address: std::net::Ipv4Addr::new(10, 0, 2, 20),
+                    port: 7000
+                },
+                qemu::GuestForward {
+                    from: 8082,
+                    address: std::net::Ipv4Addr::new(10, 0, 2, 254),
+                    port: 80
+                },
+            ]
+        );
+        assert_eq!(
+            net_of("run --net user,8081=10.0.2.16:1").map(|n| (n.forward, n.to_guests.len())),
+            Some((None, 1))
+        );
+        for bad in [
+            "user,8081=10.0.2.15:80",
+            "user,8081=10.0.3.20:80",
+            "user,8081=10.0.2.20",
+            "user,0=10.0.2.20:80",
+            "user,8081=10.0.2.20:0",
+            "user:8080,",
+            "tap,8081=10.0.2.20:80",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

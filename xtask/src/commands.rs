@@ -79,6 +79,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
     machine.wait_for_gdb = args.gdb;
     machine.nic = args
         .net
+        .clone()
         .map(|net| host_nic(net, &args.kernel_words))
         .transpose()?;
     // Kept alive while QEMU runs: a PXE boot's network and server.
@@ -107,6 +108,18 @@ pub fn run(args: &RunArgs) -> Result<u8> {
 /// page where the kernel words put it (`http_port=`), checked free; says
 /// where to look.
 fn host_nic(mut net: UserNet, words: &[String]) -> Result<UserNet> {
+    for guest in &net.to_guests {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", guest.from)) {
+            return Err(Error::new(format!(
+                "--net ...,{}={}:{}: 127.0.0.1:{} cannot be forwarded ({e}); pick another port",
+                guest.from, guest.address, guest.port, guest.from
+            )));
+        }
+        eprintln!(
+            "xtask: 127.0.0.1:{} leads to {}:{}, a guest that takes that address (RGUEST_IP={}/24 RGUEST_GATEWAY=10.0.2.2 for a std guest)",
+            guest.from, guest.address, guest.port, guest.address
+        );
+    }
     let Some(forward) = net.forward.as_mut() else {
         eprintln!("xtask: the host has a NIC on QEMU's user network (no port forwarded)");
         return Ok(net);

@@ -267,10 +267,27 @@ pub const HTTP_PORT: u16 = 80;
 
 /// A network card for the host on QEMU's user networking: `-netdev user`
 /// and a `virtio-net-pci` device on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserNet {
     /// A TCP port of this machine's loopback forwarded to the host.
     pub forward: Option<PortForward>,
+    /// Ports forwarded to guests: a guest on the host's switch that takes
+    /// an address of the user network for itself (a std guest with
+    /// `RGUEST_IP=10.0.2.20/24`) is on the same Ethernet as QEMU's user
+    /// network, which reaches it like any machine there.
+    pub to_guests: Vec<GuestForward>,
+}
+
+/// `127.0.0.1:<from>` here to `<address>:<port>`, a guest behind the
+/// host's switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestForward {
+    /// The loopback port on this machine.
+    pub from: u16,
+    /// The guest's address on the user network (10.0.2.16 to 10.0.2.254).
+    pub address: std::net::Ipv4Addr,
+    /// The guest's port.
+    pub port: u16,
 }
 
 /// `127.0.0.1:<from>` here to port `<to>` of the host's interface (QEMU's
@@ -292,6 +309,7 @@ impl UserNet {
                 from,
                 to: HTTP_PORT,
             }),
+            to_guests: Vec::new(),
         }
     }
 
@@ -300,6 +318,14 @@ impl UserNet {
         let mut netdev = String::from("user,id=uplink");
         if let Some(PortForward { from, to }) = self.forward {
             netdev += &format!(",hostfwd=tcp:127.0.0.1:{from}-:{to}");
+        }
+        for GuestForward {
+            from,
+            address,
+            port,
+        } in &self.to_guests
+        {
+            netdev += &format!(",hostfwd=tcp:127.0.0.1:{from}-{address}:{port}");
         }
         [
             "-netdev".into(),
@@ -621,8 +647,19 @@ mod tests {
                 from: 9000,
                 to: 8000,
             }),
+            to_guests: vec![GuestForward {
+                from: 9001,
+                address: std::net::Ipv4Addr::new(10, 0, 2, 20),
+                port: 7000,
+            }],
         });
-        assert!(words(&machine).contains("hostfwd=tcp:127.0.0.1:9000-:8000 "));
+        assert!(
+            words(&machine).contains(
+                "hostfwd=tcp:127.0.0.1:9000-:8000,hostfwd=tcp:127.0.0.1:9001-10.0.2.20:7000 "
+            ),
+            "{}",
+            words(&machine)
+        );
         machine.nic = Some(UserNet::default());
         let line = words(&machine);
         assert!(line.contains("-netdev user,id=uplink -device"), "{line}");
