@@ -41,6 +41,7 @@ use host::net::PortId;
 use host::paging::{
     Eviction, GuestMemory, OutsideGuestMemory, PagingConfig, ShadowFrames, TableIndex,
 };
+use host::sched::{CpuId, Decision, Outcome, Scheduler, VcpuId};
 use switcher::GuestRegs;
 
 /// A guest's memory: one host frame per guest page, not necessarily
@@ -284,6 +285,8 @@ impl HostServices for Services {
 /// One guest and what is expected of it.
 struct Slot {
     guest: Guest<FrameGuestMemory>,
+    /// Its identity for the scheduler.
+    vcpu: VcpuId,
     expect: Expect,
     /// Its network card's port on the virtual switch.
     port: PortId,
@@ -348,7 +351,8 @@ pub fn run_guests(
         let devices = standard_devices(guest_mac(index), entropy_seed());
         let port = network.add_guest(spec.image);
         // A guest that cannot start is reported, and the others still run.
-        match start_guest(&archive, spec, &settings, devices, port) {
+        let vcpu = VcpuId::new(index as u32, 0);
+        match start_guest(&archive, spec, &settings, devices, port, vcpu) {
             Ok(slot) => slots.push(slot),
             Err(e) => {
                 network.remove_guest(port);
@@ -405,6 +409,7 @@ fn start_guest(
     settings: &GuestSettings,
     devices: Devices,
     port: PortId,
+    vcpu: VcpuId,
 ) -> Result<Slot, RunError> {
     let mut name = String::from(spec.image);
     if !spec.arg.is_empty() {
@@ -438,6 +443,7 @@ fn start_guest(
     ) {
         Ok(guest) => Ok(Slot {
             guest,
+            vcpu,
             expect: spec.expect,
             host_shares: HostShares::default(),
             port,
@@ -485,19 +491,25 @@ fn entropy_seed() -> [u8; 32] {
 
 /// Puts the frames guest `from` sent into the switch, and hands every
 /// guest the frames waiting on its port (one interrupt each for the lot).
-fn switch_frames(slots: &mut [Slot], network: &mut Network, from: usize) {
+fn switch_frames(slots: &mut [Slot], network: &mut Network, sched: &mut Scheduler, from: usize) {
     let slot = &mut slots[from];
     network.sent_by_guest(slot.port, slot.guest.take_outbound_frames());
-    deliver_frames(slots, network);
+    deliver_frames(slots, network, sched);
 }
 
-/// Hands every guest the frames waiting on its port, if any are.
-fn deliver_frames(slots: &mut [Slot], network: &mut Network) {
+/// Hands every guest the frames waiting on its port, if any are; a
+/// halted guest they wake is the scheduler's to run again.
+fn deliver_frames(slots: &mut [Slot], network: &mut Network, sched: &mut Scheduler) {
     if !network.has_frames_waiting() {
         return;
     }
     for slot in slots.iter_mut() {
+        let was_halted = *slot.guest.state() == GuestState::Halted;
         network.deliver_to_guest(slot.port, |frames| slot.guest.receive_frames(frames));
+        if was_halted && *slot.guest.state() == GuestState::Runnable {
+            // One CPU: the kick, if any, is this one.
+            let _ = sched.wake(slot.vcpu);
+        }
     }
 }
 
@@ -515,7 +527,10 @@ fn guest_lines(slots: &mut [Slot]) -> Vec<GuestLine> {
         .collect()
 }
 
-/// Round-robin over the guests until all have ended.
+/// Runs the guests until all have ended, on the boot CPU, taking turns as
+/// the scheduler ([`host::sched`]) decides: the policy (whose turn, how
+/// long) is there, tested on Linux; the mechanics (the timer, the world
+/// switch, the network between turns) are here.
 fn schedule(
     slots: &mut Vec<Slot>,
     switcher: &mut CpuSwitcher,
@@ -523,49 +538,47 @@ fn schedule(
     mut services: Services,
     slice_ns: u64,
 ) -> bool {
+    const CPU: CpuId = CpuId::BOOT;
+    let mut sched = Scheduler::new(1, slice_ns);
+    for slot in slots.iter() {
+        // Ids are the guests' numbers, unique by construction.
+        let _ = sched.add(slot.vcpu);
+    }
     let mut all_as_expected = true;
-    let mut current = 0;
     let mut timer = DeadlineTimer::new();
     // Which guest ran here last, by its register page (unique per guest).
     let mut last_on_cpu: Option<HostPhysAddr> = None;
     while !slots.is_empty() {
-        current %= slots.len();
         let now = services.now_ns();
         if network.needs_polling() {
             network.poll(now, || guest_lines(slots));
-            deliver_frames(slots, network);
+            deliver_frames(slots, network, &mut sched);
         }
-        let runnable = slots
-            .iter_mut()
-            .map(|s| s.guest.poll(now))
-            .filter(|&can_run| can_run)
-            .count();
-        if runnable == 0 {
-            let first_due = slots.iter().filter_map(|s| s.guest.timer_deadline()).min();
-            let poll_due = network.needs_polling().then(|| now + network::POLL_NS);
-            idle_until(&mut timer, min_deadline(first_due, poll_due), now);
-            continue;
-        }
-        if !slots[current].guest.poll(now) {
-            current += 1;
-            continue;
-        }
-        // What may end this guest's turn besides itself: the slice, if
-        // another guest is waiting; another guest's timer, which makes it
-        // runnable.
-        let slice_end = (runnable > 1).then(|| now.saturating_add(slice_ns));
-        let others_due = slots
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != current)
-            .filter_map(|(_, s)| s.guest.timer_deadline())
-            .min();
         let poll_due = network.needs_polling().then(|| now + network::POLL_NS);
-        let turn = Turn {
-            slice_end: min_deadline(min_deadline(slice_end, others_due), poll_due),
-            timer: &mut timer,
+        let (vcpu, until) = match sched.pick(CPU, now) {
+            Decision::Idle { until } => {
+                idle_until(&mut timer, min_deadline(until, poll_due), now);
+                continue;
+            }
+            Decision::Run { vcpu, until, .. } => (vcpu, until),
+        };
+        let Some(current) = slots.iter().position(|s| s.vcpu == vcpu) else {
+            // Not one of ours (cannot happen: every slot's vCPU is added
+            // once and ended with it): let the scheduler forget it.
+            let _ = sched.turn_ended(CPU, vcpu, now, Outcome::Ended);
+            continue;
         };
         let slot = &mut slots[current];
+        if !slot.guest.poll(now) {
+            // Picked for a timer that woke nothing the guest can run for.
+            let timer_due = slot.guest.timer_deadline();
+            let _ = sched.turn_ended(CPU, vcpu, now, Outcome::Halted { timer: timer_due });
+            continue;
+        }
+        let turn = Turn {
+            slice_end: min_deadline(until, poll_due),
+            timer: &mut timer,
+        };
         let id = slot.guest.memory().register_page();
         if last_on_cpu != Some(id) {
             slot.guest.cpu_tables_lost();
@@ -588,14 +601,19 @@ fn schedule(
                 &mut services,
             )
         };
-        switch_frames(slots, network, current);
+        let timer_due = slots[current].guest.timer_deadline();
+        let outcome = match next {
+            Next::Resume => Outcome::Runnable { timer: timer_due },
+            Next::Halted => Outcome::Halted { timer: timer_due },
+            Next::Ended => Outcome::Ended,
+        };
+        let _ = sched.turn_ended(CPU, vcpu, services.now_ns(), outcome);
+        switch_frames(slots, network, &mut sched, current);
         if next == Next::Ended {
             let slot = slots.remove(current);
             switcher.release_registers(slot.guest.memory().register_page());
             all_as_expected &= report_end(slot, network);
             last_on_cpu = None;
-        } else {
-            current += 1;
         }
     }
     all_as_expected
@@ -718,6 +736,7 @@ fn report_end(slot: Slot, network: &mut Network) -> bool {
         expect,
         host_shares,
         port,
+        ..
     } = slot;
     if let Some(stats) = network.remove_guest(port) {
         println!("guest {} network: {stats}", guest.name);
