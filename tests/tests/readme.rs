@@ -537,12 +537,15 @@ fn bench_reports_every_metric() {
         "fork_exit_wait",
         "std_thread_switch",
         "std_condvar_wake",
+        "net_tcp_segment",
+        "net_http_get",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with(&format!("{metric} "))),
             "no {metric} row:\n{out}"
         );
     }
+    assert!(out.contains("network (guest to guest"), "{out}");
     assert!(err.contains("results.json"), "{err}");
 }
 

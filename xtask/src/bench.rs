@@ -11,7 +11,11 @@
 //!   every run ("instructions").
 //!
 //! The Rust std programs' costs come from the `bench-std` guest
-//! (`images/std/apps/bench-std`), whose metrics are named `std_*`.
+//! (`images/std/apps/bench-std`), whose metrics are named `std_*`; the
+//! network's from `net-client-std bench` sending to `net-server-std
+//! bench` through the host's switch (metrics `net_*`, and the `network`
+//! entry of [`crate::net_bench`]: throughput, request time, frames per
+//! notify and per virtual interrupt).
 //!
 //! In each boot the host first measures the native analogues on itself
 //! (`bench=on`: `bench native <name> ...` lines), then runs the benchmark
@@ -23,6 +27,7 @@
 //! prints a table and writes `target/bench/results.json`.
 
 use crate::artefacts::{self, Profile};
+use crate::net_bench;
 use crate::qemu::{self, AccelRequest, Machine};
 use crate::session::{self, Options};
 use crate::workspace::Workspace;
@@ -38,6 +43,10 @@ pub struct BenchBoot {
     pub label: &'static str,
     /// The kernel command line.
     pub cmdline: &'static str,
+    /// The network boot: its figures go to `network` ([`net_bench`]), and
+    /// its host shares stay out of the per-exit costs (a notify that ends
+    /// the sender's turn is charged the receiver's whole turn too).
+    pub network: bool,
 }
 
 /// The boots `cargo xtask bench` makes (each twice: plain and icount).
@@ -50,10 +59,12 @@ pub const BOOTS: &[BenchBoot] = &[
     BenchBoot {
         label: "",
         cmdline: "bench=on guests=bench",
+        network: false,
     },
     BenchBoot {
         label: "",
         cmdline: "bench=on guests=os/bench",
+        network: false,
     },
     // The Rust std program's everyday operations (`images/std/apps/
     // bench-std`): Instant::now, a Mutex, thread switches, spawn+join, a
@@ -61,26 +72,40 @@ pub const BOOTS: &[BenchBoot] = &[
     BenchBoot {
         label: "",
         cmdline: "bench=on guest_mem=32 guests=bench-std",
+        network: false,
+    },
+    // Two std guests through the host's switch (`net-client-std bench`
+    // to `net-server-std bench`): TCP throughput, small HTTP requests,
+    // frames per notify and per virtual interrupt; metrics `net_*`.
+    BenchBoot {
+        label: "",
+        cmdline: "bench=on guest_mem=64 guests=net-server-std/bench,net-client-std/bench",
+        network: true,
     },
     BenchBoot {
         label: "eager_fill=off",
         cmdline: "bench=on eager_fill=off guests=os/bench",
+        network: false,
     },
     BenchBoot {
         label: "eviction=random",
         cmdline: "bench=on eviction=random guests=os/bench",
+        network: false,
     },
     BenchBoot {
         label: "roots=2",
         cmdline: "bench=on roots=2 guests=os/bench",
+        network: false,
     },
     BenchBoot {
         label: "roots=8",
         cmdline: "bench=on roots=8 guests=os/bench",
+        network: false,
     },
     BenchBoot {
         label: "roots=16",
         cmdline: "bench=on roots=16 guests=os/bench",
+        network: false,
     },
 ];
 
@@ -166,6 +191,8 @@ pub fn parse(serial: &str) -> BootResults {
                     share.total_cycles += fields.get("host_cycles").copied().unwrap_or(0);
                 }
             }
+            // The network's wall-time figures: `net_bench` reads them.
+            "net" => {}
             "events" => {
                 if let Some(id) = fields.get("id") {
                     let mut counts = fields.clone();
@@ -209,15 +236,19 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     let mut metrics = Map::new();
     let mut exit_path = Value::Null;
     let mut host_costs = BTreeMap::new();
+    let mut network = Value::Null;
     for boot in BOOTS {
         let mut machine = Machine::new(&built.kernel);
         machine.initrd = Some(built.guests.clone());
         machine.accel = accel.accel;
         machine.cmdline = boot.cmdline.to_string();
         eprintln!("xtask: bench boot `{}` (plain, then -icount)", boot.cmdline);
-        let plain = boot_and_parse(&machine)?;
+        let (plain, plain_net) = boot_and_parse(&machine)?;
         machine.count_instructions = true;
-        let counted = boot_and_parse(&machine)?;
+        let (counted, counted_net) = boot_and_parse(&machine)?;
+        if boot.network {
+            network = net_bench::summary(&plain_net, &counted_net);
+        }
         for (name, value) in combine(&plain, &counted) {
             let key = if boot.label.is_empty() {
                 name
@@ -226,7 +257,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
             };
             metrics.insert(key, value);
         }
-        if boot.label.is_empty() {
+        if boot.label.is_empty() && !boot.network {
             let split = split_exit_path(&counted);
             if !split.is_null() {
                 exit_path = split;
@@ -240,6 +271,9 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     }
     print_table(&metrics, &exit_path);
     print_host_costs(&host_costs);
+    if !network.is_null() {
+        net_bench::print(&network);
+    }
     let host_cost: Map<String, Value> = host_costs
         .iter()
         .map(|(kind, s)| {
@@ -254,6 +288,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         "metrics": metrics,
         "exit_path": exit_path,
         "host_cost_per_exit": host_cost,
+        "network": network,
     });
     let dir = workspace.target_dir.join("bench");
     std::fs::create_dir_all(&dir)
@@ -266,7 +301,8 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     Ok(0)
 }
 
-fn boot_and_parse(machine: &Machine) -> Result<BootResults> {
+/// Boots, and reads the `bench` lines and the network's.
+fn boot_and_parse(machine: &Machine) -> Result<(BootResults, net_bench::NetResults)> {
     let record = session::run(machine.command()?, &Options::captured(TIME_LIMIT))?;
     if !record.outcome.is_success() {
         return Err(Error::new(format!(
@@ -275,7 +311,7 @@ fn boot_and_parse(machine: &Machine) -> Result<BootResults> {
             record.transcript()
         )));
     }
-    Ok(parse(&record.serial))
+    Ok((parse(&record.serial), net_bench::parse(&record.serial)))
 }
 
 /// Sets each guest metric beside its native analogue, per operation.

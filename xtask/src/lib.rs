@@ -49,6 +49,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod guests;
 pub mod image;
+pub mod net_bench;
 pub mod netns;
 pub mod packages;
 pub mod pxe;

@@ -27,10 +27,21 @@
 //! It ends with `devices: all checks passed` and exit 0; the first failed
 //! check prints `devices: FAILED ...` and exits 1. Without a role
 //! (`guests=devices`) the network check is skipped.
+//!
+//! With `hostile-<kind>` for a role (`guests=devices/hostile-loop:killed`)
+//! the guest checks nothing: it brings a device up and hands the host a
+//! ring it must refuse, a loop, a buffer outside its memory, a length of
+//! 4 GiB, a chain longer than the queue, and more ([`hostile`] lists
+//! them); the host must end it with a reason naming exactly that, while
+//! any other guests go on with their traffic.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
 guest_rt::entry!(guest::main);
+
+#[cfg(target_os = "none")]
+#[path = "devices/hostile.rs"]
+mod hostile;
 
 #[cfg(target_os = "none")]
 mod guest {
@@ -70,6 +81,9 @@ mod guest {
     const RANDOM_BYTES: usize = 64;
 
     pub fn main() -> u64 {
+        if let Some(kind) = boot::cmdline().strip_prefix("hostile-") {
+            return super::hostile::main(kind);
+        }
         match run() {
             Ok(()) => {
                 println!("devices: all checks passed");
@@ -98,14 +112,14 @@ mod guest {
     }
 
     /// The numbers of our three devices.
-    struct Found {
-        console: usize,
-        rng: usize,
-        net: usize,
+    pub struct Found {
+        pub console: usize,
+        pub rng: usize,
+        pub net: usize,
     }
 
     /// Finds each device by the type its page names, not by position.
-    fn find_devices() -> Result<Found, Failed> {
+    pub fn find_devices() -> Result<Found, Failed> {
         let count = virtio::device_count();
         let find = |kind| match virtio::find(kind) {
             Some(index) => Ok(index),

@@ -16,9 +16,24 @@
 //!    `WouldBlock`, the second only after its timeout; the answer is read
 //!    through a clone of the stream (`try_clone`, a second descriptor).
 //!
+//! `net-client-std bench [server]` is `cargo xtask bench`'s network
+//! benchmark: the UDP round trips (so the server is up), then
+//! [`BENCH_GETS`] small HTTP requests, each on a connection of its own
+//! (connect, `GET /`, the answer read to its end), then [`BENCH_RUNS`]
+//! transfers of [`BENCH_MEGABYTES`] MiB, each checked as above (the
+//! server runs as `net-server-std bench`, and ends after the last). It
+//! prints the lines `cargo xtask bench` reads: `bench net tcp_transfer
+//! run=<i> bytes=<n> elapsed_ns=<t>` and `bench net http_get count=<n>
+//! median_ns=<t>` (wall time by `Instant`), and the two regions timed by
+//! the time-stamp counter inside host `bench_mark` pairs
+//! (`guest_rt::bench`), whose events the host prints: `bench
+//! net_tcp_segment ...` (all the transfers, per data segment of [`MSS`]
+//! bytes) and `bench net_http_get ...` (per request).
+//!
 //! It prints `net-client-std: ok ...` and exits 0 on a match; any error
 //! or mismatch prints `net-client-std: FAILED ...` and exits 1.
 
+use guest_rt::bench;
 use hermit as _;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -40,6 +55,14 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(120);
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 /// The sizes of the UDP datagrams: from one byte to a full frame.
 const DATAGRAM_SIZES: [usize; 5] = [1, 64, 512, 1024, 1472];
+/// The benchmark's transfers, and the MiB each sends.
+const BENCH_RUNS: u32 = 3;
+const BENCH_MEGABYTES: u64 = 20;
+/// The benchmark's small HTTP requests.
+const BENCH_GETS: u32 = 100;
+/// TCP's payload per full segment on a 1500-byte Ethernet MTU: what
+/// `net_tcp_segment`'s figures are per.
+const MSS: u64 = 1460;
 
 /// FNV-1a, 64 bits.
 struct Fnv1a(u64);
@@ -83,7 +106,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|first| first == "bench") {
+        args.next();
+        return run_benchmark(args.next());
+    }
     let server: Ipv4Addr = match args.next() {
         Some(text) => text.parse().map_err(|_| format!("bad address `{text}`"))?,
         None => Ipv4Addr::new(10, 0, 0, 1),
@@ -95,6 +122,81 @@ fn run() -> Result<(), String> {
     udp_round_trips(SocketAddr::from((server, PORT + 1)))?;
     send_and_check(SocketAddr::from((server, PORT)), megabytes << 20)?;
     println!("net-client-std: ok");
+    Ok(())
+}
+
+/// The benchmark: UDP first (the server is up once it answers), then the
+/// requests, then the transfers.
+fn run_benchmark(server: Option<String>) -> Result<(), String> {
+    let server: Ipv4Addr = match server {
+        Some(text) => text.parse().map_err(|_| format!("bad address `{text}`"))?,
+        None => Ipv4Addr::new(10, 0, 0, 1),
+    };
+    udp_round_trips(SocketAddr::from((server, PORT + 1)))?;
+    let tcp = SocketAddr::from((server, PORT));
+    // The requests first: the server ends after its last transfer.
+    time_http_gets(tcp, BENCH_GETS)?;
+    let id = bench::begin();
+    let start = guest_rt::time::cycles();
+    let mut sent = 0;
+    for run in 1..=BENCH_RUNS {
+        let mut stream = connect(tcp)?;
+        let (bytes, elapsed, _) = transfer_and_check(&mut stream, BENCH_MEGABYTES << 20)?;
+        println!(
+            "bench net tcp_transfer run={run} bytes={bytes} elapsed_ns={}",
+            elapsed.as_nanos()
+        );
+        sent += bytes;
+    }
+    let cycles = guest_rt::time::cycles() - start;
+    bench::end("net_tcp_segment", id, sent.div_ceil(MSS), cycles);
+    println!("net-client-std: ok bench");
+    Ok(())
+}
+
+/// `count` small HTTP requests, one connection each: prints their median
+/// wall time, and the region's cycles and events per request.
+fn time_http_gets(server: SocketAddr, count: u32) -> Result<(), String> {
+    let mut times = Vec::with_capacity(count as usize);
+    let id = bench::begin();
+    let start = guest_rt::time::cycles();
+    for _ in 0..count {
+        let began = Instant::now();
+        http_get(server)?;
+        times.push(began.elapsed());
+    }
+    let cycles = guest_rt::time::cycles() - start;
+    bench::end("net_http_get", id, u64::from(count), cycles);
+    times.sort();
+    println!(
+        "bench net http_get count={count} median_ns={}",
+        times[times.len() / 2].as_nanos()
+    );
+    Ok(())
+}
+
+/// One `GET /` on a connection of its own, its answer read to the end.
+fn http_get(server: SocketAddr) -> Result<(), String> {
+    let mut stream = connect(server)?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("GET: {e}"))?;
+    stream
+        .set_read_timeout(Some(ANSWER_LIMIT))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("reading a GET's answer: {e}"))?;
+    if !answer.starts_with(b"HTTP/1.0 200 OK") {
+        return Err(format!(
+            "GET answered `{}`",
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+        ));
+    }
     Ok(())
 }
 
@@ -204,6 +306,23 @@ fn send_and_check(server: SocketAddr, total: u64) -> Result<(), String> {
             .map_err(|e| format!("local_addr: {e}"))?
     );
     check_waiting_reads(&stream)?;
+    let (sent, elapsed, agreed) = transfer_and_check(&mut stream, total)?;
+    println!(
+        "net-client-std: ok tcp: {sent} bytes sent in {:.2} s ({:.2} MB/s), server agrees: {}",
+        elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64() / 1e6,
+        agreed
+    );
+    Ok(())
+}
+
+/// Sends `total` bytes of the pattern, shuts the writing half and checks
+/// the server's answer: the bytes sent, the time from the first write to
+/// the answer, and the answer.
+fn transfer_and_check(
+    stream: &mut TcpStream,
+    total: u64,
+) -> Result<(u64, Duration, String), String> {
     let mut checksum = Fnv1a::new();
     let mut pattern = Pattern(SEED);
     let mut chunk = vec![0u8; CHUNK_BYTES];
@@ -226,11 +345,10 @@ fn send_and_check(server: SocketAddr, total: u64) -> Result<(), String> {
         .map_err(|e| format!("set_read_timeout: {e}"))?;
     let mut answer = String::new();
     let mut reader = stream.try_clone().map_err(|e| format!("try_clone: {e}"))?;
-    drop(stream);
     reader
         .read_to_string(&mut answer)
         .map_err(|e| format!("reading the answer: {e}"))?;
-    let seconds = start.elapsed().as_secs_f64();
+    let elapsed = start.elapsed();
     let expected = format!("bytes={sent} fnv1a={:016x}", checksum.0);
     if answer.trim_end() != expected {
         return Err(format!(
@@ -238,9 +356,5 @@ fn send_and_check(server: SocketAddr, total: u64) -> Result<(), String> {
             answer.trim_end()
         ));
     }
-    println!(
-        "net-client-std: ok tcp: {sent} bytes sent in {seconds:.2} s ({:.2} MB/s), server agrees: {expected}",
-        sent as f64 / seconds / 1e6
-    );
-    Ok(())
+    Ok((sent, elapsed, expected))
 }

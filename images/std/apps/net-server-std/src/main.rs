@@ -4,11 +4,14 @@
 //! `net::address`).
 //!
 //! - TCP port 7000 (or the first argument): it accepts connections until
-//!   one has sent data. A connection that starts with `GET ` is answered
-//!   with a tiny HTTP page (so the server can be looked at with `curl`)
-//!   and does not count; any other is read to its end, and answered with
-//!   one line, `bytes=<count> fnv1a=<checksum>` (FNV-1a, 64 bits, over
-//!   every byte), before the server closes it.
+//!   one has sent data (or as many as the second argument says;
+//!   `net-server-std bench` is `net-server-std 7000 3`, the server of
+//!   `net-client-std bench`'s three transfers in `cargo xtask bench`).
+//!   A connection that starts with `GET ` is answered with a tiny HTTP
+//!   page (so the server can be looked at with `curl`) and does not
+//!   count; any other is read to its end, and answered with one line,
+//!   `bytes=<count> fnv1a=<checksum>` (FNV-1a, 64 bits, over every byte),
+//!   before the server closes it.
 //! - UDP port 7001 (the TCP port + 1), on a thread of its own: every
 //!   datagram is sent back to its sender, until one says `quit` (or none
 //!   has come for 20 s after the first).
@@ -31,6 +34,12 @@ const UDP_IDLE: Duration = Duration::from_secs(20);
 
 /// How long a connection may stay silent before the server gives up.
 const TCP_IDLE: Duration = Duration::from_secs(60);
+
+/// The transfers `net-client-std bench` makes.
+const BENCH_TRANSFERS: u32 = 3;
+
+/// GETs reported one by one; the rest (a benchmark's hundreds) quietly.
+const QUIET_AFTER_GETS: u32 = 3;
 
 /// FNV-1a, 64 bits.
 struct Fnv1a(u64);
@@ -58,9 +67,20 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let port = match std::env::args().nth(1) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|first| first == "bench") {
+        args = vec![DEFAULT_PORT.to_string(), BENCH_TRANSFERS.to_string()];
+    }
+    let mut args = args.into_iter();
+    let port = match args.next() {
         Some(text) => text.parse().map_err(|_| format!("bad port `{text}`"))?,
         None => DEFAULT_PORT,
+    };
+    let transfers: u32 = match args.next() {
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("bad transfer count `{text}`"))?,
+        None => 1,
     };
     let udp = UdpSocket::bind(("0.0.0.0", port + 1)).map_err(|e| format!("UDP bind: {e}"))?;
     let echo = thread::spawn(move || udp_echo(udp));
@@ -71,7 +91,9 @@ fn run() -> Result<(), String> {
             .local_addr()
             .map_err(|e| format!("local_addr: {e}"))?
     );
-    serve_until_data(&listener)?;
+    for _ in 0..transfers {
+        serve_until_data(&listener)?;
+    }
     let echoed = echo
         .join()
         .map_err(|_| "the UDP thread panicked".to_string())??;
@@ -82,6 +104,7 @@ fn run() -> Result<(), String> {
 
 /// Accepts connections, answering GETs, until one sends data.
 fn serve_until_data(listener: &TcpListener) -> Result<(), String> {
+    let mut answered_gets = 0u32;
     loop {
         let (mut stream, peer) = listener.accept().map_err(|e| format!("accept: {e}"))?;
         stream
@@ -100,7 +123,10 @@ fn serve_until_data(listener: &TcpListener) -> Result<(), String> {
         }
         if &first[..start] == b"GET " {
             answer_http(&mut stream)?;
-            println!("net-server-std: answered a GET from {peer}");
+            answered_gets += 1;
+            if answered_gets <= QUIET_AFTER_GETS {
+                println!("net-server-std: answered a GET from {peer}");
+            }
             continue;
         }
         println!("net-server-std: connection from {peer}");
