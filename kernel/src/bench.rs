@@ -280,6 +280,10 @@ impl ExitEvents for HostShares {
             self.add(kind, rdtsc() - at);
         }
     }
+
+    fn turn_over(&mut self) {
+        self.entering();
+    }
 }
 
 /// Whether this boot measures (`bench=on`): the run loop then watches its

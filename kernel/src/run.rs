@@ -640,6 +640,7 @@ fn run_turn<E: ExitEvents>(
     loop {
         let now = services.now_ns();
         let Some(root) = guest.prepare_entry(&mut HostFrames, switcher.guest_view(), now) else {
+            events.turn_over();
             return Next::Ended;
         };
         if let Some((stack, gates)) = guest.take_cpu_tables() {
@@ -672,10 +673,12 @@ fn run_turn<E: ExitEvents>(
         }
         let now = services.now_ns();
         if guest.charge_cpu_time(now.saturating_sub(started)) == Next::Ended {
+            events.turn_over();
             return Next::Ended;
         }
         started = now;
         if next != Next::Resume || turn.slice_end.is_some_and(|end| now >= end) || sent_frames {
+            events.turn_over();
             return next;
         }
     }

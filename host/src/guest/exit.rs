@@ -100,6 +100,9 @@ pub trait ExitEvents {
     fn exit(&mut self, _exit: Exit) {}
     /// The host is about to enter the guest again.
     fn entering(&mut self) {}
+    /// The guest's turn is over: the last exit's handling ends here, not
+    /// at its next entry (other guests' turns come in between).
+    fn turn_over(&mut self) {}
 }
 
 /// Nobody watching.
