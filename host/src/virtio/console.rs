@@ -133,10 +133,6 @@ impl<S: ConsoleSink> Backend for Console<S> {
     const NAME: &'static str = "virtio-console";
     const TYPE: DeviceType = DeviceType::Console;
 
-    fn features(&self) -> u64 {
-        0
-    }
-
     fn queues(&self) -> &'static [QueueSpec] {
         &CONSOLE_QUEUES
     }

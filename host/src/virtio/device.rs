@@ -45,21 +45,31 @@ pub trait Backend {
     const TYPE: DeviceType;
 
     /// The device-specific features it offers (the transport adds
-    /// `VIRTIO_F_VERSION_1`).
-    fn features(&self) -> u64;
+    /// `VIRTIO_F_VERSION_1`): none unless it says.
+    fn features(&self) -> u64 {
+        0
+    }
 
     /// Its queues, by number (at most [`MAX_QUEUES`]).
     fn queues(&self) -> &'static [QueueSpec];
 
-    /// Writes its config space into `out`; returns how many bytes it has.
-    fn config(&self, out: &mut [u8; CONFIG_MAX]) -> usize;
+    /// Writes its config space into `out`; returns how many bytes it has
+    /// (none unless it says).
+    fn config(&self, _out: &mut [u8; CONFIG_MAX]) -> usize {
+        0
+    }
 
-    /// Forgets everything the driver set up (a reset).
-    fn reset(&mut self);
+    /// Forgets everything the driver set up (a reset); the transport
+    /// forgets the queues itself, so a device that keeps nothing else does
+    /// nothing here.
+    fn reset(&mut self) {}
 
     /// Whether, with queue `queue` ready, it may later complete a buffer
-    /// on its own (a frame or input arriving), and so wake a halted guest.
-    fn completes_unprompted(&self, queue: u16) -> bool;
+    /// on its own (a frame or input arriving), and so wake a halted guest:
+    /// not unless it says.
+    fn completes_unprompted(&self, _queue: u16) -> bool {
+        false
+    }
 
     /// Does the work the driver notified queue `queue` of: takes every
     /// chain that is ready, and completes what it can.

@@ -189,8 +189,6 @@ impl<S: FrameSink> Backend for Net<S> {
         12
     }
 
-    fn reset(&mut self) {}
-
     fn completes_unprompted(&self, queue: u16) -> bool {
         queue == net_queue::RECEIVE
     }

@@ -6,7 +6,7 @@ use super::device::{Backend, QueueSpec};
 use super::error::QueueError;
 use super::queue::Virtqueue;
 use crate::guest::GuestRam;
-use guest_abi::virtio::{CONFIG_MAX, DeviceType};
+use guest_abi::virtio::DeviceType;
 
 /// Where random bytes come from (the CPU's `rdrand` or a seeded generator,
 /// in the kernel).
@@ -42,22 +42,8 @@ impl<E: EntropySource> Backend for Rng<E> {
     const NAME: &'static str = "virtio-rng";
     const TYPE: DeviceType = DeviceType::Rng;
 
-    fn features(&self) -> u64 {
-        0
-    }
-
     fn queues(&self) -> &'static [QueueSpec] {
         &RNG_QUEUES
-    }
-
-    fn config(&self, _out: &mut [u8; CONFIG_MAX]) -> usize {
-        0
-    }
-
-    fn reset(&mut self) {}
-
-    fn completes_unprompted(&self, _queue: u16) -> bool {
-        false
     }
 
     fn process<M: GuestRam>(

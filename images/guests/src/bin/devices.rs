@@ -350,6 +350,17 @@ mod net {
     }
 
     impl Link {
+        /// Prints what the exchange cost: frames sent, and the card's and
+        /// the timer's interrupts taken.
+        fn report(&self) {
+            println!(
+                "devices: net: {} frames sent, {} card interrupts, {} timer interrupts",
+                self.sent,
+                virtio::interrupts_taken(self.index),
+                time::timer_interrupts()
+            );
+        }
+
         /// Brings the card up and posts a buffer on every receive
         /// descriptor: the host drops frames that find none.
         fn open(index: usize) -> Result<Self, Failed> {
@@ -532,12 +543,7 @@ mod net {
             "devices: ok net {FRAMES} frames sent to {}, {resent} sent again, checksum {expected:#018x} agreed",
             Mac(peer)
         );
-        println!(
-            "devices: net: {} frames sent, {} card interrupts, {} timer interrupts",
-            link.sent,
-            virtio::interrupts_taken(link.index),
-            time::timer_interrupts()
-        );
+        link.report();
         Ok(())
     }
 
@@ -659,12 +665,7 @@ mod net {
             "devices: ok net {FRAMES} frames received and checked, {} out of sequence, checksum {:#018x}",
             state.unexpected, state.checksum.0
         );
-        println!(
-            "devices: net: {} frames sent, {} card interrupts, {} timer interrupts",
-            link.sent,
-            virtio::interrupts_taken(link.index),
-            time::timer_interrupts()
-        );
+        link.report();
         Ok(())
     }
 

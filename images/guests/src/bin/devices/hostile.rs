@@ -514,61 +514,75 @@ fn readable_on_rng(devices: &Devices) -> Result<Outcome, Failed> {
 
 // ---- Lethal at set-up ---------------------------------------------------
 
-/// A used ring (the area the host writes) that starts 64 bytes before
-/// the end of our memory and runs 6 bytes past it. The host must say
-/// `virtio-net queue 1: used ring at gpa:<end - 64> (70 bytes) is outside
-/// guest memory` when the queue is set up.
-fn used_ring_outside(devices: &Devices) -> Result<Outcome, Failed> {
-    let (mut transport, ring) = negotiated(devices.net)?;
-    let (descriptors, available, _) = ring.areas();
-    let used = boot::memory_bytes() - 64;
-    about_to_try(
-        "ring-outside",
-        format_args!(
-            "a used ring at {used:#x}, {} bytes across the end of our memory",
-            ring::used_ring_bytes(SIZE)
-        ),
-    );
+/// Announces `kind` (`what` forged) and sets up the transmit queue with
+/// `size` entries at `areas` (descriptor table, available ring, used
+/// ring), one of which is forged: the host must refuse it at set-up.
+fn set_up_forged_queue(
+    mut transport: PageTransport,
+    kind: &str,
+    what: core::fmt::Arguments<'_>,
+    size: u16,
+    (descriptors, available, used): (u64, u64, u64),
+) -> Result<Outcome, Failed> {
+    about_to_try(kind, what);
     transport.queue_set(
         net_queue::TRANSMIT,
-        u32::from(SIZE),
+        u32::from(size),
         descriptors,
         available,
         used,
     );
     Ok(Outcome::Answered(Ok(transport.get_status().bits().into())))
+}
+
+/// A used ring (the area the host writes) that starts 64 bytes before
+/// the end of our memory and runs 6 bytes past it. The host must say
+/// `virtio-net queue 1: used ring at gpa:<end - 64> (70 bytes) is outside
+/// guest memory` when the queue is set up.
+fn used_ring_outside(devices: &Devices) -> Result<Outcome, Failed> {
+    let (transport, ring) = negotiated(devices.net)?;
+    let (descriptors, available, _) = ring.areas();
+    let used = boot::memory_bytes() - 64;
+    set_up_forged_queue(
+        transport,
+        "ring-outside",
+        format_args!(
+            "a used ring at {used:#x}, {} bytes across the end of our memory",
+            ring::used_ring_bytes(SIZE)
+        ),
+        SIZE,
+        (descriptors, available, used),
+    )
 }
 
 /// A descriptor table 8 bytes past a 16-byte boundary. The host must say
 /// `virtio-net queue 1: descriptor table at gpa:<its address> is not
 /// 16-byte aligned` when the queue is set up.
 fn descriptors_misaligned(devices: &Devices) -> Result<Outcome, Failed> {
-    let (mut transport, ring) = negotiated(devices.net)?;
+    let (transport, ring) = negotiated(devices.net)?;
     let (descriptors, available, used) = ring.areas();
     let descriptors = descriptors + 8;
-    about_to_try(
+    set_up_forged_queue(
+        transport,
         "misaligned",
         format_args!("a descriptor table at gpa:{descriptors:#x}"),
-    );
-    transport.queue_set(
-        net_queue::TRANSMIT,
-        u32::from(SIZE),
-        descriptors,
-        available,
-        used,
-    );
-    Ok(Outcome::Answered(Ok(transport.get_status().bits().into())))
+        SIZE,
+        (descriptors, available, used),
+    )
 }
 
 /// A queue of 3 entries: not a power of two. The host must say
 /// `virtio-net queue 1: size 3 is not a power of two between 1 and the
 /// queue's maximum 256` when the queue is set up.
 fn size_not_a_power_of_two(devices: &Devices) -> Result<Outcome, Failed> {
-    let (mut transport, ring) = negotiated(devices.net)?;
-    let (descriptors, available, used) = ring.areas();
-    about_to_try("bad-size", format_args!("a transmit queue of 3 entries"));
-    transport.queue_set(net_queue::TRANSMIT, 3, descriptors, available, used);
-    Ok(Outcome::Answered(Ok(transport.get_status().bits().into())))
+    let (transport, ring) = negotiated(devices.net)?;
+    set_up_forged_queue(
+        transport,
+        "bad-size",
+        format_args!("a transmit queue of 3 entries"),
+        3,
+        ring.areas(),
+    )
 }
 
 /// `DRIVER_OK` with no features accepted: a device driven before the

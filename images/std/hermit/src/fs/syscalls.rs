@@ -59,13 +59,14 @@ unsafe fn path_text<'a>(name: *const c_char) -> Result<&'a str, Errno> {
     core::str::from_utf8(bytes).map_err(|_| EINVAL)
 }
 
-/// An `i32` result: the value, or the negated error.
-fn status(result: Result<i32, Errno>) -> i32 {
+/// An `i32` result: the value, or the negated error (std's convention for
+/// every `sys_*` call, the sockets' too).
+pub(crate) fn status(result: Result<i32, Errno>) -> i32 {
     result.unwrap_or_else(|errno| -errno)
 }
 
-/// An `isize` result: the value, or the negated error.
-fn size(result: Result<usize, Errno>) -> isize {
+/// An `isize` result: the count, or the negated error.
+pub(crate) fn size(result: Result<usize, Errno>) -> isize {
     match result {
         Ok(count) => isize::try_from(count).unwrap_or(isize::MAX),
         Err(errno) => -(errno as isize),

@@ -18,6 +18,7 @@ use super::address::{read_socket_address, resolve, socket_address, socket_addres
 use super::stack::{Protocol, Shutdown};
 use super::{Direction, Errno, SocketId, block_on, wait_until, with_stack};
 use crate::fs::syscalls::{install_socket, socket_of};
+use crate::fs::syscalls::{size, status};
 use crate::time;
 use alloc::boxed::Box;
 use core::ffi::{CStr, c_char, c_void};
@@ -37,19 +38,6 @@ use hermit_abi::{
 /// How long a blocking `connect` tries before `ETIMEDOUT`, unless
 /// `SO_SNDTIMEO` says otherwise (BSD's 75 seconds).
 const CONNECT_LIMIT_NS: u64 = 75_000_000_000;
-
-/// An `i32` result: the value, or the negated error.
-fn status(result: Result<i32, Errno>) -> i32 {
-    result.unwrap_or_else(|errno| -errno)
-}
-
-/// An `isize` result: the count, or the negated error.
-fn size(result: Result<usize, Errno>) -> isize {
-    match result {
-        Ok(count) => isize::try_from(count).unwrap_or(isize::MAX),
-        Err(errno) => -(errno as isize),
-    }
-}
 
 /// The socket descriptor `fd` names.
 fn socket(fd: i32) -> Result<SocketId, Errno> {
