@@ -198,6 +198,10 @@ pub mod host_vector {
     pub const LEGACY_PIC_BASE: u8 = 0xe0;
     /// How many vectors the two PICs take from [`LEGACY_PIC_BASE`].
     pub const LEGACY_PIC_LINES: u8 = 16;
+    /// The scheduler's inter-processor interrupt: another CPU has work
+    /// for this one (a vCPU woke, or frames wait for the guest running
+    /// here), so it picks again.
+    pub const RESCHEDULE: u8 = 0xfe;
     /// The local APIC's spurious-interrupt vector.
     pub const SPURIOUS: u8 = 0xff;
 
@@ -205,6 +209,7 @@ pub mod host_vector {
     pub const fn contains(vector: u8) -> bool {
         vector == TIMER
             || (vector >= LEGACY_PIC_BASE && vector - LEGACY_PIC_BASE < LEGACY_PIC_LINES)
+            || vector == RESCHEDULE
             || vector == SPURIOUS
     }
 }
@@ -270,9 +275,9 @@ mod tests {
     }
 
     #[test]
-    fn the_host_vectors_are_its_timer_the_legacy_pics_and_the_spurious_vector() {
+    fn the_host_vectors_are_its_timer_the_legacy_pics_the_reschedule_ipi_and_the_spurious_vector() {
         for v in 0..=255u8 {
-            let expected = v == 0x20 || (0xe0..=0xef).contains(&v) || v == 0xff;
+            let expected = v == 0x20 || (0xe0..=0xef).contains(&v) || v >= 0xfe;
             assert_eq!(host_vector::contains(v), expected, "vector {v:#x}");
         }
     }
@@ -280,7 +285,7 @@ mod tests {
     #[test]
     fn direct_traps_are_the_software_vectors_nobody_else_has() {
         for v in 0..=255u8 {
-            let software = (0x21..=0xdf).contains(&v) || (0xf0..=0xfe).contains(&v);
+            let software = (0x21..=0xdf).contains(&v) || (0xf0..=0xfd).contains(&v);
             let expected = software && v != VECTOR;
             assert_eq!(may_be_direct(v), expected, "vector {v:#x}");
         }

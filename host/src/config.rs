@@ -12,6 +12,7 @@
 //! not ask for is worse).
 
 use crate::paging::{MAX_CACHED_ROOTS, MIN_CACHED_ROOTS};
+use crate::sched::Placement;
 use core::fmt;
 use core::net::Ipv4Addr;
 use core::ops::RangeInclusive;
@@ -118,6 +119,9 @@ pub struct Config<'a> {
     /// `stats_interval_ms=<ms>`: print the counters on the console this
     /// often; 0, the default, never.
     pub stats_interval_ms: u64,
+    /// `sched=affinity|rotate`: where a guest's next turn is: on the CPU
+    /// of its last (default), or on the next CPU (a test aid).
+    pub placement: Placement,
 }
 
 /// `host_ip=`: how the host's own network interface is addressed.
@@ -180,6 +184,7 @@ impl Default for Config<'_> {
             host_gateway: None,
             http_port: 80,
             stats_interval_ms: 0,
+            placement: Placement::Affinity,
         }
     }
 }
@@ -306,7 +311,7 @@ pub struct Key {
 /// Every key of the kernel command line, in the order of the README's
 /// table. The parser knows exactly these keys, and a unit test checks the
 /// README's table against this list, row by row, so the two cannot drift.
-pub const KEYS: [Key; 14] = [
+pub const KEYS: [Key; 15] = [
     Key {
         name: "log",
         values: "`error`, `warn`, `info`, `debug`, `trace`",
@@ -424,6 +429,21 @@ pub const KEYS: [Key; 14] = [
                   fill it)",
         set: |c, v| {
             c.eager_fill = on_off(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "sched",
+        values: "`affinity`, `rotate`",
+        default: Some("affinity"),
+        meaning: "where a guest's next turn is: on the CPU it last ran on (`affinity`), or on \
+                  the next CPU, so that every guest moves at every turn (`rotate`, a test aid)",
+        set: |c, v| {
+            c.placement = match v {
+                "affinity" => Placement::Affinity,
+                "rotate" => Placement::Rotate,
+                _ => return Err("affinity or rotate"),
+            };
             Ok(())
         },
     },
@@ -669,6 +689,15 @@ mod tests {
     }
 
     #[test]
+    fn sched_places_guests_by_affinity_unless_told_to_rotate() {
+        assert_eq!(Config::default().placement, Placement::Affinity);
+        let (c, w) = parse("sched=rotate");
+        assert_eq!((c.unwrap().placement, w), (Placement::Rotate, Vec::new()));
+        let (c, _) = parse("sched=affinity");
+        assert_eq!(c.unwrap().placement, Placement::Affinity);
+    }
+
+    #[test]
     fn shadow_root_cache_keys_are_typed() {
         let c = parse("").0.unwrap();
         assert_eq!(
@@ -747,6 +776,7 @@ mod tests {
             ("roots=many", "roots", "many"),
             ("eviction=fifo", "eviction", "fifo"),
             ("eager_fill=yes", "eager_fill", "yes"),
+            ("sched=random", "sched", "random"),
             ("host_ip=auto", "host_ip", "auto"),
             ("host_ip=10.0.2.15", "host_ip", "10.0.2.15"),
             ("host_ip=10.0.2.15/33", "host_ip", "10.0.2.15/33"),

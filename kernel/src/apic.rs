@@ -31,9 +31,10 @@
 //! through the mapped page (xAPIC, what QEMU and most firmware hand over),
 //! or through MSRs when it is already in x2APIC mode. The boot CPU starts
 //! the others with inter-processor interrupts ([`send_init`],
-//! [`send_startup`]) timed with [`delay_us`].
+//! [`send_startup`]) timed with [`delay_us`], and once guests run, tells a
+//! CPU to pick again with another ([`send_reschedule`]).
 
-use crate::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::interrupts::{RESCHEDULE_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::memory::paging::map_mmio;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use host::addr::HostPhysAddr;
@@ -182,6 +183,13 @@ pub fn send_init(apic_id: u32) {
 /// any other CPU ignores it.
 pub fn send_startup(apic_id: u32, page: u8) {
     send_ipi(apic_id, icr::STARTUP | icr::ASSERT | u32::from(page));
+}
+
+/// Sends the scheduler's interrupt ([`RESCHEDULE_VECTOR`]) to the CPU
+/// whose local APIC id is `apic_id`: it ends the turn of the guest running
+/// there, or wakes the CPU from its halt, and it picks again.
+pub fn send_reschedule(apic_id: u32) {
+    send_ipi(apic_id, icr::ASSERT | u32::from(RESCHEDULE_VECTOR));
 }
 
 /// Writes the interrupt command register: the destination, then the

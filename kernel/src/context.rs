@@ -19,46 +19,46 @@
 //!
 //! So across a guest's exits they simply stay in the CPU, and a hypercall,
 //! a page fault or a host tick that resumes the same guest costs nothing
-//! here. They change hands only when another guest takes the CPU, which
-//! [`crate::switcher::CpuSwitcher::run`] notices as it maps that guest's
-//! register page: [`GuestContexts::switch`] saves the leaving guest's
-//! (`fxsave64`, and the four selectors read) and loads the entering
-//! guest's (`fxrstor64`, and the selectors loaded). A guest that never ran
-//! gets the clean state: `fninit`'s control word, MXCSR 0x1f80 (every SIMD
-//! exception masked), every register zero and every x87 register empty,
-//! null selectors. So no guest sees anything of another, and each finds
-//! its own state again however many guests ran in between.
+//! here. They change hands at the edges of a guest's *turn* on a CPU
+//! ([`crate::switcher::CpuSwitcher::begin_turn`] and `end_turn`): at the
+//! end the CPU's state is saved into the guest's [`GuestContext`]
+//! (`fxsave64`, and the four selectors and two bases read), and at the
+//! start it is loaded from there (`fxrstor64`, the selectors and bases
+//! loaded), unless the guest's last turn was the last turn on this very
+//! CPU, when the CPU still holds it. The context is the guest's own (in its
+//! run-loop slot, from its start to its end), not the CPU's: a guest that
+//! moves to another CPU takes it along, and since it was saved when its
+//! turn ended, nothing of it is left behind in the CPU it left. A guest
+//! that never ran gets the clean state: `fninit`'s control word, MXCSR
+//! 0x1f80 (every SIMD exception masked), every register zero and every x87
+//! register empty, null selectors. So no guest sees anything of another,
+//! and each finds its own state again however many guests ran in between,
+//! on whichever CPU.
 //!
 //! The selectors a guest loads name descriptors of the guest GDT, which the
 //! host's GDT does not have at the same places, so they are loaded with the
 //! guest GDT in the GDTR for the four instructions (and the host's put
 //! back): a segment register keeps the descriptor it loaded when the GDTR
 //! changes. Every selector a guest can hold can be loaded in ring 0 (the
-//! checks only get easier with a lower privilege level).
+//! checks only get easier with a lower privilege level). Every CPU's guest
+//! GDT has the same descriptors at the same places (only its TSS's address
+//! differs), so a selector saved on one CPU means the same on another.
 //!
-//! Each guest's saved context is 528 bytes of the host's heap, from its
-//! first entry to its end ([`GuestContexts::forget`]), kept by the CPU's
-//! switcher: with one CPU in use, that is where the guest runs. A guest
-//! moved to another CPU would have to be saved on the one it leaves (its
-//! state may still be in that CPU's registers) and its context handed over. `fxsave`, not XSAVE:
-//! the machines here have crashed with XSAVE enabled, and without it the
-//! guests have no AVX state to save.
+//! Each guest's context is 528 bytes of the host's heap. `fxsave`, not
+//! XSAVE: the machines here have crashed with XSAVE enabled, and without
+//! it the guests have no AVX state to save.
 //!
 //! The cost, counted in instructions under QEMU's `-icount`: nothing on
-//! an exit and entry of the same guest (the `bench` guest's hypercall
-//! round trip is 277 instructions with this and without it); about 180
-//! for a switch between two guests that ran before (some 80 to find the
-//! leaving guest's context and save into it, some 100 to find the
-//! entering guest's and load it, guest GDT included), and about 420 at a
-//! guest's first entry, which allocates its context; next to that, the
-//! same switch rewrites the guest's 223 direct-trap gates in the IDT.
-//! `fxsave64` and `fxrstor64` each count as one instruction there; on
-//! hardware they move 512 bytes each, some tens of cycles apiece.
+//! an exit and entry of the same guest within a turn; a save (some 40
+//! instructions) at the end of each turn, and a load (some 60, guest GDT
+//! included) at the start of a turn that follows another guest's or
+//! comes from another CPU; next to that, such a turn start also rewrites
+//! the guest's 223 direct-trap gates in the IDT. `fxsave64` and
+//! `fxrstor64` each count as one instruction there; on hardware they move
+//! 512 bytes each, some tens of cycles apiece.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use core::arch::asm;
-use host::addr::HostPhysAddr;
 use switcher::TablePointer;
 use x86_64::instructions::tables::sgdt;
 
@@ -189,8 +189,8 @@ impl DataSelectors {
 /// The integer loaded before every `fxrstor64` (see [`GuestContext::load`]).
 static POINTER_RESET_OPERAND: i32 = 0;
 
-/// One guest's state of the kinds above, while it is not in the CPU.
-struct GuestContext {
+/// One guest's state of the kinds above, while it is not in a CPU.
+pub struct GuestContext {
     fpu: FxsaveArea,
     selectors: DataSelectors,
     bases: SegmentBases,
@@ -255,8 +255,8 @@ pub fn set_fs_base(base: u64) {
 }
 
 impl GuestContext {
-    /// The clean state (see the module docs).
-    fn clean() -> Box<Self> {
+    /// The clean state (see the module docs), for a guest that never ran.
+    pub fn clean() -> Box<Self> {
         Box::new(Self {
             fpu: FxsaveArea::CLEAN,
             selectors: DataSelectors::NULL,
@@ -264,8 +264,9 @@ impl GuestContext {
         })
     }
 
-    /// Keeps what the CPU holds now.
-    fn save(&mut self) {
+    /// Keeps what the CPU holds now (the state of the guest whose turn
+    /// ends). Interrupts must be off.
+    pub fn save(&mut self) {
         // SAFETY: the area is 512 writable bytes, 16-byte aligned (its
         // type says so); `fxsave64` writes only them, and never raises an
         // x87 exception a guest left pending.
@@ -280,8 +281,9 @@ impl GuestContext {
         self.bases = SegmentBases::read();
     }
 
-    /// Puts it back into the CPU.
-    fn load(&self, guest_gdt: &TablePointer) {
+    /// Puts it back into the CPU. `guest_gdt` is this CPU's guest GDTR.
+    /// Interrupts must be off.
+    pub fn load(&self, guest_gdt: &TablePointer) {
         // AMD CPUs (without the "FP error pointers" feature) restore the
         // x87 last-instruction and last-operand pointers and opcode only
         // when an x87 exception is pending, so they would keep the last
@@ -310,50 +312,5 @@ impl GuestContext {
         }
         self.selectors.load(guest_gdt);
         self.bases.load();
-    }
-}
-
-/// The contexts of the guests on this CPU that are not in it, and whose is.
-pub struct GuestContexts {
-    /// By guest, as named by its register page (unique to it while it
-    /// lives); made at its first entry.
-    saved: BTreeMap<HostPhysAddr, Box<GuestContext>>,
-}
-
-impl GuestContexts {
-    /// None yet.
-    pub const fn new() -> Self {
-        Self {
-            saved: BTreeMap::new(),
-        }
-    }
-
-    /// Hands the CPU from the guest `leaving` (`None`: the CPU holds no
-    /// live guest's state, before the first entry or after its guest
-    /// ended) to the guest `entering`, each named by its register page.
-    /// `guest_gdt` is this CPU's guest GDTR. Interrupts must be off.
-    pub fn switch(
-        &mut self,
-        leaving: Option<HostPhysAddr>,
-        entering: HostPhysAddr,
-        guest_gdt: &TablePointer,
-    ) {
-        if let Some(leaving) = leaving.filter(|&l| l != entering) {
-            self.saved
-                .entry(leaving)
-                .or_insert_with(GuestContext::clean)
-                .save();
-        }
-        self.saved
-            .entry(entering)
-            .or_insert_with(GuestContext::clean)
-            .load(guest_gdt);
-    }
-
-    /// Drops the saved context of a guest that ended. If its state is
-    /// still in the CPU, the next [`Self::switch`] (with no guest leaving)
-    /// overwrites all of it.
-    pub fn forget(&mut self, guest: HostPhysAddr) {
-        self.saved.remove(&guest);
     }
 }

@@ -34,6 +34,10 @@ use x86_64::structures::DescriptorTablePointer;
 /// vectors are part of the guest contract ([`host_vector`]: no guest may
 /// have a direct trap on them), and written down only there.
 pub const TIMER_VECTOR: u8 = host_vector::TIMER;
+/// The scheduler's inter-processor interrupt: another CPU has work for
+/// this one. Its handler only acknowledges it: the interrupt has done its
+/// job by ending a guest's turn or a halt (see `crate::run`).
+pub const RESCHEDULE_VECTOR: u8 = host_vector::RESCHEDULE;
 /// A vector whose handler is a bare `iretq`: the native analogue the
 /// benchmarks time a hypercall against. Only in the host's own IDT, raised
 /// only by the host: no hardware interrupt uses it.
@@ -156,6 +160,7 @@ pub fn handle_host_interrupt(vector: u8) {
             apic::end_of_interrupt();
         }
         SPURIOUS_VECTOR => {}
+        RESCHEDULE_VECTOR => apic::end_of_interrupt(),
         vector => {
             log::warn!("unexpected interrupt on vector {vector}");
             apic::end_of_interrupt();

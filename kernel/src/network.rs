@@ -98,6 +98,11 @@ impl Network {
         self.switch.ports_with_frames().next().is_some()
     }
 
+    /// Whether frames wait for a guest's port.
+    pub fn has_frames_for(&self, port: PortId) -> bool {
+        self.switch.ports_with_frames().any(|p| p == port)
+    }
+
     /// Hands `deliver` the frames waiting for a guest's port.
     pub fn deliver_to_guest<R>(
         &mut self,

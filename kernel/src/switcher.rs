@@ -20,17 +20,23 @@
 //!    pages read-only, all supervisor-only, nothing of other CPUs, and not
 //!    the host page.
 //!
-//! [`CpuSwitcher::run`] then maps the guest's own register page into the
-//! guest view's register slot, enters the guest and comes back with its
-//! registers, in that page, and the trap that stopped it. When that page
-//! changes, another guest is taking the CPU, and `run` hands over what the
-//! switcher's assembly does not carry: the FPU, SSE and segment state
-//! ([`crate::context`]). The IDT gates a guest's direct traps change are
-//! never the host's own interrupt vectors ([`CpuSwitcher::set_direct_trap`]).
+//! A guest uses the CPU in *turns* (the run loop's, `crate::run`). Its turn
+//! starts with [`CpuSwitcher::begin_turn`], which maps the guest's own
+//! register page into the guest view's register slot and hands the CPU
+//! what the switcher's assembly does not carry, the guest's FPU, SSE and
+//! segment state ([`crate::context`]); [`CpuSwitcher::run`] then enters the
+//! guest as often as the turn lasts, each time coming back with its
+//! registers, in that page, and the trap that stopped it; and
+//! [`CpuSwitcher::end_turn`] saves the guest's state and puts the CPU's own
+//! register page back. So between turns no guest's page is mapped in any
+//! CPU's slot, and a guest can take its next turn on any CPU. The IDT gates
+//! a guest's direct traps change are never the host's own interrupt vectors
+//! ([`CpuSwitcher::set_direct_trap`]).
 
-use crate::context::GuestContexts;
+use crate::context::GuestContext;
 use crate::memory::paging::{HostPageRights, map_host_page, nx_bit};
 use crate::memory::{self, MemoryError, phys_to_virt};
+use alloc::boxed::Box;
 use host::addr::HostPhysAddr;
 use switcher::{
     GDT_ENTRIES, Gate, HostPage, IdtPage, PAGE, SLOT_BASE, STUB_STRIDE, StatePage, TablePointer,
@@ -68,12 +74,38 @@ pub struct CpuSwitcher {
     guest_view: HostPhysAddr,
     /// The frames of the guest view (third, second, first level).
     view_frames: [HostPhysAddr; 3],
-    /// The register page the guest view maps in the register slot now: the
-    /// last guest's, or `regs_frame`.
-    resident_registers: HostPhysAddr,
-    /// The FPU, SSE and segment state of the guests that ran here, handed
-    /// over when the register page changes (see `run`).
-    contexts: GuestContexts,
+    /// Turns begun here: what tells whether a guest's state is still in
+    /// this CPU (see [`TurnStamp`]).
+    turns: u64,
+}
+
+/// When a guest's last turn ended: on which CPU, and which of its turns
+/// that was. The CPU still holds the guest's FPU, SSE and segment state
+/// exactly when no turn has begun there since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TurnStamp {
+    cpu: usize,
+    turn: u64,
+}
+
+/// What of a guest lives in a CPU while the guest runs there: its register
+/// page (mapped in the slot) and its FPU, SSE and segment state. Owned by
+/// the guest's place in the run loop, and lent to a CPU for each turn.
+pub struct GuestCpuState {
+    registers: HostPhysAddr,
+    context: Box<GuestContext>,
+    last_turn: Option<TurnStamp>,
+}
+
+impl GuestCpuState {
+    /// A guest that never ran, with its register page.
+    pub fn new(registers: HostPhysAddr) -> Self {
+        Self {
+            registers,
+            context: GuestContext::clean(),
+            last_turn: None,
+        }
+    }
 }
 
 /// Offset of a switcher symbol from the start of the switcher's code.
@@ -143,8 +175,7 @@ impl CpuSwitcher {
             host_frame,
             guest_view: view_frames[0],
             view_frames,
-            resident_registers: regs_frame,
-            contexts: GuestContexts::new(),
+            turns: 0,
         };
         this.fill_state_and_host_pages();
         this.fill_idt();
@@ -293,38 +324,65 @@ impl CpuSwitcher {
         self.idt()[usize::from(vector)] = gate;
     }
 
-    /// Runs the guest whose shadow root is `root` and whose registers are
-    /// in the register page `registers` until it traps; the switcher then
-    /// leaves its registers at the trap in that same page. Returns the
-    /// guest's CR2 (meaningful after a page fault).
+    /// Begins a turn of `guest` here: maps its register page into this
+    /// CPU's slot and puts its FPU, SSE and segment state into the CPU,
+    /// unless the CPU still holds it (the guest's last turn was the last
+    /// turn here). Returns whether it did: then the guest's direct-trap
+    /// gates and stack are not in this CPU's tables either, and the caller
+    /// sets them again. Interrupts must be off.
+    pub fn begin_turn(&mut self, guest: &GuestCpuState) -> bool {
+        self.map_registers(guest.registers);
+        let here_last = guest.last_turn
+            == Some(TurnStamp {
+                cpu: self.cpu,
+                turn: self.turns,
+            });
+        self.turns += 1;
+        if !here_last {
+            let guest_gdt = self.host_page().guest_gdtr;
+            guest.context.load(&guest_gdt);
+        }
+        !here_last
+    }
+
+    /// Ends the turn `begin_turn` began: keeps the guest's FPU, SSE and
+    /// segment state in `guest` (it may run on another CPU next), and puts
+    /// this CPU's own register page back in the slot (the guest's page may
+    /// be freed before anything runs here again). Interrupts must be off.
+    pub fn end_turn(&mut self, guest: &mut GuestCpuState) {
+        guest.context.save();
+        guest.last_turn = Some(TurnStamp {
+            cpu: self.cpu,
+            turn: self.turns,
+        });
+        self.map_registers(self.regs_frame);
+    }
+
+    /// Points the guest view's register slot at `registers`. Entering a
+    /// guest loads CR3, so no stale translation of the slot survives.
+    fn map_registers(&mut self, registers: HostPhysAddr) {
+        let [_, _, pt] = self.view_frames;
+        let index = (register_page_offset(self.cpu) / PAGE) as usize;
+        write_entry(
+            pt,
+            index,
+            registers.as_u64() | PRESENT | WRITABLE | nx_bit(),
+        );
+    }
+
+    /// Runs the guest whose turn this is (see [`Self::begin_turn`]), on the
+    /// shadow root `root`, until it traps; the switcher then leaves its
+    /// registers at the trap in its register page. Returns the guest's CR2
+    /// (meaningful after a page fault).
     ///
-    /// The register page is the guest's own: it is put into this CPU's slot
-    /// (one page-table entry of the guest view, written only when another
-    /// guest ran here last), so the registers are never copied. The switcher
-    /// loads CR3 before it touches the page, so no stale translation of the
-    /// slot survives the change.
-    ///
-    /// The same change of register page is when another guest takes the
-    /// CPU, so it is also when the guests' FPU, SSE and segment state
-    /// changes hands ([`crate::context`]): the same guest entering again
-    /// (after a hypercall, a fault, a tick) pays nothing for it.
+    /// The register page is the guest's own, put into this CPU's slot for
+    /// the turn, so the registers are never copied. Its FPU, SSE and
+    /// segment state stay in the CPU across the exits of a turn: the same
+    /// guest entering again (after a hypercall, a fault, a tick) pays
+    /// nothing for them.
     ///
     /// Interrupts must be off.
-    pub fn run(&mut self, root: HostPhysAddr, registers: HostPhysAddr) -> u64 {
-        if self.resident_registers != registers {
-            let leaving =
-                (self.resident_registers != self.regs_frame).then_some(self.resident_registers);
-            let guest_gdt = self.host_page().guest_gdtr;
-            self.contexts.switch(leaving, registers, &guest_gdt);
-            let [_, _, pt] = self.view_frames;
-            let index = (register_page_offset(self.cpu) / PAGE) as usize;
-            write_entry(
-                pt,
-                index,
-                registers.as_u64() | PRESENT | WRITABLE | nx_bit(),
-            );
-            self.resident_registers = registers;
-        }
+    pub fn run(&mut self, root: HostPhysAddr) -> u64 {
         let entry = SLOT_BASE + code_offset(&raw const switch_to_guest);
         let regs_page = self.slot_address(register_page_offset(self.cpu));
         // SAFETY: `switch_to_guest` saves and restores everything the host
@@ -333,8 +391,8 @@ impl CpuSwitcher {
         // caller-saved registers are declared clobbered (`rsi`, which
         // carries `root` in, among them). The state and host pages were
         // filled in `new`, `root` is a shadow root with this CPU's switcher
-        // view in its last slot, and that view maps `registers` (a page the
-        // caller owns for this guest) as the register page.
+        // view in its last slot, and that view maps, as the register page,
+        // this CPU's own page or the page of the guest whose turn it is.
         unsafe {
             core::arch::asm!(
                 "call {entry}",
@@ -345,24 +403,6 @@ impl CpuSwitcher {
             );
         }
         x86_64::registers::control::Cr2::read_raw()
-    }
-
-    /// Forgets a guest's register page (it is being freed): the slot goes
-    /// back to this CPU's own page, and the guest's saved FPU, SSE and
-    /// segment state is dropped (what of it is still in the CPU, the next
-    /// guest's entry overwrites).
-    pub fn release_registers(&mut self, registers: HostPhysAddr) {
-        self.contexts.forget(registers);
-        if self.resident_registers == registers {
-            let [_, _, pt] = self.view_frames;
-            let index = (register_page_offset(self.cpu) / PAGE) as usize;
-            write_entry(
-                pt,
-                index,
-                self.regs_frame.as_u64() | PRESENT | WRITABLE | nx_bit(),
-            );
-            self.resident_registers = self.regs_frame;
-        }
     }
 }
 

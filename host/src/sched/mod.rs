@@ -186,6 +186,10 @@ pub enum Decision {
     Idle {
         /// The first wake-up deadline; `None`: only an IPI brings work.
         until: Option<u64>,
+        /// CPUs to send an IPI: vCPUs wait for them that no awake CPU
+        /// will take (only with [`Placement::Rotate`], where no CPU steals:
+        /// a vCPU this CPU sent on, to a parked CPU).
+        kicks: CpuSet,
     },
 }
 
@@ -227,6 +231,21 @@ pub enum TurnError {
     NotRunningThere,
 }
 
+/// Where a vCPU goes when its turn ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Back to the CPU it ran on (see the module docs: its state is
+    /// there). The default.
+    #[default]
+    Affinity,
+    /// To the next CPU (by number, cyclically): every turn is on another
+    /// CPU than the last, and lasts at most a slice; no CPU steals. A test
+    /// aid: it makes
+    /// every guest move between CPUs all the time, so that whatever must
+    /// follow a guest is seen to.
+    Rotate,
+}
+
 /// Counts of what the scheduler did, for the console and the tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -251,6 +270,9 @@ struct Vcpu {
     /// The CPU it last ran on (or was first queued on): where it goes back
     /// to, and whose timer watches its deadline.
     home: CpuId,
+    /// The CPU of its last turn, once it had one (its `home` too, unless
+    /// [`Placement::Rotate`] sent it on).
+    ran_on: Option<CpuId>,
     /// Its virtual timer's deadline.
     timer: Option<u64>,
     /// Woken while in a turn: if the turn ends halted, it runs again.
@@ -292,6 +314,7 @@ enum CpuStatus {
 #[derive(Debug)]
 pub struct Scheduler {
     slice_ns: u64,
+    placement: Placement,
     cpus: Vec<Cpu>,
     /// Every vCPU, in rank order.
     vcpus: Vec<Vcpu>,
@@ -313,6 +336,7 @@ impl Scheduler {
         );
         Self {
             slice_ns: slice_ns.max(1),
+            placement: Placement::Affinity,
             cpus: (0..cpus)
                 .map(|_| Cpu {
                     queue: RunQueue::new(),
@@ -323,6 +347,11 @@ impl Scheduler {
             next_rank: 0,
             counters: Counters::default(),
         }
+    }
+
+    /// Sends vCPUs to `placement` at the end of their turns from now on.
+    pub fn set_placement(&mut self, placement: Placement) {
+        self.placement = placement;
     }
 
     /// How many CPUs it shares out.
@@ -389,6 +418,7 @@ impl Scheduler {
             rank,
             state: State::Halted,
             home: cpu,
+            ran_on: None,
             timer: None,
             woken_during_turn: false,
             ran_ns: 0,
@@ -455,6 +485,10 @@ impl Scheduler {
         vcpu.ran_ns = vcpu.ran_ns.saturating_add(now.saturating_sub(since));
         let woken = core::mem::take(&mut vcpu.woken_during_turn);
         let rank = vcpu.rank;
+        let next_cpu = match self.placement {
+            Placement::Affinity => cpu,
+            Placement::Rotate => CpuId((cpu.index() + 1) % self.cpus.len()),
+        };
         match outcome {
             Outcome::Ended => {
                 self.vcpus.remove(at);
@@ -462,10 +496,11 @@ impl Scheduler {
             Outcome::Halted { timer } if !woken => {
                 vcpu.timer = timer;
                 vcpu.state = State::Halted;
+                vcpu.home = next_cpu;
             }
             Outcome::Runnable { timer } | Outcome::Halted { timer } => {
                 vcpu.timer = timer;
-                self.enqueue(rank, cpu);
+                self.enqueue(rank, next_cpu);
             }
         }
         Ok(())
@@ -489,18 +524,25 @@ impl Scheduler {
             self.counters.idles += 1;
             return Decision::Idle {
                 until: self.first_timer_watched_by(cpu),
+                kicks: self.kicks_but(Some(cpu)),
             };
         };
-        let others_wait = !self.cpus[cpu.index()].queue.is_empty();
-        let slice_end = others_wait.then(|| now.saturating_add(self.slice_ns));
+        // A rotating vCPU always gets a slice's end: the next turn of
+        // whichever vCPU arrives here is then at most a slice away, with no
+        // kick (a kick would end this turn and send its vCPU on, to end
+        // another CPU's turn, and so on round the CPUs).
+        let sliced =
+            !self.cpus[cpu.index()].queue.is_empty() || self.placement == Placement::Rotate;
+        let slice_end = sliced.then(|| now.saturating_add(self.slice_ns));
         self.cpus[cpu.index()].status = CpuStatus::Busy {
             rank,
             since: now,
-            sliced: others_wait,
+            sliced,
         };
         let vcpu = self.vcpu_mut(rank);
-        let moved = vcpu.home != cpu;
+        let moved = vcpu.ran_on.unwrap_or(vcpu.home) != cpu;
         vcpu.home = cpu;
+        vcpu.ran_on = Some(cpu);
         vcpu.state = State::Running(cpu);
         let id = vcpu.id;
         self.counters.turns += 1;
@@ -533,6 +575,10 @@ impl Scheduler {
     /// beyond what its own CPU is about to take: the victim's next in line,
     /// which left that CPU longest ago.
     fn steal(&mut self, thief: CpuId) -> Option<Rank> {
+        if self.placement == Placement::Rotate {
+            // A stolen vCPU could come straight back to the CPU it left.
+            return None;
+        }
         let victim = (0..self.cpus.len())
             .map(CpuId)
             .filter(|&cpu| cpu != thief && self.surplus(cpu) > 0)
@@ -562,8 +608,15 @@ impl Scheduler {
     /// will pick it: parked CPUs with vCPUs queued for them, then other
     /// parked CPUs (which will steal), then busy CPUs running a turn with
     /// no slice end while vCPUs wait for them. A kicked CPU counts as
-    /// about to pick.
+    /// about to pick. With [`Placement::Rotate`] only the first: no CPU
+    /// steals, and every turn has a slice end.
     fn kicks(&mut self) -> CpuSet {
+        self.kicks_but(None)
+    }
+
+    /// [`Self::kicks`], never kicking `parking` (a CPU that is about to
+    /// halt, whatever waits).
+    fn kicks_but(&mut self, parking: Option<CpuId>) -> CpuSet {
         let waiting: usize = self.cpus.iter().map(|cpu| cpu.queue.len()).sum();
         let picking = self.count_cpus(|status| status == CpuStatus::Free);
         let mut unattended = waiting.saturating_sub(picking);
@@ -575,12 +628,18 @@ impl Scheduler {
                 matches!(cpu.status, CpuStatus::Busy { sliced: false, .. }) && !cpu.queue.is_empty()
             },
         ];
+        // Without stealing, a parked CPU takes only its own queue's work.
+        let passes = if self.placement == Placement::Rotate {
+            &passes[..1]
+        } else {
+            &passes[..]
+        };
         for wanted in passes {
             for (index, cpu) in self.cpus.iter_mut().enumerate() {
                 if unattended == 0 {
                     break;
                 }
-                if !wanted(cpu) {
+                if !wanted(cpu) || parking == Some(CpuId(index)) {
                     continue;
                 }
                 cpu.status = match cpu.status {

@@ -97,7 +97,7 @@ fn apply(
                     assert_eq!(sched.whereabouts(vcpu), Some(Whereabouts::Running(cpu)));
                     until
                 }
-                Decision::Idle { until } => until,
+                Decision::Idle { until, .. } => until,
             };
             assert!(
                 until.is_none_or(|t| t > *now),

@@ -272,7 +272,10 @@ impl Machine {
                 };
                 self.kick(kicks, cpu);
             }
-            Decision::Idle { until } => self.cpus[cpu] = SimCpu::Parked { until },
+            Decision::Idle { until, kicks } => {
+                self.cpus[cpu] = SimCpu::Parked { until };
+                self.kick(kicks, cpu);
+            }
         }
     }
 

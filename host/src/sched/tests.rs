@@ -12,6 +12,14 @@ fn vcpu(guest: u32) -> VcpuId {
     VcpuId::new(guest, 0)
 }
 
+/// A halt until `until`, with no CPU to kick.
+fn idle(until: Option<u64>) -> Decision {
+    Decision::Idle {
+        until,
+        kicks: CpuSet::EMPTY,
+    }
+}
+
 /// The turns a scheduler on one CPU gives, driven as the kernel would.
 fn one_cpu_turns(guests: &[SimGuest], slice_ns: u64) -> Vec<TurnRecord> {
     let mut machine = Machine::new(1, slice_ns, guests);
@@ -149,7 +157,35 @@ fn an_idle_cpu_steals() {
         matches!(sched.pick(CPU0, 10), Decision::Run { vcpu: v, until: None, .. } if v == vcpu(0))
     );
     sched.turn_ended(CPU1, vcpu(2), 10, Outcome::Ended).unwrap();
-    assert_eq!(sched.pick(CPU1, 10), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CPU1, 10), idle(None));
+}
+
+/// With [`Placement::Rotate`], every turn after a vCPU's first is on
+/// another CPU than its last, sliced or halted, and all still end: on 2 and
+/// 3 CPUs, three guests that compute and sleep.
+#[test]
+fn rotation_moves_every_vcpu_at_every_turn() {
+    let guests = [
+        SimGuest::job(45),
+        SimGuest::new(&[Phase::Compute(5), Phase::Sleep(12), Phase::Compute(25)]),
+        SimGuest::new(&[Phase::Compute(15), Phase::Sleep(3), Phase::Compute(5)]),
+    ];
+    for cpus in [2, 3] {
+        let mut machine = Machine::new(cpus, 10, &guests);
+        machine.sched.set_placement(Placement::Rotate);
+        machine.run_to_end();
+        let mut last_cpu = std::collections::BTreeMap::new();
+        for turn in &machine.trace {
+            if let Some(last) = last_cpu.insert(turn.guest, turn.cpu) {
+                assert_ne!(last, turn.cpu, "{cpus} CPUs: {turn:?} did not move");
+            }
+        }
+        let turns = machine.trace.len() as u64;
+        let firsts = guests.len() as u64;
+        assert!(turns > firsts, "{cpus} CPUs: only {turns} turns");
+        assert_eq!(machine.sched.counters().migrations, turns - firsts);
+        assert_eq!(machine.ended_at.len(), guests.len());
+    }
 }
 
 /// Halted vCPUs run again at their deadline, the idle CPU's timer is set
@@ -172,16 +208,16 @@ fn halted_vcpus_wake_at_their_deadline() {
     sched
         .turn_ended(CPU0, b, 8, Outcome::Halted { timer: Some(30) })
         .unwrap();
-    assert_eq!(sched.pick(CPU0, 8), Decision::Idle { until: Some(30) });
+    assert_eq!(sched.pick(CPU0, 8), idle(Some(30)));
     // Woken early (a spurious interrupt): still nothing due.
-    assert_eq!(sched.pick(CPU0, 20), Decision::Idle { until: Some(30) });
+    assert_eq!(sched.pick(CPU0, 20), idle(Some(30)));
     assert!(
         matches!(sched.pick(CPU0, 30), Decision::Run { vcpu, until: Some(50), .. } if vcpu == b)
     );
     sched
         .turn_ended(CPU0, b, 40, Outcome::Halted { timer: None })
         .unwrap();
-    assert_eq!(sched.pick(CPU0, 40), Decision::Idle { until: Some(50) });
+    assert_eq!(sched.pick(CPU0, 40), idle(Some(50)));
     assert!(matches!(sched.pick(CPU0, 50), Decision::Run { vcpu, until: None, .. } if vcpu == a));
     assert_eq!(
         sched.whereabouts(b),
@@ -199,8 +235,8 @@ fn the_last_cpu_watches_a_halted_vcpu() {
     sched
         .turn_ended(CPU0, vcpu(0), 1, Outcome::Halted { timer: Some(40) })
         .unwrap();
-    assert_eq!(sched.pick(CPU0, 1), Decision::Idle { until: Some(40) });
-    assert_eq!(sched.pick(CPU1, 1), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CPU0, 1), idle(Some(40)));
+    assert_eq!(sched.pick(CPU1, 1), idle(None));
     assert!(matches!(sched.pick(CPU0, 40), Decision::Run { vcpu: v, .. } if v == vcpu(0)));
 }
 
@@ -232,11 +268,11 @@ fn wake_kicks_a_parked_cpu() {
     sched.add(vcpu(1)).unwrap();
     sched.pick(CPU0, 0);
     sched.pick(CPU1, 0);
-    assert_eq!(sched.pick(CpuId(2), 0), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CpuId(2), 0), idle(None));
     sched
         .turn_ended(CPU1, vcpu(1), 2, Outcome::Halted { timer: None })
         .unwrap();
-    assert_eq!(sched.pick(CPU1, 2), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CPU1, 2), idle(None));
     // Its own CPU is parked: that one.
     assert_eq!(sched.wake(vcpu(1)), Some(CPU1));
     assert_eq!(sched.wake(vcpu(1)), None, "a second wake changes nothing");
@@ -289,7 +325,7 @@ fn a_wake_during_a_turn_is_not_lost() {
     sched
         .turn_ended(CPU0, vcpu(0), 2, Outcome::Halted { timer: None })
         .unwrap();
-    assert_eq!(sched.pick(CPU0, 2), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CPU0, 2), idle(None));
 }
 
 /// The kernel's mistakes are refused, not obeyed.
@@ -314,7 +350,7 @@ fn mistakes_are_refused() {
     );
     // Asked again mid-turn, a CPU keeps its vCPU; the other finds nothing.
     assert!(matches!(sched.pick(CPU0, 1), Decision::Run { vcpu: v, .. } if v == vcpu(0)));
-    assert_eq!(sched.pick(CPU1, 1), Decision::Idle { until: None });
+    assert_eq!(sched.pick(CPU1, 1), idle(None));
     assert_eq!(sched.wake(vcpu(9)), None);
 }
 

@@ -25,8 +25,8 @@
 //! others run. The summary line says how many came up: `cpus: 4 enabled in
 //! the ACPI MADT; 4 up (cpu 0 apic 0 (boot), cpu 1 apic 1, ...)`.
 //!
-//! Nothing runs guests on the APs yet: the run loop stays on the boot CPU.
-//! [`ap_idle`] is where the scheduler will hand them work.
+//! Parked in [`ap_idle`], each AP waits for the guests' run to start, and
+//! then runs guests like the boot CPU ([`crate::run`]).
 //!
 //! What the APs share with the boot CPU, and why it is safe: the frame
 //! allocator, the host's page tables (`memory/`) and the heap (`talc`) are
@@ -482,17 +482,13 @@ fn check_local_timer() -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Where an application processor waits for work: halted, with interrupts
-/// on, for ever.
-///
-/// This is the hook for the scheduler (issue 17's next step). It will
-/// replace this loop with one that takes a guest from a run queue shared
-/// with the boot CPU, runs it with `this.switcher` (arming this CPU's
-/// timer, unmasked, for the slice), and halts when the queue is empty until
-/// the boot CPU wakes it with an IPI. Everything that needs to be per CPU
-/// for that is here already: the stacks, GDT, TSS, local APIC and switcher
-/// pages.
-fn ap_idle(this: ApplicationProcessor) -> ! {
+/// Where an application processor waits for work: halted, woken by an
+/// interrupt, and then joining the guests' run if there is one
+/// ([`crate::run::join_guests`]), which the boot CPU announces with the
+/// scheduler's interrupt to every CPU. Interrupts are on only inside the
+/// halt: a wake-up sent between the look and the `hlt` stays pending, and
+/// `sti; hlt` takes it at once.
+fn ap_idle(mut this: ApplicationProcessor) -> ! {
     log::debug!(
         "cpu {} (apic {}): up, idle; its switcher's guest view at {}",
         this.cpu,
@@ -500,6 +496,36 @@ fn ap_idle(this: ApplicationProcessor) -> ! {
         this.switcher.guest_view()
     );
     loop {
+        crate::run::join_guests(this.cpu, &mut this.switcher);
         x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
     }
+}
+
+/// A CPU that came up: its index (0 is the boot CPU) and local APIC id.
+#[derive(Clone, Copy, Debug)]
+pub struct UpCpu {
+    pub index: usize,
+    pub apic_id: u32,
+}
+
+/// The CPUs that are up, the boot CPU first: those the run shares guests
+/// between. Only the boot CPU, before any other CPU was started (or with
+/// none), when the MADT could not be read.
+pub fn cpus_up() -> Vec<UpCpu> {
+    let Some(cpus) = CPUS.get() else {
+        return alloc::vec![UpCpu {
+            index: 0,
+            apic_id: apic::id(),
+        }];
+    };
+    cpus.iter()
+        .enumerate()
+        .filter(|(_, cpu)| cpu.state() == CpuState::Up)
+        .map(|(index, cpu)| UpCpu {
+            index,
+            apic_id: cpu.apic_id,
+        })
+        .take(host::sched::MAX_CPUS)
+        .collect()
 }

@@ -1,0 +1,202 @@
+//! A guest's memory made of host frames, and shadow-table frames from the
+//! frame allocator: the two kinds of memory the decisions in [`host`] ask
+//! for, given hardware.
+
+use crate::memory;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use host::addr::{GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use host::guest::GuestRam;
+use host::paging::{GuestMemory, OutsideGuestMemory, ShadowFrames, TableIndex};
+use switcher::GuestRegs;
+
+/// A guest's memory: one host frame per guest page, not necessarily
+/// contiguous, reached through the direct map.
+pub struct FrameGuestMemory {
+    frames: Vec<HostPhysAddr>,
+    /// The guest's register page: not guest memory (the guest cannot name
+    /// it); the switcher maps it into the slot while the guest runs.
+    registers: HostPhysAddr,
+}
+
+impl FrameGuestMemory {
+    /// Takes `bytes` of host memory (zeroed) for a guest.
+    pub fn new(bytes: u64) -> Option<Self> {
+        let pages = bytes / PAGE_SIZE;
+        let mut frames = Vec::with_capacity(pages as usize + 1);
+        for _ in 0..=pages {
+            match memory::alloc_frame() {
+                Some(frame) => {
+                    zero_frame(frame);
+                    frames.push(frame);
+                }
+                None => {
+                    frames.into_iter().for_each(memory::free_frame);
+                    return None;
+                }
+            }
+        }
+        let registers = frames.pop()?;
+        Some(Self { frames, registers })
+    }
+
+    /// The frame of the guest's register page.
+    pub fn register_page(&self) -> HostPhysAddr {
+        self.registers
+    }
+
+    /// Gives the frames back.
+    pub fn release(self) {
+        self.frames.into_iter().for_each(memory::free_frame);
+        memory::free_frame(self.registers);
+    }
+
+    fn registers_ptr(&self) -> *mut GuestRegs {
+        memory::phys_to_virt(self.registers)
+            .wrapping_add(switcher::REGS_OFFSET as usize)
+            .cast()
+    }
+
+    /// The host address of guest byte `gpa`, if `len` bytes from it stay
+    /// inside one page of guest memory.
+    fn host_ptr(&self, gpa: GuestPhysAddr, len: usize) -> Result<*mut u8, OutsideGuestMemory> {
+        let page = usize::try_from(gpa.frame_number()).map_err(|_| OutsideGuestMemory(gpa))?;
+        let frame = self.frames.get(page).ok_or(OutsideGuestMemory(gpa))?;
+        if gpa.page_offset() as usize + len > PAGE_SIZE as usize {
+            return Err(OutsideGuestMemory(gpa));
+        }
+        Ok(memory::phys_to_virt(*frame).wrapping_add(gpa.page_offset() as usize))
+    }
+
+    fn word(&self, gpa: GuestPhysAddr) -> Result<&AtomicU64, OutsideGuestMemory> {
+        if !gpa.as_u64().is_multiple_of(8) {
+            return Err(OutsideGuestMemory(gpa));
+        }
+        let ptr = self.host_ptr(gpa, 8)?;
+        // SAFETY: `host_ptr` checked that the 8 aligned bytes are inside a
+        // frame of this guest's memory, which the direct map reaches and
+        // which lives as long as `self`. The guest may write the word
+        // concurrently (on another CPU), hence the atomic.
+        Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+}
+
+fn zero_frame(frame: HostPhysAddr) {
+    // SAFETY: a frame just taken from the allocator, ours alone.
+    unsafe { memory::phys_to_virt(frame).write_bytes(0, PAGE_SIZE as usize) };
+}
+
+impl GuestMemory for FrameGuestMemory {
+    fn size(&self) -> u64 {
+        self.frames.len() as u64 * PAGE_SIZE
+    }
+
+    fn host_frame(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        self.frames
+            .get(usize::try_from(gpa.frame_number()).ok()?)
+            .copied()
+    }
+
+    fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, OutsideGuestMemory> {
+        Ok(self.word(gpa)?.load(Ordering::Relaxed))
+    }
+
+    fn write_u64(&mut self, gpa: GuestPhysAddr, value: u64) -> Result<(), OutsideGuestMemory> {
+        self.word(gpa)?.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn compare_exchange_u64(
+        &mut self,
+        gpa: GuestPhysAddr,
+        current: u64,
+        new: u64,
+    ) -> Result<bool, OutsideGuestMemory> {
+        let word = self.word(gpa)?;
+        Ok(word
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok())
+    }
+}
+
+impl GuestRam for FrameGuestMemory {
+    fn registers(&self) -> &GuestRegs {
+        // SAFETY: the register frame is this guest's alone (taken in `new`,
+        // freed in `release`), reached through the direct map; `REGS_OFFSET`
+        // leaves exactly one aligned `GuestRegs` at the page's top. The
+        // switcher writes it only inside `CpuSwitcher::run`, which takes no
+        // reference to it, so no Rust reference is live across a write.
+        unsafe { &*self.registers_ptr() }
+    }
+
+    fn registers_mut(&mut self) -> &mut GuestRegs {
+        // SAFETY: as for `registers`; `&mut self` makes this the only one.
+        unsafe { &mut *self.registers_ptr() }
+    }
+
+    fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = gpa
+                .checked_add(done as u64)
+                .ok_or(OutsideGuestMemory(gpa))?;
+            let n = (buf.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            let src = self.host_ptr(at, n)?;
+            // SAFETY: `host_ptr` checked the n bytes lie in one guest frame.
+            unsafe { core::ptr::copy_nonoverlapping(src, buf[done..].as_mut_ptr(), n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), OutsideGuestMemory> {
+        let mut done = 0;
+        while done < data.len() {
+            let at = gpa
+                .checked_add(done as u64)
+                .ok_or(OutsideGuestMemory(gpa))?;
+            let n = (data.len() - done).min((PAGE_SIZE - at.page_offset()) as usize);
+            let dst = self.host_ptr(at, n)?;
+            // SAFETY: as for `read_bytes`.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n) };
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Shadow page-table frames, straight from the frame allocator.
+pub struct HostFrames;
+
+impl ShadowFrames for HostFrames {
+    fn allocate_zeroed(&mut self) -> Option<HostPhysAddr> {
+        let frame = memory::alloc_frame()?;
+        zero_frame(frame);
+        Some(frame)
+    }
+
+    fn free(&mut self, frame: HostPhysAddr) {
+        memory::free_frame(frame);
+    }
+
+    fn read_entry(&self, table: HostPhysAddr, index: TableIndex) -> u64 {
+        // SAFETY: `table` is a shadow-table frame we handed out (the trait's
+        // contract), and `index` < 512.
+        unsafe {
+            memory::phys_to_virt(table)
+                .cast::<u64>()
+                .add(index.as_usize())
+                .read_volatile()
+        }
+    }
+
+    fn write_entry(&mut self, table: HostPhysAddr, index: TableIndex, value: u64) {
+        // SAFETY: as for `read_entry`.
+        unsafe {
+            memory::phys_to_virt(table)
+                .cast::<u64>()
+                .add(index.as_usize())
+                .write_volatile(value)
+        }
+    }
+}
