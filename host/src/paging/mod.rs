@@ -239,6 +239,8 @@ pub struct ShadowPaging {
     /// Which entries of each shadow table are in use, and the spare
     /// zeroed tables ([`tables`]).
     book: tables::TableBook,
+    /// The upper levels of the eager fill's last walk ([`update`]).
+    upper_walk: Option<update::UpperWalk>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -309,6 +311,7 @@ impl ShadowPaging {
             frame_limit: default_shadow_frame_limit(mem.size()),
             shared_page: None,
             book,
+            upper_walk: None,
         })
     }
 

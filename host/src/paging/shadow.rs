@@ -103,10 +103,12 @@ impl ShadowPaging {
         level: Level,
     ) {
         let populated = self.book.remove(table);
-        let zero = populated.count() <= ZEROING_WORTH_IT;
+        let mut cleared = 0;
         for index in populated.all() {
             let entry = ShadowEntry::from_raw(frames.read_entry(table, index));
-            if zero {
+            // Past the limit the table goes to the allocator uncleared.
+            cleared += 1;
+            if cleared <= ZEROING_WORTH_IT {
                 frames.write_entry(table, index, ShadowEntry::ABSENT.raw());
             }
             if let (ShadowEntryKind::Table(child), Some(below)) =
@@ -115,7 +117,7 @@ impl ShadowPaging {
                 self.free_table_tree(frames, child, below);
             }
         }
-        self.release_table(frames, table, zero);
+        self.release_table(frames, table, cleared <= ZEROING_WORTH_IT);
     }
 
     /// Frees a root's top-level table with its user half; the kernel half
@@ -123,13 +125,15 @@ impl ShadowPaging {
     pub(super) fn free_root<F: ShadowFrames>(&mut self, frames: &mut F, root: HostPhysAddr) {
         self.flush_user_half(frames, root);
         let populated = self.book.remove(root);
-        let zero = populated.count() <= ZEROING_WORTH_IT;
-        if zero {
-            for index in populated.all() {
-                frames.write_entry(root, index, ShadowEntry::ABSENT.raw());
+        let mut cleared = 0;
+        for index in populated.all() {
+            cleared += 1;
+            if cleared > ZEROING_WORTH_IT {
+                break;
             }
+            frames.write_entry(root, index, ShadowEntry::ABSENT.raw());
         }
-        self.release_table(frames, root, zero);
+        self.release_table(frames, root, cleared <= ZEROING_WORTH_IT);
     }
 
     /// Whether a top-level index is in the shared kernel half.

@@ -60,40 +60,61 @@ impl Populated {
     }
 
     /// The entries in use among `first..end`, in order.
-    pub fn in_range(self, first: usize, end: usize) -> impl Iterator<Item = TableIndex> {
-        let words = self.0;
-        (first / 64..end.div_ceil(64).min(8)).flat_map(move |w| {
-            let mut bits = words.get(w).copied().unwrap_or(0);
-            // Only the bits of `first..end` in this word.
-            let low = first.saturating_sub(w * 64);
-            if low >= 64 {
-                bits = 0;
-            } else {
-                bits &= u64::MAX << low;
+    pub fn in_range(self, first: usize, end: usize) -> InUse {
+        let end = end.min(512);
+        let mut words = self.0;
+        // Clear the bits outside `first..end`, once, so the iterator only
+        // counts trailing zeros.
+        for (w, word) in words.iter_mut().enumerate() {
+            let (low, high) = (w * 64, w * 64 + 64);
+            if high <= first || low >= end {
+                *word = 0;
+                continue;
             }
-            let high = end.saturating_sub(w * 64);
-            if high < 64 {
-                bits &= (1u64 << high) - 1;
+            if first > low {
+                *word &= u64::MAX << (first - low);
             }
-            core::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                TableIndex::new(w * 64 + bit)
-            })
-        })
+            if end < high {
+                *word &= (1u64 << (end - low)) - 1;
+            }
+        }
+        InUse { words, word: 0 }
     }
 
     /// Every entry in use, in order.
-    pub fn all(self) -> impl Iterator<Item = TableIndex> {
-        self.in_range(0, 512)
+    pub fn all(self) -> InUse {
+        InUse {
+            words: self.0,
+            word: 0,
+        }
     }
 
     /// How many entries are in use.
+    #[cfg(test)]
     pub fn count(&self) -> u32 {
         self.0.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+/// The entries a [`Populated`] names, in order.
+pub struct InUse {
+    words: [u64; 8],
+    word: usize,
+}
+
+impl Iterator for InUse {
+    type Item = TableIndex;
+
+    fn next(&mut self) -> Option<TableIndex> {
+        while let Some(bits) = self.words.get_mut(self.word) {
+            if *bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                *bits &= *bits - 1;
+                return TableIndex::new(self.word * 64 + bit);
+            }
+            self.word += 1;
+        }
+        None
     }
 }
 
