@@ -18,6 +18,18 @@ const NOT_UTF8: &str = "\u{fffd}";
 /// Calls `emit` with the pieces of `line` that make it safe to show, in
 /// order: runs of printable text, and the replacements between them.
 pub fn for_each_printable(line: &[u8], mut emit: impl FnMut(&str)) {
+    // Most lines are plain printable ASCII: one pass to see it, and the
+    // line goes out whole.
+    if line
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        && let Ok(text) = core::str::from_utf8(line)
+    {
+        if !text.is_empty() {
+            emit(text);
+        }
+        return;
+    }
     for chunk in line.utf8_chunks() {
         emit_valid(chunk.valid(), &mut emit);
         if !chunk.invalid().is_empty() {

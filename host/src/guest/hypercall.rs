@@ -132,28 +132,40 @@ impl<M: GuestRam> Guest<M> {
                 .ok_or(Error::BadAddress)?;
             let in_page = 4096 - gpa.page_offset();
             let n = (len - done).min(in_page).min(chunk.len() as u64) as usize;
+            let bytes = chunk.get_mut(..n).ok_or(Error::TooLong)?;
             self.memory
-                .read_bytes(gpa, &mut chunk[..n])
+                .read_bytes(gpa, bytes)
                 .map_err(|_| Error::BadAddress)?;
-            for &byte in &chunk[..n] {
-                self.console_byte(host, byte);
-            }
+            self.console_bytes(host, bytes);
             done += n as u64;
         }
         Ok(len)
     }
 
-    fn console_byte<H: HostServices>(&mut self, host: &mut H, byte: u8) {
-        if byte == b'\n' {
-            // Printed even when empty: a blank line is output too.
-            host.console_line(&self.name, &self.console);
-            self.console.clear();
-            return;
+    /// Adds `bytes` to the guest's console line, printing the line at
+    /// each newline (even an empty one: a blank line is output too) and
+    /// whenever it reaches [`CONSOLE_LINE_MAX`] bytes. Whole runs between
+    /// newlines are copied at once, not byte by byte.
+    fn console_bytes<H: HostServices>(&mut self, host: &mut H, bytes: &[u8]) {
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            let (mut text, newline) = match piece.split_last() {
+                Some((b'\n', text)) => (text, true),
+                _ => (piece, false),
+            };
+            while !text.is_empty() {
+                if self.console.len() >= CONSOLE_LINE_MAX {
+                    self.flush_console(host);
+                }
+                let room = CONSOLE_LINE_MAX.saturating_sub(self.console.len());
+                let (now, later) = text.split_at(room.min(text.len()));
+                self.console.extend_from_slice(now);
+                text = later;
+            }
+            if newline {
+                host.console_line(&self.name, &self.console);
+                self.console.clear();
+            }
         }
-        if self.console.len() >= CONSOLE_LINE_MAX {
-            self.flush_console(host);
-        }
-        self.console.push(byte);
     }
 
     /// Prints what is left of a console line.

@@ -58,8 +58,7 @@ impl ShadowPaging {
     fn drop_other_roots<F: ShadowFrames>(&mut self, frames: &mut F) {
         let others = self.roots.drop_others();
         for root in others {
-            self.flush_user_half(frames, root);
-            self.free_frame(frames, root);
+            self.free_root(frames, root);
         }
     }
 

@@ -83,6 +83,7 @@ pub mod flush;
 pub mod hw;
 pub mod roots;
 pub mod shadow;
+pub mod tables;
 pub mod update;
 pub mod walk;
 
@@ -182,6 +183,9 @@ pub struct PagingStats {
     /// Times the bound was reached and shadow tables were thrown away to
     /// make room (see [`ShadowPaging::shadow_frame_limit`]).
     pub reclaims: u64,
+    /// Zeroed spare tables kept for reuse ([`tables`]), beside
+    /// `frames_held`; the two together stay within the bound.
+    pub frames_spare: u64,
 }
 
 /// The guest kernel stack that must stay mapped.
@@ -232,6 +236,11 @@ pub struct ShadowPaging {
     /// every address space, and changes only through reports at the top
     /// level, which drop this).
     kernel_tables: Option<alloc::vec::Vec<(GuestPhysAddr, usize)>>,
+    /// Which entries of each shadow table are in use, and the spare
+    /// zeroed tables ([`tables`]).
+    book: tables::TableBook,
+    /// The upper levels of the eager fill's last walk ([`update`]).
+    upper_walk: Option<update::UpperWalk>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -275,9 +284,15 @@ impl ShadowPaging {
         }
         let limits = GuestLimits::new(mem.size(), config.physical_address_bits);
         let root = Self::check_root(&limits, None, mem, root)?;
-        let first = frames.allocate_zeroed().ok_or(PagingError::OutOfFrames {
+        let no_frame = PagingError::OutOfFrames {
             vaddr: GuestVirtAddr::new_truncate(0),
-        })?;
+        };
+        let first = frames.allocate_zeroed().ok_or(no_frame)?;
+        let mut book = tables::TableBook::default();
+        if book.insert(first).is_err() {
+            frames.free(first);
+            return Err(no_frame);
+        }
         let stats = PagingStats {
             frames_held: 1,
             roots_made: 1,
@@ -295,6 +310,8 @@ impl ShadowPaging {
             stats,
             frame_limit: default_shadow_frame_limit(mem.size()),
             shared_page: None,
+            book,
+            upper_walk: None,
         })
     }
 
@@ -348,15 +365,20 @@ impl ShadowPaging {
         // The kernel half first: dropping it writes into every root.
         self.drop_kernel_half(frames);
         for root in self.roots.all_frames() {
-            self.flush_user_half(frames, root);
-            self.free_frame(frames, root);
+            self.free_root(frames, root);
         }
-        self.stats
+        for spare in self.book.drain_spares() {
+            frames.free(spare);
+        }
+        self.stats()
     }
 
     /// The counters so far.
     pub fn stats(&self) -> PagingStats {
-        self.stats
+        PagingStats {
+            frames_spare: self.book.spare_count() as u64,
+            ..self.stats
+        }
     }
 
     /// The configuration this guest's tables run with.
@@ -382,13 +404,20 @@ impl ShadowPaging {
     /// state and IDT pages read-only). The slot is supervisor-only, so guest
     /// user code cannot reach it. The guest can never write this slot: no
     /// guest entry is ever copied there.
-    pub fn install_switcher<F: ShadowFrames>(&self, frames: &mut F, switcher_table: HostPhysAddr) {
-        if let Some(slot) = TableIndex::new(SWITCHER_PML4_INDEX) {
-            frames.write_entry(
-                self.roots.current().shadow,
-                slot,
-                ShadowEntry::supervisor_table(switcher_table).raw(),
-            );
+    ///
+    /// It is written only when it differs: at almost every entry the slot
+    /// holds this CPU's table already.
+    pub fn install_switcher<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        switcher_table: HostPhysAddr,
+    ) {
+        let root = self.roots.current().shadow;
+        let entry = ShadowEntry::supervisor_table(switcher_table);
+        if let Some(slot) = TableIndex::new(SWITCHER_PML4_INDEX)
+            && frames.read_entry(root, slot) != entry.raw()
+        {
+            self.write_shadow(frames, root, slot, entry);
         }
     }
 

@@ -15,8 +15,10 @@
 //!   with the architectural error code), and a fixed fault is really mapped;
 //! - the kernel half is the same in every root, the stack stays pinned, the
 //!   switcher sits in its slot;
-//! - the frames the host holds are exactly those reachable from the roots,
-//!   and after teardown every frame is back.
+//! - the frames the host holds are exactly those reachable from the roots
+//!   plus its spare tables, which are zeroed and reachable from nowhere;
+//!   each table's bitmap of entries in use names exactly its entries that
+//!   are not zero; and after teardown every frame is back.
 
 use super::entry::{Level, ShadowEntry, ShadowEntryKind, TableIndex};
 use super::testing::*;
@@ -488,8 +490,40 @@ impl Model {
         }
         let slot = ShadowEntry::from_raw(frames.read_entry(current, TableIndex::new(511).unwrap()));
         prop_assert_eq!(slot.frame(), Ok(SWITCHER));
-        prop_assert_eq!(tables.len() as u64, self.f.paging.stats().frames_held);
-        prop_assert_eq!(tables.len(), frames.in_use());
+        let stats = self.f.paging.stats();
+        prop_assert_eq!(tables.len() as u64, stats.frames_held);
+        for &table in &tables {
+            let populated = self.f.paging.book.populated(table);
+            for index in TableIndex::all() {
+                prop_assert_eq!(
+                    populated.contains(index),
+                    frames.read_entry(table, index) != 0,
+                    "bitmap of {} at {}",
+                    table,
+                    index.as_usize()
+                );
+            }
+        }
+        prop_assert_eq!(
+            self.f.paging.book.len(),
+            tables.len(),
+            "notes of freed tables"
+        );
+        let spares = self.f.paging.book.spares();
+        prop_assert_eq!(spares.len() as u64, stats.frames_spare);
+        let distinct: BTreeSet<HostPhysAddr> = spares.iter().copied().collect();
+        prop_assert_eq!(distinct.len(), spares.len(), "a spare kept twice");
+        for &spare in spares {
+            prop_assert!(self.f.frames.owns(spare), "{} is no live frame", spare);
+            prop_assert!(!tables.contains(&spare), "spare {} is in use", spare);
+            prop_assert!(
+                TableIndex::all().all(|i| frames.read_entry(spare, i) == 0),
+                "spare {} is not zeroed",
+                spare
+            );
+        }
+        prop_assert!(stats.frames_held + stats.frames_spare <= self.f.paging.shadow_frame_limit());
+        prop_assert_eq!(tables.len() + spares.len(), frames.in_use());
         for page in [STACK_TOP - 0x2000, STACK_TOP - 0x1000] {
             prop_assert!(
                 self.f

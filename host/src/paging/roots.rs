@@ -8,8 +8,18 @@
 //! nothing; a new root reuses a free slot or evicts one ([`Eviction`]),
 //! keeping its top-level frame and dropping its user half. The kernel half
 //! is shared by all roots (see [`super`]), so even a brand-new root has the
-//! guest kernel mapped from the start; the stack is re-pinned anyway, in
-//! case the guest keeps its kernel stack in the user half.
+//! guest kernel mapped from the start; the stack is re-pinned only if the
+//! guest keeps its kernel stack in the user half.
+//!
+//! Plain LRU collapses when a workload cycles over more address spaces than
+//! the cache holds (eight processes taking turns over four roots): the root
+//! it evicts is always the next one wanted, and every switch misses. So the
+//! cache remembers the guest roots it evicted lately (as many as it holds,
+//! ARC's "ghost" list in miniature): a miss on one of those says the working
+//! set is larger than the cache, and that miss evicts the most recently
+//! used root instead, which keeps the older ones for their turn. A cycle of
+//! eight over four then hits one switch in three; a workload whose working
+//! set fits never meets a ghost and is served by LRU as before.
 
 use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
@@ -63,6 +73,11 @@ pub(super) struct RootCache {
     eviction: Eviction,
     clock: u64,
     random_state: u64,
+    /// Guest roots evicted lately, a ring of [`Self::ghost_slots`]: a miss
+    /// on one of them means the workload cycles over more roots than fit.
+    ghosts: [Option<GuestPhysAddr>; MAX_CACHED_ROOTS],
+    /// Where the next ghost goes in `ghosts`.
+    next_ghost: usize,
 }
 
 impl RootCache {
@@ -84,6 +99,8 @@ impl RootCache {
             eviction: Eviction::LeastRecentlyUsed,
             clock: 0,
             random_state: 0x9e37_79b9_7f4a_7c15,
+            ghosts: [None; MAX_CACHED_ROOTS],
+            next_ghost: 0,
         };
         cache.eviction = eviction;
         if let Eviction::Random { seed } = eviction
@@ -152,16 +169,49 @@ impl RootCache {
             .position(Option::is_none)
     }
 
-    /// The slot of `others` to evict (all usable slots are full).
-    fn victim(&mut self) -> usize {
-        match self.eviction {
-            Eviction::LeastRecentlyUsed => self
-                .others
-                .iter()
-                .take(self.other_slots)
-                .enumerate()
-                .min_by_key(|(_, slot)| slot.map_or(0, |s| s.last_used))
-                .map_or(0, |(i, _)| i),
+    /// How many evicted roots are remembered: as many as the cache holds.
+    fn ghost_slots(&self) -> usize {
+        self.other_slots + 1
+    }
+
+    /// Remembers that `root` was evicted.
+    fn remember_evicted(&mut self, root: GuestPhysAddr) {
+        let slots = self.ghost_slots();
+        if let Some(ghost) = self.ghosts.get_mut(self.next_ghost % slots) {
+            *ghost = Some(root);
+        }
+        self.next_ghost = (self.next_ghost + 1) % slots;
+    }
+
+    /// Whether `root` was evicted lately; forgets it if so (it is about to
+    /// be cached again).
+    fn was_evicted_lately(&mut self, root: GuestPhysAddr) -> bool {
+        match self.ghosts.iter_mut().find(|g| **g == Some(root)) {
+            Some(ghost) => {
+                *ghost = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The slot of `others` to evict for `wanted` (all usable slots are
+    /// full), and remembers its root as evicted.
+    fn victim(&mut self, wanted: GuestPhysAddr) -> usize {
+        let index = match self.eviction {
+            Eviction::LeastRecentlyUsed => {
+                let cycling = self.was_evicted_lately(wanted);
+                let usable = self.others.iter().take(self.other_slots).enumerate();
+                let last_used =
+                    |(_, slot): &(usize, &Option<RootSlot>)| slot.map_or(0, |s| s.last_used);
+                let chosen = if cycling {
+                    // A cycle larger than the cache: keep the older roots.
+                    usable.max_by_key(last_used)
+                } else {
+                    usable.min_by_key(last_used)
+                };
+                chosen.map_or(0, |(i, _)| i)
+            }
             Eviction::Random { .. } => {
                 // xorshift64: enough to break patterns, no dependency.
                 let mut x = self.random_state;
@@ -171,7 +221,11 @@ impl RootCache {
                 self.random_state = x;
                 (x % self.other_slots.max(1) as u64) as usize
             }
+        };
+        if let Some(slot) = self.others.get(index).copied().flatten() {
+            self.remember_evicted(slot.guest_root);
         }
+        index
     }
 
     /// Drops every cached root except the running one; returns their
@@ -236,7 +290,7 @@ impl ShadowPaging {
                 RootSwitch::Made
             }
             None => {
-                let index = self.roots.victim();
+                let index = self.roots.victim(root);
                 let Some(victim) = self.roots.others.get(index).copied().flatten() else {
                     return Err(PagingError::BadConfig {
                         cached_roots: self.config.cached_roots,
@@ -256,7 +310,11 @@ impl ShadowPaging {
             }
         };
         self.stats.roots_made += 1;
-        self.pin_stack(mem, frames)?;
+        // A kernel stack in the kernel half is mapped in the new root
+        // already (the half is shared); one in the user half is not.
+        if self.stack.is_some_and(|s| !s.bottom.is_upper_half()) {
+            self.pin_stack(mem, frames)?;
+        }
         Ok(how)
     }
 
@@ -374,6 +432,33 @@ mod tests {
             3 + 3,
             "three roots, one user path"
         );
+        f.teardown();
+    }
+
+    #[test]
+    fn a_cycle_over_more_roots_than_fit_still_hits() {
+        let mut f = Fixture::new(PagingConfig::default());
+        for i in 0..96u64 {
+            let r = 0x1000 * (1 + i % 8);
+            switch(&mut f, r).unwrap();
+            f.map(r, USER_VA, 0x5000, 0);
+            f.fault(USER_VA, 0);
+            assert!(f.leaf(USER_VA).is_present());
+        }
+        let s = f.paging.stats();
+        // Plain LRU would miss every switch; the cache keeps the older
+        // roots once it sees evicted ones come back: one hit in three.
+        assert!(s.roots_reused >= 28, "{s:?}");
+        assert_eq!(s.roots_made, s.roots_evicted + 4);
+        f.teardown();
+
+        // A working set that fits is LRU's as before: no miss after the
+        // first round, however many rounds.
+        let mut f = Fixture::new(PagingConfig::default());
+        for i in 0..40u64 {
+            switch(&mut f, 0x1000 * (1 + i % 4)).unwrap();
+        }
+        assert_eq!(f.paging.stats().roots_made, 4);
         f.teardown();
     }
 

@@ -17,11 +17,18 @@ use super::{KERNEL_HALF_SLOTS, ShadowPaging};
 use crate::addr::{GuestVirtAddr, HostPhysAddr};
 use guest_abi::pte::{KERNEL_HALF_FIRST_PML4_INDEX, SWITCHER_PML4_INDEX};
 
+/// The most entries in use for which a freed table is cleared entry by
+/// entry and kept as a spare; a fuller one goes back to the allocator,
+/// which zeroes the whole frame faster than clearing that many entries.
+const ZEROING_WORTH_IT: u32 = 64;
+
 impl ShadowPaging {
     /// A fresh zeroed shadow table, counted; refused at the guest's bound
     /// ([`ShadowPaging::shadow_frame_limit`]) with
     /// [`PagingError::ShadowLimit`], which the callers at a safe point (no
     /// walk of the shadow under way) answer by reclaiming and trying again.
+    /// A spare table ([`super::tables`]) is taken first: it is zeroed
+    /// already, where a frame from the allocator must be zeroed whole.
     pub(super) fn allocate_table<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
@@ -33,36 +40,100 @@ impl ShadowPaging {
                 vaddr,
             });
         }
-        let frame = frames
-            .allocate_zeroed()
-            .ok_or(PagingError::OutOfFrames { vaddr })?;
+        let frame = match self.book.take_spare() {
+            Some(spare) => spare,
+            None => frames
+                .allocate_zeroed()
+                .ok_or(PagingError::OutOfFrames { vaddr })?,
+        };
+        if self.book.insert(frame).is_err() {
+            // No heap left for the table's notes: as good as no frame.
+            frames.free(frame);
+            return Err(PagingError::OutOfFrames { vaddr });
+        }
         self.stats.frames_held += 1;
         Ok(frame)
     }
 
-    /// Gives one shadow frame back, counted.
-    pub(super) fn free_frame<F: ShadowFrames>(&mut self, frames: &mut F, frame: HostPhysAddr) {
-        frames.free(frame);
+    /// Gives back `table`, whose notes are already dropped, counted: kept
+    /// as a spare if `zeroed` and there is room under the bound (spares
+    /// count against it too), else to the allocator.
+    fn release_table<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        table: HostPhysAddr,
+        zeroed: bool,
+    ) {
         self.stats.frames_held = self.stats.frames_held.saturating_sub(1);
+        let room = self.stats.frames_held + (self.book.spare_count() as u64) < self.frame_limit;
+        let unkept = if zeroed && room {
+            self.book.keep_spare(table)
+        } else {
+            Some(table)
+        };
+        if let Some(table) = unkept {
+            frames.free(table);
+        }
     }
 
-    /// Frees `table`, a shadow table at `level` below the top, and every
-    /// table below it. Depth is bounded by the level (at most three).
+    /// Writes entry `index` of shadow table `table`, keeping the table's
+    /// bitmap of entries in use exact. Every write of a shadow entry goes
+    /// through here.
+    pub(super) fn write_shadow<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        table: HostPhysAddr,
+        index: TableIndex,
+        entry: ShadowEntry,
+    ) {
+        frames.write_entry(table, index, entry.raw());
+        self.book.note(table, index, entry.raw() != 0);
+    }
+
+    /// Frees `table`, a shadow table at `level`, and every table below it,
+    /// visiting only the entries its bitmap says are in use (and clearing
+    /// them, so the table goes back zeroed). A table with more entries in
+    /// use than [`ZEROING_WORTH_IT`] goes to the allocator as it is: it
+    /// would cost more to clear entry by entry than to zero afresh. Depth
+    /// is bounded by the level (at most three below a root).
     pub(super) fn free_table_tree<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
         table: HostPhysAddr,
         level: Level,
     ) {
-        if let Some(below) = level.below() {
-            for index in TableIndex::all() {
-                let entry = ShadowEntry::from_raw(frames.read_entry(table, index));
-                if let ShadowEntryKind::Table(child) = entry.decode(level) {
-                    self.free_table_tree(frames, child, below);
-                }
+        let populated = self.book.remove(table);
+        let mut cleared = 0;
+        for index in populated.all() {
+            let entry = ShadowEntry::from_raw(frames.read_entry(table, index));
+            // Past the limit the table goes to the allocator uncleared.
+            cleared += 1;
+            if cleared <= ZEROING_WORTH_IT {
+                frames.write_entry(table, index, ShadowEntry::ABSENT.raw());
+            }
+            if let (ShadowEntryKind::Table(child), Some(below)) =
+                (entry.decode(level), level.below())
+            {
+                self.free_table_tree(frames, child, below);
             }
         }
-        self.free_frame(frames, table);
+        self.release_table(frames, table, cleared <= ZEROING_WORTH_IT);
+    }
+
+    /// Frees a root's top-level table with its user half; the kernel half
+    /// below it is shared and stays, the switcher's table is the kernel's.
+    pub(super) fn free_root<F: ShadowFrames>(&mut self, frames: &mut F, root: HostPhysAddr) {
+        self.flush_user_half(frames, root);
+        let populated = self.book.remove(root);
+        let mut cleared = 0;
+        for index in populated.all() {
+            cleared += 1;
+            if cleared > ZEROING_WORTH_IT {
+                break;
+            }
+            frames.write_entry(root, index, ShadowEntry::ABSENT.raw());
+        }
+        self.release_table(frames, root, cleared <= ZEROING_WORTH_IT);
     }
 
     /// Whether a top-level index is in the shared kernel half.
@@ -88,15 +159,20 @@ impl ShadowPaging {
             self.kernel_tables = None;
         }
         for root in self.roots.all_frames() {
-            frames.write_entry(root, index, entry.raw());
+            self.write_shadow(frames, root, index, entry);
         }
     }
 
-    /// Copies the shared kernel half into a new root's top-level table.
-    pub(super) fn copy_kernel_half<F: ShadowFrames>(&self, frames: &mut F, root: HostPhysAddr) {
-        for (offset, entry) in self.kernel_half.iter().enumerate() {
-            if let Some(index) = TableIndex::new(KERNEL_HALF_FIRST_PML4_INDEX + offset) {
-                frames.write_entry(root, index, entry.raw());
+    /// Copies the shared kernel half into a new root's top-level table
+    /// (zeroed: only the slots in use are written).
+    pub(super) fn copy_kernel_half<F: ShadowFrames>(&mut self, frames: &mut F, root: HostPhysAddr) {
+        for offset in 0..KERNEL_HALF_SLOTS {
+            let entry = self.kernel_half.get(offset).copied().unwrap_or_default();
+            if let (true, Some(index)) = (
+                entry.is_present(),
+                TableIndex::new(KERNEL_HALF_FIRST_PML4_INDEX + offset),
+            ) {
+                self.write_shadow(frames, root, index, entry);
             }
         }
     }
@@ -121,7 +197,7 @@ impl ShadowPaging {
                     if level == Level::L4 && Self::is_kernel_slot(index) {
                         self.set_in_every_root(frames, index, link);
                     } else {
-                        frames.write_entry(table, index, link.raw());
+                        self.write_shadow(frames, table, index, link);
                     }
                     next
                 }
@@ -197,7 +273,7 @@ impl ShadowPaging {
         leaf: ShadowEntry,
     ) -> Result<(), PagingError> {
         let table = self.leaf_table_for(frames, root, vaddr)?;
-        frames.write_entry(table, TableIndex::of(vaddr, Level::L1), leaf.raw());
+        self.write_shadow(frames, table, TableIndex::of(vaddr, Level::L1), leaf);
         Ok(())
     }
 
@@ -221,20 +297,22 @@ impl ShadowPaging {
         let entry = ShadowEntry::from_raw(frames.read_entry(table, index));
         if level == Level::L4 && Self::is_kernel_slot(index) {
             self.set_in_every_root(frames, index, ShadowEntry::ABSENT);
-        } else {
-            frames.write_entry(table, index, ShadowEntry::ABSENT.raw());
+        } else if entry.raw() != 0 {
+            self.write_shadow(frames, table, index, ShadowEntry::ABSENT);
         }
         if let (ShadowEntryKind::Table(child), Some(below)) = (entry.decode(level), level.below()) {
             self.free_table_tree(frames, child, below);
         }
     }
 
-    /// Frees everything below the user-half slots of `root`.
+    /// Frees everything below the user-half slots of `root`: only the
+    /// slots its bitmap says are in use are read.
     pub(super) fn flush_user_half<F: ShadowFrames>(&mut self, frames: &mut F, root: HostPhysAddr) {
-        for index in TableIndex::range(0, KERNEL_HALF_FIRST_PML4_INDEX) {
+        let populated = self.book.populated(root);
+        for index in populated.in_range(0, KERNEL_HALF_FIRST_PML4_INDEX) {
             let entry = ShadowEntry::from_raw(frames.read_entry(root, index));
+            self.write_shadow(frames, root, index, ShadowEntry::ABSENT);
             if let ShadowEntryKind::Table(child) = entry.decode(Level::L4) {
-                frames.write_entry(root, index, ShadowEntry::ABSENT.raw());
                 self.free_table_tree(frames, child, Level::L3);
             }
         }

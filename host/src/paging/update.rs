@@ -30,13 +30,56 @@
 //! trusted: the host counts what it applied itself and applies at most one
 //! ring's worth per call.
 
-use super::entry::{GuestEntry, GuestEntryKind, Level};
+use super::entry::{GuestEntry, GuestEntryKind, Level, PteFlags, Rights, ShadowEntry, TableIndex};
 use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
-use super::walk::{WalkOutcome, walk_guest};
+use super::walk::{GuestWalk, WalkOutcome, walk_guest};
 use super::{MmuRing, ShadowPaging};
-use crate::addr::{GuestPhysAddr, GuestVirtAddr};
+use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use guest_abi::pte::{MmuOp, ring};
+
+/// The upper three levels of the last full walk an eager fill made, down
+/// to a level-1 table: what lets the next report under the same table skip
+/// decoding them again (see [`ShadowPaging::eager_leaf`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct UpperWalk {
+    /// The address space walked.
+    root: GuestPhysAddr,
+    /// The 2 MiB region (virtual address shifted right by 21).
+    region: u64,
+    /// Where the level-4, -3 and -2 entries live and what they held.
+    entries: [(GuestPhysAddr, u64); 3],
+    /// The level-1 table they lead to.
+    table: GuestPhysAddr,
+    /// The rights of the three levels together.
+    rights: Rights,
+}
+
+impl UpperWalk {
+    /// The upper part of `walk`, if it went through four levels, every
+    /// one already accessed.
+    fn of(root: GuestPhysAddr, region: u64, walk: &GuestWalk) -> Option<Self> {
+        let [l4, l3, l2, l1] = walk.entries() else {
+            return None;
+        };
+        let accessed = |e: &super::entry::GuestEntry| e.flags().contains(PteFlags::ACCESSED);
+        if !(accessed(&l4.1) && accessed(&l3.1) && accessed(&l2.1)) {
+            return None;
+        }
+        let table = GuestPhysAddr::new(l1.0.as_u64() & !0xfff);
+        let rights = Rights::ALL
+            .narrowed_by(l4.1.flags())
+            .narrowed_by(l3.1.flags())
+            .narrowed_by(l2.1.flags());
+        Some(Self {
+            root,
+            region,
+            entries: [(l4.0, l4.1.raw()), (l3.0, l3.1.raw()), (l2.0, l2.1.raw())],
+            table,
+            rights,
+        })
+    }
+}
 
 impl ShadowPaging {
     /// (iii) The entry at `level` translating `vaddr` in the address space
@@ -83,12 +126,66 @@ impl ShadowPaging {
         let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
             return Ok(());
         };
+        if level == Level::L1 {
+            return self.set_leaf(mem, frames, root, shadow_root, vaddr, value, kind);
+        }
         self.clear_entry(frames, shadow_root, vaddr, level);
         if vaddr.is_upper_half() {
             self.note_dropped(vaddr, level);
         }
-        if self.config.eager_fill && matches!(kind, GuestEntryKind::Page { .. }) {
-            self.fill_eagerly(mem, frames, root, shadow_root, vaddr, level, value)?;
+        if let GuestEntryKind::Page { base, .. } = kind
+            && self.config.eager_fill
+            && let Some(leaf) = self.eager_leaf(mem, root, vaddr, level, value, base)?
+        {
+            self.fill_eagerly(frames, shadow_root, vaddr, leaf)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::set_entry`] for a level-1 entry, the common case (a page
+    /// mapped, unmapped, made writable or copied on write): the shadow
+    /// entry is replaced in place, one read and one write where the
+    /// shadow table exists, instead of being dropped and mapped again.
+    #[allow(clippy::too_many_arguments)]
+    fn set_leaf<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &M,
+        frames: &mut F,
+        root: GuestPhysAddr,
+        shadow_root: HostPhysAddr,
+        vaddr: GuestVirtAddr,
+        value: u64,
+        kind: GuestEntryKind,
+    ) -> Result<(), PagingError> {
+        let leaf = match kind {
+            GuestEntryKind::Page { base, .. } if self.config.eager_fill => {
+                self.eager_leaf(mem, root, vaddr, Level::L1, value, base)?
+            }
+            _ => None,
+        };
+        let index = TableIndex::of(vaddr, Level::L1);
+        match Self::find_table(frames, shadow_root, vaddr, Level::L1) {
+            Some(table) => {
+                let old = frames.read_entry(table, index);
+                let new = leaf.unwrap_or(ShadowEntry::ABSENT);
+                if (old != 0) != (new.raw() != 0) {
+                    self.write_shadow(frames, table, index, new);
+                } else if old != new.raw() {
+                    // In use before and after: the bitmap stays as it is.
+                    frames.write_entry(table, index, new.raw());
+                }
+                if leaf.is_some() {
+                    self.stats.eager_fills += 1;
+                }
+            }
+            None => {
+                if let Some(leaf) = leaf {
+                    self.fill_eagerly(frames, shadow_root, vaddr, leaf)?;
+                }
+            }
+        }
+        if vaddr.is_upper_half() {
+            self.note_dropped(vaddr, Level::L1);
         }
         Ok(())
     }
@@ -108,36 +205,97 @@ impl ShadowPaging {
         }
     }
 
-    /// Maps `vaddr` at once if the guest's tables, walked afresh, end in
-    /// the reported `value` at `level` and every entry is already accessed.
+    /// Maps `vaddr` with `leaf` in `shadow_root`, the tables below it made
+    /// as needed. At the bound on shadow frames the page is simply left to
+    /// fault in: an eager fill is a saving, never worth a reclaim (or the
+    /// guest's life).
+    fn fill_eagerly<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        shadow_root: HostPhysAddr,
+        vaddr: GuestVirtAddr,
+        leaf: ShadowEntry,
+    ) -> Result<(), PagingError> {
+        match self.map_page(frames, shadow_root, vaddr, leaf) {
+            Ok(()) => {
+                self.stats.eager_fills += 1;
+                Ok(())
+            }
+            Err(PagingError::ShadowLimit { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The shadow leaf to map at once for a reported page entry (`value`
+    /// at `level`, mapping guest `base`), if the guest's tables, walked
+    /// afresh, end in that value at that level and every entry is already
+    /// accessed; `None` if not (the next fault will fill it).
+    ///
+    /// A guest reports its entries in runs (a `fork`, an `mmap`, a batch of
+    /// copy-on-write breaks), most in the same level-1 table, so the upper
+    /// three levels of the last walk are kept ([`UpperWalk`]): when the
+    /// next report lies under the same level-1 table and those three
+    /// entries still hold the very values that walk decoded, the walk
+    /// would find what it found then, and only the leaf is read. The
+    /// entries are read again every time, so nothing is believed that the
+    /// guest's tables no longer say.
     #[allow(clippy::too_many_arguments)]
-    fn fill_eagerly<M: GuestMemory, F: ShadowFrames>(
+    fn eager_leaf<M: GuestMemory>(
         &mut self,
         mem: &M,
-        frames: &mut F,
         root: GuestPhysAddr,
-        shadow_root: crate::addr::HostPhysAddr,
         vaddr: GuestVirtAddr,
         level: Level,
         value: u64,
-    ) -> Result<(), PagingError> {
-        let accessed = GuestEntry::new(value)
-            .flags()
-            .contains(super::PteFlags::ACCESSED);
-        if !accessed {
-            return Ok(());
+        base: GuestPhysAddr,
+    ) -> Result<Option<ShadowEntry>, PagingError> {
+        let flags = GuestEntry::new(value).flags();
+        if !flags.contains(PteFlags::ACCESSED) {
+            return Ok(None);
+        }
+        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
+        if level == Level::L1
+            && let Some(upper) = self
+                .upper_walk
+                .filter(|u| u.root == root && u.region == region)
+            && upper
+                .entries
+                .iter()
+                .all(|&(gpa, raw)| mem.read_u64(gpa) == Ok(raw))
+        {
+            let at = upper.table.as_u64() + 8 * TableIndex::of(vaddr, Level::L1).as_usize() as u64;
+            let at = GuestPhysAddr::new(at);
+            let leaf = mem
+                .read_u64(at)
+                .map_err(|_| PagingError::GuestMemory { gpa: at })?;
+            if leaf != value {
+                return Ok(None);
+            }
+            let frame = mem
+                .host_frame(base)
+                .ok_or(PagingError::OutsideGuestMemory {
+                    value,
+                    level,
+                    vaddr,
+                    gpa: base,
+                    memory_size: self.limits.memory_size,
+                })?;
+            let rights = upper.rights.narrowed_by(flags);
+            return Ok(Some(ShadowEntry::page(
+                frame,
+                rights,
+                flags.contains(PteFlags::DIRTY),
+            )));
         }
         let WalkOutcome::Mapped(walk) = walk_guest(mem, root, vaddr, &self.limits)? else {
-            return Ok(());
+            return Ok(None);
         };
         if walk.leaf_level != level || walk.leaf().raw() != value || !walk.all_accessed() {
-            return Ok(());
+            return Ok(None);
         }
-        let dirty = walk.leaf().flags().contains(super::PteFlags::DIRTY);
-        let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
-        self.map_page(frames, shadow_root, vaddr, leaf)?;
-        self.stats.eager_fills += 1;
-        Ok(())
+        self.upper_walk = UpperWalk::of(root, region, &walk);
+        let dirty = walk.leaf().flags().contains(PteFlags::DIRTY);
+        self.shadow_leaf_for(mem, &walk, dirty, vaddr).map(Some)
     }
 
     /// Applies one MMU operation, from a hypercall or the ring.
@@ -334,6 +492,68 @@ mod tests {
         f.set_entry(ROOT_A, USER_VA, Level::L1, f.mem.get(0) | 0x5061)
             .unwrap();
         assert!(!f.leaf(USER_VA).is_present());
+        f.teardown();
+    }
+
+    #[test]
+    fn a_run_of_reports_reuses_the_upper_walk_but_believes_only_the_tables() {
+        let mut f = Fixture::new(PagingConfig::default());
+        // The upper levels must be accessed: a fault marks them.
+        f.map(ROOT_A, USER_VA + 0x5000, 0x1_0000, 0);
+        f.fault(USER_VA + 0x5000, 0);
+        let page = |gpa: u64| gpa | pte::PRESENT | pte::WRITABLE | pte::ACCESSED;
+        for i in 0..4 {
+            let va = USER_VA + i * 0x1000;
+            f.write(ROOT_A, va, Level::L1, page(0x5000 + i * 0x1000));
+            f.set_entry(ROOT_A, va, Level::L1, page(0x5000 + i * 0x1000))
+                .unwrap();
+            assert_eq!(
+                f.leaf(va).frame(),
+                Ok(FakeGuestMemory::backing(5 + i)),
+                "page {i}"
+            );
+        }
+        assert_eq!(f.paging.stats().eager_fills, 4);
+        // The level-2 entry now leads to another level-1 table, unreported:
+        // a report of what the old table said is not believed, whatever the
+        // last walk found.
+        let l2 = f.entry_gpa(ROOT_A, USER_VA, Level::L2, 0);
+        let other = f.new_table();
+        f.mem.set(l2, other | TABLE_FLAGS | pte::ACCESSED);
+        f.set_entry(ROOT_A, USER_VA + 0x4000, Level::L1, page(0x9000))
+            .unwrap();
+        assert!(!f.leaf(USER_VA + 0x4000).is_present());
+        // What the new table says is, with the new level's rights.
+        f.mem.set(other + 8 * 4, page(0xa000));
+        f.mem.set(l2, other | pte::PRESENT | pte::ACCESSED);
+        f.set_entry(ROOT_A, USER_VA + 0x4000, Level::L1, page(0xa000))
+            .unwrap();
+        let leaf = f.leaf(USER_VA + 0x4000);
+        assert_eq!(leaf.frame(), Ok(FakeGuestMemory::backing(0xa)));
+        assert!(
+            !leaf.flags().contains(PteFlags::WRITABLE),
+            "read-only above"
+        );
+        f.teardown();
+    }
+
+    #[test]
+    fn an_eager_fill_at_the_bound_is_left_to_the_fault() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, USER_VA, 0x1_0000, 0);
+        f.fault(USER_VA, 0);
+        let far = USER_VA + (1 << 30);
+        f.map(ROOT_A, far + 0x1000, 0x1_1000, 0);
+        f.fault(far + 0x1000, 0);
+        f.paging
+            .set_entry(&mut f.mem, &mut f.frames, ROOT_A, far + 0x1000, 2, 0)
+            .unwrap();
+        let held = f.paging.stats().frames_held;
+        f.paging.set_shadow_frame_limit(held);
+        let value = 0x5000 | pte::PRESENT | pte::ACCESSED;
+        f.write(ROOT_A, far, Level::L1, value);
+        assert_eq!(f.set_entry(ROOT_A, far, Level::L1, value), Ok(()));
+        assert!(!f.leaf(far).is_present());
         f.teardown();
     }
 
