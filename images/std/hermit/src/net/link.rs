@@ -4,10 +4,11 @@
 //! The card is the one the host gives every guest (found by its type,
 //! not its number). Its receive queue always holds [`QUEUE_SIZE`] empty
 //! buffers: the host hands a guest frames only into posted buffers, and
-//! keeps the rest queued in the switch meanwhile. A received frame is
-//! copied out of its buffer into the token smoltcp reads, and the buffer
-//! goes straight back to the card, so smoltcp's two tokens (a receive and
-//! a transmit one, alive together) need not share the card.
+//! drops (and counts) a frame that finds none, as a network does (a TCP
+//! window of 64 KiB is some 45 frames). A received frame is copied out of
+//! its buffer into the token smoltcp reads, and the buffer goes straight
+//! back to the card, so smoltcp's two tokens (a receive and a transmit
+//! one, alive together) need not share the card.
 //!
 //! Transmit buffers come from a free list and go back to it once the card
 //! has used them: the host takes a frame inside the notify hypercall, so
