@@ -61,6 +61,18 @@
 //!   most. Returns 0; `-InvalidArgument` for a device or queue that does
 //!   not exist. A notify before the device is live does nothing.
 //!
+//! A notify is an exit, so a driver makes as few as it can: one after a
+//! batch of buffers, not one per buffer (the guest runtime's transport can
+//! hold its notifies back until the batch is complete). Some queues need
+//! none at all: the host looks at virtio-net's receive queue whenever it
+//! has a frame for the guest, and says so by setting
+//! [`ring::USED_F_NO_NOTIFY`] in that queue's used ring when the queue
+//! starts (virtio §2.7.10's notification suppression, which drivers such
+//! as `virtio-drivers` honour). A notify of such a queue is still allowed:
+//! the host then checks the buffers posted since the last look, so that a
+//! malformed one is refused at once rather than when a frame first needs
+//! it.
+//!
 //! Everything the guest handed over is checked before use: a queue's size
 //! must be a power of two no larger than the queue's maximum, its rings
 //! aligned as the specification says ([`ring::DESCRIPTOR_ALIGN`] and the
@@ -367,7 +379,9 @@ pub mod ring {
 
     /// Available ring flag: the driver asks for no interrupt.
     pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
-    /// Used ring flag: the device asks for no notify (rguest never sets it).
+    /// Used ring flag: the device asks for no notify. The host sets it on
+    /// queues it looks at by itself (virtio-net's receive queue), once,
+    /// when the queue starts.
     pub const USED_F_NO_NOTIFY: u16 = 1;
 
     /// One entry of the descriptor table.

@@ -8,7 +8,15 @@
 //! (`crate::nic`), so while the machine has an uplink or a host interface,
 //! no guest turn and no idle sleep lasts longer than [`POLL_NS`], and a
 //! frame from outside waits at most that long.
+//!
+//! With `bench=on` it also counts what the guests' traffic costs the host
+//! outside the guests' own exits ([`HostCosts`]): the switch (frames in,
+//! learning, queueing, draining) and the delivery of frames into the
+//! receiving guests' buffers; `cargo xtask bench` sets them, per packet,
+//! beside the guests' own share and their notifies'.
 
+use crate::apic::rdtsc;
+use crate::bench;
 use crate::boot::Region;
 use crate::hostnet::snapshot::GuestLine;
 use crate::hostnet::{self, HOST_MAC, HostNet, PortLine, Snapshot};
@@ -25,6 +33,22 @@ pub const POLL_NS: u64 = 2_000_000;
 /// flood budgets renew): the ten a second its default limits assume.
 const SWITCH_TICK_NS: u64 = 100_000_000;
 
+/// What the guests' frames cost the host between turns, counted with
+/// `bench=on`: TSC cycles, which are instructions under `-icount`.
+#[derive(Clone, Copy, Debug, Default)]
+struct HostCosts {
+    /// Frames the guests put into the switch.
+    frames_in: u64,
+    /// Cycles in the switch: frames in, and draining the ports to guests
+    /// (the delivery itself not included).
+    switch_cycles: u64,
+    /// Deliveries to a guest, each of every frame waiting on its port.
+    deliveries: u64,
+    /// Cycles copying frames into guests' receive buffers and raising
+    /// their interrupts (the virtio-net back end's receive half).
+    delivery_cycles: u64,
+}
+
 /// The switch and what hangs off it besides the guests.
 pub struct Network {
     switch: Switch,
@@ -33,6 +57,8 @@ pub struct Network {
     next_tick_ns: u64,
     stats_interval_ms: u64,
     next_stats_ms: Option<u64>,
+    /// Counted only with `bench=on`.
+    costs: HostCosts,
 }
 
 impl Network {
@@ -62,6 +88,7 @@ impl Network {
             next_tick_ns: now_ns + SWITCH_TICK_NS,
             stats_interval_ms,
             next_stats_ms: (stats_interval_ms > 0).then(|| now_ns / 1_000_000 + stats_interval_ms),
+            costs: HostCosts::default(),
         }
     }
 
@@ -88,8 +115,15 @@ impl Network {
 
     /// Frames a guest sent.
     pub fn sent_by_guest(&mut self, port: PortId, frames: impl Iterator<Item = Vec<u8>>) {
+        let started = bench::enabled().then(rdtsc);
+        let mut count = 0;
         for frame in frames {
             self.switch.input(port, &frame);
+            count += 1;
+        }
+        if let Some(started) = started {
+            self.costs.frames_in += count;
+            self.costs.switch_cycles += rdtsc() - started;
         }
     }
 
@@ -109,7 +143,21 @@ impl Network {
         port: PortId,
         deliver: impl FnOnce(Frames<'_>) -> R,
     ) -> Option<R> {
-        self.switch.drain(port, deliver)
+        if !bench::enabled() {
+            return self.switch.drain(port, deliver);
+        }
+        let started = rdtsc();
+        let mut delivery = 0;
+        let result = self.switch.drain(port, |frames| {
+            let at = rdtsc();
+            let result = deliver(frames);
+            delivery = rdtsc() - at;
+            result
+        });
+        self.costs.deliveries += 1;
+        self.costs.delivery_cycles += delivery;
+        self.costs.switch_cycles += (rdtsc() - started).saturating_sub(delivery);
+        result
     }
 
     /// One round for everything outside the guests, at host time `now_ns`:
@@ -156,10 +204,24 @@ impl Network {
 
     /// The last `stats` lines, when `stats_interval_ms=` asked for them:
     /// whatever the run's length, it ends with the counters as they are at
-    /// its end (the guests gone, their ports with them).
+    /// its end (the guests gone, their ports with them). With `bench=on`,
+    /// also the host's costs of the guests' frames, as `bench net
+    /// host_network frames_in=<n> switch_cycles=<c> deliveries=<d>
+    /// delivery_cycles=<c>`.
     pub fn final_stats(&self, now_ms: u64) {
         if self.stats_interval_ms > 0 {
             hostnet::print_stats(&self.snapshot(now_ms, Vec::new()));
+        }
+        if bench::enabled() {
+            let HostCosts {
+                frames_in,
+                switch_cycles,
+                deliveries,
+                delivery_cycles,
+            } = self.costs;
+            println!(
+                "bench net host_network frames_in={frames_in} switch_cycles={switch_cycles} deliveries={deliveries} delivery_cycles={delivery_cycles}"
+            );
         }
     }
 

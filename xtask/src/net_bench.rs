@@ -15,6 +15,17 @@
 //! <name> counters: ... virtual_irqs=...`). The instructions per segment
 //! and per request are ordinary metrics (`net_tcp_segment`,
 //! `net_http_get`), read by [`crate::bench`].
+//!
+//! The `-icount` boot also splits the instructions per packet (a frame a
+//! guest put into the switch) four ways, over both guests' whole lives:
+//! the guests' own code (`bench net guest_code ... of <name>`: from each
+//! entry to its exit, the world switch included), the switch (`bench net
+//! host_network ... switch_cycles=`: frames in, learning, queueing,
+//! draining), the virtio-net back end (its transmit half is the host's
+//! share of the notify exits, `bench host <name> hypercall:VirtioNotify`,
+//! which copy the batch's frames out; its receive half `delivery_cycles=`,
+//! frames copied into posted buffers), and the host's share of the other
+//! exits (halts, interrupts taken, faults).
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -28,8 +39,27 @@ pub struct GuestTraffic {
     pub frames_received: u64,
     /// Its `VirtioNotify` hypercalls.
     pub notifies: u64,
+    /// The host's instructions in them (to the guest's next entry, or the
+    /// end of its turn).
+    pub notify_host_cycles: u64,
+    /// The host's instructions in its other exits.
+    pub other_host_cycles: u64,
+    /// Instructions in the guest: from each entry to its exit.
+    pub guest_cycles: u64,
     /// Virtual interrupts delivered to it.
     pub virtual_irqs: u64,
+}
+
+/// What the guests' frames cost the host between turns
+/// (`bench net host_network ...`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HostNetwork {
+    /// Frames the guests put into the switch.
+    pub frames_in: u64,
+    /// Instructions in the switch.
+    pub switch_cycles: u64,
+    /// Instructions delivering frames into the guests' buffers.
+    pub delivery_cycles: u64,
 }
 
 /// What one network boot printed, parsed.
@@ -41,6 +71,8 @@ pub struct NetResults {
     pub http_get_median_ns: Option<u64>,
     /// Per guest, by name.
     pub guests: BTreeMap<String, GuestTraffic>,
+    /// The host's costs between turns, if it printed them.
+    pub host: Option<HostNetwork>,
 }
 
 /// Reads the network lines of a boot's serial output.
@@ -51,7 +83,9 @@ pub fn parse(serial: &str) -> NetResults {
             .strip_prefix('[')
             .and_then(|rest| rest.split_once("] "))
             .map_or(line, |(_, text)| text);
-        if let Some(rest) = text.strip_prefix("bench net ") {
+        if let Some(rest) = line.strip_prefix("bench net guest_code ") {
+            read_guest_code(&mut results, rest);
+        } else if let Some(rest) = text.strip_prefix("bench net ") {
             read_guest_figure(&mut results, rest);
         } else if let Some((guest, rest)) = guest_line(line, " network: ") {
             let fields = numbers(rest);
@@ -61,19 +95,31 @@ pub fn parse(serial: &str) -> NetResults {
         } else if let Some((guest, rest)) = guest_line(line, " counters: ") {
             let irqs = numbers(rest).get("virtual_irqs").copied().unwrap_or(0);
             results.guests.entry(guest).or_default().virtual_irqs = irqs;
-        } else if let Some((guest, rest)) = line
-            .strip_prefix("bench host ")
-            .and_then(|rest| rest.split_once(" hypercall:VirtioNotify "))
-        {
-            let notifies = numbers(rest).get("exits").copied().unwrap_or(0);
-            results
-                .guests
-                .entry(guest.to_string())
-                .or_default()
-                .notifies = notifies;
+        } else if let Some(rest) = line.strip_prefix("bench host ") {
+            read_host_share(&mut results, rest);
         }
     }
     results
+}
+
+/// `<guest> <kind> exits=<n> host_cycles=<c> ...` (a name may hold
+/// spaces; the kind is the word before the numbers).
+fn read_host_share(results: &mut NetResults, rest: &str) {
+    let Some((who, fields)) = rest.split_once(" exits=") else {
+        return;
+    };
+    let Some((guest, kind)) = who.rsplit_once(' ') else {
+        return;
+    };
+    let fields = numbers(&format!("exits={fields}"));
+    let traffic = results.guests.entry(guest.to_string()).or_default();
+    let cycles = fields.get("host_cycles").copied().unwrap_or(0);
+    if kind == "hypercall:VirtioNotify" {
+        traffic.notifies = fields.get("exits").copied().unwrap_or(0);
+        traffic.notify_host_cycles = cycles;
+    } else {
+        traffic.other_host_cycles += cycles;
+    }
 }
 
 /// `tcp_transfer ...` or `http_get ...`, as a guest printed it.
@@ -87,7 +133,27 @@ fn read_guest_figure(results: &mut NetResults, rest: &str) {
             }
         }
         "http_get" => results.http_get_median_ns = fields.get("median_ns").copied(),
+        "host_network" => {
+            results.host = Some(HostNetwork {
+                frames_in: fields.get("frames_in").copied().unwrap_or(0),
+                switch_cycles: fields.get("switch_cycles").copied().unwrap_or(0),
+                delivery_cycles: fields.get("delivery_cycles").copied().unwrap_or(0),
+            });
+        }
         _ => {}
+    }
+}
+
+/// `bench net guest_code cycles=<c> of <name>`: the guest's
+/// own instructions.
+fn read_guest_code(results: &mut NetResults, rest: &str) {
+    if let Some((fields, guest)) = rest.split_once(" of ") {
+        let cycles = numbers(fields).get("cycles").copied().unwrap_or(0);
+        results
+            .guests
+            .entry(guest.to_string())
+            .or_default()
+            .guest_cycles = cycles;
     }
 }
 
@@ -136,6 +202,36 @@ pub fn summary(plain: &NetResults, counted: &NetResults) -> Value {
         "tcp_transfer_bytes": plain.transfers.first().map(|&(bytes, _)| bytes),
         "http_get_median_us": plain.http_get_median_ns.map(|ns| round2(ns as f64 / 1e3)),
         "guests": guests,
+        "instructions": split(counted),
+    })
+}
+
+/// The instructions per packet, four ways, and per notify (see the
+/// module's docs); `null` without the host's counts.
+fn split(counted: &NetResults) -> Value {
+    let Some(host) = &counted.host else {
+        return Value::Null;
+    };
+    let sum = |f: fn(&GuestTraffic) -> u64| counted.guests.values().map(f).sum::<u64>();
+    let packets = sum(|t| t.frames_sent);
+    let notifies = sum(|t| t.notifies);
+    let notify_cycles = sum(|t| t.notify_host_cycles);
+    let per_packet = |cycles: u64| ratio(cycles, packets);
+    json!({
+        "about": "per packet (a frame a guest put into the switch) and per notify, over both guests' whole lives, -icount boot: the guests' own code (each entry to its exit, the world switch included), the switch, the virtio-net back end (transmit: the host's share of the notify exits; receive: frames copied into posted buffers) and the host's share of the guests' other exits",
+        "packets": packets,
+        "notifies": notifies,
+        "per_packet": {
+            "guest": per_packet(sum(|t| t.guest_cycles)),
+            "switch": per_packet(host.switch_cycles),
+            "back_end_transmit": per_packet(notify_cycles),
+            "back_end_receive": per_packet(host.delivery_cycles),
+            "host_other_exits": per_packet(sum(|t| t.other_host_cycles)),
+        },
+        "per_notify": {
+            "packets": ratio(packets, notifies),
+            "back_end_transmit": ratio(notify_cycles, notifies),
+        },
     })
 }
 
@@ -190,6 +286,25 @@ pub fn print(summary: &Value) {
             number(t, "frames_received_per_virtual_irq"),
         );
     }
+    let split = &summary["instructions"];
+    if split.is_null() {
+        return;
+    }
+    let per = &split["per_packet"];
+    println!(
+        "  instructions per packet ({} packets, -icount): guest {} + switch {} + back end {} (transmit, in the notifies) + {} (receive, into posted buffers) + host's other exits {}",
+        split["packets"],
+        number(per, "guest"),
+        number(per, "switch"),
+        number(per, "back_end_transmit"),
+        number(per, "back_end_receive"),
+        number(per, "host_other_exits"),
+    );
+    println!(
+        "  per notify: {} packets, {} host instructions (the batch's frames copied out)",
+        number(&split["per_notify"], "packets"),
+        number(&split["per_notify"], "back_end_transmit"),
+    );
 }
 
 #[cfg(test)]
@@ -203,7 +318,11 @@ mod tests {
 [net-client-std/bench] bench net tcp_transfer run=3 bytes=20971520 elapsed_ns=1628830616
 guest net-server-std/7000 3 network: port net-server-std kind=guest rx_packets=43718 rx_bytes=2380323 tx_packets=43822 tx_bytes=65286977
 bench host net-server-std/7000 3 hypercall:VirtioNotify exits=87668 host_cycles=8903356748 per_exit=101557
+bench host net-server-std/7000 3 hypercall:Halt exits=10 host_cycles=1000 per_exit=100
+bench host net-server-std/7000 3 page_fault exits=2 host_cycles=500 per_exit=250
+bench net guest_code cycles=4371400 of net-server-std/7000 3
 guest net-server-std/7000 3 counters: exits=110765 hypercalls=110232 virtual_irqs=22331 cr3_loads=221530 cpu_ms=2398
+bench net host_network frames_in=43718 switch_cycles=437180 deliveries=900 delivery_cycles=874360
 ";
 
     #[test]
@@ -235,8 +354,30 @@ guest net-server-std/7000 3 counters: exits=110765 hypercalls=110232 virtual_irq
     }
 
     #[test]
+    fn splits_the_instructions_per_packet() {
+        let r = parse(SERIAL);
+        let server = &r.guests["net-server-std/7000 3"];
+        assert_eq!(
+            (
+                server.notify_host_cycles,
+                server.other_host_cycles,
+                server.guest_cycles
+            ),
+            (8903356748, 1500, 4371400)
+        );
+        let s = summary(&r, &r);
+        let split = &s["instructions"];
+        assert_eq!(split["packets"], json!(43718));
+        assert_eq!(split["per_packet"]["guest"], json!(99.99));
+        assert_eq!(split["per_packet"]["switch"], json!(10.0));
+        assert_eq!(split["per_packet"]["back_end_receive"], json!(20.0));
+        assert_eq!(split["per_notify"]["packets"], json!(0.5));
+    }
+
+    #[test]
     fn an_empty_boot_gives_no_figures() {
         let s = summary(&NetResults::default(), &NetResults::default());
         assert_eq!(s["tcp_throughput_mbit_s"], Value::Null);
+        assert_eq!(s["instructions"], Value::Null);
     }
 }

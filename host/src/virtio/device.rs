@@ -71,6 +71,15 @@ pub trait Backend {
         false
     }
 
+    /// Whether the driver must notify queue `queue` for the device to see
+    /// its new buffers: yes, unless the device looks at the queue on its
+    /// own whenever it has something for it (then the host sets
+    /// `VIRTQ_USED_F_NO_NOTIFY` in its used ring when it starts, and a
+    /// notify only has the new buffers checked early).
+    fn needs_notify(&self, _queue: u16) -> bool {
+        true
+    }
+
     /// Does the work the driver notified queue `queue` of: takes every
     /// chain that is ready, and completes what it can.
     fn process<M: GuestRam>(
@@ -280,16 +289,34 @@ impl<B: Backend> Device<B> {
             let ready = self.read_page_u16(mem, base + offset::queue::READY)? != 0;
             match (ready, self.queues[q].is_some()) {
                 (true, false) => {
-                    let layout = self.read_layout(mem, base, spec.max_size);
-                    let layout = layout
+                    let ring = self
+                        .start_queue(mem, q as u16, base, *spec)
                         .map_err(|e| self.break_device(mem, Some(q as u16), Problem::Queue(e)))?;
-                    self.queues[q] = Some(Virtqueue::new(layout, spec.direction));
+                    self.queues[q] = Some(ring);
                 }
                 (false, true) => self.queues[q] = None,
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Queue `queue`, whose descriptor is at `base` in the page, as the
+    /// driver laid it out (checked); told it needs no notify if the back
+    /// end looks at it by itself.
+    fn start_queue<M: GuestRam>(
+        &self,
+        mem: &mut M,
+        queue: u16,
+        base: u64,
+        spec: QueueSpec,
+    ) -> Result<Virtqueue, QueueError> {
+        let layout = self.read_layout(mem, base, spec.max_size)?;
+        let ring = Virtqueue::new(layout, spec.direction);
+        if !self.backend.needs_notify(queue) {
+            ring.suppress_notifies(mem)?;
+        }
+        Ok(ring)
     }
 
     /// Reads and checks the layout the driver wrote for the queue whose

@@ -45,7 +45,9 @@
 //! - **No indirect descriptors, no event indices.** Neither is offered, so
 //!   the ring is the plain one; batching (one notify takes every ready
 //!   chain, one interrupt covers every completion) does the work event
-//!   indices would, and `VIRTQ_AVAIL_F_NO_INTERRUPT` is honoured.
+//!   indices would, `VIRTQ_AVAIL_F_NO_INTERRUPT` is honoured, and a queue
+//!   the host looks at by itself (virtio-net's receive buffers) is marked
+//!   `VIRTQ_USED_F_NO_NOTIFY`, so posting buffers there costs no exit.
 //! - **Bounded work.** A chain holds at most the queue's size of
 //!   descriptors and [`MAX_CHAIN_BYTES`] bytes, and a notify takes the
 //!   chains the available index shows, which may be at most a queue's

@@ -21,6 +21,15 @@
 //! Requests are completed in batches: [`Virtqueue::complete`] writes each
 //! used element, and [`Virtqueue::publish`] advances the used index once
 //! for all of them and says whether the guest wants an interrupt for them.
+//!
+//! A queue whose buffers wait for the host (a network card's receive
+//! buffers, waiting for frames) is looked at whenever the host has
+//! something for it, so its driver need not notify it at all: the host
+//! says so in the used ring's flags ([`Virtqueue::suppress_notifies`],
+//! virtio's `VIRTQ_USED_F_NO_NOTIFY`). A driver that notifies anyway has
+//! its new buffers checked at once ([`Virtqueue::check_available`]), so a
+//! broken one is refused at the notify that posted it, not at the first
+//! frame that needs it.
 
 use super::chain::{Buffer, DescriptorChain, Direction};
 use super::error::{QueueError, Ring};
@@ -151,6 +160,10 @@ pub struct Virtqueue {
     next_used: u16,
     /// The used index the guest has been shown.
     published_used: u16,
+    /// The available index up to which [`Self::check_available`] has
+    /// checked chains not yet taken (taking checks each chain again: the
+    /// guest may have rewritten it since).
+    checked_avail: u16,
     /// Loop detection: `seen[i] == walk` when the current walk has been
     /// through descriptor `i`. A fresh number per walk clears it at no cost.
     seen: Vec<u32>,
@@ -166,6 +179,7 @@ impl Virtqueue {
             next_avail: 0,
             next_used: 0,
             published_used: 0,
+            checked_avail: 0,
             seen: vec![0; usize::from(layout.size)],
             walk: 0,
         }
@@ -184,21 +198,45 @@ impl Virtqueue {
         &mut self,
         mem: &M,
     ) -> Result<Option<DescriptorChain>, QueueError> {
-        let avail_idx = self.available_index(mem)?;
-        let ahead = avail_idx.wrapping_sub(self.next_avail);
-        if ahead > self.layout.size {
-            return Err(QueueError::AvailTooFarAhead {
-                avail_idx,
-                seen: self.next_avail,
-                size: self.layout.size,
-            });
-        }
+        let (_, ahead) = self.available_ahead(mem)?;
         if ahead == 0 {
             return Ok(None);
         }
         let slot = self.next_avail % self.layout.size;
         let head = self.available_head(mem, slot)?;
         self.walk_chain(mem, head).map(Some)
+    }
+
+    /// Checks, without taking them, the chains made available since the
+    /// last look: what a notify of a queue whose buffers wait for the host
+    /// does, so that a malformed buffer is refused when it is posted. Each
+    /// chain is checked once here (a notify costs only its new buffers),
+    /// and again when it is taken.
+    pub fn check_available<M: GuestRam>(&mut self, mem: &M) -> Result<(), QueueError> {
+        let (avail_idx, ahead) = self.available_ahead(mem)?;
+        // Start after the chains already checked, if they are still ahead
+        // of the device (they are, unless the guest moved its index back).
+        let checked = self.checked_avail.wrapping_sub(self.next_avail);
+        let mut index = if checked <= ahead {
+            self.checked_avail
+        } else {
+            self.next_avail
+        };
+        while index != avail_idx {
+            let head = self.available_head(mem, index % self.layout.size)?;
+            self.walk_chain(mem, head)?;
+            index = index.wrapping_add(1);
+        }
+        self.checked_avail = avail_idx;
+        Ok(())
+    }
+
+    /// Tells the driver it need not notify this queue (the used ring's
+    /// `VIRTQ_USED_F_NO_NOTIFY`): the host looks at its available ring
+    /// whenever it has something for it. A notify stays allowed.
+    pub fn suppress_notifies<M: GuestRam>(&self, mem: &mut M) -> Result<(), QueueError> {
+        let flags = memory::offset(self.layout.used, ring::FLAGS)?;
+        Ok(memory::write_u16(mem, flags, ring::USED_F_NO_NOTIFY)?)
     }
 
     /// Finishes `chain`, the one [`Self::next_chain`] returned last, with
@@ -241,9 +279,20 @@ impl Virtqueue {
         })
     }
 
-    fn available_index<M: GuestRam>(&self, mem: &M) -> Result<u16, QueueError> {
+    /// The driver's available index and how far it is ahead of the
+    /// device: at most a queue's worth, or the ring is refused.
+    fn available_ahead<M: GuestRam>(&self, mem: &M) -> Result<(u16, u16), QueueError> {
         let at = memory::offset(self.layout.available, ring::IDX)?;
-        Ok(memory::read_u16(mem, at)?)
+        let avail_idx = memory::read_u16(mem, at)?;
+        let ahead = avail_idx.wrapping_sub(self.next_avail);
+        if ahead > self.layout.size {
+            return Err(QueueError::AvailTooFarAhead {
+                avail_idx,
+                seen: self.next_avail,
+                size: self.layout.size,
+            });
+        }
+        Ok((avail_idx, ahead))
     }
 
     fn available_head<M: GuestRam>(&self, mem: &M, slot: u16) -> Result<u16, QueueError> {

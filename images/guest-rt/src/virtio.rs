@@ -14,7 +14,9 @@
 //! - a [`Transport`](virtio_drivers::transport::Transport) for each
 //!   device: [`PageTransport`], which reads and writes the device page
 //!   with volatile accesses and makes the two hypercalls where virtio-PCI
-//!   would write a register;
+//!   would write a register (and, for a driver that works in batches,
+//!   holds its notifies back until the batch is complete, so that one exit
+//!   carries it: see "Batches" below);
 //! - a [`Hal`](virtio_drivers::Hal): [`GuestHal`], whose DMA memory comes
 //!   from a pool of contiguous guest pages the program hands over once
 //!   ([`give_dma_pages`]), and whose addresses are translated through the
@@ -41,6 +43,26 @@
 //! let transport = PageTransport::new(index)?;
 //! let mut rng = VirtIORng::<GuestHal, _>::new(transport)?;
 //! ```
+//!
+//! # Batches
+//!
+//! `virtio-drivers` notifies the device each time it adds a buffer (unless
+//! the used ring says `VIRTQ_USED_F_NO_NOTIFY`, as the host's receive
+//! queues do), and a notify is an exit. A driver that adds buffers in
+//! bursts, such as a network stack sending what one poll produced, makes
+//! its transport [`PageTransport::deferring_notifies`]: `notify` then only
+//! records the queue, and the driver calls [`flush_notifies`] once the
+//! burst is over, one hypercall per queue that has new buffers (the host
+//! takes every one of them in it). The driver must flush before it waits
+//! for such a queue: the host sees nothing there until it does.
+//!
+//! Completions the driver polls for need no interrupt either (the host
+//! uses a transmit buffer inside the very notify that hands it over, and a
+//! network stack takes its transmit buffers back at the next send): an
+//! interrupt raised while the guest has its interrupts off costs another
+//! exit when it turns them back on. [`PageTransport::without_interrupts_on`]
+//! asks for none on a queue (the available ring's
+//! `VIRTQ_AVAIL_F_NO_INTERRUPT`).
 //!
 //! Two rules follow from the design. A buffer handed to a device must be
 //! in the start-up map (the image, its stack and statics, frames reached
@@ -195,10 +217,10 @@ mod bare {
     use core::cell::UnsafeCell;
     use core::fmt;
     use core::ptr::NonNull;
-    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
     use guest_abi::virtio::{
         CONFIG_MAX, DEVICE_MAGIC, DEVICE_PAGE_BYTES, DeviceType, FIRST_DEVICE_VECTOR, MAX_DEVICES,
-        MAX_QUEUES, console_queue, device_vector, offset, status,
+        MAX_QUEUES, console_queue, device_vector, offset, ring, status,
     };
     use virtio_drivers::device::common::Feature;
     use virtio_drivers::queue::VirtQueue;
@@ -347,12 +369,72 @@ mod bare {
 
     /// lguest's virtio transport: one device's page, the `virtio_status`
     /// hypercall after each write the host must act on, and
-    /// `virtio_notify` for a queue's new buffers.
+    /// `virtio_notify` for a queue's new buffers (at once, or at the next
+    /// [`flush_notifies`] when the transport defers them).
     #[derive(Debug)]
     pub struct PageTransport {
         index: usize,
         page: Page,
         device_type: virtio_drivers::transport::DeviceType,
+        /// `notify` records the queue in [`PENDING_NOTIFIES`] instead of
+        /// making the hypercall.
+        defer_notifies: bool,
+        /// Bit `q`: queue `q` is set up asking for no interrupt.
+        quiet_queues: u8,
+    }
+
+    /// The queues whose notify a deferring transport holds back, by device
+    /// number: bit `q` for queue `q` ([`MAX_QUEUES`] is 8). Outside the
+    /// transport, which the driver owns, so that [`flush_notifies`] needs
+    /// only the device's number.
+    static PENDING_NOTIFIES: [AtomicU8; MAX_DEVICES] = [const { AtomicU8::new(0) }; MAX_DEVICES];
+
+    const _: () = assert!(MAX_QUEUES <= 8);
+
+    /// Makes the notifies device `index`'s deferring transport held back:
+    /// one `virtio_notify` per queue with new buffers, in queue order.
+    /// Returns how many it made (0 when nothing was waiting).
+    pub fn flush_notifies(index: usize) -> u32 {
+        let Some(pending) = PENDING_NOTIFIES.get(index) else {
+            return 0;
+        };
+        let queues = pending.swap(0, Ordering::SeqCst);
+        for queue in (0..MAX_QUEUES as u16).filter(|q| queues & (1 << q) != 0) {
+            notify_now(index, queue);
+        }
+        queues.count_ones()
+    }
+
+    /// Whether device `index` has notifies held back.
+    pub fn notifies_pending(index: usize) -> bool {
+        PENDING_NOTIFIES
+            .get(index)
+            .is_some_and(|pending| pending.load(Ordering::SeqCst) != 0)
+    }
+
+    /// The `virtio_notify` hypercall for queue `queue` of device `index`.
+    fn notify_now(index: usize, queue: u16) {
+        // SAFETY: the buffers on the queue were added by a driver of
+        // virtio-drivers through a `PageTransport` of this device, whose
+        // contract (its `unsafe` add) keeps them alive and untouched until
+        // the device has used them. A held-back notify is forgotten when
+        // its queue is unset or the device reset (`queue_unset`,
+        // `set_status`) or a new transport opens the device, so none
+        // outlives the rings it is for.
+        let result = unsafe { hypercall::virtio_notify(index as u64, u64::from(queue)) };
+        // A refused notify would leave the driver spinning on a used
+        // ring that never moves: better to stop here, saying why.
+        if let Err(e) = result {
+            panic!("virtio: notify of device {index} queue {queue}: {e:?}");
+        }
+    }
+
+    /// Forgets the notifies held back for device `index`'s `queues` (bit
+    /// `q` for queue `q`).
+    fn forget_notifies(index: usize, queues: u8) {
+        if let Some(pending) = PENDING_NOTIFIES.get(index) {
+            pending.fetch_and(!queues, Ordering::SeqCst);
+        }
     }
 
     impl PageTransport {
@@ -373,11 +455,35 @@ mod bare {
             }
             traps::set_handler(vector as u8, on_device_interrupt, Delivery::Interrupt)
                 .map_err(DeviceError::HandlerRefused)?;
+            forget_notifies(index, u8::MAX);
             Ok(Self {
                 index,
                 page,
                 device_type,
+                defer_notifies: false,
+                quiet_queues: 0,
             })
+        }
+
+        /// This transport, holding its notifies back: `notify` only records
+        /// the queue, and [`flush_notifies`] (with [`Self::index`]) makes
+        /// the hypercalls, one per queue, however many buffers each got.
+        /// The driver flushes at the end of every burst of buffers, and
+        /// before it waits for one of them to be used.
+        pub fn deferring_notifies(mut self) -> Self {
+            self.defer_notifies = true;
+            self
+        }
+
+        /// This transport, setting queue `queue` up to ask for no
+        /// interrupt when the host uses its buffers (the available ring's
+        /// `VIRTQ_AVAIL_F_NO_INTERRUPT`, written when the queue is set):
+        /// for a queue whose used buffers the driver polls for.
+        pub fn without_interrupts_on(mut self, queue: u16) -> Self {
+            if usize::from(queue) < MAX_QUEUES {
+                self.quiet_queues |= 1 << queue;
+            }
+            self
         }
 
         /// The device's number.
@@ -430,17 +536,10 @@ mod bare {
         }
 
         fn notify(&mut self, queue: u16) {
-            // SAFETY: the buffers on the queue were added by a driver of
-            // virtio-drivers, whose contract (its `unsafe` add) keeps them
-            // alive and untouched until the device has used them.
-            let result = unsafe { hypercall::virtio_notify(self.index as u64, u64::from(queue)) };
-            // A refused notify would leave the driver spinning on a used
-            // ring that never moves: better to stop here, saying why.
-            if let Err(e) = result {
-                panic!(
-                    "virtio: notify of device {} queue {queue}: {e:?}",
-                    self.index
-                );
+            if self.defer_notifies && usize::from(queue) < MAX_QUEUES {
+                PENDING_NOTIFIES[self.index].fetch_or(1 << queue, Ordering::SeqCst);
+            } else {
+                notify_now(self.index, queue);
             }
         }
 
@@ -449,6 +548,10 @@ mod bare {
         }
 
         fn set_status(&mut self, status: DeviceStatus) {
+            if status.is_empty() {
+                // A reset: the queues are gone, and their notifies.
+                forget_notifies(self.index, u8::MAX);
+            }
             self.page.write_u32(offset::STATUS, status.bits());
             // The host writes back what it accepted; get_status reads it.
             self.status_call();
@@ -480,6 +583,16 @@ mod bare {
                 .write_u64(Self::queue_field(queue, field::DRIVER_AREA), driver_area);
             self.page
                 .write_u64(Self::queue_field(queue, field::DEVICE_AREA), device_area);
+            if self.quiet_queues & (1 << queue) != 0 {
+                let flags = kernel_virtual(driver_area + ring::FLAGS) as *mut u16;
+                // SAFETY: the driver area is the available ring the driver
+                // just allocated for this queue (DMA memory in the start-up
+                // map, 2-byte aligned as the ring requires); its flags word
+                // is the driver's to write, and virtio-drivers writes it
+                // only when asked to change interrupts (it is never asked
+                // here).
+                unsafe { flags.write_volatile(ring::AVAIL_F_NO_INTERRUPT) };
+            }
             // Ready last: the host reads the layout when it sees it ready.
             self.page
                 .write_u16(Self::queue_field(queue, field::READY), 1);
@@ -495,6 +608,9 @@ mod bare {
         }
 
         fn queue_unset(&mut self, queue: u16) {
+            if usize::from(queue) < MAX_QUEUES {
+                forget_notifies(self.index, 1 << queue);
+            }
             self.page
                 .write_u16(Self::queue_field(queue, offset::queue::READY), 0);
             self.status_call();

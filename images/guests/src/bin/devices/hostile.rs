@@ -27,9 +27,10 @@
 //!   or an available ring that runs `avail-ahead` more than a queue's
 //!   worth, or names a `bad-head` past the table;
 //! - at a notify of virtio-rng's request queue, whose buffers the device
-//!   writes: a `read-only` buffer (the write into a read-only descriptor;
-//!   virtio-net's receive queue would be refused the same way, but only
-//!   when a frame arrives, which a guest cannot time);
+//!   writes: a `read-only` buffer (the write into a read-only descriptor);
+//!   and the same on virtio-net's receive queue (`rx-read-only`), which
+//!   needs no notify (the host looks at it when a frame comes) but whose
+//!   notify, made anyway, has the host check the buffers posted;
 //! - while the queue is set up (the status call of `queue_set`): a used
 //!   ring straddling the end of guest memory (`ring-outside`), a
 //!   descriptor table off its 16-byte alignment (`misaligned`), a queue
@@ -143,6 +144,10 @@ const ACTIONS: &[Action] = &[
     Action {
         kind: "read-only",
         run: readable_on_rng,
+    },
+    Action {
+        kind: "rx-read-only",
+        run: readable_on_receive,
     },
     Action {
         kind: "ring-outside",
@@ -509,6 +514,25 @@ fn readable_on_rng(devices: &Devices) -> Result<Outcome, Failed> {
     Ok(Outcome::Answered(notify(
         devices.rng,
         u64::from(RNG_REQUEST_QUEUE),
+    )))
+}
+
+/// A device-readable buffer posted on virtio-net's receive queue, and
+/// the notify the queue does not need: the host checks the new buffers
+/// then, rather than when a frame first needs one. The host must say
+/// `virtio-net queue 0: descriptor 0 is device-readable on a queue the
+/// device writes (a write into a read-only buffer)`.
+fn readable_on_receive(devices: &Devices) -> Result<Outcome, Failed> {
+    let (_transport, mut ring) = live(devices.net, net_queue::RECEIVE)?;
+    ring.set(0, ring.payload, BUFFER_BYTES, 0, 0);
+    ring.offer(0);
+    about_to_try(
+        "rx-read-only",
+        format_args!("a read-only buffer on the network card's receive queue"),
+    );
+    Ok(Outcome::Answered(notify(
+        devices.net,
+        u64::from(net_queue::RECEIVE),
     )))
 }
 

@@ -4,16 +4,32 @@
 //! The card is the one the host gives every guest (found by its type,
 //! not its number). Its receive queue always holds [`QUEUE_SIZE`] empty
 //! buffers: the host hands a guest frames only into posted buffers, and
-//! keeps the rest queued in the switch meanwhile. A received frame is
-//! copied out of its buffer into the token smoltcp reads, and the buffer
-//! goes straight back to the card, so smoltcp's two tokens (a receive and
-//! a transmit one, alive together) need not share the card.
+//! drops (and counts) a frame that finds none, as a network does (a TCP
+//! window of 64 KiB is some 45 frames). A received frame is copied out of
+//! its buffer into the token smoltcp reads, and the buffer goes straight
+//! back to the card, so smoltcp's two tokens (a receive and a transmit
+//! one, alive together) need not share the card.
 //!
 //! Transmit buffers come from a free list and go back to it once the card
 //! has used them: the host takes a frame inside the notify hypercall, so
-//! a buffer is usually free again at once. virtio-drivers notifies the
-//! device for each frame added (it has no way to defer the notify), so a
-//! batch of frames costs one hypercall each.
+//! a buffer is free again at the next send.
+//!
+//! # One exit per batch
+//!
+//! A notify is an exit, and virtio-drivers notifies the device for each
+//! buffer it adds. So the card's transport holds its notifies back
+//! (`PageTransport::deferring_notifies`): a frame smoltcp sends is only
+//! put on the transmit ring, and one notify hands the host every frame of
+//! a poll, made after the poll by `super::with_stack` (once the stack's
+//! guard is down: see there). Were the transmit ring to fill within a
+//! poll, [`Device::transmit`] flushes early ([`Link::flush`]) and takes
+//! the buffers back.
+//! The receive queue needs no notify at all: the host looks at it
+//! whenever it has a frame, and says so in the ring, which virtio-drivers
+//! honours, so posting a buffer back costs nothing. Nor does the transmit
+//! queue ask for interrupts: its buffers are taken back by polling, and an
+//! interrupt raised by a notify made with interrupts off (inside the
+//! stack's guard) would cost another exit when they come back on.
 //!
 //! Every buffer is on the heap, which the start-up map shows, so the card
 //! reaches it through `GuestHal`'s address translation; only the rings
@@ -22,8 +38,9 @@
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
+use guest_abi::virtio::net_queue;
 use guest_rt::virtio::virtio_drivers::device::net::VirtIONetRaw;
-use guest_rt::virtio::{GuestHal, PageTransport};
+use guest_rt::virtio::{self, GuestHal, PageTransport};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
@@ -51,6 +68,8 @@ pub struct Counters {
 /// The card, its posted receive buffers and its transmit buffers.
 pub struct Link {
     card: VirtIONetRaw<GuestHal, PageTransport, QUEUE_SIZE>,
+    /// The card's device number, for [`virtio::flush_notifies`].
+    device: usize,
     /// The receive buffer posted under each token (its head descriptor).
     posted: Vec<Option<Box<[u8]>>>,
     /// The transmit buffer in flight under each token.
@@ -75,12 +94,17 @@ impl Link {
     /// Brings device `transport` up as a network card and posts a buffer
     /// on every receive descriptor.
     pub fn open(transport: PageTransport) -> Result<Self, LinkError> {
+        let device = transport.index();
+        let transport = transport
+            .deferring_notifies()
+            .without_interrupts_on(net_queue::TRANSMIT);
         let card = VirtIONetRaw::new(transport).map_err(LinkError::Driver)?;
         let header_bytes = card
             .fill_buffer_header(&mut [0u8; BUFFER_BYTES])
             .map_err(LinkError::Driver)?;
         let mut link = Link {
             card,
+            device,
             posted: (0..QUEUE_SIZE).map(|_| None).collect(),
             in_flight: (0..QUEUE_SIZE).map(|_| None).collect(),
             free: Vec::new(),
@@ -90,7 +114,19 @@ impl Link {
         for _ in 0..QUEUE_SIZE {
             link.post(new_buffer()).map_err(LinkError::Driver)?;
         }
+        link.flush();
         Ok(link)
+    }
+
+    /// Hands the host every frame put on the transmit ring since the last
+    /// flush, with one notify (none if there is nothing new).
+    pub fn flush(&mut self) {
+        virtio::flush_notifies(self.device);
+    }
+
+    /// The card's device number.
+    pub fn device(&self) -> usize {
+        self.device
     }
 
     /// The card's MAC address.
@@ -230,6 +266,12 @@ impl Device for Link {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Transmit<'_>> {
         self.reclaim();
+        if !self.card.can_send() && virtio::notifies_pending(self.device) {
+            // The ring is full of frames the host has not been told of:
+            // this batch ends here, and its buffers come back at once.
+            self.flush();
+            self.reclaim();
+        }
         self.card.can_send().then_some(Transmit { link: self })
     }
 

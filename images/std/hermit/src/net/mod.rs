@@ -30,6 +30,18 @@
 //! it. Nonblocking sockets answer `EAGAIN` instead of waiting, and so does
 //! a timeout, as on Unix (std reads both as `WouldBlock`).
 //!
+//! # One exit per batch
+//!
+//! smoltcp sends frames only inside a poll, and the card's transport holds
+//! their notify back (see `link`), so every call on the stack
+//! ([`with_stack`]) ends with at most one notify, which hands the host
+//! every frame the call produced. It is made after the stack's guard is
+//! down, with virtual interrupts on: a notify ends the guest's turn (so
+//! that the guest the frames are for can answer), and an answer that
+//! comes meanwhile is delivered as the hypercall returns. Made inside the
+//! guard, the answer's interrupt would wait for the guard's end, and
+//! cost an exit of its own to be taken.
+//!
 //! # Closing
 //!
 //! Closing a stream does not drop it: smoltcp sends what is queued and a
@@ -61,7 +73,7 @@ mod hermit_only {
     use super::{Errno, SocketId, address, link::Link};
     use crate::sync::IrqCell;
     use crate::{console, sched, time};
-    use core::sync::atomic::{AtomicU32, Ordering};
+    use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use guest_abi::boot::KERNEL_OFFSET;
     use guest_abi::virtio::{DeviceType, device_vector};
     use guest_rt::paging::FrameAllocator;
@@ -86,12 +98,22 @@ mod hermit_only {
     /// tried again).
     static STACK: IrqCell<Option<Result<Stack, Errno>>> = IrqCell::new(None);
 
-    /// Runs `operation` on the stack, bringing it up first if need be.
+    /// The card's device number once the stack is up (`usize::MAX`
+    /// before): whose held-back notifies [`with_stack`] makes.
+    static CARD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    /// Runs `operation` on the stack, bringing it up first if need be;
+    /// then hands the host whatever frames it sent, with one notify.
     pub fn with_stack<T>(operation: impl FnOnce(&mut Stack) -> T) -> Result<T, Errno> {
-        STACK.with(|slot| {
+        let result = STACK.with(|slot| {
             let stack = slot.get_or_insert_with(bring_up).as_mut().map_err(|e| *e)?;
+            CARD.store(stack.card(), Ordering::Relaxed);
             Ok(operation(stack))
-        })
+        });
+        // Outside the guard (see "One exit per batch"). Another thread may
+        // have put frames on the ring since: they go too.
+        virtio::flush_notifies(CARD.load(Ordering::Relaxed));
+        result
     }
 
     /// Wakes every thread waiting for the network.

@@ -239,9 +239,16 @@ impl Stack {
         self.link.counters()
     }
 
+    /// The card's device number (whose held-back notifies
+    /// `guest_rt::virtio::flush_notifies` makes).
+    pub fn card(&self) -> usize {
+        self.link.device()
+    }
+
     /// Lets smoltcp take in what the card received and send what is due;
     /// true if any socket may have changed. Also forgets closing streams
-    /// that are done.
+    /// that are done. What the poll sends waits on the card's ring for
+    /// `super::with_stack` to hand it to the host, with one notify.
     pub fn poll(&mut self, now_ns: u64) -> bool {
         self.link.acknowledge_interrupt();
         let result = self
