@@ -199,3 +199,30 @@ fn guests_moved_at_every_turn_keep_memory_fpu_state_and_timers() {
     }
     boot.line_containing(&["frames:", "balanced"]);
 }
+
+/// Two guests spin with their virtual interrupts off, one per CPU of two,
+/// while two others compute, sleep and check their memory: each spinner is
+/// ended by its budget on whichever CPU it is (the host's own timer takes
+/// every CPU back), and the others end well.
+#[test]
+fn spinning_guests_are_ended_by_their_budgets_while_the_others_run() {
+    let boot = boot_machine(
+        "guest_budget_ms=300 guests=trap/spin:killed,trap/spin:killed,isolation/a:killed,hello",
+        |machine| machine.cpus = 2,
+    );
+    boot.expect_success();
+    let killed = boot
+        .lines()
+        .filter(|l| {
+            l.starts_with("guest trap/spin killed:")
+                && l.contains("time budget of 300 ms")
+                && l.contains("virtual interrupts off")
+        })
+        .count();
+    if killed != 2 {
+        boot.fail(&format!("{killed} spinners ended by their budget, not 2"));
+    }
+    expect_isolation_intact(&boot, 1);
+    boot.line_containing(&["guest hello exited code=0"]);
+    boot.line_containing(&["frames:", "balanced"]);
+}

@@ -24,14 +24,16 @@
 //! events (exits, CR3 loads, shadow faults, ...) the host prints
 //! (`[guest] bench events id=<id> ...`). This module boots, reads those
 //! lines, sets each guest figure beside its native analogue as a ratio,
-//! prints a table and writes `target/bench/results.json`.
+//! prints a table and writes `target/bench/results.json`. Last come three
+//! plain boots of eight compute-bound guests on 1, 2 and 4 CPUs
+//! ([`crate::smp_bench`]).
 
 use crate::artefacts::{self, Profile};
-use crate::net_bench;
 use crate::qemu::{self, AccelRequest, Machine};
 use crate::session::{self, Options};
 use crate::workspace::Workspace;
 use crate::{Error, Result};
+use crate::{net_bench, smp_bench};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -269,11 +271,16 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
             }
         }
     }
+    let mut base = Machine::new(&built.kernel);
+    base.initrd = Some(built.guests.clone());
+    base.accel = accel.accel;
+    let smp = smp_bench::summary(&smp_bench::measure(&base)?);
     print_table(&metrics, &exit_path);
     print_host_costs(&host_costs);
     if !network.is_null() {
         net_bench::print(&network);
     }
+    smp_bench::print(&smp);
     let host_cost: Map<String, Value> = host_costs
         .iter()
         .map(|(kind, s)| {
@@ -289,6 +296,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         "exit_path": exit_path,
         "host_cost_per_exit": host_cost,
         "network": network,
+        "smp": smp,
     });
     let dir = workspace.target_dir.join("bench");
     std::fs::create_dir_all(&dir)

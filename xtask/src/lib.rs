@@ -55,6 +55,7 @@ pub mod packages;
 pub mod pxe;
 pub mod qemu;
 pub mod session;
+pub mod smp_bench;
 pub mod std_guests;
 pub mod toolchain;
 pub mod workspace;

@@ -225,12 +225,19 @@ pub fn run_guests(
     guard.insert(machine).kick_all(CpuId::BOOT);
     drop(guard);
     start_when_all_joined(cpus.len());
+    let run_started = services.now_ns();
     let account = cpu::run_on_this_cpu(CpuId::BOOT, &mut switcher, services);
     let Some(machine) = boot_cpu_leaves_run(account) else {
         return Err(RunError::Setup(String::from(
             "the run's shared state vanished before the boot CPU left it",
         )));
     };
+    let run_ms = services.now_ns().saturating_sub(run_started) / 1_000_000;
+    println!(
+        "run: {} guest(s) on {} CPU(s) in {run_ms} ms",
+        machine.places.len(),
+        cpus.len()
+    );
     report_cpus(&machine);
     machine.network.final_stats(apic::uptime_ms());
     println!("network: {}", machine.network.counters());
