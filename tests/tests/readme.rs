@@ -50,6 +50,10 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::AsWritten("run_takes_kernel_words"),
     ),
     (
+        "cargo xtask run --smp 2 -- guests=bench/compute,bench/compute,hello",
+        Check::AsWritten("run_shares_two_cpus"),
+    ),
+    (
         "cargo xtask run --gdb",
         Check::AsWritten("run_gdb_stops_at_kernel_entry"),
     ),
@@ -267,6 +271,28 @@ fn run_takes_kernel_words() {
         out.contains("DEBUG"),
         "log=debug printed no debug line:\n{out}"
     );
+}
+
+/// Two CPUs share three guests: each CPU says what it ran.
+#[test]
+fn run_shares_two_cpus() {
+    let _turn = one_at_a_time();
+    let (out, _) =
+        expect_success("cargo xtask run --smp 2 -- guests=bench/compute,bench/compute,hello");
+    assert!(out.contains("guest hello exited code=0"), "{out}");
+    assert_eq!(
+        out.matches("guest bench/compute exited code=0").count(),
+        2,
+        "{out}"
+    );
+    for cpu in ["cpu 0:", "cpu 1:"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(cpu) && l.contains(" turns,")),
+            "no `{cpu}` line:\n{out}"
+        );
+    }
+    assert!(out.contains("scheduler:"), "{out}");
 }
 
 #[test]

@@ -31,7 +31,8 @@
 //!             guest's own timer, and the end of its budget);
 //!             sched.turn_ended(cpu, vcpu, now, outcome);    // same hold as the next pick
 //!         }
-//!         Idle { until } => arm the timer for `until` (or a limit), hlt,
+//!         Idle { until, kicks } => send the IPIs; arm the timer for
+//!             `until` (or a limit), hlt,
 //!     }
 //! }
 //! ```
@@ -40,12 +41,12 @@
 //! for its network card, a virtual interrupt from another vCPU) calls
 //! [`Scheduler::wake`] and sends an IPI to the CPU it names, unless that is
 //! the calling CPU itself. An IPI to a parked CPU makes it pick again; an
-//! IPI to a busy CPU ends its turn (as a slice's end would). With one CPU,
-//! as today, `pick` and `turn_ended` replace the loop of
-//! `kernel/src/run.rs` one for one and the kicks are always empty or the
-//! boot CPU itself; [`Scheduler::new`]`(1, slice_ns)` gives exactly the
-//! turns that loop gives (the tests hold a transcription of it and compare
-//! the two turn by turn).
+//! IPI to a busy CPU ends its turn (as a slice's end would). The kernel's
+//! loop (`kernel/src/run/cpu.rs`) is exactly this. With one CPU, `pick`
+//! and `turn_ended` give the turns of the single-CPU loop that came before
+//! them, one for one, and the kicks are always empty or the boot CPU
+//! itself (the tests hold a transcription of that loop and compare the two
+//! turn by turn).
 //!
 //! ## Decisions
 //!
