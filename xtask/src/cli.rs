@@ -42,12 +42,13 @@ commands:
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
                          -icount), print a table, write target/bench/results.json
-  fuzz --seeds N [--first S] [--steps K] [--per-boot M] [--jobs J]
+  fuzz --seeds N [--first S] [--steps K] [--per-boot M] [--jobs J] [--smp N]
        [--timeout SECS] [-- <kernel command-line words>]
                          run the fuzz guest for seeds S.. S+N-1 (default S 1),
                          K steps each (default 10000), M guests per boot
                          (default 8) beside hello, J boots at a time (default
-                         1), each boot killed after SECS (default 120); says
+                         1) of N CPUs each (default 1), each boot killed after
+                         SECS (default 120); says
                          how each fuzzer ended and exits non-zero if a boot
                          failed (the host crashed, hung, leaked frames or
                          panicked, hello did not exit 0, or a fuzzer ended
@@ -229,6 +230,8 @@ pub struct FuzzArgs {
     pub per_boot: u64,
     /// `--jobs`: boots at a time (default 1).
     pub jobs: usize,
+    /// `--smp`: CPUs of each boot (default 1): the guests share them.
+    pub cpus: u32,
     /// `--timeout`: the time limit of one boot (default 120 s).
     pub time_limit: Duration,
     /// The words after `--`, put on the kernel command line before the
@@ -289,6 +292,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Task> {
             steps: flags.number("--steps")?.map_or(10_000, u64::from),
             per_boot: flags.number("--per-boot")?.map_or(8, u64::from),
             jobs: flags.number("--jobs")?.map_or(1, |j| j as usize),
+            cpus: flags.number("--smp")?.unwrap_or(1),
             time_limit: Duration::from_secs(flags.number("--timeout")?.unwrap_or(120).into()),
             kernel_words: flags.take_rest(),
         }),
@@ -683,14 +687,21 @@ mod tests {
         );
         assert_eq!(fuzz.time_limit, Duration::from_secs(120));
         let Task::Fuzz(fuzz) = parse_words(
-            "fuzz --seeds 2 --first 0 --steps 50 --per-boot 1 --jobs 2 --timeout 9 --accel tcg",
+            "fuzz --seeds 2 --first 0 --steps 50 --per-boot 1 --jobs 2 --smp 2 --timeout 9 --accel tcg",
         )
         .unwrap() else {
             panic!("not fuzz")
         };
         assert_eq!(
-            (fuzz.seeds, fuzz.first, fuzz.steps, fuzz.per_boot, fuzz.jobs),
-            (2, 0, 50, 1, 2)
+            (
+                fuzz.seeds,
+                fuzz.first,
+                fuzz.steps,
+                fuzz.per_boot,
+                fuzz.jobs,
+                fuzz.cpus
+            ),
+            (2, 0, 50, 1, 2, 2)
         );
         assert_eq!(fuzz.common.accel, AccelRequest::Forced(Accel::Tcg));
         let Task::Fuzz(fuzz) = parse_words("fuzz --seeds 1 -- roots=2 eager_fill=off").unwrap()

@@ -364,6 +364,7 @@ pub fn run(args: &FuzzArgs) -> Result<u8> {
                     machine.initrd = Some(built.guests.clone());
                     machine.accel = choice.accel;
                     machine.firmware = args.common.firmware;
+                    machine.cpus = args.cpus;
                     let record = match machine
                         .command()
                         .and_then(|c| session::run(c, &Options::captured(args.time_limit)))
