@@ -349,15 +349,19 @@ pub const KEYS: [Key; 15] = [
     Key {
         name: "guests",
         values: "comma-separated `name` or `name/argument` (its command line), each with \
-                 `:code`, `:killed` or `:any` for the end expected (default `:0`); in double \
-                 quotes (around the whole list) an argument may hold spaces and `=` (`guests=\"app/KEY=v a b,hello\"`)",
+                 `:code`, `:killed` or `:any` for the end expected (default `:0`), then \
+                 optionally `:restart` (started again whenever it ends) or `:restart=N` (at \
+                 most N times); in double quotes (around the whole list) an argument may hold \
+                 spaces and `=` (`guests=\"app/KEY=v a b,hello\"`)",
         default: Some("hello"),
         meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
                   only if every guest ends as expected (`cargo xtask run` also passes \
                   `guests=hello`)",
         set: |c, v| {
             if GuestSpec::parse_list(v).any(|s| s.is_none()) {
-                return Err("a comma-separated list of image[/arg][:code|:killed|:any]");
+                return Err(
+                    "a comma-separated list of image[/arg][:code|:killed|:any][:restart[=N]]",
+                );
             }
             c.guests = v;
             Ok(())
@@ -543,8 +547,23 @@ pub enum Expect {
     Any,
 }
 
-/// One guest to run: `image[/arg][:expect]`, e.g. `hello`, `trap/cli:killed`,
-/// `bench:0`, `fuzz/7/10000:any`, `args-std/LANG=C a b`. The argument may
+/// Whether a guest that ends is started again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// It is not (the default).
+    Never,
+    /// It is, this many times at most (`:restart=N`).
+    Times(u32),
+    /// It is, every time (`:restart`): a service, which the machine runs
+    /// until it is stopped.
+    Always,
+}
+
+/// One guest to run: `image[/arg][:expect][:restart[=N]]`, e.g. `hello`,
+/// `trap/cli:killed`, `bench:0`, `fuzz/7/10000:any`, `args-std/LANG=C a b`,
+/// `web:any:restart`. A guest to be restarted is started afresh from its
+/// image with the same argument, network card and address, and each of
+/// its lives is expected to end as `expect` says. The argument may
 /// hold `/`, `=`, `+`, `@`, `%` and spaces (the guest reads it as it likes:
 /// a `std` guest's runtime makes its environment and arguments of it), the
 /// image name may not; neither may hold `,`, `:` or quotes, which the list
@@ -557,11 +576,22 @@ pub struct GuestSpec<'a> {
     pub arg: &'a str,
     /// How it should end (default: exit code 0).
     pub expect: Expect,
+    /// Whether it is started again when it ends (default: never).
+    pub restart: Restart,
 }
 
 impl<'a> GuestSpec<'a> {
-    /// Parses one `image[/arg][:expect]`; `None` if malformed.
+    /// Parses one `image[/arg][:expect][:restart[=N]]`; `None` if
+    /// malformed.
     pub fn parse(word: &'a str) -> Option<Self> {
+        let (word, restart) = match word.rsplit_once(':') {
+            Some((rest, "restart")) => (rest, Restart::Always),
+            Some((rest, option)) if option.starts_with("restart=") => {
+                let times = option["restart=".len()..].parse().ok()?;
+                (rest, Restart::Times(times))
+            }
+            _ => (word, Restart::Never),
+        };
         let (rest, expect) = match word.rsplit_once(':') {
             Some((rest, "killed")) => (rest, Expect::Killed),
             Some((rest, "any")) => (rest, Expect::Any),
@@ -577,6 +607,7 @@ impl<'a> GuestSpec<'a> {
             image,
             arg,
             expect,
+            restart,
         })
     }
 
@@ -627,17 +658,20 @@ mod tests {
                 Some(GuestSpec {
                     image: "hello",
                     arg: "",
-                    expect: Expect::Exit(0)
+                    expect: Expect::Exit(0),
+                    restart: Restart::Never,
                 }),
                 Some(GuestSpec {
                     image: "trap",
                     arg: "cli",
-                    expect: Expect::Killed
+                    expect: Expect::Killed,
+                    restart: Restart::Never,
                 }),
                 Some(GuestSpec {
                     image: "bench",
                     arg: "",
-                    expect: Expect::Exit(3)
+                    expect: Expect::Exit(3),
+                    restart: Restart::Never,
                 }),
             ]
         );
@@ -674,7 +708,8 @@ mod tests {
             Some(GuestSpec {
                 image: "fuzz",
                 arg: "7/10000/verbose",
-                expect: Expect::Any
+                expect: Expect::Any,
+                restart: Restart::Never,
             })
         );
         assert_eq!(
@@ -682,6 +717,26 @@ mod tests {
             Some(("1/2", Expect::Exit(0)))
         );
         assert_eq!(GuestSpec::parse("fuzz/1:anything"), None);
+        assert_eq!(
+            GuestSpec::parse("web/8080:any:restart").map(|s| (s.arg, s.expect, s.restart)),
+            Some(("8080", Expect::Any, Restart::Always))
+        );
+        assert_eq!(
+            GuestSpec::parse("hello:restart=2").map(|s| (s.expect, s.restart)),
+            Some((Expect::Exit(0), Restart::Times(2)))
+        );
+        assert_eq!(
+            GuestSpec::parse("hello:killed:restart=0").map(|s| (s.expect, s.restart)),
+            Some((Expect::Killed, Restart::Times(0)))
+        );
+        for bad in [
+            "hello:restart=x",
+            "hello:restart=",
+            "hello:restart:any",
+            "hello:restart=-1",
+        ] {
+            assert_eq!(GuestSpec::parse(bad), None, "{bad}");
+        }
         assert_eq!(GuestSpec::parse("fuzz/1:Any"), None);
         let (c, w) = parse("guests=fuzz/1/100:any,fuzz/2/100:any,hello");
         assert_eq!(c.unwrap().guests, "fuzz/1/100:any,fuzz/2/100:any,hello");

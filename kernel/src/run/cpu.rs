@@ -49,12 +49,21 @@ pub(super) fn run_on_this_cpu(
         if let Some((slot, next)) = ended_turn.take()
             && let Some((slot, port_stats)) = machine.turn_ended(cpu, slot, next, now)
         {
-            // A guest ended: reported (lines printed, frames freed)
-            // without holding up the other CPUs.
+            // A guest ended: reported (lines printed, frames freed), and
+            // started again if its command line says so, without holding
+            // up the other CPUs.
             drop(guard);
+            let vcpu = slot.vcpu;
             let as_expected = super::report_end(*slot, port_stats);
-            if let Some(machine) = MACHINE.lock().as_mut() {
-                machine.guest_reported(cpu, as_expected);
+            let relaunch = MACHINE
+                .lock()
+                .as_mut()
+                .and_then(|machine| machine.guest_reported(cpu, vcpu, as_expected));
+            if let Some(job) = relaunch {
+                let started = job.starter.start_again(&job.relaunch, job.vcpu);
+                if let Some(machine) = MACHINE.lock().as_mut() {
+                    machine.guest_restarted(cpu, job.vcpu, started);
+                }
             }
             continue;
         }

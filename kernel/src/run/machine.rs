@@ -16,12 +16,14 @@
 //! (the boot CPU) to poll the network. Nothing inside a turn takes it, so
 //! a guest's exits cost what they cost with one CPU.
 
-use super::{Services, Slot};
+use super::{RunError, Services, Slot, Starter};
 use crate::apic;
 use crate::hostnet::snapshot::GuestLine;
 use crate::network::Network;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
+use host::config::{Expect, GuestSpec, Restart};
 use host::guest::{GuestState, Next};
 use host::net::PortId;
 use host::sched::{CpuId, CpuSet, Decision, Outcome, Scheduler, VcpuId};
@@ -40,6 +42,76 @@ pub(super) struct Place {
     /// Its counters-page line as its last turn ended, kept while the host
     /// serves that page (so that a guest away in a turn still has one).
     pub line: Option<GuestLine>,
+    /// How to start it again when it ends, if its command line says so.
+    pub relaunch: Option<Relaunch>,
+}
+
+/// What starting a guest again takes: its command-line entry, owned (the
+/// command line is not kept), its number (for its MAC), and the lives it
+/// has left.
+#[derive(Clone, Debug)]
+pub(super) struct Relaunch {
+    pub image: String,
+    pub arg: String,
+    pub expect: Expect,
+    /// Restarts still allowed.
+    pub left: Restart,
+    /// Its number among the guests.
+    pub index: usize,
+    /// Restarts so far.
+    pub restarts: u32,
+}
+
+impl Relaunch {
+    /// The relaunch of guest `index` from `spec`, if it asks for one.
+    pub fn of(spec: &GuestSpec<'_>, index: usize) -> Option<Self> {
+        (spec.restart != Restart::Never).then(|| Self {
+            image: String::from(spec.image),
+            arg: String::from(spec.arg),
+            expect: spec.expect,
+            left: spec.restart,
+            index,
+            restarts: 0,
+        })
+    }
+
+    /// Whether another life is allowed.
+    fn has_another_life(&self) -> bool {
+        !matches!(self.left, Restart::Never | Restart::Times(0))
+    }
+
+    /// Which restart the last was: `restart 2 of 3`, or `restart 2` for a
+    /// guest restarted every time.
+    fn which(&self) -> String {
+        match self.left {
+            Restart::Times(left) => alloc::format!(
+                "restart {} of {}",
+                self.restarts,
+                self.restarts.saturating_add(left)
+            ),
+            Restart::Always | Restart::Never => alloc::format!("restart {}", self.restarts),
+        }
+    }
+
+    /// Takes one of the lives left, if there is one.
+    fn take_life(&mut self) -> bool {
+        if !self.has_another_life() {
+            return false;
+        }
+        if let Restart::Times(n) = &mut self.left {
+            *n -= 1;
+        }
+        self.restarts += 1;
+        true
+    }
+}
+
+/// A guest to start again, outside the lock (loading an image takes a
+/// while).
+pub(super) struct RelaunchJob {
+    pub relaunch: Relaunch,
+    pub vcpu: VcpuId,
+    pub starter: Starter,
 }
 
 pub(super) enum Whereabouts {
@@ -106,6 +178,8 @@ pub(super) struct Machine {
     pub all_as_expected: bool,
     /// Each CPU's account, written as it leaves the run.
     pub accounts: Vec<CpuAccount>,
+    /// For the guests started again.
+    pub starter: Starter,
 }
 
 impl Machine {
@@ -211,8 +285,18 @@ impl Machine {
             self.places[at].line = Some(slot.line());
         }
         let ended = if next == Next::Ended {
-            self.places[at].whereabouts = Whereabouts::Gone;
-            let stats = self.network.remove_guest(port);
+            let place = &mut self.places[at];
+            place.whereabouts = Whereabouts::Gone;
+            // A guest that will live again keeps its port, and its frames.
+            let again = place
+                .relaunch
+                .as_ref()
+                .is_some_and(Relaunch::has_another_life);
+            let stats = if again {
+                None
+            } else {
+                self.network.remove_guest(port)
+            };
             Some((slot, stats))
         } else {
             self.places[at].whereabouts = Whereabouts::Home(slot);
@@ -266,11 +350,66 @@ impl Machine {
         self.deliver_frames(me);
     }
 
-    /// A guest ended and was reported; `as_expected` says whether it
-    /// ended as its command line expected. The last one ends the run, and
-    /// every other CPU is told to leave it.
-    pub fn guest_reported(&mut self, me: CpuId, as_expected: bool) {
+    /// Guest `vcpu` ended and was reported; `as_expected` says whether it
+    /// ended as its command line expected. Returns what starting it again
+    /// takes, if its command line asks for another life; otherwise it is
+    /// gone, and the last guest gone ends the run (every other CPU is told
+    /// to leave it).
+    pub fn guest_reported(
+        &mut self,
+        me: CpuId,
+        vcpu: VcpuId,
+        as_expected: bool,
+    ) -> Option<RelaunchJob> {
         self.all_as_expected &= as_expected;
+        let place = self.places.iter_mut().find(|p| p.vcpu == vcpu);
+        if let Some(relaunch) = place.and_then(|p| p.relaunch.as_mut())
+            && relaunch.take_life()
+        {
+            return Some(RelaunchJob {
+                relaunch: relaunch.clone(),
+                vcpu,
+                starter: self.starter,
+            });
+        }
+        self.guest_gone(me);
+        None
+    }
+
+    /// A guest started again (`started`: its new slot, or why it could not
+    /// be) goes home and to the scheduler; one that could not start is
+    /// gone.
+    pub fn guest_restarted(&mut self, me: CpuId, vcpu: VcpuId, started: Result<Slot, RunError>) {
+        let Some(place) = self.places.iter_mut().find(|p| p.vcpu == vcpu) else {
+            return;
+        };
+        let which = place
+            .relaunch
+            .as_ref()
+            .map_or(String::new(), Relaunch::which);
+        match started {
+            Ok(slot) => {
+                println!("guest {} restarted ({which})", slot.guest.name);
+                place.whereabouts = Whereabouts::Home(Box::new(slot));
+                if let Ok(Some(kick)) = self.sched.add(vcpu) {
+                    let mut kicks = CpuSet::EMPTY;
+                    kicks.insert(kick);
+                    self.kick(kicks, me);
+                }
+            }
+            Err(e) => {
+                let name = place.relaunch.as_ref().map_or("?", |r| r.image.as_str());
+                println!("guest {name} could not be restarted: {e}");
+                let port = place.port;
+                self.network.remove_guest(port);
+                self.all_as_expected = false;
+                self.guest_gone(me);
+            }
+        }
+    }
+
+    /// One guest fewer; the last ends the run.
+    fn guest_gone(&mut self, me: CpuId) {
         self.guests_left -= 1;
         if self.guests_left == 0 {
             self.kick_all(me);

@@ -44,7 +44,7 @@ use host::guest::load::Platform;
 use host::guest::{Devices, Guest, GuestState, HostServices, standard_devices};
 use host::paging::{Eviction, PagingConfig};
 use host::sched::{CpuId, Scheduler, VcpuId};
-use machine::{CpuAccount, MACHINE, Machine, Place, Whereabouts};
+use machine::{CpuAccount, MACHINE, Machine, Place, Relaunch, Whereabouts};
 
 /// The clock and the console, for guests. Each CPU has a copy.
 #[derive(Clone, Copy)]
@@ -151,12 +151,12 @@ impl core::fmt::Display for RunError {
 /// came back.
 pub fn run_guests(
     config: &Config<'_>,
-    archive: Option<&[u8]>,
+    archive: Option<&'static [u8]>,
     tsc_hz: u64,
     regions: &[Region],
 ) -> Result<bool, RunError> {
-    let archive =
-        GuestArchive::open(archive.ok_or(RunError::NoArchive)?).map_err(RunError::Archive)?;
+    let archive_bytes = archive.ok_or(RunError::NoArchive)?;
+    let archive = GuestArchive::open(archive_bytes).map_err(RunError::Archive)?;
     let mut switcher =
         CpuSwitcher::new(0).map_err(|e| RunError::Setup(alloc::format!("the switcher: {e}")))?;
     let services = Services::new(tsc_hz);
@@ -191,6 +191,7 @@ pub fn run_guests(
                     port,
                     whereabouts: Whereabouts::Home(Box::new(slot)),
                     line: None,
+                    relaunch: Relaunch::of(&spec, index),
                 });
             }
             Err(e) => {
@@ -218,6 +219,10 @@ pub fn run_guests(
         started: false,
         all_as_expected: true,
         accounts: alloc::vec![CpuAccount::default(); cpus.len()],
+        starter: Starter {
+            archive: archive_bytes,
+            settings,
+        },
     };
     // Published first, then announced: a CPU woken before it could see the
     // machine would go back to sleep.
@@ -359,6 +364,31 @@ fn report_cpus(machine: &Machine) {
     );
 }
 
+/// What starting a guest takes: the archive of images and the settings
+/// every guest starts with. Kept for the guests that are started again.
+#[derive(Clone, Copy)]
+pub(super) struct Starter {
+    /// The archive's bytes (opened and checked at the first start).
+    archive: &'static [u8],
+    settings: GuestSettings,
+}
+
+impl Starter {
+    /// A new life for the guest `relaunch` describes: a fresh guest from
+    /// its image, with the same argument, network card (MAC) and vCPU id.
+    fn start_again(&self, relaunch: &Relaunch, vcpu: VcpuId) -> Result<Slot, RunError> {
+        let archive = GuestArchive::open(self.archive).map_err(RunError::Archive)?;
+        let spec = GuestSpec {
+            image: &relaunch.image,
+            arg: &relaunch.arg,
+            expect: relaunch.expect,
+            restart: relaunch.left,
+        };
+        let devices = standard_devices(guest_mac(relaunch.index), entropy_seed());
+        start_guest(&archive, spec, &self.settings, devices, vcpu)
+    }
+}
+
 /// The shadow page tables' settings from the command line (`roots=`,
 /// `eviction=`, `eager_fill=`), with this CPU's physical-address width.
 fn paging_config(config: &Config<'_>) -> PagingConfig {
@@ -375,6 +405,7 @@ fn paging_config(config: &Config<'_>) -> PagingConfig {
 }
 
 /// What every guest starts with, from the command line and the machine.
+#[derive(Clone, Copy)]
 struct GuestSettings {
     mem_bytes: u64,
     budget_ns: u64,
