@@ -12,7 +12,7 @@
 //! frame back. The client's throughput is printed, never judged: these
 //! are TCG machines of any speed.
 
-use qemu_tests::{Boot, boot};
+use qemu_tests::{Boot, boot, boot_machine};
 
 /// The boot: 64 MiB per guest (each TCP socket has 128 KiB of buffers, and
 /// the programs a 64 KiB chunk), the server first so that it is
@@ -54,7 +54,27 @@ fn expect_each_exited_zero_once(boot: &Boot, guests: &[&str]) {
 
 #[test]
 fn two_std_guests_exchange_ten_megabytes_over_tcp_and_agree_on_the_checksum() {
-    let boot = boot(CMDLINE);
+    expect_the_exchange(&boot(CMDLINE));
+}
+
+/// The same on two CPUs, where the two guests run at the same time: frames
+/// for a guest in a turn on the other CPU wait in the switch, and that CPU
+/// is sent the scheduler's interrupt so that the turn ends and they go in.
+#[test]
+fn the_exchange_also_holds_with_the_guests_on_two_cpus() {
+    let boot = boot_machine(CMDLINE, |machine| machine.cpus = 2);
+    expect_the_exchange(&boot);
+    let cpus: Vec<&str> = boot
+        .lines()
+        .filter(|l| l.starts_with("cpu ") && l.contains(" turns,"))
+        .collect();
+    if cpus.len() != 2 {
+        boot.fail(&format!("expected two CPUs' accounts, saw {cpus:?}"));
+    }
+}
+
+/// Everything both programs must have said and done, and the host too.
+fn expect_the_exchange(boot: &Boot) {
     boot.expect_success();
     boot.line_containing(&["[net-server-std]", "hermit: net: up, 10.0.0.1/24"]);
     boot.line_containing(&["[net-client-std]", "hermit: net: up, 10.0.0.2/24"]);
@@ -63,8 +83,8 @@ fn two_std_guests_exchange_ten_megabytes_over_tcp_and_agree_on_the_checksum() {
         "[net-server-std]",
         "net-server-std: ok udp: 5 datagrams echoed",
     ]);
-    let server = checksum_in(&boot, "net-server-std", "ok tcp: bytes=10485760 ");
-    let client = checksum_in(&boot, "net-client-std", "ok tcp: 10485760 bytes sent");
+    let server = checksum_in(boot, "net-server-std", "ok tcp: bytes=10485760 ");
+    let client = checksum_in(boot, "net-client-std", "ok tcp: 10485760 bytes sent");
     if server != client || server.len() != 16 {
         boot.fail(&format!("server checksum {server}, client {client}"));
     }
@@ -76,6 +96,6 @@ fn two_std_guests_exchange_ten_megabytes_over_tcp_and_agree_on_the_checksum() {
             boot.fail(&format!("{guest} reported a failure"));
         }
     }
-    expect_each_exited_zero_once(&boot, &["net-server-std", "net-client-std", "hello"]);
+    expect_each_exited_zero_once(boot, &["net-server-std", "net-client-std", "hello"]);
     boot.line_containing(&["frames:", "balanced"]);
 }
