@@ -559,6 +559,24 @@ pub enum Restart {
     Always,
 }
 
+impl Restart {
+    /// Whether another life is allowed.
+    pub fn allows_another(self) -> bool {
+        !matches!(self, Self::Never | Self::Times(0))
+    }
+
+    /// Uses up one restart; false (and nothing changes) if none is left.
+    pub fn take_one(&mut self) -> bool {
+        if !self.allows_another() {
+            return false;
+        }
+        if let Self::Times(left) = self {
+            *left -= 1;
+        }
+        true
+    }
+}
+
 /// One guest to run: `image[/arg][:expect][:restart[=N]]`, e.g. `hello`,
 /// `trap/cli:killed`, `bench:0`, `fuzz/7/10000:any`, `args-std/LANG=C a b`,
 /// `web:any:restart`. A guest to be restarted is started afresh from its
@@ -699,6 +717,20 @@ mod tests {
         for bad in [r#"guests="a/x"y""#, "guests=a/x:y", r#"guests="a/ö""#] {
             assert!(parse(bad).0.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn restarts_are_used_up_one_by_one_unless_there_is_no_bound() {
+        let mut twice = Restart::Times(2);
+        assert!(twice.take_one() && twice.take_one());
+        assert_eq!(twice, Restart::Times(0));
+        assert!(!twice.allows_another() && !twice.take_one());
+        assert_eq!(twice, Restart::Times(0));
+        let mut never = Restart::Never;
+        assert!(!never.take_one());
+        let mut always = Restart::Always;
+        assert!((0..1000).all(|_| always.take_one()));
+        assert_eq!(always, Restart::Always);
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Relaunch {
 
     /// Whether another life is allowed.
     fn has_another_life(&self) -> bool {
-        !matches!(self.left, Restart::Never | Restart::Times(0))
+        self.left.allows_another()
     }
 
     /// Which restart the last was: `restart 2 of 3`, or `restart 2` for a
@@ -95,14 +95,9 @@ impl Relaunch {
 
     /// Takes one of the lives left, if there is one.
     fn take_life(&mut self) -> bool {
-        if !self.has_another_life() {
-            return false;
-        }
-        if let Restart::Times(n) = &mut self.left {
-            *n -= 1;
-        }
-        self.restarts += 1;
-        true
+        let taken = self.left.take_one();
+        self.restarts += u32::from(taken);
+        taken
     }
 }
 
