@@ -139,16 +139,17 @@ pub fn print(summary: &Value) {
             .flatten()
             .map(|t| t.to_string())
             .collect();
+        let number = |key: &str| run[key].as_u64().unwrap_or(0);
         println!(
             "{:>4} {:>9} {:>10} {:<24} {:>10} {:>7}",
-            run["cpus"],
-            run["wall_ms"],
+            number("cpus"),
+            number("wall_ms"),
             run["speedup"]
                 .as_f64()
                 .map_or_else(|| String::from("-"), |s| format!("{s:.2}")),
             turns.join(" "),
-            run["migrations"],
-            run["steals"],
+            number("migrations"),
+            number("steals"),
         );
     }
 }
