@@ -22,6 +22,8 @@ use super::{HostFrames, Services, Slot};
 use crate::network;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts};
+use alloc::boxed::Box;
+use alloc::string::String;
 use guest_abi::hypercall::{Number, host_vector};
 use host::guest::{Exit, ExitEvents, Guest, HostServices, Next, NoEvents};
 use host::sched::CpuId;
@@ -37,7 +39,7 @@ pub(super) fn run_on_this_cpu(
     let mut account = CpuAccount::default();
     let mut timer = DeadlineTimer::new();
     apic::set_timer_masked(false);
-    let mut ended_turn: Option<(alloc::boxed::Box<Slot>, Next)> = None;
+    let mut ended_turn: Option<(Box<Slot>, Next)> = None;
     loop {
         let mut guard = MACHINE.lock();
         let Some(machine) = guard.as_mut() else {
@@ -49,22 +51,8 @@ pub(super) fn run_on_this_cpu(
         if let Some((slot, next)) = ended_turn.take()
             && let Some((slot, port_stats)) = machine.turn_ended(cpu, slot, next, now)
         {
-            // A guest ended: reported (lines printed, frames freed), and
-            // started again if its command line says so, without holding
-            // up the other CPUs.
             drop(guard);
-            let vcpu = slot.vcpu;
-            let as_expected = super::report_end(*slot, port_stats);
-            let relaunch = MACHINE
-                .lock()
-                .as_mut()
-                .and_then(|machine| machine.guest_reported(cpu, vcpu, as_expected));
-            if let Some(job) = relaunch {
-                let started = job.starter.start_again(&job.relaunch, job.vcpu);
-                if let Some(machine) = MACHINE.lock().as_mut() {
-                    machine.guest_restarted(cpu, job.vcpu, started);
-                }
-            }
+            end_of_life(cpu, slot, port_stats);
             continue;
         }
         let polling = machine.network.needs_polling();
@@ -92,28 +80,8 @@ pub(super) fn run_on_this_cpu(
                     slice_end: min_deadline(until, poll_due),
                     timer: &mut timer,
                 };
-                if switcher.begin_turn(&slot.cpu_state) {
-                    slot.guest.cpu_tables_lost();
-                    account.state_loads += 1;
-                }
-                let next = if crate::bench::enabled() {
-                    let Slot {
-                        guest, host_shares, ..
-                    } = &mut *slot;
-                    run_turn(guest, turn, host_shares, switcher, &mut services)
-                } else {
-                    run_turn(
-                        &mut slot.guest,
-                        turn,
-                        &mut NoEvents,
-                        switcher,
-                        &mut services,
-                    )
-                };
-                switcher.end_turn(&mut slot.cpu_state);
-                account.turns += 1;
+                let next = take_turn(&mut slot, turn, switcher, &mut services, &mut account);
                 account.busy_ns += services.now_ns().saturating_sub(now);
-                account.guests_seen |= 1u64 << (slot.vcpu.guest % 64);
                 ended_turn = Some((slot, next));
             }
         }
@@ -122,6 +90,54 @@ pub(super) fn run_on_this_cpu(
         apic::set_timer_masked(true);
     }
     account
+}
+
+/// A guest ended: reported (lines printed, frames freed), and started
+/// again if its command line says so, without holding up the other CPUs.
+fn end_of_life(cpu: CpuId, slot: Box<Slot>, port_stats: Option<String>) {
+    let vcpu = slot.vcpu;
+    let as_expected = super::report_end(*slot, port_stats);
+    let relaunch = MACHINE
+        .lock()
+        .as_mut()
+        .and_then(|machine| machine.guest_reported(cpu, vcpu, as_expected));
+    if let Some(job) = relaunch {
+        let started = job.starter.start_again(&job.relaunch, job.vcpu);
+        if let Some(machine) = MACHINE.lock().as_mut() {
+            machine.guest_restarted(cpu, job.vcpu, started);
+        }
+    }
+}
+
+/// One turn of the guest in `slot` on this CPU: its state handed to the
+/// CPU, the turn run (watched by the benchmark's events with `bench=on`),
+/// its state taken back, and the turn counted.
+fn take_turn(
+    slot: &mut Slot,
+    turn: Turn<'_>,
+    switcher: &mut CpuSwitcher,
+    services: &mut Services,
+    account: &mut CpuAccount,
+) -> Next {
+    if switcher.begin_turn(&slot.cpu_state) {
+        slot.guest.cpu_tables_lost();
+        account.state_loads += 1;
+    }
+    let next = if crate::bench::enabled() {
+        run_turn(
+            &mut slot.guest,
+            turn,
+            &mut slot.host_shares,
+            switcher,
+            services,
+        )
+    } else {
+        run_turn(&mut slot.guest, turn, &mut NoEvents, switcher, services)
+    };
+    switcher.end_turn(&mut slot.cpu_state);
+    account.turns += 1;
+    account.guests_seen |= 1u64 << (slot.vcpu.guest % 64);
+    next
 }
 
 /// What bounds one guest's turn on the CPU, and the timer that enforces it.
