@@ -174,33 +174,7 @@ pub fn run_guests(
     let frames_before = memory::frame_stats();
     let mut sched = Scheduler::new(cpus.len(), slice_ns);
     sched.set_placement(config.placement);
-    let mut places = Vec::new();
-    let mut all_started = true;
-    for (index, spec) in GuestSpec::parse_list(config.guests).flatten().enumerate() {
-        let devices = standard_devices(guest_mac(index), entropy_seed());
-        let port = network.add_guest(spec.image);
-        let vcpu = VcpuId::new(index as u32, 0);
-        // A guest that cannot start is reported, and the others still run.
-        match start_guest(&archive, spec, &settings, devices, vcpu) {
-            Ok(slot) => {
-                // Ids are the guests' numbers, unique by construction; every
-                // CPU is told to pick below, so the kick is not needed.
-                let _ = sched.add(vcpu);
-                places.push(Place {
-                    vcpu,
-                    port,
-                    whereabouts: Whereabouts::Home(Box::new(slot)),
-                    line: None,
-                    relaunch: Relaunch::of(&spec, index),
-                });
-            }
-            Err(e) => {
-                network.remove_guest(port);
-                println!("guest {} failed to start: {e}", spec.image);
-                all_started = false;
-            }
-        }
-    }
+    let (places, all_started) = place_guests(config, &archive, &settings, &mut network, &mut sched);
     log::info!(
         "running {} guest(s) on {} CPU(s): {}",
         places.len(),
@@ -246,18 +220,59 @@ pub fn run_guests(
     report_cpus(&machine);
     machine.network.final_stats(apic::uptime_ms());
     println!("network: {}", machine.network.counters());
-    let frames_after = memory::frame_stats();
-    println!(
-        "frames: {} free before the guests, {} after ({})",
-        frames_before.free,
-        frames_after.free,
-        if frames_before.free == frames_after.free {
-            "balanced"
-        } else {
-            "LEAKED"
+    let balanced = report_frames(frames_before.free);
+    Ok(machine.all_as_expected && all_started && balanced)
+}
+
+/// Starts each guest `config` names, each with a port on the switch and a
+/// place for the scheduler. A guest that cannot start is reported, and the
+/// others still run; the flag says whether all started.
+fn place_guests(
+    config: &Config<'_>,
+    archive: &GuestArchive<'_>,
+    settings: &GuestSettings,
+    network: &mut Network,
+    sched: &mut Scheduler,
+) -> (Vec<Place>, bool) {
+    let mut places = Vec::new();
+    let mut all_started = true;
+    for (index, spec) in GuestSpec::parse_list(config.guests).flatten().enumerate() {
+        let devices = standard_devices(guest_mac(index), entropy_seed());
+        let port = network.add_guest(spec.image);
+        let vcpu = VcpuId::new(index as u32, 0);
+        match start_guest(archive, spec, settings, devices, vcpu) {
+            Ok(slot) => {
+                // Ids are the guests' numbers, unique by construction; every
+                // CPU is told to pick when the run starts, so no kick yet.
+                let _ = sched.add(vcpu);
+                places.push(Place {
+                    vcpu,
+                    port,
+                    whereabouts: Whereabouts::Home(Box::new(slot)),
+                    line: None,
+                    relaunch: Relaunch::of(&spec, index),
+                });
+            }
+            Err(e) => {
+                network.remove_guest(port);
+                println!("guest {} failed to start: {e}", spec.image);
+                all_started = false;
+            }
         }
+    }
+    (places, all_started)
+}
+
+/// Prints the free frames before the guests (`free_before`) and now, and
+/// says whether every frame the guests took came back.
+fn report_frames(free_before: u64) -> bool {
+    let free_after = memory::frame_stats().free;
+    let balanced = free_before == free_after;
+    println!(
+        "frames: {free_before} free before the guests, {free_after} after ({})",
+        if balanced { "balanced" } else { "LEAKED" }
     );
-    Ok(machine.all_as_expected && all_started && frames_before.free == frames_after.free)
+    balanced
 }
 
 /// Where an application processor joins the guests' run (from its idle
