@@ -7,7 +7,8 @@
 //! ms`), a line per CPU (`cpu K: T turns, G guests, ...`) and the
 //! scheduler's counts (`scheduler: T turns, M migrations, S steals, ...`).
 //! This module boots, reads those lines and reports the wall time, the
-//! speed-up over one CPU, and the turns and migrations. Wall time on a
+//! speed-up over one CPU, the turns and migrations, and how often a CPU
+//! found the machine's one lock held at a turn's edge. Wall time on a
 //! shared machine is noisy, and an emulator can run no more CPUs at once
 //! than the machine it runs on has cores: on a 2-core machine, 4 CPUs
 //! cannot beat 2. The figures are printed and stored, never asserted.
@@ -40,6 +41,9 @@ pub struct SmpRun {
     pub migrations: u64,
     /// Guests an idle CPU took from another's queue.
     pub steals: u64,
+    /// Turn edges, over all CPUs, at which another CPU held the machine's
+    /// one lock.
+    pub lock_waits: u64,
 }
 
 /// Boots eight compute-bound guests on each CPU count; `machine` is the
@@ -90,6 +94,7 @@ pub fn parse(cpus: u32, serial: &str) -> Option<SmpRun> {
             && account.contains(" turns,")
         {
             run.turns_per_cpu.push(number_before(account, " turns")?);
+            run.lock_waits += number_before(account, " lock waits").unwrap_or(0);
         }
     }
     (seen == (true, true)).then_some(run)
@@ -116,6 +121,7 @@ pub fn summary(runs: &[SmpRun]) -> Value {
                 "turns_per_cpu": r.turns_per_cpu,
                 "migrations": r.migrations,
                 "steals": r.steals,
+                "lock_waits": r.lock_waits,
             })
         })
         .collect();
@@ -131,7 +137,7 @@ pub fn print(summary: &Value) {
     let cores = summary["machine_cores"].as_u64().unwrap_or(0);
     println!();
     println!("SMP: {GUESTS} compute-bound guests (plain TCG, this machine has {cores} cores)");
-    println!("cpus   wall ms   speed-up   turns per CPU            migrations  steals");
+    println!("cpus   wall ms   speed-up   turns per CPU            migrations  steals  lock waits");
     for run in summary["runs"].as_array().into_iter().flatten() {
         let turns: Vec<String> = run["turns_per_cpu"]
             .as_array()
@@ -141,7 +147,7 @@ pub fn print(summary: &Value) {
             .collect();
         let number = |key: &str| run[key].as_u64().unwrap_or(0);
         println!(
-            "{:>4} {:>9} {:>10} {:<24} {:>10} {:>7}",
+            "{:>4} {:>9} {:>10} {:<24} {:>10} {:>7} {:>11}",
             number("cpus"),
             number("wall_ms"),
             run["speedup"]
@@ -150,6 +156,7 @@ pub fn print(summary: &Value) {
             turns.join(" "),
             number("migrations"),
             number("steals"),
+            number("lock_waits"),
         );
     }
 }
@@ -164,8 +171,8 @@ mod tests {
 
     const SERIAL: &str = "\
 run: 8 guest(s) on 2 CPU(s) in 1023 ms
-cpu 0: 83 turns, 7 guests, 83 state loads, 1005 ms in guests, 1 halts
-cpu 1: 79 turns, 4 guests, 78 state loads, 1018 ms in guests, 0 halts
+cpu 0: 83 turns, 7 guests, 83 state loads, 1005 ms in guests, 1 halts, 2 lock waits
+cpu 1: 79 turns, 4 guests, 78 state loads, 1018 ms in guests, 0 halts, 5 lock waits
 scheduler: 162 turns, 3 migrations, 3 steals, 1 idles, 2 kicks
 ";
 
@@ -180,6 +187,7 @@ scheduler: 162 turns, 3 migrations, 3 steals, 1 idles, 2 kicks
                 turns_per_cpu: vec![83, 79],
                 migrations: 3,
                 steals: 3,
+                lock_waits: 7,
             }
         );
     }

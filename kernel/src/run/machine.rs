@@ -143,6 +143,8 @@ pub(super) struct CpuAccount {
     /// Which guests it ran (guest numbers below 64; more are not told
     /// apart, see [`Self::guests`]).
     pub guests_seen: u64,
+    /// Turn edges at which another CPU held the machine's lock.
+    pub lock_waits: u64,
 }
 
 impl CpuAccount {

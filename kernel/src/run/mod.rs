@@ -363,13 +363,14 @@ fn boot_cpu_leaves_run(account: CpuAccount) -> Option<Machine> {
 fn report_cpus(machine: &Machine) {
     for (cpu, account) in machine.accounts.iter().enumerate() {
         println!(
-            "cpu {}: {} turns, {} guests, {} state loads, {} ms in guests, {} halts",
+            "cpu {}: {} turns, {} guests, {} state loads, {} ms in guests, {} halts, {} lock waits",
             machine.kernel_indices[cpu],
             account.turns,
             account.guests(),
             account.state_loads,
             account.busy_ns / 1_000_000,
-            account.halts
+            account.halts,
+            account.lock_waits
         );
     }
     let counters = machine.sched.counters();
