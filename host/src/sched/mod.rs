@@ -453,7 +453,8 @@ impl Scheduler {
         match vcpu.state {
             State::Halted => {
                 let (rank, home) = (vcpu.rank, vcpu.home);
-                self.enqueue(rank, home);
+                let queue = self.queue_after(home);
+                self.enqueue(rank, queue);
                 self.kicks().first()
             }
             State::Running(_) => {
@@ -486,22 +487,20 @@ impl Scheduler {
         vcpu.ran_ns = vcpu.ran_ns.saturating_add(now.saturating_sub(since));
         let woken = core::mem::take(&mut vcpu.woken_during_turn);
         let rank = vcpu.rank;
-        let next_cpu = match self.placement {
-            Placement::Affinity => cpu,
-            Placement::Rotate => CpuId((cpu.index() + 1) % self.cpus.len()),
-        };
         match outcome {
             Outcome::Ended => {
                 self.vcpus.remove(at);
             }
             Outcome::Halted { timer } if !woken => {
+                // Its home stays this CPU, whose timer watches its deadline
+                // (the CPU picks next and arms for it).
                 vcpu.timer = timer;
                 vcpu.state = State::Halted;
-                vcpu.home = next_cpu;
             }
             Outcome::Runnable { timer } | Outcome::Halted { timer } => {
                 vcpu.timer = timer;
-                self.enqueue(rank, next_cpu);
+                let queue = self.queue_after(cpu);
+                self.enqueue(rank, queue);
             }
         }
         Ok(())
@@ -567,7 +566,8 @@ impl Scheduler {
             vcpu.timer = None;
             if vcpu.state == State::Halted {
                 let (rank, home) = (vcpu.rank, vcpu.home);
-                self.enqueue(rank, home);
+                let queue = self.queue_after(home);
+                self.enqueue(rank, queue);
             }
         }
     }
@@ -609,8 +609,8 @@ impl Scheduler {
     /// will pick it: parked CPUs with vCPUs queued for them, then other
     /// parked CPUs (which will steal), then busy CPUs running a turn with
     /// no slice end while vCPUs wait for them. A kicked CPU counts as
-    /// about to pick. With [`Placement::Rotate`] only the first: no CPU
-    /// steals, and every turn has a slice end.
+    /// about to pick. With [`Placement::Rotate`], see
+    /// [`Self::kick_parked_with_work`].
     fn kicks(&mut self) -> CpuSet {
         self.kicks_but(None)
     }
@@ -618,6 +618,9 @@ impl Scheduler {
     /// [`Self::kicks`], never kicking `parking` (a CPU that is about to
     /// halt, whatever waits).
     fn kicks_but(&mut self, parking: Option<CpuId>) -> CpuSet {
+        if self.placement == Placement::Rotate {
+            return self.kick_parked_with_work();
+        }
         let waiting: usize = self.cpus.iter().map(|cpu| cpu.queue.len()).sum();
         let picking = self.count_cpus(|status| status == CpuStatus::Free);
         let mut unattended = waiting.saturating_sub(picking);
@@ -629,12 +632,6 @@ impl Scheduler {
                 matches!(cpu.status, CpuStatus::Busy { sliced: false, .. }) && !cpu.queue.is_empty()
             },
         ];
-        // Without stealing, a parked CPU takes only its own queue's work.
-        let passes = if self.placement == Placement::Rotate {
-            &passes[..1]
-        } else {
-            &passes[..]
-        };
         for wanted in passes {
             for (index, cpu) in self.cpus.iter_mut().enumerate() {
                 if unattended == 0 {
@@ -653,6 +650,21 @@ impl Scheduler {
                 };
                 kicks.insert(CpuId(index));
                 unattended -= 1;
+            }
+        }
+        self.counters.kicks += kicks.len() as u64;
+        kicks
+    }
+
+    /// [`Self::kicks`] with [`Placement::Rotate`]: no CPU steals, so each
+    /// parked CPU with vCPUs in its own queue is kicked, and no other (a
+    /// busy CPU's turn always has a slice's end).
+    fn kick_parked_with_work(&mut self) -> CpuSet {
+        let mut kicks = CpuSet::EMPTY;
+        for (index, cpu) in self.cpus.iter_mut().enumerate() {
+            if cpu.status == CpuStatus::Parked && !cpu.queue.is_empty() {
+                cpu.status = CpuStatus::Free;
+                kicks.insert(CpuId(index));
             }
         }
         self.counters.kicks += kicks.len() as u64;
@@ -735,6 +747,26 @@ impl Scheduler {
                 }
             }
         }
+        if self.placement == Placement::Rotate {
+            // No stealing: each queue is its own CPU's to take, at once if
+            // it is parked, at the slice's end if it is busy.
+            for (index, cpu) in self.cpus.iter().enumerate() {
+                let unattended = match cpu.status {
+                    CpuStatus::Parked => !cpu.queue.is_empty(),
+                    CpuStatus::Busy { sliced, .. } => !sliced,
+                    CpuStatus::Free => false,
+                };
+                if unattended {
+                    return Err(format!(
+                        "{} is {:?} with {} waiting",
+                        CpuId(index),
+                        cpu.status,
+                        cpu.queue.len()
+                    ));
+                }
+            }
+            return Ok(());
+        }
         let parked = self.count_cpus(|s| s == CpuStatus::Parked);
         let picking = self.count_cpus(|s| s == CpuStatus::Free);
         let waiting: usize = self.cpus.iter().map(|c| c.queue.len()).sum();
@@ -775,6 +807,16 @@ impl Scheduler {
     #[cfg(test)]
     fn capacities(&self) -> Vec<usize> {
         self.cpus.iter().map(|cpu| cpu.queue.capacity()).collect()
+    }
+
+    /// The queue a vCPU joins when it can run again after a turn on `cpu`
+    /// (or, halted, woken with `cpu` its home): that CPU's, or with
+    /// [`Placement::Rotate`] the next one's.
+    fn queue_after(&self, cpu: CpuId) -> CpuId {
+        match self.placement {
+            Placement::Affinity => cpu,
+            Placement::Rotate => CpuId((cpu.index() + 1) % self.cpus.len()),
+        }
     }
 
     fn enqueue(&mut self, rank: Rank, cpu: CpuId) {
