@@ -265,11 +265,23 @@ impl ShadowPaging {
         if low.is_upper_half() != high.is_upper_half() || high.in_switcher_slot() {
             return Err(bad);
         }
-        self.stack = Some(KernelStack {
+        let stack = KernelStack {
             bottom: low.page_base(),
             pages: pages + u64::from(low.page_base() != low),
-        });
-        self.pin_stack(mem, frames)
+        };
+        self.stack = Some(stack);
+        // A guest OS names the next process's stack at every context
+        // switch. One in the kernel half that was pinned before, with no
+        // kernel-half shadow entry dropped since, is still mapped writable
+        // in every root (the half is shared): nothing to walk.
+        if self.pinned_stacks.holds(stack) {
+            return Ok(());
+        }
+        self.pin_stack(mem, frames)?;
+        if stack.bottom.is_upper_half() {
+            self.pinned_stacks.remember(stack);
+        }
+        Ok(())
     }
 
     /// Forgets the kernel stack (a refused first stack leaves none).
@@ -355,6 +367,9 @@ impl ShadowPaging {
     /// part of the kernel stack; if so the stack is re-pinned before the
     /// guest runs again.
     pub(super) fn note_dropped(&mut self, vaddr: GuestVirtAddr, level: Level) {
+        if vaddr.is_upper_half() {
+            self.pinned_stacks.forget_all();
+        }
         let Some(stack) = self.stack else {
             return;
         };
@@ -364,6 +379,48 @@ impl ShadowPaging {
         let stack_end = bottom.saturating_add(stack.pages * PAGE_SIZE);
         if start < stack_end && bottom < start.saturating_add(span) {
             self.stack_needs_pin = true;
+        }
+    }
+}
+
+/// How many kernel-half stacks [`PinnedStacks`] remembers: as many as a
+/// guest OS has processes taking turns in the cache's largest setting.
+const PINNED_STACKS: usize = super::MAX_CACHED_ROOTS;
+
+/// The kernel-half stacks pinned since the last kernel-half shadow entry
+/// was dropped. The kernel half's shadow is shared by every root, so such a
+/// stack stays mapped writable whichever root runs, until an entry of the
+/// half is dropped or replaced ([`ShadowPaging::note_dropped`], the half
+/// dropped whole), which forgets them all: a switch back to one of them
+/// (the next context switch of a guest OS) need not walk its pages again.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PinnedStacks {
+    stacks: [Option<KernelStack>; PINNED_STACKS],
+    /// The slot the next stack remembered takes (oldest first).
+    next: usize,
+}
+
+impl PinnedStacks {
+    /// Whether `stack` is pinned still.
+    pub(super) fn holds(&self, stack: KernelStack) -> bool {
+        self.stacks.contains(&Some(stack))
+    }
+
+    /// Records that `stack` (in the kernel half) is pinned now.
+    pub(super) fn remember(&mut self, stack: KernelStack) {
+        if self.holds(stack) {
+            return;
+        }
+        if let Some(slot) = self.stacks.get_mut(self.next) {
+            *slot = Some(stack);
+        }
+        self.next = (self.next + 1) % PINNED_STACKS;
+    }
+
+    /// A kernel-half shadow entry was dropped: any of them may be unmapped.
+    pub(super) fn forget_all(&mut self) {
+        if self.stacks[0].is_some() {
+            *self = Self::default();
         }
     }
 }
@@ -577,6 +634,72 @@ mod tests {
                 .set_kernel_stack(&mut f.mem, &mut f.frames, 0x8000_0000_1000, 1),
             Err(PagingError::BadStack { .. })
         ));
+        f.teardown();
+    }
+
+    fn stack(page: u64) -> KernelStack {
+        KernelStack {
+            bottom: GuestVirtAddr::new_truncate(KERNEL_VA + page * PAGE_SIZE),
+            pages: 2,
+        }
+    }
+
+    #[test]
+    fn pinned_stacks_are_remembered_oldest_out_and_forgotten_together() {
+        let mut pinned = PinnedStacks::default();
+        assert!(!pinned.holds(stack(0)));
+        pinned.remember(stack(0));
+        pinned.remember(stack(0));
+        assert!(pinned.holds(stack(0)));
+        assert!(!pinned.holds(stack(2)));
+        for i in 1..=PINNED_STACKS as u64 {
+            pinned.remember(stack(2 * i));
+        }
+        // The first was the oldest: it made room for the last.
+        assert!(!pinned.holds(stack(0)));
+        for i in 1..=PINNED_STACKS as u64 {
+            assert!(pinned.holds(stack(2 * i)), "stack {i}");
+        }
+        pinned.forget_all();
+        assert!((0..=PINNED_STACKS as u64).all(|i| !pinned.holds(stack(2 * i))));
+    }
+
+    /// Two processes' kernel stacks taking turns: the second switch to
+    /// one finds it pinned still; once a kernel-half entry under it is
+    /// dropped, naming it maps it again.
+    #[test]
+    fn a_stack_named_again_is_pinned_again_after_a_kernel_half_drop() {
+        let mut f = fixture();
+        for page in 0..4 {
+            let flags = pte::WRITABLE;
+            f.map(
+                ROOT_A,
+                KERNEL_VA + page * PAGE_SIZE,
+                0x7000 + page * PAGE_SIZE,
+                flags,
+            );
+        }
+        let (a, b) = (KERNEL_VA + 0x2000, KERNEL_VA + 0x4000);
+        for top in [a, b, a, b] {
+            f.paging
+                .set_kernel_stack(&mut f.mem, &mut f.frames, top, 2)
+                .unwrap();
+        }
+        assert!(f.paging.pinned_stacks.holds(stack(0)));
+        assert!(f.paging.pinned_stacks.holds(stack(2)));
+        // The guest re-reports stack a's lower page (unchanged, but the
+        // shadow leaf is replaced by a read-only one until a write).
+        let entry = f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & !pte::DIRTY;
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, entry).unwrap();
+        assert!(!f.paging.pinned_stacks.holds(stack(0)));
+        f.paging
+            .set_kernel_stack(&mut f.mem, &mut f.frames, a, 2)
+            .unwrap();
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        assert!(f.paging.pinned_stacks.holds(stack(0)));
+        // Dropping everything forgets every stack.
+        f.paging.flush_all(&mut f.frames);
+        assert!(!f.paging.pinned_stacks.holds(stack(0)));
         f.teardown();
     }
 }
