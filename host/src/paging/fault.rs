@@ -25,7 +25,7 @@
 //! later trap, when there would be nowhere left to deliver the fault. A
 //! guest whose pinned stack cannot be mapped again is killed.
 
-use super::entry::{Level, PteFlags, ShadowEntry};
+use super::entry::{Level, PteFlags, ShadowEntry, TableIndex};
 use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
@@ -138,13 +138,25 @@ impl ShadowPaging {
             return Ok(Fill::Raced);
         };
         let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
-        if cpu_faulted {
-            let existing = Self::shadow_leaf(frames, self.roots.current().shadow, vaddr);
-            if Self::already_allows(existing, leaf, access) {
-                return Ok(Fill::NoProgress);
-            }
+        // One walk of the shadow serves the check and the write: where the
+        // leaf's table exists (a neighbour was mapped, or this page read
+        // before its first write), the leaf is written there at once.
+        let root = self.roots.current().shadow;
+        let Some(table) = Self::find_table(frames, root, vaddr, Level::L1) else {
+            self.map_page_reclaiming(frames, vaddr, leaf)?;
+            return Ok(Fill::Mapped(walk.page));
+        };
+        let index = TableIndex::of(vaddr, Level::L1);
+        let existing = ShadowEntry::from_raw(frames.read_entry(table, index));
+        if cpu_faulted && Self::already_allows(existing, leaf, access) {
+            return Ok(Fill::NoProgress);
         }
-        self.map_page_reclaiming(frames, vaddr, leaf)?;
+        if existing.raw() == 0 {
+            self.write_shadow(frames, table, index, leaf);
+        } else {
+            // In use before and after: the table's bitmap stays as it is.
+            frames.write_entry(table, index, leaf.raw());
+        }
         Ok(Fill::Mapped(walk.page))
     }
 
