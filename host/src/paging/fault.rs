@@ -413,9 +413,11 @@ pub(super) struct PinnedStacks {
 }
 
 impl PinnedStacks {
-    /// Whether `stack` is pinned still.
+    /// Whether `stack` is pinned still. The slots fill from the first, so
+    /// the search stops at the first empty one (a guest OS with two
+    /// processes looks at two).
     pub(super) fn holds(&self, stack: KernelStack) -> bool {
-        self.stacks.contains(&Some(stack))
+        self.stacks.iter().map_while(|s| *s).any(|s| s == stack)
     }
 
     /// Records that `stack` (in the kernel half) is pinned now.
