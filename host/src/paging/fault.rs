@@ -281,19 +281,33 @@ impl ShadowPaging {
             bottom: low.page_base(),
             pages: pages + u64::from(low.page_base() != low),
         };
-        self.stack = Some(stack);
-        // A guest OS names the next process's stack at every context
-        // switch. One in the kernel half that was pinned before, with no
-        // kernel-half shadow entry dropped since, is still mapped writable
-        // in every root (the half is shared): nothing to walk.
-        if self.pinned_stacks.holds(stack) {
+        if self.reuse_pinned_stack(top, pages) {
             return Ok(());
         }
+        self.stack = Some(stack);
         self.pin_stack(mem, frames)?;
         if stack.bottom.is_upper_half() {
-            self.pinned_stacks.remember(stack);
+            self.pinned_stacks.remember(top, pages, stack);
         }
         Ok(())
+    }
+
+    /// (ii) Makes the kernel stack `pages` pages ending at `top` again, if
+    /// it is one pinned before with no kernel-half shadow entry dropped
+    /// since ([`PinnedStacks`]): it is still mapped writable in every root
+    /// (the half is shared), and it passed every check when it was named,
+    /// so there is nothing to check or walk. Says whether it was; if not,
+    /// name it with [`Self::set_kernel_stack`]. A guest OS names the next
+    /// process's stack at every context switch: this is that switch's
+    /// common case.
+    pub fn reuse_pinned_stack(&mut self, top: u64, pages: u64) -> bool {
+        match self.pinned_stacks.find(top, pages) {
+            Some(stack) => {
+                self.stack = Some(stack);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets the kernel stack (a refused first stack leaves none).
@@ -399,6 +413,14 @@ impl ShadowPaging {
 /// guest OS has processes taking turns in the cache's largest setting.
 const PINNED_STACKS: usize = super::MAX_CACHED_ROOTS;
 
+/// One stack remembered: as the guest named it, and the pages it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pinned {
+    top: u64,
+    pages: u64,
+    stack: KernelStack,
+}
+
 /// The kernel-half stacks pinned since the last kernel-half shadow entry
 /// was dropped. The kernel half's shadow is shared by every root, so such a
 /// stack stays mapped writable whichever root runs, until an entry of the
@@ -407,26 +429,31 @@ const PINNED_STACKS: usize = super::MAX_CACHED_ROOTS;
 /// (the next context switch of a guest OS) need not walk its pages again.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct PinnedStacks {
-    stacks: [Option<KernelStack>; PINNED_STACKS],
+    stacks: [Option<Pinned>; PINNED_STACKS],
     /// The slot the next stack remembered takes (oldest first).
     next: usize,
 }
 
 impl PinnedStacks {
-    /// Whether `stack` is pinned still. The slots fill from the first, so
-    /// the search stops at the first empty one (a guest OS with two
-    /// processes looks at two).
-    pub(super) fn holds(&self, stack: KernelStack) -> bool {
-        self.stacks.iter().map_while(|s| *s).any(|s| s == stack)
+    /// The pages of the stack named `top`, `pages` if it is pinned still.
+    /// The slots fill from the first, so the search stops at the first
+    /// empty one (a guest OS with two processes looks at two).
+    fn find(&self, top: u64, pages: u64) -> Option<KernelStack> {
+        self.stacks
+            .iter()
+            .map_while(|s| *s)
+            .find(|s| s.top == top && s.pages == pages)
+            .map(|s| s.stack)
     }
 
-    /// Records that `stack` (in the kernel half) is pinned now.
-    pub(super) fn remember(&mut self, stack: KernelStack) {
-        if self.holds(stack) {
+    /// Records that the stack named `top`, `pages` (in the kernel half,
+    /// covering `stack`) is pinned now.
+    fn remember(&mut self, top: u64, pages: u64, stack: KernelStack) {
+        if self.find(top, pages).is_some() {
             return;
         }
         if let Some(slot) = self.stacks.get_mut(self.next) {
-            *slot = Some(stack);
+            *slot = Some(Pinned { top, pages, stack });
         }
         self.next = (self.next + 1) % PINNED_STACKS;
     }
@@ -651,31 +678,41 @@ mod tests {
         f.teardown();
     }
 
-    fn stack(page: u64) -> KernelStack {
-        KernelStack {
+    fn stack(page: u64) -> (u64, KernelStack) {
+        let stack = KernelStack {
             bottom: GuestVirtAddr::new_truncate(KERNEL_VA + page * PAGE_SIZE),
             pages: 2,
-        }
+        };
+        (stack.bottom.as_u64() + 2 * PAGE_SIZE, stack)
+    }
+
+    fn holds(pinned: &PinnedStacks, page: u64) -> bool {
+        let (top, expected) = stack(page);
+        pinned.find(top, 2) == Some(expected)
     }
 
     #[test]
     fn pinned_stacks_are_remembered_oldest_out_and_forgotten_together() {
         let mut pinned = PinnedStacks::default();
-        assert!(!pinned.holds(stack(0)));
-        pinned.remember(stack(0));
-        pinned.remember(stack(0));
-        assert!(pinned.holds(stack(0)));
-        assert!(!pinned.holds(stack(2)));
+        assert!(!holds(&pinned, 0));
+        let (top, s) = stack(0);
+        pinned.remember(top, 2, s);
+        pinned.remember(top, 2, s);
+        assert!(holds(&pinned, 0));
+        // The same top with another size is another stack.
+        assert_eq!(pinned.find(top, 3), None);
+        assert!(!holds(&pinned, 2));
         for i in 1..=PINNED_STACKS as u64 {
-            pinned.remember(stack(2 * i));
+            let (top, s) = stack(2 * i);
+            pinned.remember(top, 2, s);
         }
         // The first was the oldest: it made room for the last.
-        assert!(!pinned.holds(stack(0)));
+        assert!(!holds(&pinned, 0));
         for i in 1..=PINNED_STACKS as u64 {
-            assert!(pinned.holds(stack(2 * i)), "stack {i}");
+            assert!(holds(&pinned, 2 * i), "stack {i}");
         }
         pinned.forget_all();
-        assert!((0..=PINNED_STACKS as u64).all(|i| !pinned.holds(stack(2 * i))));
+        assert!((0..=PINNED_STACKS as u64).all(|i| !holds(&pinned, 2 * i)));
     }
 
     /// Two processes' kernel stacks taking turns: the second switch to
@@ -699,21 +736,24 @@ mod tests {
                 .set_kernel_stack(&mut f.mem, &mut f.frames, top, 2)
                 .unwrap();
         }
-        assert!(f.paging.pinned_stacks.holds(stack(0)));
-        assert!(f.paging.pinned_stacks.holds(stack(2)));
+        assert!(holds(&f.paging.pinned_stacks, 0));
+        assert!(holds(&f.paging.pinned_stacks, 2));
+        assert!(f.paging.reuse_pinned_stack(a, 2));
+        assert_eq!(f.paging.stack, Some(stack(0).1));
         // The guest re-reports stack a's lower page (unchanged, but the
         // shadow leaf is replaced by a read-only one until a write).
         let entry = f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & !pte::DIRTY;
         f.set_entry(ROOT_A, KERNEL_VA, Level::L1, entry).unwrap();
-        assert!(!f.paging.pinned_stacks.holds(stack(0)));
+        assert!(!holds(&f.paging.pinned_stacks, 0));
+        assert!(!f.paging.reuse_pinned_stack(a, 2));
         f.paging
             .set_kernel_stack(&mut f.mem, &mut f.frames, a, 2)
             .unwrap();
         assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
-        assert!(f.paging.pinned_stacks.holds(stack(0)));
+        assert!(holds(&f.paging.pinned_stacks, 0));
         // Dropping everything forgets every stack.
         f.paging.flush_all(&mut f.frames);
-        assert!(!f.paging.pinned_stacks.holds(stack(0)));
+        assert!(!holds(&f.paging.pinned_stacks, 0));
         f.teardown();
     }
 }
