@@ -138,6 +138,15 @@ impl ShadowPaging {
             return Ok(Fill::Raced);
         };
         let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
+        if vaddr.is_upper_half()
+            && self
+                .kernel_translation
+                .is_some_and(|t| t.vpage == vaddr.page_base())
+        {
+            // Mapped again (a first write, or an entry the guest changed
+            // without saying so): the host's note follows the new leaf.
+            self.kernel_translation = None;
+        }
         // One walk of the shadow serves the check and the write: where the
         // leaf's table exists (a neighbour was mapped, or this page read
         // before its first write), the leaf is written there at once.
@@ -186,15 +195,41 @@ impl ShadowPaging {
         vaddr: GuestVirtAddr,
         access: Access,
     ) -> Result<Option<GuestPhysAddr>, PagingError> {
+        let offset = vaddr.as_u64() & 0xfff;
+        let kernel = vaddr.is_upper_half() && !access.user && !access.fetch;
+        if kernel
+            && let Some(last) = self.kernel_translation
+            && last.vpage == vaddr.page_base()
+            && (last.writable || !access.write)
+        {
+            return Ok(last.page.checked_add(offset));
+        }
         // Two tries: the first may find the guest changing an entry.
         for _ in 0..2 {
             match self.fill(mem, frames, vaddr, access, false)? {
-                Fill::Mapped(page) => return Ok(page.checked_add(vaddr.as_u64() & 0xfff)),
+                Fill::Mapped(page) => {
+                    if kernel {
+                        self.kernel_translation = Some(KernelTranslation {
+                            vpage: vaddr.page_base(),
+                            page,
+                            writable: access.write,
+                        });
+                    }
+                    return Ok(page.checked_add(offset));
+                }
                 Fill::Raced => continue,
                 Fill::Forbidden { .. } | Fill::NoProgress => return Ok(None),
             }
         }
         Ok(None)
+    }
+
+    /// A kernel-half shadow entry was dropped or replaced (or the whole
+    /// half): what the host remembered of the half's shadow, the stacks
+    /// pinned and its own last translation there, may be stale.
+    pub(super) fn kernel_half_changed(&mut self) {
+        self.pinned_stacks.forget_all();
+        self.kernel_translation = None;
     }
 
     /// Sets accessed in every entry of the walk, and dirty in the leaf for
@@ -394,7 +429,7 @@ impl ShadowPaging {
     /// guest runs again.
     pub(super) fn note_dropped(&mut self, vaddr: GuestVirtAddr, level: Level) {
         if vaddr.is_upper_half() {
-            self.pinned_stacks.forget_all();
+            self.kernel_half_changed();
         }
         let Some(stack) = self.stack else {
             return;
@@ -407,6 +442,25 @@ impl ShadowPaging {
             self.stack_needs_pin = true;
         }
     }
+}
+
+/// The host's own last translation in the kernel half, for its accesses
+/// on the guest's behalf ([`ShadowPaging::access_for_guest`]): delivering a
+/// trap writes its frame to the guest kernel's stack, the same page again
+/// and again, and each write would walk the guest's tables afresh. It says
+/// no more than the shadow leaf the fill wrote (the guest's tables allowed
+/// this kind of access, and its accessed bits, and dirty bit for a write,
+/// are set) and is forgotten whenever that leaf may go or change (any
+/// kernel-half drop, [`ShadowPaging::kernel_half_changed`], or the page
+/// filled again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct KernelTranslation {
+    /// The guest-virtual page.
+    vpage: GuestVirtAddr,
+    /// The guest page behind it.
+    page: GuestPhysAddr,
+    /// Whether it was a write (else a read: a write must fill first).
+    writable: bool,
 }
 
 /// How many kernel-half stacks [`PinnedStacks`] remembers: as many as a
@@ -754,6 +808,69 @@ mod tests {
         // Dropping everything forgets every stack.
         f.paging.flush_all(&mut f.frames);
         assert!(!holds(&f.paging.pinned_stacks, 0));
+        f.teardown();
+    }
+
+    /// The host's own kernel-half accesses (a trap frame written to the
+    /// guest's stack) are remembered per page, and what they remember
+    /// follows the guest's reports and the dirty-bit rule.
+    #[test]
+    fn the_hosts_last_kernel_translation_follows_reports_and_dirty_bits() {
+        let mut f = fixture();
+        f.map(ROOT_A, KERNEL_VA, 0x7000, pte::WRITABLE);
+        let va = GuestVirtAddr::try_new(KERNEL_VA + 0x18).unwrap();
+        let access = |f: &mut Fixture, access| {
+            f.paging
+                .access_for_guest(&mut f.mem, &mut f.frames, va, access)
+                .unwrap()
+        };
+        // A read first: the leaf stays clean, and a write after it still
+        // goes to the guest's tables to set dirty.
+        assert_eq!(
+            access(&mut f, Access::KERNEL_READ),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        assert_eq!(f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & pte::DIRTY, 0);
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        assert_ne!(f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & pte::DIRTY, 0);
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        // Remembered: the same page again reads no guest entry (a changed
+        // entry the guest did not report is not seen, as the CPU would not
+        // see it through the shadow either).
+        f.map(ROOT_A, KERNEL_VA, 0x9000, pte::WRITABLE);
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        // Reported: forgotten, and the new page is used.
+        let entry = f.guest_entry(ROOT_A, KERNEL_VA, Level::L1);
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, entry).unwrap();
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x9018))
+        );
+        // Unmapped and reported: refused.
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, 0).unwrap();
+        f.write(ROOT_A, KERNEL_VA, Level::L1, 0);
+        assert_eq!(access(&mut f, Access::KERNEL_READ), None);
+        // A user access never uses it.
+        f.map(ROOT_A, KERNEL_VA, 0x7000, pte::WRITABLE);
+        f.set_entry(
+            ROOT_A,
+            KERNEL_VA,
+            Level::L1,
+            0x7000 | pte::WRITABLE | pte::PRESENT,
+        )
+        .unwrap();
+        assert!(access(&mut f, Access::KERNEL_WRITE).is_some());
+        let user_write = Access {
+            user: true,
+            ..Access::KERNEL_WRITE
+        };
+        assert_eq!(access(&mut f, user_write), None);
         f.teardown();
     }
 }

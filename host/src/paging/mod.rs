@@ -243,6 +243,8 @@ pub struct ShadowPaging {
     upper_walk: Option<update::UpperWalk>,
     /// The kernel-half stacks known to be pinned still ([`fault`]).
     pinned_stacks: fault::PinnedStacks,
+    /// The host's own last kernel-half translation ([`fault`]).
+    kernel_translation: Option<fault::KernelTranslation>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -315,6 +317,7 @@ impl ShadowPaging {
             book,
             upper_walk: None,
             pinned_stacks: fault::PinnedStacks::default(),
+            kernel_translation: None,
         })
     }
 
