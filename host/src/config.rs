@@ -161,7 +161,9 @@ impl HostIp {
 /// to an address space not in its cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RootEviction {
-    /// The least recently used (`lru`).
+    /// The least recently used (`lru`), with a memory of the roots evicted
+    /// lately: a miss on one of those (a cycle over more roots than the
+    /// cache holds) evicts the most recently used instead.
     LeastRecentlyUsed,
     /// One at random (`random`), lguest's choice.
     Random,
@@ -413,8 +415,10 @@ pub const KEYS: [Key; 15] = [
         name: "eviction",
         values: "`lru`, `random`",
         default: Some("lru"),
-        meaning: "which cached shadow root a new one replaces: the least recently used, or one \
-                  at random (lguest's choice)",
+        meaning: "which cached shadow root a new one replaces: the least recently used (with a \
+                  memory of the roots evicted lately: a miss on one of those, a cycle over more \
+                  roots than fit, evicts the most recently used instead), or one at random \
+                  (lguest's choice)",
         set: |c, v| {
             c.eviction = match v {
                 "lru" => RootEviction::LeastRecentlyUsed,

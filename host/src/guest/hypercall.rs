@@ -224,6 +224,14 @@ impl<M: GuestRam> Guest<M> {
         frames: &mut F,
         top: u64,
     ) -> Result<u64, Error> {
+        // The next process's stack at a context switch, named and pinned
+        // before: it passed every check below then, and is mapped still.
+        let pages = super::PINNED_STACK_PAGES;
+        if top.is_multiple_of(16) && self.paging.reuse_pinned_stack(top, pages) {
+            self.kernel_stack = Some(top);
+            self.stack_stale = true;
+            return Ok(0);
+        }
         let canonical =
             GuestVirtAddr::try_new(top).is_ok_and(|t| t.is_upper_half() && !t.in_switcher_slot());
         if !canonical || !top.is_multiple_of(16) {
@@ -232,7 +240,6 @@ impl<M: GuestRam> Guest<M> {
         // A guest OS sets a stack at every context switch, so the common
         // case (all pages mapped) must cost one pinning pass, no more. A
         // refused stack must change nothing: the old one is pinned again.
-        let pages = super::PINNED_STACK_PAGES;
         if self
             .paging
             .set_kernel_stack(&mut self.memory, frames, top, pages)

@@ -561,6 +561,11 @@ impl<M: GuestRam> Guest<M> {
     /// Everything before an entry: time in the shared page, a due virtual
     /// interrupt delivered, the shadow tables ready. Returns the shadow root
     /// to run on, or `None` if the guest was killed on the way.
+    ///
+    /// Inlined into the run loop: it runs before every entry, and the
+    /// common case (nothing pending, nothing to pin) is a few loads and
+    /// stores, less than a call's saving and restoring of registers.
+    #[inline(always)]
     pub fn prepare_entry<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
@@ -615,6 +620,7 @@ impl<M: GuestRam> Guest<M> {
     }
 
     /// Handles `exit`, which just happened (its trap is in [`Self::regs`]).
+    #[inline(always)]
     pub fn handle_exit<F: ShadowFrames, H: HostServices>(
         &mut self,
         exit: Exit,

@@ -1138,6 +1138,29 @@ fn set_kernel_stack_checks_its_address() {
     }
 }
 
+/// A guest OS names the next process's kernel stack at every switch: a
+/// stack named again is the kernel stack again (given to the CPU's TSS)
+/// without a walk, and after the shadow is flushed it is pinned afresh.
+#[test]
+fn kernel_stacks_taking_turns_stay_pinned_and_are_pinned_again_after_a_flush() {
+    let mut w = World::new();
+    let (a, b) = (STACK_TOP, STACK_TOP - 0x4000);
+    for top in [a, b, a, b, a] {
+        assert_eq!(w.call(Number::SetKernelStack, &[top]), 0, "{top:#x}");
+        let (stack, _) = w.guest.take_cpu_tables().expect("the stack changed");
+        assert_eq!(stack, top);
+    }
+    let invalid = Error::InvalidArgument.to_return_value();
+    assert_eq!(w.call(Number::SetKernelStack, &[b + 8]), invalid);
+    assert_eq!(w.call(Number::MmuOp, &MmuOp::FlushAll.encode()), 0);
+    assert_eq!(w.call(Number::SetKernelStack, &[b]), 0);
+    for page in [b - 0x1000, b - 0x2000] {
+        let page = GuestVirtAddr::try_new(page).unwrap();
+        assert!(w.guest.paging.maps_writable(&w.frames, page), "{page:?}");
+    }
+    assert_eq!(w.guest.state(), &GuestState::Runnable);
+}
+
 #[test]
 fn a_refused_kernel_stack_leaves_the_old_one_pinned() {
     let mut w = World::new();

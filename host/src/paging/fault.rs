@@ -25,7 +25,7 @@
 //! later trap, when there would be nowhere left to deliver the fault. A
 //! guest whose pinned stack cannot be mapped again is killed.
 
-use super::entry::{Level, PteFlags, ShadowEntry};
+use super::entry::{Level, PteFlags, ShadowEntry, TableIndex};
 use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
@@ -138,13 +138,34 @@ impl ShadowPaging {
             return Ok(Fill::Raced);
         };
         let leaf = self.shadow_leaf_for(mem, &walk, dirty, vaddr)?;
-        if cpu_faulted {
-            let existing = Self::shadow_leaf(frames, self.roots.current().shadow, vaddr);
-            if Self::already_allows(existing, leaf, access) {
-                return Ok(Fill::NoProgress);
-            }
+        if vaddr.is_upper_half()
+            && self
+                .kernel_translation
+                .is_some_and(|t| t.vpage == vaddr.page_base())
+        {
+            // Mapped again (a first write, or an entry the guest changed
+            // without saying so): the host's note follows the new leaf.
+            self.kernel_translation = None;
         }
-        self.map_page_reclaiming(frames, vaddr, leaf)?;
+        // One walk of the shadow serves the check and the write: where the
+        // leaf's table exists (a neighbour was mapped, or this page read
+        // before its first write), the leaf is written there at once.
+        let root = self.roots.current().shadow;
+        let Some(table) = Self::find_table(frames, root, vaddr, Level::L1) else {
+            self.map_page_reclaiming(frames, vaddr, leaf)?;
+            return Ok(Fill::Mapped(walk.page));
+        };
+        let index = TableIndex::of(vaddr, Level::L1);
+        let existing = ShadowEntry::from_raw(frames.read_entry(table, index));
+        if cpu_faulted && Self::already_allows(existing, leaf, access) {
+            return Ok(Fill::NoProgress);
+        }
+        if existing.raw() == 0 {
+            self.write_shadow(frames, table, index, leaf);
+        } else {
+            // In use before and after: the table's bitmap stays as it is.
+            frames.write_entry(table, index, leaf.raw());
+        }
         Ok(Fill::Mapped(walk.page))
     }
 
@@ -174,15 +195,41 @@ impl ShadowPaging {
         vaddr: GuestVirtAddr,
         access: Access,
     ) -> Result<Option<GuestPhysAddr>, PagingError> {
+        let offset = vaddr.as_u64() & 0xfff;
+        let kernel = vaddr.is_upper_half() && !access.user && !access.fetch;
+        if kernel
+            && let Some(last) = self.kernel_translation
+            && last.vpage == vaddr.page_base()
+            && (last.writable || !access.write)
+        {
+            return Ok(last.page.checked_add(offset));
+        }
         // Two tries: the first may find the guest changing an entry.
         for _ in 0..2 {
             match self.fill(mem, frames, vaddr, access, false)? {
-                Fill::Mapped(page) => return Ok(page.checked_add(vaddr.as_u64() & 0xfff)),
+                Fill::Mapped(page) => {
+                    if kernel {
+                        self.kernel_translation = Some(KernelTranslation {
+                            vpage: vaddr.page_base(),
+                            page,
+                            writable: access.write,
+                        });
+                    }
+                    return Ok(page.checked_add(offset));
+                }
                 Fill::Raced => continue,
                 Fill::Forbidden { .. } | Fill::NoProgress => return Ok(None),
             }
         }
         Ok(None)
+    }
+
+    /// A kernel-half shadow entry was dropped or replaced (or the whole
+    /// half): what the host remembered of the half's shadow, the stacks
+    /// pinned and its own last translation there, may be stale.
+    pub(super) fn kernel_half_changed(&mut self) {
+        self.pinned_stacks.forget_all();
+        self.kernel_translation = None;
     }
 
     /// Sets accessed in every entry of the walk, and dirty in the leaf for
@@ -265,11 +312,37 @@ impl ShadowPaging {
         if low.is_upper_half() != high.is_upper_half() || high.in_switcher_slot() {
             return Err(bad);
         }
-        self.stack = Some(KernelStack {
+        let stack = KernelStack {
             bottom: low.page_base(),
             pages: pages + u64::from(low.page_base() != low),
-        });
-        self.pin_stack(mem, frames)
+        };
+        if self.reuse_pinned_stack(top, pages) {
+            return Ok(());
+        }
+        self.stack = Some(stack);
+        self.pin_stack(mem, frames)?;
+        if stack.bottom.is_upper_half() {
+            self.pinned_stacks.remember(top, pages, stack);
+        }
+        Ok(())
+    }
+
+    /// (ii) Makes the kernel stack `pages` pages ending at `top` again, if
+    /// it is one pinned before with no kernel-half shadow entry dropped
+    /// since ([`PinnedStacks`]): it is still mapped writable in every root
+    /// (the half is shared), and it passed every check when it was named,
+    /// so there is nothing to check or walk. Says whether it was; if not,
+    /// name it with [`Self::set_kernel_stack`]. A guest OS names the next
+    /// process's stack at every context switch: this is that switch's
+    /// common case.
+    pub fn reuse_pinned_stack(&mut self, top: u64, pages: u64) -> bool {
+        match self.pinned_stacks.find(top, pages) {
+            Some(stack) => {
+                self.stack = Some(stack);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets the kernel stack (a refused first stack leaves none).
@@ -355,6 +428,9 @@ impl ShadowPaging {
     /// part of the kernel stack; if so the stack is re-pinned before the
     /// guest runs again.
     pub(super) fn note_dropped(&mut self, vaddr: GuestVirtAddr, level: Level) {
+        if vaddr.is_upper_half() {
+            self.kernel_half_changed();
+        }
         let Some(stack) = self.stack else {
             return;
         };
@@ -364,6 +440,82 @@ impl ShadowPaging {
         let stack_end = bottom.saturating_add(stack.pages * PAGE_SIZE);
         if start < stack_end && bottom < start.saturating_add(span) {
             self.stack_needs_pin = true;
+        }
+    }
+}
+
+/// The host's own last translation in the kernel half, for its accesses
+/// on the guest's behalf ([`ShadowPaging::access_for_guest`]): delivering a
+/// trap writes its frame to the guest kernel's stack, the same page again
+/// and again, and each write would walk the guest's tables afresh. It says
+/// no more than the shadow leaf the fill wrote (the guest's tables allowed
+/// this kind of access, and its accessed bits, and dirty bit for a write,
+/// are set) and is forgotten whenever that leaf may go or change (any
+/// kernel-half drop, [`ShadowPaging::kernel_half_changed`], or the page
+/// filled again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct KernelTranslation {
+    /// The guest-virtual page.
+    vpage: GuestVirtAddr,
+    /// The guest page behind it.
+    page: GuestPhysAddr,
+    /// Whether it was a write (else a read: a write must fill first).
+    writable: bool,
+}
+
+/// How many kernel-half stacks [`PinnedStacks`] remembers: as many as a
+/// guest OS has processes taking turns in the cache's largest setting.
+const PINNED_STACKS: usize = super::MAX_CACHED_ROOTS;
+
+/// One stack remembered: as the guest named it, and the pages it covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pinned {
+    top: u64,
+    pages: u64,
+    stack: KernelStack,
+}
+
+/// The kernel-half stacks pinned since the last kernel-half shadow entry
+/// was dropped. The kernel half's shadow is shared by every root, so such a
+/// stack stays mapped writable whichever root runs, until an entry of the
+/// half is dropped or replaced ([`ShadowPaging::note_dropped`], the half
+/// dropped whole), which forgets them all: a switch back to one of them
+/// (the next context switch of a guest OS) need not walk its pages again.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PinnedStacks {
+    stacks: [Option<Pinned>; PINNED_STACKS],
+    /// The slot the next stack remembered takes (oldest first).
+    next: usize,
+}
+
+impl PinnedStacks {
+    /// The pages of the stack named `top`, `pages` if it is pinned still.
+    /// The slots fill from the first, so the search stops at the first
+    /// empty one (a guest OS with two processes looks at two).
+    fn find(&self, top: u64, pages: u64) -> Option<KernelStack> {
+        self.stacks
+            .iter()
+            .map_while(|s| *s)
+            .find(|s| s.top == top && s.pages == pages)
+            .map(|s| s.stack)
+    }
+
+    /// Records that the stack named `top`, `pages` (in the kernel half,
+    /// covering `stack`) is pinned now.
+    fn remember(&mut self, top: u64, pages: u64, stack: KernelStack) {
+        if self.find(top, pages).is_some() {
+            return;
+        }
+        if let Some(slot) = self.stacks.get_mut(self.next) {
+            *slot = Some(Pinned { top, pages, stack });
+        }
+        self.next = (self.next + 1) % PINNED_STACKS;
+    }
+
+    /// A kernel-half shadow entry was dropped: any of them may be unmapped.
+    pub(super) fn forget_all(&mut self) {
+        if self.stacks[0].is_some() {
+            *self = Self::default();
         }
     }
 }
@@ -577,6 +729,148 @@ mod tests {
                 .set_kernel_stack(&mut f.mem, &mut f.frames, 0x8000_0000_1000, 1),
             Err(PagingError::BadStack { .. })
         ));
+        f.teardown();
+    }
+
+    fn stack(page: u64) -> (u64, KernelStack) {
+        let stack = KernelStack {
+            bottom: GuestVirtAddr::new_truncate(KERNEL_VA + page * PAGE_SIZE),
+            pages: 2,
+        };
+        (stack.bottom.as_u64() + 2 * PAGE_SIZE, stack)
+    }
+
+    fn holds(pinned: &PinnedStacks, page: u64) -> bool {
+        let (top, expected) = stack(page);
+        pinned.find(top, 2) == Some(expected)
+    }
+
+    #[test]
+    fn pinned_stacks_are_remembered_oldest_out_and_forgotten_together() {
+        let mut pinned = PinnedStacks::default();
+        assert!(!holds(&pinned, 0));
+        let (top, s) = stack(0);
+        pinned.remember(top, 2, s);
+        pinned.remember(top, 2, s);
+        assert!(holds(&pinned, 0));
+        // The same top with another size is another stack.
+        assert_eq!(pinned.find(top, 3), None);
+        assert!(!holds(&pinned, 2));
+        for i in 1..=PINNED_STACKS as u64 {
+            let (top, s) = stack(2 * i);
+            pinned.remember(top, 2, s);
+        }
+        // The first was the oldest: it made room for the last.
+        assert!(!holds(&pinned, 0));
+        for i in 1..=PINNED_STACKS as u64 {
+            assert!(holds(&pinned, 2 * i), "stack {i}");
+        }
+        pinned.forget_all();
+        assert!((0..=PINNED_STACKS as u64).all(|i| !holds(&pinned, 2 * i)));
+    }
+
+    /// Two processes' kernel stacks taking turns: the second switch to
+    /// one finds it pinned still; once a kernel-half entry under it is
+    /// dropped, naming it maps it again.
+    #[test]
+    fn a_stack_named_again_is_pinned_again_after_a_kernel_half_drop() {
+        let mut f = fixture();
+        for page in 0..4 {
+            let flags = pte::WRITABLE;
+            f.map(
+                ROOT_A,
+                KERNEL_VA + page * PAGE_SIZE,
+                0x7000 + page * PAGE_SIZE,
+                flags,
+            );
+        }
+        let (a, b) = (KERNEL_VA + 0x2000, KERNEL_VA + 0x4000);
+        for top in [a, b, a, b] {
+            f.paging
+                .set_kernel_stack(&mut f.mem, &mut f.frames, top, 2)
+                .unwrap();
+        }
+        assert!(holds(&f.paging.pinned_stacks, 0));
+        assert!(holds(&f.paging.pinned_stacks, 2));
+        assert!(f.paging.reuse_pinned_stack(a, 2));
+        assert_eq!(f.paging.stack, Some(stack(0).1));
+        // The guest re-reports stack a's lower page (unchanged, but the
+        // shadow leaf is replaced by a read-only one until a write).
+        let entry = f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & !pte::DIRTY;
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, entry).unwrap();
+        assert!(!holds(&f.paging.pinned_stacks, 0));
+        assert!(!f.paging.reuse_pinned_stack(a, 2));
+        f.paging
+            .set_kernel_stack(&mut f.mem, &mut f.frames, a, 2)
+            .unwrap();
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        assert!(holds(&f.paging.pinned_stacks, 0));
+        // Dropping everything forgets every stack.
+        f.paging.flush_all(&mut f.frames);
+        assert!(!holds(&f.paging.pinned_stacks, 0));
+        f.teardown();
+    }
+
+    /// The host's own kernel-half accesses (a trap frame written to the
+    /// guest's stack) are remembered per page, and what they remember
+    /// follows the guest's reports and the dirty-bit rule.
+    #[test]
+    fn the_hosts_last_kernel_translation_follows_reports_and_dirty_bits() {
+        let mut f = fixture();
+        f.map(ROOT_A, KERNEL_VA, 0x7000, pte::WRITABLE);
+        let va = GuestVirtAddr::try_new(KERNEL_VA + 0x18).unwrap();
+        let access = |f: &mut Fixture, access| {
+            f.paging
+                .access_for_guest(&mut f.mem, &mut f.frames, va, access)
+                .unwrap()
+        };
+        // A read first: the leaf stays clean, and a write after it still
+        // goes to the guest's tables to set dirty.
+        assert_eq!(
+            access(&mut f, Access::KERNEL_READ),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        assert_eq!(f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & pte::DIRTY, 0);
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        assert_ne!(f.guest_entry(ROOT_A, KERNEL_VA, Level::L1) & pte::DIRTY, 0);
+        assert!(f.leaf(KERNEL_VA).flags().contains(PteFlags::WRITABLE));
+        // Remembered: the same page again reads no guest entry (a changed
+        // entry the guest did not report is not seen, as the CPU would not
+        // see it through the shadow either).
+        f.map(ROOT_A, KERNEL_VA, 0x9000, pte::WRITABLE);
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x7018))
+        );
+        // Reported: forgotten, and the new page is used.
+        let entry = f.guest_entry(ROOT_A, KERNEL_VA, Level::L1);
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, entry).unwrap();
+        assert_eq!(
+            access(&mut f, Access::KERNEL_WRITE),
+            Some(GuestPhysAddr::new(0x9018))
+        );
+        // Unmapped and reported: refused.
+        f.set_entry(ROOT_A, KERNEL_VA, Level::L1, 0).unwrap();
+        f.write(ROOT_A, KERNEL_VA, Level::L1, 0);
+        assert_eq!(access(&mut f, Access::KERNEL_READ), None);
+        // A user access never uses it.
+        f.map(ROOT_A, KERNEL_VA, 0x7000, pte::WRITABLE);
+        f.set_entry(
+            ROOT_A,
+            KERNEL_VA,
+            Level::L1,
+            0x7000 | pte::WRITABLE | pte::PRESENT,
+        )
+        .unwrap();
+        assert!(access(&mut f, Access::KERNEL_WRITE).is_some());
+        let user_write = Access {
+            user: true,
+            ..Access::KERNEL_WRITE
+        };
+        assert_eq!(access(&mut f, user_write), None);
         f.teardown();
     }
 }

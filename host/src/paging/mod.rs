@@ -241,6 +241,10 @@ pub struct ShadowPaging {
     book: tables::TableBook,
     /// The upper levels of the eager fill's last walk ([`update`]).
     upper_walk: Option<update::UpperWalk>,
+    /// The kernel-half stacks known to be pinned still ([`fault`]).
+    pinned_stacks: fault::PinnedStacks,
+    /// The host's own last kernel-half translation ([`fault`]).
+    kernel_translation: Option<fault::KernelTranslation>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -312,6 +316,8 @@ impl ShadowPaging {
             shared_page: None,
             book,
             upper_walk: None,
+            pinned_stacks: fault::PinnedStacks::default(),
+            kernel_translation: None,
         })
     }
 

@@ -320,6 +320,7 @@ impl ShadowPaging {
 
     /// Frees the shared kernel half and clears it from every root.
     pub(super) fn drop_kernel_half<F: ShadowFrames>(&mut self, frames: &mut F) {
+        self.kernel_half_changed();
         for offset in 0..KERNEL_HALF_SLOTS {
             let Some(index) = TableIndex::new(KERNEL_HALF_FIRST_PML4_INDEX + offset) else {
                 continue;

@@ -105,10 +105,13 @@ fn page_faults() -> bool {
 }
 
 /// `ctxsw_hit` / `ctxsw_miss`: `procs` processes yielding to each other
-/// round robin, [`Self`] `rounds` times each; one operation is one switch
-/// (a `yield` system call, `SetRoot`, `SetKernelStack`, and the way back to
-/// user code). With 2 processes every root is in the host's cache (a hit);
-/// with 8 and the default cache of 4 roots, LRU, every switch misses.
+/// round robin, `rounds` times each; one operation is one switch (a
+/// `yield` system call, one `SetRoot` carrying the root and the kernel
+/// stack, and the way back to user code). With 2 processes every root is
+/// in the host's cache (a hit); with 8 and the default cache of 4 roots
+/// most switches miss: plain LRU would miss every one, but the host's LRU
+/// remembers the roots it evicted lately and, cycled over, keeps the older
+/// ones, so one switch in three hits.
 fn context_switches(name: usize, procs: u64, rounds: u64) -> bool {
     const WARM: u64 = 5;
     let mut forked = 0;
