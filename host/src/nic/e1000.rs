@@ -78,23 +78,33 @@ pub mod reg {
     pub const TCTL: usize = 0x0400;
     /// Transmit inter-packet gap.
     pub const TIPG: usize = 0x0410;
-    /// Receive ring: base (low, high), length in bytes, head, tail.
+    /// Receive ring base, low 32 bits.
     pub const RDBAL: usize = 0x2800;
+    /// Receive ring base, high 32 bits.
     pub const RDBAH: usize = 0x2804;
+    /// Receive ring length in bytes.
     pub const RDLEN: usize = 0x2808;
+    /// Receive head: the next descriptor the card fills.
     pub const RDH: usize = 0x2810;
+    /// Receive tail: one past the last descriptor the card may fill.
     pub const RDT: usize = 0x2818;
-    /// Transmit ring: the same five.
+    /// Transmit ring base, low 32 bits.
     pub const TDBAL: usize = 0x3800;
+    /// Transmit ring base, high 32 bits.
     pub const TDBAH: usize = 0x3804;
+    /// Transmit ring length in bytes.
     pub const TDLEN: usize = 0x3808;
+    /// Transmit head: the next descriptor the card sends.
     pub const TDH: usize = 0x3810;
+    /// Transmit tail: one past the last descriptor given to the card.
     pub const TDT: usize = 0x3818;
-    /// Multicast table (128 words).
+    /// Multicast table array.
     pub const MTA: usize = 0x5200;
+    /// Its size in 32-bit words.
     pub const MTA_WORDS: usize = 128;
-    /// Receive address 0: low four bytes, high two and "address valid".
+    /// Receive address 0: its low four bytes.
     pub const RAL0: usize = 0x5400;
+    /// Receive address 0: its high two bytes and "address valid".
     pub const RAH0: usize = 0x5404;
     /// The lowest size BAR 0 must have for every register above.
     pub const BAR_BYTES: u64 = 0x2_0000;
@@ -106,11 +116,13 @@ pub mod ctrl {
     pub const ASDE: u32 = 1 << 5;
     /// Set link up (the MAC follows the PHY's link).
     pub const SLU: u32 = 1 << 6;
-    /// Link reset, loss-of-signal inversion, VLAN mode, PHY reset: all
-    /// cleared for a plain link.
+    /// Link reset (cleared for a plain link, as the three below).
     pub const LRST: u32 = 1 << 3;
+    /// Invert loss-of-signal.
     pub const ILOS: u32 = 1 << 7;
+    /// VLAN mode.
     pub const VME: u32 = 1 << 30;
+    /// PHY reset.
     pub const PHY_RST: u32 = 1 << 31;
     /// Device reset; self-clearing.
     pub const RST: u32 = 1 << 26;
@@ -122,8 +134,9 @@ pub mod status {
     pub const FD: u32 = 1 << 0;
     /// Link up.
     pub const LU: u32 = 1 << 1;
-    /// Speed: 0 10 Mb/s, 1 100, 2 or 3 1000.
+    /// Speed (0: 10 Mb/s, 1: 100, 2 or 3: 1000): where it is.
     pub const SPEED_SHIFT: u32 = 6;
+    /// Its width.
     pub const SPEED_MASK: u32 = 0b11;
 }
 
@@ -131,9 +144,10 @@ pub mod status {
 pub mod rctl {
     /// Receiver enable.
     pub const EN: u32 = 1 << 1;
-    /// Unicast and multicast promiscuous: the uplink carries frames for
-    /// the guests' and the host interface's MAC addresses, not the card's.
+    /// Unicast promiscuous: the uplink carries frames for the guests' and
+    /// the host interface's MAC addresses, not the card's.
     pub const UPE: u32 = 1 << 3;
+    /// Multicast promiscuous, for the same reason.
     pub const MPE: u32 = 1 << 4;
     /// Accept broadcast.
     pub const BAM: u32 = 1 << 15;
@@ -149,9 +163,9 @@ pub mod tctl {
     pub const EN: u32 = 1 << 1;
     /// Pad short packets.
     pub const PSP: u32 = 1 << 3;
-    /// Collision threshold (15, as the manual advises) and distance (64
-    /// byte times, full duplex).
+    /// Collision threshold: 15, as the manual advises.
     pub const CT_15: u32 = 0x0f << 4;
+    /// Collision distance: 64 byte times, for full duplex.
     pub const COLD_FULL_DUPLEX: u32 = 0x40 << 12;
 }
 
@@ -231,11 +245,17 @@ pub const STATUS_EOP: u8 = 1 << 1;
 /// writes, and what the card writes back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxDescriptor {
+    /// The buffer's physical address (the driver's).
     pub buffer: u64,
+    /// The bytes received into it (the card's, as all below).
     pub length: u16,
+    /// The packet checksum.
     pub checksum: u16,
+    /// `DD`, `EOP` and more.
     pub status: u8,
+    /// CRC, symbol, sequence, ... errors.
     pub errors: u8,
+    /// The VLAN tag.
     pub special: u16,
 }
 
@@ -321,21 +341,29 @@ impl RxDescriptor {
 /// The shortest frame worth handing on: destination, source, type.
 pub const ETHERNET_HEADER_BYTES: usize = 14;
 
-/// Transmit command bits: end of packet, insert the CRC, report status
-/// (set `DD` when sent).
+/// Transmit command: end of packet.
 pub const CMD_EOP: u8 = 1 << 0;
+/// Transmit command: insert the Ethernet CRC.
 pub const CMD_IFCS: u8 = 1 << 1;
+/// Transmit command: report status (set `DD` once sent).
 pub const CMD_RS: u8 = 1 << 3;
 
 /// A legacy transmit descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TxDescriptor {
+    /// The frame's physical address.
     pub buffer: u64,
+    /// Its length.
     pub length: u16,
+    /// Checksum offset (unused: no offloads).
     pub cso: u8,
+    /// `CMD_*` bits.
     pub command: u8,
+    /// `DD` once sent (the card's).
     pub status: u8,
+    /// Checksum start (unused).
     pub css: u8,
+    /// The VLAN tag (unused).
     pub special: u16,
 }
 
