@@ -28,6 +28,7 @@
 
 use crate::artefacts::{self, Profile};
 use crate::net_bench;
+use crate::outside_bench;
 use crate::qemu::{self, AccelRequest, Machine};
 use crate::session::{self, Options};
 use crate::workspace::Workspace;
@@ -269,11 +270,25 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
             }
         }
     }
+    let mut outside = Map::new();
+    for model in outside_bench::MODELS {
+        eprintln!(
+            "xtask: bench boot: outside TCP throughput through a {} uplink (plain)",
+            model.name()
+        );
+        let runs = outside_bench::measure(&built.kernel, &built.guests, accel.accel, model);
+        if let Err(e) = &runs {
+            eprintln!("xtask: {e}");
+        }
+        let (name, value) = outside_bench::entry(model, &runs);
+        outside.insert(name, value);
+    }
     print_table(&metrics, &exit_path);
     print_host_costs(&host_costs);
     if !network.is_null() {
         net_bench::print(&network);
     }
+    outside_bench::print(&outside);
     let host_cost: Map<String, Value> = host_costs
         .iter()
         .map(|(kind, s)| {
@@ -289,6 +304,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         "exit_path": exit_path,
         "host_cost_per_exit": host_cost,
         "network": network,
+        "network_outside": outside,
     });
     let dir = workspace.target_dir.join("bench");
     std::fs::create_dir_all(&dir)
