@@ -395,6 +395,17 @@ impl E1000 {
     }
 }
 
+impl Drop for E1000 {
+    /// Stops the card before its rings and buffers go back to the frame
+    /// allocator: nothing may DMA into memory that is no longer ours.
+    fn drop(&mut self) {
+        self.registers.write(reg::RCTL, 0);
+        self.registers.write(reg::TCTL, 0);
+        self.registers
+            .write(reg::CTRL, self.registers.read(reg::CTRL) | ctrl::RST);
+    }
+}
+
 /// Resets the card and masks every interrupt cause.
 fn reset(registers: &Registers) -> Result<(), ProbeError> {
     registers.write(reg::IMC, u32::MAX);
