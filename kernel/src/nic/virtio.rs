@@ -133,7 +133,12 @@ impl VirtioNic {
             let Some(token) = self.device.poll_receive() else {
                 break;
             };
-            let buffer = self.rx_buffer_of[usize::from(token)];
+            // The token comes from the card's used ring: one out of range
+            // is the card misbehaving, counted, and the queue left alone.
+            let Some(&buffer) = self.rx_buffer_of.get(usize::from(token)) else {
+                self.counters.rx_errors += 1;
+                break;
+            };
             // SAFETY: `buffer` is the one lent with `token` (recorded in
             // `lend_for_receive`), and the card has given it back.
             let done = unsafe {
@@ -209,7 +214,8 @@ impl VirtioNic {
     /// Takes back the transmit buffers the card is done with.
     fn reclaim_sent(&mut self) {
         while let Some(token) = self.device.poll_transmit() {
-            let Some((buffer, length)) = self.tx_in_flight[usize::from(token)].take() else {
+            let in_flight = self.tx_in_flight.get_mut(usize::from(token));
+            let Some((buffer, length)) = in_flight.and_then(Option::take) else {
                 // A token we never lent: the card misbehaves; stop here
                 // rather than give it a buffer it may still own.
                 return;
