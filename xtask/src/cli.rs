@@ -41,7 +41,9 @@ commands:
                          measure QEMU start -> first serial byte -> banner
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
-                         -icount), print a table, write target/bench/results.json
+                         -icount), time TCP between here and a guest through
+                         a virtio-net and an e1000 uplink, print a table,
+                         write target/bench/results.json
   fuzz --seeds N [--first S] [--steps K] [--per-boot M] [--jobs J]
        [--timeout SECS] [-- <kernel command-line words>]
                          run the fuzz guest for seeds S.. S+N-1 (default S 1),
