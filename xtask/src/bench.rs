@@ -273,7 +273,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     let mut outside = Map::new();
     for model in outside_bench::MODELS {
         eprintln!(
-            "xtask: bench boot: outside TCP throughput through a {} uplink (plain)",
+            "xtask: bench boot: outside TCP throughput, uplink {} (plain)",
             model.name()
         );
         let runs = outside_bench::measure(&built.kernel, &built.guests, accel.accel, model);
