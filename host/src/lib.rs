@@ -22,9 +22,11 @@
 //!    hypercall and completion by virtual interrupt, every ring checked.
 //! 8. [`net`]: the virtual switch joining every guest's virtio-net, the
 //!    uplink and the host's own interface: learning, bounded queues, counters.
-//! 9. [`text`]: a guest's console output made safe for the operator's
-//!    terminal.
-//! 10. [`sched`]: the scheduling policy: which vCPU each CPU runs next,
+//! 9. [`nic`]: the machine's own network cards as plain data: the e1000
+//!    family's registers and descriptors, every one the card writes judged.
+//! 10. [`text`]: a guest's console output made safe for the operator's
+//!     terminal.
+//! 11. [`sched`]: the scheduling policy: which vCPU each CPU runs next,
 //!     per-CPU run queues, time slices, stealing, idle CPUs halting.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -39,6 +41,7 @@ pub mod config;
 pub mod frames;
 pub mod guest;
 pub mod net;
+pub mod nic;
 pub mod paging;
 pub mod sched;
 pub mod text;

@@ -49,11 +49,18 @@ pub fn run(test: BootTest) {
     power::exit(power::FAILURE);
 }
 
-/// Each frame of this recursion holds 4 KiB, so a 128 KiB stack lasts about
-/// 32 calls before it runs into the guard page.
+/// Each frame of this recursion holds half a KiB, so a 128 KiB stack lasts
+/// about 250 calls before it runs into the guard page. Frames much smaller
+/// than the guard page are the point: the first touch of the guard is then
+/// near its top, and the CPU's push of the page fault's frame lands in the
+/// guard too, which makes the double fault the test expects. (With frames
+/// of a whole page, the first touch could land anywhere in the guard,
+/// depending on how deep the stack was when the recursion began; near its
+/// bottom, the fault's frame went to the mapped page below and the fault
+/// was reported as a plain #PF.)
 #[inline(never)]
 fn recurse(n: u64) -> u64 {
-    let mut buffer = [0u8; 4096];
+    let mut buffer = [0u8; 512];
     core::hint::black_box(&mut buffer);
     if n > 1_000_000 {
         return n;

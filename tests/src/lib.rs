@@ -60,6 +60,7 @@ use xtask::bootpath::{BootPath, Family};
 use xtask::commands::{self, test_env};
 use xtask::guests;
 use xtask::image::Payload;
+pub use xtask::qemu::NicModel;
 use xtask::qemu::{self, Accel, AccelRequest, Firmware, Machine, UserNet};
 use xtask::session::{self, Options, Session};
 use xtask::workspace::Workspace;
@@ -150,6 +151,21 @@ pub fn with_nic_and_guest(address: Ipv4Addr, port: u16) -> impl FnOnce(&mut Mach
                 address,
                 port,
             });
+        }
+    }
+}
+
+/// `shape` (such as [`with_nic`] or [`with_nic_and_guest`]), with the
+/// host's card made a `model` (`NicModel::E1000`: an Intel 82540EM)
+/// instead of virtio-net.
+pub fn with_nic_model(
+    model: NicModel,
+    shape: impl FnOnce(&mut Machine),
+) -> impl FnOnce(&mut Machine) {
+    move |machine| {
+        shape(machine);
+        if let Some(nic) = machine.nic.as_mut() {
+            nic.model = model;
         }
     }
 }

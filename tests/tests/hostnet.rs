@@ -1,6 +1,6 @@
-//! The host's own network: the machine's virtio-net card (the uplink of
-//! the virtual switch), the host's interface on that switch, and the
-//! counters it serves over HTTP.
+//! The host's own network: the machine's NIC (the uplink of the virtual
+//! switch: virtio-net, and in one boot an Intel e1000), the host's
+//! interface on that switch, and the counters it serves over HTTP.
 //!
 //! The machines here have a NIC on QEMU's user network ([`with_nic`]),
 //! whose DHCP server hands out 10.0.2.15 and whose port forwarding takes a
@@ -17,8 +17,8 @@
 //! any speed, two at a time.
 
 use qemu_tests::{
-    Boot, HttpAnswer, Running, boot, http_exchange, http_get, start_machine, with_nic,
-    with_nic_and_guest,
+    Boot, HttpAnswer, NicModel, Running, boot, http_exchange, http_get, start_machine, with_nic,
+    with_nic_and_guest, with_nic_model,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -146,6 +146,7 @@ fn hostnet_by_dhcp_serves_the_counters_over_http() {
     let boot = machine.finish();
     boot.expect_success();
     boot.line_containing(&["nic: virtio-net at ", &format!(" mac {NIC_MAC}")]);
+    assert_eq!(text(&first, "/uplink/model"), "virtio-net", "{first}");
 
     for counters in [&first, &second] {
         expect_host_and_uplink(counters);
@@ -300,6 +301,62 @@ fn hostnet_a_guests_server_is_reached_from_outside() {
         answer.body.contains("net-server-std on rguest"),
         "the guest's page: {}",
         answer.body
+    );
+}
+
+/// The same ways in with an Intel e1000 (QEMU's 82540EM) as the uplink
+/// instead of virtio-net, in one boot: the card found and named, the
+/// host's address by DHCP through it, the counters fetched from here
+/// (naming the card), and a guest's server reached from here through it.
+#[test]
+fn hostnet_with_an_e1000_uplink_serves_the_counters_and_a_guests_server() {
+    const GUEST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 20);
+    const GUEST_PORT: u16 = 7000;
+    let cmdline = "guest_mem=64 \
+        guests=\"net-server-std/RGUEST_IP=10.0.2.20/24 RGUEST_GATEWAY=10.0.2.2,hello\"";
+    let mut machine = start_machine(
+        cmdline,
+        TIME_LIMIT,
+        with_nic_model(
+            NicModel::E1000,
+            with_nic_and_guest(GUEST_ADDRESS, GUEST_PORT),
+        ),
+    );
+    let address = machine.wait_for_line(&["hostnet: address ", " by DHCP"], ADDRESS_LIMIT);
+    if !address.contains(&format!("address {DHCP_ADDRESS} by DHCP")) {
+        machine.fail(&format!("expected {DHCP_ADDRESS}: {address}"));
+    }
+    let answer = fetch(&mut machine, "/counters");
+    let counters = counters_of(&mut machine, &answer);
+    machine.wait_for_line(
+        &["hermit: net: up, 10.0.2.20/24 via 10.0.2.2"],
+        ADDRESS_LIMIT,
+    );
+    machine.wait_for_line(&["net-server-std", "listening on"], ADDRESS_LIMIT);
+    let page = match http_get(machine.guest_port(), "/", FETCH_LIMIT) {
+        Ok(answer) => answer,
+        Err(e) => machine.fail(&e),
+    };
+    machine.wait_for_line(&["net-server-std: answered a GET from"], ADDRESS_LIMIT);
+    machine.wait_for_line(&["guest hello exited code=0"], ADDRESS_LIMIT);
+    let boot = machine.stop();
+    for bad in ["EXCEPTION", "panicked", "net-server-std: FAILED"] {
+        if boot.serial().contains(bad) {
+            boot.fail(&format!("`{bad}` while the guest served"));
+        }
+    }
+    boot.line_containing(&[
+        "nic: e1000 (82540EM) at ",
+        &format!(" mac {NIC_MAC} (link up"),
+    ]);
+    expect_host_and_uplink(&counters);
+    assert_eq!(text(&counters, "/uplink/model"), "e1000 (82540EM)");
+    assert!(number(&counters, "/uplink/rx_packets") > 0, "{counters}");
+    assert!(number(&counters, "/uplink/tx_packets") > 0, "{counters}");
+    assert!(
+        page.body.contains("net-server-std on rguest"),
+        "the guest's page: {}",
+        page.body
     );
 }
 

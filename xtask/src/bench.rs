@@ -33,7 +33,7 @@ use crate::qemu::{self, AccelRequest, Machine};
 use crate::session::{self, Options};
 use crate::workspace::Workspace;
 use crate::{Error, Result};
-use crate::{net_bench, smp_bench};
+use crate::{net_bench, outside_bench, smp_bench};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -271,6 +271,19 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
             }
         }
     }
+    let mut outside = Map::new();
+    for model in outside_bench::MODELS {
+        eprintln!(
+            "xtask: bench boot: outside TCP throughput, uplink {} (plain)",
+            model.name()
+        );
+        let runs = outside_bench::measure(&built.kernel, &built.guests, accel.accel, model);
+        if let Err(e) = &runs {
+            eprintln!("xtask: {e}");
+        }
+        let (name, value) = outside_bench::entry(model, &runs);
+        outside.insert(name, value);
+    }
     let mut base = Machine::new(&built.kernel);
     base.initrd = Some(built.guests.clone());
     base.accel = accel.accel;
@@ -280,6 +293,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     if !network.is_null() {
         net_bench::print(&network);
     }
+    outside_bench::print(&outside);
     smp_bench::print(&smp);
     let host_cost: Map<String, Value> = host_costs
         .iter()
@@ -296,6 +310,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         "exit_path": exit_path,
         "host_cost_per_exit": host_cost,
         "network": network,
+        "network_outside": outside,
         "smp": smp,
     });
     let dir = workspace.target_dir.join("bench");

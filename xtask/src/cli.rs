@@ -41,7 +41,10 @@ commands:
                          measure QEMU start -> first serial byte -> banner
                          for every firmware
   bench                  boot the benchmark guests twice (plain TCG, then
-                         -icount), print a table, write target/bench/results.json
+                         -icount), time TCP between here and a guest through
+                         a virtio-net and an e1000 uplink, run 8 compute-bound
+                         guests on 1, 2 and 4 CPUs, print a table, write
+                         target/bench/results.json
   fuzz --seeds N [--first S] [--steps K] [--per-boot M] [--jobs J] [--smp N]
        [--timeout SECS] [-- <kernel command-line words>]
                          run the fuzz guest for seeds S.. S+N-1 (default S 1),
@@ -90,7 +93,9 @@ options (run):
                          /counters. Then ,P=10.0.2.N:GP (N 16-254) makes
                          127.0.0.1:P lead to port GP of a guest that takes
                          10.0.2.N (RGUEST_IP=10.0.2.N/24 for a std guest).
-                         Not with --boot pxe, whose NIC it is
+                         ,model=e1000 (or e1000e) gives an Intel e1000
+                         instead of virtio-net. Not with --boot pxe, whose
+                         NIC it is
   --guests TAR           pass this guest archive instead of building one
   --no-guests            no guest archive and no default guests=hello
   --app PATH [ARGS...]   see run above (needs the nightly toolchain)
@@ -547,12 +552,15 @@ impl Flags {
 }
 
 /// A `--net` value: `user` (a NIC, nothing forwarded) or `user:PORT`
-/// (127.0.0.1:PORT forwarded to the host's counters page).
+/// (127.0.0.1:PORT forwarded to the host's counters page), then any
+/// `,PORT=10.0.2.N:GUEST_PORT` (forwarded to a guest) and `,model=WORD`
+/// (the card: `virtio`, `e1000`, `e1000e`).
 pub fn parse_net(value: &str) -> Result<UserNet> {
     let bad = || {
         Error::new(format!(
             "--net {value}: expected user or user:PORT (a TCP port of 127.0.0.1, 1 to 65535), \
-             then any ,PORT=10.0.2.N:GUEST_PORT (N from 16 to 254: a guest's address)"
+             then any ,PORT=10.0.2.N:GUEST_PORT (N from 16 to 254: a guest's address) \
+             and ,model=virtio|e1000|e1000e (the card; default virtio)"
         ))
     };
     let mut parts = value.split(',');
@@ -561,9 +569,13 @@ pub fn parse_net(value: &str) -> Result<UserNet> {
         Some(("user", port)) => UserNet::forwarding(loopback_port(port).ok_or_else(bad)?),
         _ => return Err(bad()),
     };
-    for forward in parts {
-        net.to_guests
-            .push(parse_guest_forward(forward).ok_or_else(bad)?);
+    for part in parts {
+        match part.strip_prefix("model=") {
+            Some(word) => net.model = qemu::NicModel::from_word(word).ok_or_else(bad)?,
+            None => net
+                .to_guests
+                .push(parse_guest_forward(part).ok_or_else(bad)?),
+        }
     }
     Ok(net)
 }
@@ -786,7 +798,20 @@ mod tests {
             net_of("run --net user,8081=10.0.2.16:1").map(|n| (n.forward, n.to_guests.len())),
             Some((None, 1))
         );
+        let e1000 = net_of("run --net user:8080,model=e1000,8081=10.0.2.20:7000").unwrap();
+        assert_eq!(e1000.model, qemu::NicModel::E1000);
+        assert_eq!((e1000.forward.is_some(), e1000.to_guests.len()), (true, 1));
+        assert_eq!(
+            net_of("run --net user,model=e1000e").map(|n| n.model),
+            Some(qemu::NicModel::E1000e)
+        );
+        assert_eq!(
+            net_of("run --net user").map(|n| n.model),
+            Some(Default::default())
+        );
         for bad in [
+            "user,model=rtl8139",
+            "user,model=",
             "user,8081=10.0.2.15:80",
             "user,8081=10.0.3.20:80",
             "user,8081=10.0.2.20",

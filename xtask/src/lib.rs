@@ -51,6 +51,7 @@ pub mod guests;
 pub mod image;
 pub mod net_bench;
 pub mod netns;
+pub mod outside_bench;
 pub mod packages;
 pub mod pxe;
 pub mod qemu;

@@ -265,10 +265,45 @@ pub enum Medium {
 /// [`UserNet::forward`] leads unless told otherwise.
 pub const HTTP_PORT: u16 = 80;
 
+/// Which card QEMU gives the host for its uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NicModel {
+    /// `virtio-net-pci` (the default).
+    #[default]
+    VirtioNet,
+    /// `e1000`: Intel's 82540EM.
+    E1000,
+    /// `e1000e`: Intel's 82574L.
+    E1000e,
+}
+
+impl NicModel {
+    /// The model's word in `--net ...,model=WORD`, and QEMU's device name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NicModel::VirtioNet => "virtio-net-pci",
+            NicModel::E1000 => "e1000",
+            NicModel::E1000e => "e1000e",
+        }
+    }
+
+    /// The model named `word` (`virtio` for short too).
+    pub fn from_word(word: &str) -> Option<NicModel> {
+        match word {
+            "virtio" | "virtio-net-pci" => Some(NicModel::VirtioNet),
+            "e1000" => Some(NicModel::E1000),
+            "e1000e" => Some(NicModel::E1000e),
+            _ => None,
+        }
+    }
+}
+
 /// A network card for the host on QEMU's user networking: `-netdev user`
-/// and a `virtio-net-pci` device on it.
+/// and a `virtio-net-pci` (or e1000) device on it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserNet {
+    /// The card.
+    pub model: NicModel,
     /// A TCP port of this machine's loopback forwarded to the host.
     pub forward: Option<PortForward>,
     /// Ports forwarded to guests: a guest on the host's switch that takes
@@ -309,11 +344,11 @@ impl UserNet {
                 from,
                 to: HTTP_PORT,
             }),
-            to_guests: Vec::new(),
+            ..Self::default()
         }
     }
 
-    /// `-netdev user,...` and `-device virtio-net-pci,...`.
+    /// `-netdev user,...` and `-device virtio-net-pci,...` (or the model's).
     fn args(&self) -> [String; 4] {
         let mut netdev = String::from("user,id=uplink");
         if let Some(PortForward { from, to }) = self.forward {
@@ -331,7 +366,7 @@ impl UserNet {
             "-netdev".into(),
             netdev,
             "-device".into(),
-            "virtio-net-pci,netdev=uplink,romfile=".into(),
+            format!("{},netdev=uplink,romfile=", self.model.name()),
         ]
     }
 }
@@ -652,7 +687,13 @@ mod tests {
                 address: std::net::Ipv4Addr::new(10, 0, 2, 20),
                 port: 7000,
             }],
+            model: NicModel::E1000,
         });
+        assert!(
+            words(&machine).ends_with("-device e1000,netdev=uplink,romfile="),
+            "{}",
+            words(&machine)
+        );
         assert!(
             words(&machine).contains(
                 "hostfwd=tcp:127.0.0.1:9000-:8000,hostfwd=tcp:127.0.0.1:9001-10.0.2.20:7000 "

@@ -514,6 +514,7 @@ pub fn uplink_line(uplink: &Uplink) -> UplinkLine {
     let counters = uplink.counters();
     UplinkLine {
         location: uplink.location().to_string(),
+        model: uplink.model().to_string(),
         mac: uplink.mac().to_string(),
         rx_packets: counters.rx_packets,
         rx_bytes: counters.rx_bytes,

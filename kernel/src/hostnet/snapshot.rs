@@ -108,6 +108,8 @@ impl PortLine {
 pub struct UplinkLine {
     /// Where it sits on PCI (`00:03.0`).
     pub location: String,
+    /// What card it is (`virtio-net`, `e1000 (82540EM)`).
+    pub model: String,
     /// Its MAC address.
     pub mac: String,
     /// Frames received from the wire.
@@ -213,7 +215,11 @@ impl Snapshot {
         match &self.uplink {
             Some(uplink) => json_object(
                 out,
-                &[("location", &uplink.location), ("mac", &uplink.mac)],
+                &[
+                    ("location", &uplink.location),
+                    ("model", &uplink.model),
+                    ("mac", &uplink.mac),
+                ],
                 &uplink_fields(uplink),
             )?,
             None => out.write_str("null")?,
@@ -267,6 +273,8 @@ impl Snapshot {
         match &self.uplink {
             Some(uplink) => {
                 out.write_str("NIC ")?;
+                html_text(out, &uplink.model)?;
+                out.write_str(" at ")?;
                 html_text(out, &uplink.location)?;
                 out.write_str(" mac ")?;
                 html_text(out, &uplink.mac)?;

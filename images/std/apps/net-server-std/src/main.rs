@@ -9,9 +9,13 @@
 //!   `net-client-std bench`'s three transfers in `cargo xtask bench`).
 //!   A connection that starts with `GET ` is answered with a tiny HTTP
 //!   page (so the server can be looked at with `curl`) and does not
-//!   count; any other is read to its end, and answered with one line,
-//!   `bytes=<count> fnv1a=<checksum>` (FNV-1a, 64 bits, over every byte),
-//!   before the server closes it.
+//!   count; one that starts with `PULL <count>\n` is sent `<count>` bytes
+//!   (at most 1 GiB) of the pattern `net-client-std` sends (splitmix64
+//!   from the seed `0x5eed`, eight little-endian bytes a step), for the
+//!   receiver to check, and counts (`cargo xtask bench` times the guest
+//!   sending to the outside so); any other is read to its end, and
+//!   answered with one line, `bytes=<count> fnv1a=<checksum>` (FNV-1a, 64
+//!   bits, over every byte), before the server closes it.
 //! - UDP port 7001 (the TCP port + 1), on a thread of its own: every
 //!   datagram is sent back to its sender, until one says `quit` (or none
 //!   has come for 20 s after the first).
@@ -121,6 +125,10 @@ fn serve_until_data(listener: &TcpListener) -> Result<(), String> {
                 n => start += n,
             }
         }
+        if &first[..start] == b"PULL" {
+            println!("net-server-std: pull from {peer}");
+            return send_pattern(stream);
+        }
         if &first[..start] == b"GET " {
             answer_http(&mut stream)?;
             answered_gets += 1;
@@ -177,6 +185,50 @@ fn count_and_answer(mut stream: TcpStream, first: &[u8]) -> Result<(), String> {
         .write_all(answer.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
     println!("net-server-std: ok tcp: {}", answer.trim_end());
+    Ok(())
+}
+
+/// The most a `PULL` may ask for.
+const PULL_LIMIT: u64 = 1 << 30;
+
+/// Reads the rest of a `PULL <count>\n` line and sends `count` bytes of
+/// the pattern, then closes the connection.
+fn send_pattern(mut stream: TcpStream) -> Result<(), String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        match stream.read(&mut byte).map_err(|e| format!("read: {e}"))? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    let total: u64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n <= PULL_LIMIT)
+        .ok_or_else(|| format!("bad PULL count `{}`", text.trim()))?;
+    let mut state = 0x5eed_u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = buffer.len().min((total - sent) as usize);
+        for word in buffer[..n].chunks_mut(8) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
+        }
+        stream
+            .write_all(&buffer[..n])
+            .map_err(|e| format!("write after {sent} bytes: {e}"))?;
+        sent += n as u64;
+    }
+    println!("net-server-std: ok pull: bytes={sent}");
     Ok(())
 }
 

@@ -1,90 +1,42 @@
-//! The machine's own network card: the uplink from the virtual switch to
-//! the world outside.
+//! The virtio-net card, driven with `virtio-drivers`.
 //!
 //! The guests' cards are the host's own virtio-net devices
 //! ([`host::virtio::net`]); this is the other way round: the host is the
 //! *driver* of a virtio-net device that QEMU (and many clouds) give the
-//! machine. [`Uplink::probe`] finds it on PCI ([`crate::pci`]), brings it
-//! up with `virtio-drivers` (its PCI transport and its raw net driver), and
-//! from then on the run loop polls it: no interrupts, the run loop passes
-//! by often enough.
+//! machine. [`VirtioNic::bring_up`] takes the card [`super::Uplink::probe`]
+//! found on PCI and brings it up with `virtio-drivers` (its PCI transport
+//! and its raw net driver).
 //!
-//! - [`Uplink::receive`] hands each frame the card received to a closure
-//!   (in the run loop: the switch's `input` on the uplink port);
-//! - [`Uplink::transmit_from`] sends frames the switch queued for the
-//!   uplink, as many as the card has room for, the rest waiting in the
-//!   switch's queue.
-//!
-//! The frames live in buffers of our own ([`DmaBuffers`]), physically
+//! The frames live in buffers of our own ([`DmaBuffers`](super::DmaBuffers)), physically
 //! contiguous frames from the frame allocator lent to the card for good:
 //! each receive buffer goes back to the card as soon as its frame has been
 //! handed on, each transmit buffer once the card says it is sent. The
 //! [`KernelHal`] tells `virtio-drivers` how to get DMA memory and how a
 //! pointer of ours becomes an address the card can use.
-//!
-//! No card is no failure: [`Uplink::probe`] says so and returns `None`,
-//! and the guests run without an uplink.
 
+use super::{BUFFER_BYTES, DmaBuffers, UplinkCounters, device_registers, map_bar};
 use crate::boot::Region;
-use crate::memory::{self, PHYS_OFFSET, paging};
-use crate::pci::{self, MemoryBar, PortIoConfig};
+use crate::memory::{self, PHYS_OFFSET};
+use crate::pci::{self, PortIoConfig};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 use host::addr::{HostPhysAddr, PAGE_SIZE};
 use host::net::MacAddress;
-use spin::Mutex;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::DeviceType;
+use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 /// Descriptors per queue, and so frames in flight each way. 64 receive
 /// buffers hold a burst of 90 KiB: a TCP window's worth between two polls.
-const QUEUE_SIZE: usize = 64;
-
-/// One buffer: the virtio-net header (12 bytes) and the largest frame the
-/// switch carries (1518), rounded up so two fit a page.
-const BUFFER_BYTES: usize = 2048;
+pub const QUEUE_SIZE: usize = 64;
 
 /// The card as `virtio-drivers` drives it.
 type NetDevice = VirtIONetRaw<KernelHal, PciTransport, QUEUE_SIZE>;
 
-/// What the card has done since it was found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UplinkCounters {
-    /// Frames received from the wire and handed on.
-    pub rx_packets: u64,
-    /// Their bytes.
-    pub rx_bytes: u64,
-    /// Frames given to the card to send.
-    pub tx_packets: u64,
-    /// Their bytes.
-    pub tx_bytes: u64,
-    /// Frames too long for a buffer, not sent.
-    pub tx_oversize: u64,
-    /// Receive completions the driver refused (a bad length from the card).
-    pub rx_errors: u64,
-}
-
-impl fmt::Display for UplinkCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} tx_oversize={} rx_errors={}",
-            self.rx_packets,
-            self.rx_bytes,
-            self.tx_packets,
-            self.tx_bytes,
-            self.tx_oversize,
-            self.rx_errors
-        )
-    }
-}
-
-/// The machine's NIC, up and polled.
-pub struct Uplink {
+/// The virtio-net card, up and polled.
+pub struct VirtioNic {
     device: NetDevice,
     location: DeviceFunction,
     mac: MacAddress,
@@ -101,7 +53,7 @@ pub struct Uplink {
 
 /// Why a card that was found could not be brought up.
 #[derive(Debug)]
-enum ProbeError {
+pub enum ProbeError {
     Bars,
     Map,
     Transport(virtio_drivers::transport::pci::VirtioPciError),
@@ -121,50 +73,25 @@ impl fmt::Display for ProbeError {
     }
 }
 
-impl Uplink {
-    /// Finds the first virtio-net card on PCI and brings it up, printing
-    /// one line either way (`nic: virtio-net at 00:03.0 mac ...`, or `nic:
-    /// none found; guests run without an uplink`). `regions` is the boot
-    /// memory map, to keep BARs the host must place itself off RAM.
-    pub fn probe(regions: &[Region]) -> Option<Uplink> {
-        let mut root = pci::root();
-        let found = pci::functions(&root)
-            .into_iter()
-            .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Network));
-        let Some((location, _)) = found else {
-            println!("nic: none found; guests run without an uplink");
-            return None;
-        };
-        match Self::bring_up(&mut root, location, regions) {
-            Ok(uplink) => {
-                println!(
-                    "nic: virtio-net at {location} mac {} ({QUEUE_SIZE} buffers each way)",
-                    uplink.mac
-                );
-                Some(uplink)
-            }
-            Err(e) => {
-                println!("nic: virtio-net at {location} failed: {e}; guests run without an uplink");
-                None
-            }
-        }
-    }
-
-    fn bring_up(
+impl VirtioNic {
+    /// Brings up the virtio-net card at `location`.
+    pub fn bring_up(
         root: &mut PciRoot<PortIoConfig>,
         location: DeviceFunction,
         regions: &[Region],
-    ) -> Result<Uplink, ProbeError> {
+    ) -> Result<VirtioNic, ProbeError> {
         pci::assign_bars(root, location, regions).ok_or(ProbeError::Bars)?;
         for bar in pci::memory_bars(root, location) {
-            map_bar(bar).ok_or(ProbeError::Map)?;
+            if bar.address.as_u64() != 0 && bar.size != 0 {
+                map_bar(bar).ok_or(ProbeError::Map)?;
+            }
         }
         pci::enable(root, location);
         let transport =
             PciTransport::new::<KernelHal, _>(root, location).map_err(ProbeError::Transport)?;
         let device = NetDevice::new(transport).map_err(ProbeError::Device)?;
         let buffers = DmaBuffers::new(2 * QUEUE_SIZE).ok_or(ProbeError::NoMemory)?;
-        let mut uplink = Uplink {
+        let mut uplink = VirtioNic {
             mac: MacAddress::new(device.mac_address()),
             device,
             location,
@@ -206,7 +133,12 @@ impl Uplink {
             let Some(token) = self.device.poll_receive() else {
                 break;
             };
-            let buffer = self.rx_buffer_of[usize::from(token)];
+            // The token comes from the card's used ring: one out of range
+            // is the card misbehaving, counted, and the queue left alone.
+            let Some(&buffer) = self.rx_buffer_of.get(usize::from(token)) else {
+                self.counters.rx_errors += 1;
+                break;
+            };
             // SAFETY: `buffer` is the one lent with `token` (recorded in
             // `lend_for_receive`), and the card has given it back.
             let done = unsafe {
@@ -282,7 +214,8 @@ impl Uplink {
     /// Takes back the transmit buffers the card is done with.
     fn reclaim_sent(&mut self) {
         while let Some(token) = self.device.poll_transmit() {
-            let Some((buffer, length)) = self.tx_in_flight[usize::from(token)].take() else {
+            let in_flight = self.tx_in_flight.get_mut(usize::from(token));
+            let Some((buffer, length)) = in_flight.and_then(Option::take) else {
                 // A token we never lent: the card misbehaves; stop here
                 // rather than give it a buffer it may still own.
                 return;
@@ -304,91 +237,6 @@ impl Uplink {
         self.rx_buffer_of[usize::from(token)] = buffer;
         Ok(())
     }
-}
-
-/// `count` buffers of [`BUFFER_BYTES`] in physically contiguous frames
-/// of our own, reached through the direct map.
-struct DmaBuffers {
-    base: HostPhysAddr,
-    frames: u64,
-    count: usize,
-}
-
-impl DmaBuffers {
-    fn new(count: usize) -> Option<Self> {
-        let frames = (count * BUFFER_BYTES).div_ceil(PAGE_SIZE as usize) as u64;
-        let base = memory::alloc_contiguous(frames)?;
-        Some(Self {
-            base,
-            frames,
-            count,
-        })
-    }
-
-    /// Buffer `index`, to fill or read. The card may be writing a lent
-    /// buffer: callers only take slices of buffers the card gave back (or
-    /// in order to lend them, which is what `virtio-drivers` asks for).
-    fn slice(&mut self, index: usize) -> &mut [u8] {
-        assert!(index < self.count);
-        let start = memory::phys_to_virt(self.base).wrapping_add(index * BUFFER_BYTES);
-        // SAFETY: the frames are ours from `new` until `drop`, the direct
-        // map reaches them, and buffer `index` lies inside them. Each
-        // buffer is used by one role at a time (see the callers).
-        unsafe { core::slice::from_raw_parts_mut(start, BUFFER_BYTES) }
-    }
-}
-
-impl Drop for DmaBuffers {
-    fn drop(&mut self) {
-        for frame in 0..self.frames {
-            memory::free_frame(HostPhysAddr::new(self.base.as_u64() + frame * PAGE_SIZE));
-        }
-    }
-}
-
-/// A BAR mapped into the host's MMIO window: physical start, size, and
-/// the virtual address of its start.
-#[derive(Clone, Copy)]
-struct MappedBar {
-    phys: u64,
-    size: u64,
-    virt: u64,
-}
-
-/// The BARs mapped so far, so that `virtio-drivers` asking for pieces of
-/// one BAR (its common, notify, ISR and device configuration) gets them
-/// from one mapping.
-static MAPPED_BARS: Mutex<Vec<MappedBar>> = Mutex::new(Vec::new());
-
-/// Maps `bar` uncached, once.
-fn map_bar(bar: MemoryBar) -> Option<()> {
-    if bar.address.as_u64() == 0 || bar.size == 0 {
-        return Some(());
-    }
-    let virt = paging::map_mmio(bar.address, bar.size).ok()?;
-    MAPPED_BARS.lock().push(MappedBar {
-        phys: bar.address.as_u64(),
-        size: bar.size,
-        virt: virt.as_u64(),
-    });
-    Some(())
-}
-
-/// The virtual address of device registers at `phys`, `size` bytes long:
-/// inside a BAR mapped by [`map_bar`], or mapped now.
-fn device_registers(phys: u64, size: u64) -> Option<NonNull<u8>> {
-    let inside = MAPPED_BARS
-        .lock()
-        .iter()
-        .find(|bar| bar.phys <= phys && phys + size <= bar.phys + bar.size)
-        .map(|bar| bar.virt + (phys - bar.phys));
-    let virt = match inside {
-        Some(virt) => virt,
-        None => paging::map_mmio(HostPhysAddr::new(phys), size)
-            .ok()?
-            .as_u64(),
-    };
-    NonNull::new(virt as *mut u8)
 }
 
 /// The address the card uses for a byte the host reaches at `virt`: in the
