@@ -9,10 +9,12 @@
 //! ```
 //!
 //! and the same for the empty loop around them (`bench loop ...`), so the
-//! loop's own cost can be taken off. Under QEMU with `-icount shift=0` the
-//! counter advances by one per instruction retired, so the numbers are
-//! instruction counts (guest and host together). `N` is 10000 unless the
-//! command line (`guests=bench/<n>`) says otherwise: TCG is slow. Virtual
+//! loop's own cost can be taken off, and for a short console line written
+//! with one hypercall (`bench console_line ...`, 100 of them). Under QEMU
+//! with `-icount shift=0` the counter advances by one per instruction
+//! retired, so the numbers are instruction counts (guest and host
+//! together). `N` is 10000 unless the command line (`guests=bench/<n>`)
+//! says otherwise: TCG is slow. Virtual
 //! interrupts stay off throughout (as at boot), so no virtual interrupt
 //! lands in the timed loop; the host's own tick still does.
 //!
@@ -33,6 +35,11 @@ mod guest {
     const DEFAULT_ITERATIONS: u64 = 10_000;
     /// `bench/compute`'s work: some 0.15 s of TCG time.
     pub const COMPUTE_STEPS: u64 = 100_000_000;
+    /// A short line, written to the console with one hypercall each time
+    /// (`bench console_line`): the host's cost of a line the way a guest
+    /// prints one.
+    const SHORT_LINE: &[u8] = b"bench: a short line\n";
+    const CONSOLE_LINES: u64 = 100;
     /// Untimed calls first, so the first timed one finds everything warm.
     const WARM_UP: u64 = 100;
 
@@ -55,6 +62,9 @@ mod guest {
             hypercall::nop();
         });
         measure("loop", iterations, || core::hint::black_box(()));
+        measure("console_line", CONSOLE_LINES, || {
+            let _ = hypercall::console_write(SHORT_LINE);
+        });
         0
     }
 
