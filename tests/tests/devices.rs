@@ -10,7 +10,7 @@
 //! for a call that harms nothing, see the call fail and live on; and the
 //! exchange must not notice. All of them share one boot.
 
-use qemu_tests::{Boot, boot, number_after, start_machine};
+use qemu_tests::{Boot, boot, boot_machine, number_after, start_machine};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -55,6 +55,20 @@ fn word_after<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
 #[test]
 fn two_guests_exchange_a_thousand_checked_frames() {
     let boot = boot("guests=devices/a,devices/b,hello");
+    boot.expect_success();
+    the_exchange_completed(&boot);
+}
+
+/// The same exchange with the two guests on two CPUs at once: a frame for a
+/// guest in a turn on the other CPU waits in the switch, and that CPU is
+/// sent the scheduler's interrupt so that it comes home and takes it (the
+/// classic driver notifies once per frame, so this is that path a thousand
+/// times and more).
+#[test]
+fn the_exchange_also_completes_with_the_guests_on_two_cpus() {
+    let boot = boot_machine("guests=devices/a,devices/b,hello", |machine| {
+        machine.cpus = 2
+    });
     boot.expect_success();
     the_exchange_completed(&boot);
 }
