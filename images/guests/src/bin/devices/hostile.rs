@@ -504,17 +504,12 @@ fn head_past_the_table(devices: &Devices) -> Result<Outcome, Failed> {
 /// device-readable on a queue the device writes (a write into a read-only
 /// buffer)`.
 fn readable_on_rng(devices: &Devices) -> Result<Outcome, Failed> {
-    let (_transport, mut ring) = live(devices.rng, RNG_REQUEST_QUEUE)?;
-    ring.set(0, ring.payload, BUFFER_BYTES, 0, 0);
-    ring.offer(0);
-    about_to_try(
+    readable_on(
+        devices.rng,
+        RNG_REQUEST_QUEUE,
         "read-only",
         format_args!("a read-only buffer on the entropy device's request queue"),
-    );
-    Ok(Outcome::Answered(notify(
-        devices.rng,
-        u64::from(RNG_REQUEST_QUEUE),
-    )))
+    )
 }
 
 /// A device-readable buffer posted on virtio-net's receive queue, and
@@ -523,17 +518,27 @@ fn readable_on_rng(devices: &Devices) -> Result<Outcome, Failed> {
 /// `virtio-net queue 0: descriptor 0 is device-readable on a queue the
 /// device writes (a write into a read-only buffer)`.
 fn readable_on_receive(devices: &Devices) -> Result<Outcome, Failed> {
-    let (_transport, mut ring) = live(devices.net, net_queue::RECEIVE)?;
-    ring.set(0, ring.payload, BUFFER_BYTES, 0, 0);
-    ring.offer(0);
-    about_to_try(
+    readable_on(
+        devices.net,
+        net_queue::RECEIVE,
         "rx-read-only",
         format_args!("a read-only buffer on the network card's receive queue"),
-    );
-    Ok(Outcome::Answered(notify(
-        devices.net,
-        u64::from(net_queue::RECEIVE),
-    )))
+    )
+}
+
+/// A device-readable buffer offered on `queue` of `device`, a queue the
+/// device writes, and the notify that hands it over.
+fn readable_on(
+    device: usize,
+    queue: u16,
+    kind: &str,
+    what: core::fmt::Arguments<'_>,
+) -> Result<Outcome, Failed> {
+    let (_transport, mut ring) = live(device, queue)?;
+    ring.set(0, ring.payload, BUFFER_BYTES, 0, 0);
+    ring.offer(0);
+    about_to_try(kind, what);
+    Ok(Outcome::Answered(notify(device, u64::from(queue))))
 }
 
 // ---- Lethal at set-up ---------------------------------------------------
