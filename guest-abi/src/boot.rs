@@ -119,6 +119,10 @@ pub struct BootParams {
     pub virtio_devices: u64,
     /// How many devices there are.
     pub virtio_device_count: u64,
+    /// How many vCPUs the guest may run (its `vcpus=` on the host's command
+    /// line, 1 by default): vCPU 0 runs from boot, the others start with
+    /// [`crate::hypercall::Number::StartVcpu`].
+    pub vcpus: u64,
 }
 
 /// Bits of [`BootParams::features`].

@@ -123,11 +123,28 @@ pub enum Number {
     /// `virtio_notify(device, queue)`: buffers are available on `queue`;
     /// the host takes every one (see [`crate::virtio`]).
     VirtioNotify = 14,
+    /// `start_vcpu(vcpu, gva entry, gva stack, gpa shared_page)`: start the
+    /// guest's vCPU number `vcpu` (1 to [`crate::boot::BootParams::vcpus`]
+    /// − 1, each once) at `entry`, in ring 1, with `rsp` = `stack`, `rdi` =
+    /// `vcpu`, every other register zero, virtual interrupts off, in the
+    /// caller's address space, with a copy of the caller's traps (as if
+    /// the CPUs shared one IDT; each vCPU's later `set_trap` is its own)
+    /// and no kernel stack. `shared_page` is the page-aligned
+    /// guest-physical address of the new vCPU's own
+    /// [`crate::shared::SharedPage`] (its virtual interrupt flag, pending
+    /// interrupts, fault address and MMU ring): not the boot vCPU's page
+    /// nor another vCPU's. The host zeroes it and writes the clock into
+    /// it. A vCPU's timer is its own; a device's interrupt for a request
+    /// goes to the vCPU that notified it, and the network card's interrupt
+    /// for received frames to vCPU 0. Fails with
+    /// [`Error::InvalidArgument`] for a vCPU number out of range or already
+    /// started, [`Error::BadAddress`] for a bad entry or page.
+    StartVcpu = 15,
 }
 
 impl Number {
     /// Every hypercall, in number order.
-    pub const ALL: [Number; 15] = [
+    pub const ALL: [Number; 16] = [
         Number::ConsoleWrite,
         Number::SetTrap,
         Number::SetKernelStack,
@@ -143,6 +160,7 @@ impl Number {
         Number::SetFsBase,
         Number::VirtioStatus,
         Number::VirtioNotify,
+        Number::StartVcpu,
     ];
 
     /// Decodes `rax`.
@@ -202,6 +220,11 @@ pub mod host_vector {
     /// for this one (a vCPU woke, or frames wait for the guest running
     /// here), so it picks again.
     pub const RESCHEDULE: u8 = 0xfe;
+    /// The shoot-down interrupt: another CPU changed the shadow tables of
+    /// the guest whose vCPU runs here, and waits for this CPU to leave the
+    /// guest once (the switcher's CR3 load at the next entry drops every
+    /// stale translation). The turn goes on.
+    pub const SHOOTDOWN: u8 = 0xfd;
     /// The local APIC's spurious-interrupt vector.
     pub const SPURIOUS: u8 = 0xff;
 
@@ -210,6 +233,7 @@ pub mod host_vector {
         vector == TIMER
             || (vector >= LEGACY_PIC_BASE && vector - LEGACY_PIC_BASE < LEGACY_PIC_LINES)
             || vector == RESCHEDULE
+            || vector == SHOOTDOWN
             || vector == SPURIOUS
     }
 }
@@ -275,9 +299,9 @@ mod tests {
     }
 
     #[test]
-    fn the_host_vectors_are_its_timer_the_legacy_pics_the_reschedule_ipi_and_the_spurious_vector() {
+    fn the_host_vectors_are_its_timer_the_legacy_pics_its_ipis_and_the_spurious_vector() {
         for v in 0..=255u8 {
-            let expected = v == 0x20 || (0xe0..=0xef).contains(&v) || v >= 0xfe;
+            let expected = v == 0x20 || (0xe0..=0xef).contains(&v) || v >= 0xfd;
             assert_eq!(host_vector::contains(v), expected, "vector {v:#x}");
         }
     }
@@ -285,7 +309,7 @@ mod tests {
     #[test]
     fn direct_traps_are_the_software_vectors_nobody_else_has() {
         for v in 0..=255u8 {
-            let software = (0x21..=0xdf).contains(&v) || (0xf0..=0xfd).contains(&v);
+            let software = (0x21..=0xdf).contains(&v) || (0xf0..=0xfc).contains(&v);
             let expected = software && v != VECTOR;
             assert_eq!(may_be_direct(v), expected, "vector {v:#x}");
         }

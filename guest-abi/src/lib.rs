@@ -21,7 +21,7 @@
 #![forbid(unsafe_code)]
 
 /// The version of this contract. Bump it on any incompatible change.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 pub mod boot;
 pub mod frame;

@@ -353,7 +353,7 @@ pub const KEYS: [Key; 15] = [
         values: "comma-separated `name` or `name/argument` (its command line), each with \
                  `:code`, `:killed` or `:any` for the end expected (default `:0`), then \
                  optionally `:restart` (started again whenever it ends) or `:restart=N` (at \
-                 most N times); in double quotes (around the whole list) an argument may hold \
+                 most N times), and `:vcpus=N` (1 to 16 vCPUs, default 1); in double quotes (around the whole list) an argument may hold \
                  spaces and `=` (`guests=\"app/KEY=v a b,hello\"`)",
         default: Some("hello"),
         meaning: "the guests to run, from the guest archive; the QEMU exit status is success \
@@ -362,7 +362,7 @@ pub const KEYS: [Key; 15] = [
         set: |c, v| {
             if GuestSpec::parse_list(v).any(|s| s.is_none()) {
                 return Err(
-                    "a comma-separated list of image[/arg][:code|:killed|:any][:restart[=N]]",
+                    "a comma-separated list of image[/arg][:code|:killed|:any][:restart[=N]][:vcpus=N]",
                 );
             }
             c.guests = v;
@@ -581,9 +581,9 @@ impl Restart {
     }
 }
 
-/// One guest to run: `image[/arg][:expect][:restart[=N]]`, e.g. `hello`,
-/// `trap/cli:killed`, `bench:0`, `fuzz/7/10000:any`, `args-std/LANG=C a b`,
-/// `web:any:restart`. A guest to be restarted is started afresh from its
+/// One guest to run: `image[/arg][:expect][:restart[=N]][:vcpus=N]`, e.g.
+/// `hello`, `trap/cli:killed`, `bench:0`, `fuzz/7/10000:any`,
+/// `args-std/LANG=C a b`, `web:any:restart`, `smp/race:0:vcpus=2`. A guest to be restarted is started afresh from its
 /// image with the same argument, network card and address, and each of
 /// its lives is expected to end as `expect` says. The argument may
 /// hold `/`, `=`, `+`, `@`, `%` and spaces (the guest reads it as it likes:
@@ -600,20 +600,47 @@ pub struct GuestSpec<'a> {
     pub expect: Expect,
     /// Whether it is started again when it ends (default: never).
     pub restart: Restart,
+    /// How many vCPUs it may run (`:vcpus=N`, 1 to [`MAX_GUEST_VCPUS`];
+    /// default 1).
+    pub vcpus: u16,
 }
 
+/// The most vCPUs one guest may have. More than the host has CPUs is
+/// allowed (they take turns), but each costs a register page and a share
+/// of every shadow-table change (a vCPU's own shadow roots, and the
+/// shoot-down that waits for it).
+pub const MAX_GUEST_VCPUS: u16 = 16;
+
 impl<'a> GuestSpec<'a> {
-    /// Parses one `image[/arg][:expect][:restart[=N]]`; `None` if
-    /// malformed.
+    /// Parses one `image[/arg][:expect][:restart[=N]][:vcpus=N]` (the last
+    /// two in either order); `None` if malformed.
     pub fn parse(word: &'a str) -> Option<Self> {
-        let (word, restart) = match word.rsplit_once(':') {
-            Some((rest, "restart")) => (rest, Restart::Always),
-            Some((rest, option)) if option.starts_with("restart=") => {
-                let times = option["restart=".len()..].parse().ok()?;
-                (rest, Restart::Times(times))
+        // The options come last, in any order, each at most once.
+        let mut word = word;
+        let mut restart = None;
+        let mut vcpus = None;
+        while let Some((rest, option)) = word.rsplit_once(':') {
+            if option == "restart" && restart.is_none() {
+                restart = Some(Restart::Always);
+            } else if let Some(times) = option.strip_prefix("restart=")
+                && restart.is_none()
+            {
+                restart = Some(Restart::Times(times.parse().ok()?));
+            } else if let Some(count) = option.strip_prefix("vcpus=")
+                && vcpus.is_none()
+            {
+                let count: u16 = count.parse().ok()?;
+                vcpus = Some(count);
+                if !(1..=MAX_GUEST_VCPUS).contains(&count) {
+                    return None;
+                }
+            } else {
+                break;
             }
-            _ => (word, Restart::Never),
-        };
+            word = rest;
+        }
+        let restart = restart.unwrap_or(Restart::Never);
+        let vcpus = vcpus.unwrap_or(1);
         let (rest, expect) = match word.rsplit_once(':') {
             Some((rest, "killed")) => (rest, Expect::Killed),
             Some((rest, "any")) => (rest, Expect::Any),
@@ -630,6 +657,7 @@ impl<'a> GuestSpec<'a> {
             arg,
             expect,
             restart,
+            vcpus,
         })
     }
 
@@ -682,18 +710,21 @@ mod tests {
                     arg: "",
                     expect: Expect::Exit(0),
                     restart: Restart::Never,
+                    vcpus: 1,
                 }),
                 Some(GuestSpec {
                     image: "trap",
                     arg: "cli",
                     expect: Expect::Killed,
                     restart: Restart::Never,
+                    vcpus: 1,
                 }),
                 Some(GuestSpec {
                     image: "bench",
                     arg: "",
                     expect: Expect::Exit(3),
                     restart: Restart::Never,
+                    vcpus: 1,
                 }),
             ]
         );
@@ -746,6 +777,7 @@ mod tests {
                 arg: "7/10000/verbose",
                 expect: Expect::Any,
                 restart: Restart::Never,
+                vcpus: 1,
             })
         );
         assert_eq!(
@@ -777,6 +809,35 @@ mod tests {
         let (c, w) = parse("guests=fuzz/1/100:any,fuzz/2/100:any,hello");
         assert_eq!(c.unwrap().guests, "fuzz/1/100:any,fuzz/2/100:any,hello");
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn vcpus_are_counted_from_one_to_the_bound_in_either_order_with_restart() {
+        let vcpus = |s| GuestSpec::parse(s).map(|s| (s.expect, s.restart, s.vcpus));
+        assert_eq!(vcpus("smp"), Some((Expect::Exit(0), Restart::Never, 1)));
+        assert_eq!(
+            vcpus("smp/race:0:vcpus=2"),
+            Some((Expect::Exit(0), Restart::Never, 2))
+        );
+        assert_eq!(
+            vcpus("smp:any:vcpus=16:restart=1"),
+            Some((Expect::Any, Restart::Times(1), 16))
+        );
+        assert_eq!(
+            vcpus("smp:killed:restart:vcpus=3"),
+            Some((Expect::Killed, Restart::Always, 3))
+        );
+        for bad in [
+            "smp:vcpus=0",
+            "smp:vcpus=17",
+            "smp:vcpus=",
+            "smp:vcpus=two",
+            "smp:vcpus=2:vcpus=2",
+            "smp:restart:restart=1",
+            "smp:vcpus=2:any",
+        ] {
+            assert_eq!(GuestSpec::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl<M: GuestRam> Guest<M> {
         vector: u8,
         error_code: Option<u64>,
     ) -> Next {
-        let Some(target) = self.traps[usize::from(vector)] else {
+        let Some(target) = self.vcpu.traps[usize::from(vector)] else {
             return self.kill(KillReason::Unhandled {
                 vector,
                 rip: self.regs().rip,
@@ -39,7 +39,7 @@ impl<M: GuestRam> Guest<M> {
         };
         let from_user = self.regs().cs & 3 == 3;
         let stack = if from_user {
-            match self.kernel_stack {
+            match self.vcpu.kernel_stack {
                 Some(top) => top,
                 None => return self.kill(KillReason::CannotDeliver { vector, stack: 0 }),
             }
@@ -114,14 +114,14 @@ impl<M: GuestRam> Guest<M> {
         }
         let vector = guest_abi::shared::FIRST_VIRTUAL_IRQ + pending.trailing_zeros() as u8;
         let _ = self.write_shared(shared::IRQ_PENDING, pending & (pending - 1));
-        if self.traps[usize::from(vector)].is_none() {
+        if self.vcpu.traps[usize::from(vector)].is_none() {
             // No handler: the interrupt is dropped, as a masked line would be.
             return;
         }
         self.counters.virtual_interrupts += 1;
-        let keeps_interrupts = self.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
+        let keeps_interrupts = self.vcpu.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
         if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
-            self.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
+            self.vcpu.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
         }
     }
 }

@@ -189,8 +189,8 @@ impl<M: GuestRam> Guest<M> {
         match net.receive_frames(&mut self.memory, frames) {
             Ok(Interrupt::Needed) => {
                 self.raise_irq(vector);
-                if self.state == GuestState::Halted {
-                    self.state = GuestState::Runnable;
+                if self.vcpu.state == GuestState::Halted {
+                    self.vcpu.state = GuestState::Runnable;
                 }
             }
             Ok(Interrupt::NotNeeded) => {}

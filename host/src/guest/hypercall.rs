@@ -38,13 +38,15 @@ impl<M: GuestRam> Guest<M> {
             Some(Number::SetKernelStack) => self.set_kernel_stack(frames, a),
             Some(Number::Halt) => return self.halt(),
             Some(Number::SetTimer) => {
-                self.timer_deadline = (a != 0).then(|| host.now_ns().saturating_add(a));
+                self.vcpu.timer_deadline = (a != 0).then(|| host.now_ns().saturating_add(a));
                 Ok(0)
             }
             Some(Number::ReadTime) => Ok(host.now_ns()),
             Some(Number::Shutdown) => {
                 self.flush_console(host);
-                self.state = GuestState::Exited(a);
+                if !self.has_ended() {
+                    self.end = Some(GuestState::Exited(a));
+                }
                 return Next::Ended;
             }
             Some(Number::FlushMmuRing) => {
@@ -82,6 +84,7 @@ impl<M: GuestRam> Guest<M> {
                     Err(ended) => return ended,
                 }
             }
+            Some(Number::StartVcpu) => self.start_vcpu(frames, a, b, c, d),
             Some(Number::SetFsBase) => match GuestVirtAddr::try_new(a) {
                 Ok(_) => {
                     host.set_fs_base(a);
@@ -182,8 +185,8 @@ impl<M: GuestRam> Guest<M> {
             return Next::Resume;
         };
         if handler == 0 {
-            self.traps[usize::from(vector)] = None;
-            self.traps_stale = true;
+            self.vcpu.traps[usize::from(vector)] = None;
+            self.vcpu.traps_stale = true;
             self.regs_mut().rax = 0;
             return Next::Resume;
         }
@@ -209,12 +212,12 @@ impl<M: GuestRam> Guest<M> {
                 handler,
             ));
         }
-        self.traps[usize::from(vector)] = Some(TrapTarget {
+        self.vcpu.traps[usize::from(vector)] = Some(TrapTarget {
             handler,
             keep_interrupts: flags & trap_flags::KEEP_INTERRUPTS != 0,
             direct,
         });
-        self.traps_stale |= direct;
+        self.vcpu.traps_stale |= direct;
         self.regs_mut().rax = 0;
         Next::Resume
     }
@@ -228,8 +231,8 @@ impl<M: GuestRam> Guest<M> {
         // before: it passed every check below then, and is mapped still.
         let pages = super::PINNED_STACK_PAGES;
         if top.is_multiple_of(16) && self.paging.reuse_pinned_stack(top, pages) {
-            self.kernel_stack = Some(top);
-            self.stack_stale = true;
+            self.vcpu.kernel_stack = Some(top);
+            self.vcpu.stack_stale = true;
             return Ok(0);
         }
         let canonical =
@@ -245,7 +248,7 @@ impl<M: GuestRam> Guest<M> {
             .set_kernel_stack(&mut self.memory, frames, top, pages)
             .is_err()
         {
-            let restored = match self.kernel_stack {
+            let restored = match self.vcpu.kernel_stack {
                 Some(old) => self
                     .paging
                     .set_kernel_stack(&mut self.memory, frames, old, pages),
@@ -260,8 +263,8 @@ impl<M: GuestRam> Guest<M> {
             }
             return Err(Error::BadAddress);
         }
-        self.kernel_stack = Some(top);
-        self.stack_stale = true;
+        self.vcpu.kernel_stack = Some(top);
+        self.vcpu.stack_stale = true;
         Ok(0)
     }
 
@@ -335,7 +338,7 @@ impl<M: GuestRam> Guest<M> {
             let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
             return self.kill(KillReason::HaltedForever { interrupts_off });
         }
-        self.state = GuestState::Halted;
+        self.vcpu.state = GuestState::Halted;
         Next::Halted
     }
 
@@ -343,6 +346,6 @@ impl<M: GuestRam> Guest<M> {
     /// later: its timer, or a device with a receive queue running (a
     /// network card, a console's input).
     fn can_be_woken(&self) -> bool {
-        self.timer_deadline.is_some() || self.devices.may_interrupt()
+        self.vcpu.timer_deadline.is_some() || self.devices.may_interrupt()
     }
 }

@@ -489,6 +489,8 @@ fn write_boot_params<M: GuestRam>(
         // The guest's devices write these (`Guest::new`).
         virtio_devices: 0,
         virtio_device_count: 0,
+        // `Guest::new` writes a guest's own count.
+        vcpus: 1,
     };
     params.cmdline[..len].copy_from_slice(&cmdline.as_bytes()[..len]);
     let too_small = LoadError::MemoryTooSmall(mem.size());
@@ -547,6 +549,7 @@ fn boot_params_bytes(p: &BootParams) -> [u8; size_of::<BootParams>()] {
         offset_of!(BootParams, load_bias),
         &p.load_bias.to_le_bytes(),
     );
+    put(offset_of!(BootParams, vcpus), &p.vcpus.to_le_bytes());
     out
 }
 

@@ -31,6 +31,7 @@ mod insn;
 pub mod load;
 #[cfg(test)]
 mod tests;
+mod vcpu;
 
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use crate::paging::{
@@ -87,6 +88,12 @@ pub trait GuestRam: GuestMemory {
     fn registers(&self) -> &GuestRegs;
     /// The guest's registers, to change.
     fn registers_mut(&mut self) -> &mut GuestRegs;
+    /// Takes a register page for one more vCPU (numbered after the last);
+    /// false if the host has no memory for it.
+    fn add_vcpu(&mut self) -> bool;
+    /// Makes vCPU `vcpu`'s register page the one [`Self::registers`] gives
+    /// (vCPU 0's until told otherwise).
+    fn select_vcpu(&mut self, vcpu: usize);
 }
 
 /// What the host offers a guest besides memory and frames.
@@ -396,30 +403,28 @@ pub struct Guest<M: GuestRam> {
     pub name: String,
     memory: M,
     paging: ShadowPaging,
-    state: GuestState,
-    traps: [Option<TrapTarget>; 256],
-    kernel_stack: Option<u64>,
-    timer_deadline: Option<u64>,
+    /// The active vCPU's own part ([`vcpu`]): the one whose exit is being
+    /// handled.
+    vcpu: vcpu::Vcpu,
+    /// Which vCPU that is.
+    active_vcpu: usize,
+    /// The other vCPUs' parts, by number (empty for a guest of one vCPU;
+    /// the active vCPU's place is empty).
+    parked: Vec<Option<vcpu::Vcpu>>,
+    /// How many vCPUs it may start.
+    max_vcpus: usize,
+    /// vCPUs started and not yet handed to the kernel.
+    started_vcpus: Vec<usize>,
+    /// How it ended, once it has (whichever vCPU's exit ended it).
+    end: Option<GuestState>,
     /// The measurement a `bench_mark` hypercall started.
     bench_mark: Option<BenchStart>,
     /// Exits by reason.
     pub counters: ExitCounters,
-    /// Set when a virtual interrupt is delivered, until an exit finds that
-    /// the guest has ended it (`SharedPage::in_interrupt` cleared): the
-    /// exits in between are the interrupt handler's. A host-side copy so
-    /// that the common exit, outside any handler, reads no guest memory.
-    in_interrupt_handler: bool,
     /// Nanoseconds of CPU time it has run for, and the most it may.
     pub cpu_ns_used: u64,
     cpu_ns_budget: u64,
     console: Vec<u8>,
-    /// Set when the kernel stack changed: the kernel must copy it into the
-    /// CPU's TSS before the next entry (a guest OS does so at every context
-    /// switch, so it must stay cheap).
-    stack_stale: bool,
-    /// Set when a direct trap changed: the kernel must rewrite the CPU's
-    /// IDT gates (rare).
-    traps_stale: bool,
     /// Its virtio devices.
     devices: Devices,
 }
@@ -428,7 +433,9 @@ pub struct Guest<M: GuestRam> {
 const PINNED_STACK_PAGES: u64 = 2;
 
 impl<M: GuestRam> Guest<M> {
-    /// Makes a guest from a loaded image in `memory`.
+    /// Makes a guest from a loaded image in `memory`, which may start up
+    /// to `max_vcpus` vCPUs (at least 1).
+    #[allow(clippy::too_many_arguments)]
     pub fn new<F: ShadowFrames>(
         name: String,
         memory: M,
@@ -436,6 +443,7 @@ impl<M: GuestRam> Guest<M> {
         paging: PagingConfig,
         cpu_ns_budget: u64,
         devices: Devices,
+        max_vcpus: usize,
         frames: &mut F,
     ) -> Result<Self, PagingError> {
         let mut memory = memory;
@@ -462,22 +470,30 @@ impl<M: GuestRam> Guest<M> {
             rdi: image.boot_params,
             ..GuestRegs::default()
         };
+        let max_vcpus = max_vcpus.max(1);
+        let vcpus_field = GuestPhysAddr::new(
+            guest_abi::boot::BOOT_PARAMS_GPA
+                + core::mem::offset_of!(guest_abi::boot::BootParams, vcpus) as u64,
+        );
+        if memory.write_u64(vcpus_field, max_vcpus as u64).is_err() {
+            paging.teardown(frames);
+            return Err(PagingError::GuestMemory { gpa: vcpus_field });
+        }
         Ok(Self {
             name,
             memory,
             paging,
-            state: GuestState::Runnable,
-            traps: [None; 256],
-            kernel_stack: None,
-            timer_deadline: None,
+            vcpu: vcpu::Vcpu::boot(),
+            active_vcpu: 0,
+            parked: Vec::new(),
+            max_vcpus,
+            started_vcpus: Vec::new(),
+            end: None,
             bench_mark: None,
             counters: ExitCounters::default(),
-            in_interrupt_handler: false,
             cpu_ns_used: 0,
             cpu_ns_budget,
             console: Vec::new(),
-            stack_stale: true,
-            traps_stale: true,
             devices,
         })
         .map(|mut guest: Self| {
@@ -504,14 +520,16 @@ impl<M: GuestRam> Guest<M> {
         &self.memory
     }
 
-    /// Where it is in its life.
+    /// Where it is in its life: how it ended, or else whether the active
+    /// vCPU runs or waits.
     pub fn state(&self) -> &GuestState {
-        &self.state
+        self.end.as_ref().unwrap_or(&self.vcpu.state)
     }
 
     /// Whether it has ended.
+    #[inline]
     pub fn has_ended(&self) -> bool {
-        matches!(self.state, GuestState::Exited(_) | GuestState::Killed(_))
+        self.end.is_some()
     }
 
     /// Its shadow page tables' counters.
@@ -525,13 +543,13 @@ impl<M: GuestRam> Guest<M> {
     pub fn take_cpu_tables(
         &mut self,
     ) -> Option<(u64, impl Iterator<Item = (u8, Option<u64>)> + '_)> {
-        let stack_stale = core::mem::take(&mut self.stack_stale);
-        let traps_stale = core::mem::take(&mut self.traps_stale);
+        let stack_stale = core::mem::take(&mut self.vcpu.stack_stale);
+        let traps_stale = core::mem::take(&mut self.vcpu.traps_stale);
         if !stack_stale && !traps_stale {
             return None;
         }
-        let stack = self.kernel_stack.unwrap_or(NO_KERNEL_STACK);
-        let traps = if traps_stale { &self.traps[..] } else { &[] };
+        let stack = self.vcpu.kernel_stack.unwrap_or(NO_KERNEL_STACK);
+        let traps = if traps_stale { &self.vcpu.traps[..] } else { &[] };
         let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
             // A host vector never gets a handler: `set_trap` refuses it, and
@@ -545,17 +563,18 @@ impl<M: GuestRam> Guest<M> {
     /// Marks the CPU's tables as needing this guest's direct traps again
     /// (another guest ran on this CPU in between).
     pub fn cpu_tables_lost(&mut self) {
-        self.stack_stale = true;
-        self.traps_stale = true;
+        self.vcpu.stack_stale = true;
+        self.vcpu.traps_stale = true;
     }
 
-    /// Wakes a halted guest whose timer has fired. Returns whether it can run.
+    /// Wakes the active vCPU if it halted and its timer has fired. Returns
+    /// whether it can run.
     pub fn poll(&mut self, now_ns: u64) -> bool {
         self.fire_timer(now_ns);
-        if self.state == GuestState::Halted && self.pending_irqs() != 0 {
-            self.state = GuestState::Runnable;
+        if self.vcpu.state == GuestState::Halted && self.pending_irqs() != 0 {
+            self.vcpu.state = GuestState::Runnable;
         }
-        self.state == GuestState::Runnable
+        !self.has_ended() && self.vcpu.state == GuestState::Runnable
     }
 
     /// Everything before an entry: time in the shared page, a due virtual
@@ -614,9 +633,10 @@ impl<M: GuestRam> Guest<M> {
         self.cpu_ns_budget.saturating_sub(self.cpu_ns_used)
     }
 
-    /// When its virtual timer is due (host nanoseconds), if it set one.
+    /// When the active vCPU's virtual timer is due (host nanoseconds), if
+    /// it set one.
     pub fn timer_deadline(&self) -> Option<u64> {
-        self.timer_deadline
+        self.vcpu.timer_deadline
     }
 
     /// Handles `exit`, which just happened (its trap is in [`Self::regs`]).
@@ -668,12 +688,12 @@ impl<M: GuestRam> Guest<M> {
     /// is still in one (it has not yet said its end of interrupt), else by
     /// kind.
     fn count_guest_exit(&mut self, kind: GuestExit) {
-        if self.in_interrupt_handler {
+        if self.vcpu.in_interrupt_handler {
             if self.read_shared(shared::IN_INTERRUPT).unwrap_or(0) != 0 {
                 self.counters.in_interrupt_handlers += 1;
                 return;
             }
-            self.in_interrupt_handler = false;
+            self.vcpu.in_interrupt_handler = false;
         }
         let counter = match kind {
             GuestExit::Hypercall => &mut self.counters.hypercalls,
@@ -724,7 +744,7 @@ impl<M: GuestRam> Guest<M> {
                 error_code,
             } => {
                 let _ = self.write_shared(shared::FAULT_ADDRESS, address.as_u64());
-                if self.traps[14].is_none() {
+                if self.vcpu.traps[14].is_none() {
                     return self.kill(KillReason::Unhandled {
                         vector: 14,
                         rip: self.regs().rip,
@@ -743,7 +763,7 @@ impl<M: GuestRam> Guest<M> {
     fn is_direct_trap_without_stack(&self, cr2: u64, error_code: u64) -> bool {
         const WRITE: u64 = 1 << 1;
         const USER: u64 = 1 << 2;
-        self.kernel_stack.is_none()
+        self.vcpu.kernel_stack.is_none()
             && self.regs().cs & 3 == 3
             && error_code & (WRITE | USER) == WRITE
             && (NO_KERNEL_STACK - NO_KERNEL_STACK_FRAME..NO_KERNEL_STACK).contains(&cr2)
@@ -804,7 +824,7 @@ impl<M: GuestRam> Guest<M> {
         };
         match verdict {
             insn::IretVerdict::ToRing0 { cs } => self.kill(KillReason::IretToRing0 { cs, rip }),
-            insn::IretVerdict::BadFrame(problem) if self.traps[13].is_none() => {
+            insn::IretVerdict::BadFrame(problem) if self.vcpu.traps[13].is_none() => {
                 self.kill(KillReason::BadIret {
                     problem,
                     error_code: error,
@@ -868,8 +888,8 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn fire_timer(&mut self, now_ns: u64) {
-        if self.timer_deadline.is_some_and(|d| now_ns >= d) {
-            self.timer_deadline = None;
+        if self.vcpu.timer_deadline.is_some_and(|d| now_ns >= d) {
+            self.vcpu.timer_deadline = None;
             self.raise_irq(guest_abi::hypercall::TIMER_VECTOR);
         }
     }
@@ -886,13 +906,15 @@ impl<M: GuestRam> Guest<M> {
 
     fn read_shared(&self, offset: u64) -> Option<u64> {
         self.memory
-            .read_u64(GuestPhysAddr::new(SHARED_PAGE_GPA + offset))
+            .read_u64(GuestPhysAddr::new(self.vcpu.shared_page.as_u64() + offset))
             .ok()
     }
 
     fn write_shared(&mut self, offset: u64, value: u64) -> Result<(), OutsideGuestMemory> {
-        self.memory
-            .write_u64(GuestPhysAddr::new(SHARED_PAGE_GPA + offset), value)
+        self.memory.write_u64(
+            GuestPhysAddr::new(self.vcpu.shared_page.as_u64() + offset),
+            value,
+        )
     }
 
     /// Whatever the host did to the registers (and the guest could not), it
@@ -911,7 +933,7 @@ impl<M: GuestRam> Guest<M> {
 
     fn kill(&mut self, reason: KillReason) -> Next {
         if !self.has_ended() {
-            self.state = GuestState::Killed(reason);
+            self.end = Some(GuestState::Killed(reason));
         }
         Next::Ended
     }

@@ -101,6 +101,10 @@ impl ShadowPaging {
             // Mapping it again would change nothing, and the guest would
             // fault again at once, for ever: a gap in the model (SMEP was
             // one), reported with the fault rather than looped on.
+            Ok(Fill::NoProgress) if self.retry_for_another_vcpu(vaddr, error_code) => {
+                self.stats.faults_retried += 1;
+                FaultDecision::Fixed
+            }
             Ok(Fill::NoProgress) => {
                 FaultDecision::Kill(PagingError::FaultWithoutProgress { vaddr, error_code })
             }
@@ -164,9 +168,32 @@ impl ShadowPaging {
             self.write_shadow(frames, table, index, leaf);
         } else {
             // In use before and after: the table's bitmap stays as it is.
+            // Another frame than before (the guest changed the entry without
+            // saying so) takes the old one from whoever shares the table.
+            if vaddr.is_upper_half() && existing.frame() != leaf.frame() {
+                self.owe_shootdown();
+            }
             frames.write_entry(table, index, leaf.raw());
         }
         Ok(Fill::Mapped(walk.page))
+    }
+
+    /// Whether a fault the shadow already allows may be another vCPU's
+    /// doing: with several vCPUs, this one may have faulted through a
+    /// translation older than another's fill (or its widening of a
+    /// read-only page), and entering again, which loads CR3, is all it
+    /// needs. The same fault again on the same vCPU with no fill in
+    /// between is no such thing, and kills as with one vCPU.
+    fn retry_for_another_vcpu(&mut self, vaddr: GuestVirtAddr, error_code: u64) -> bool {
+        if !self.shared_by_vcpus() {
+            return false;
+        }
+        let this = (self.active_vcpu, vaddr, error_code, self.stats.faults_fixed);
+        if self.retried_fault == Some(this) {
+            return false;
+        }
+        self.retried_fault = Some(this);
+        true
     }
 
     /// Whether the shadow leaf `existing` already maps the frame of `leaf`
@@ -230,6 +257,9 @@ impl ShadowPaging {
     pub(super) fn kernel_half_changed(&mut self) {
         self.pinned_stacks.forget_all();
         self.kernel_translation = None;
+        if !self.parked.is_empty() {
+            self.kernel_half_dropped_for_parked();
+        }
     }
 
     /// Sets accessed in every entry of the walk, and dirty in the leaf for
@@ -431,14 +461,7 @@ impl ShadowPaging {
         if vaddr.is_upper_half() {
             self.kernel_half_changed();
         }
-        let Some(stack) = self.stack else {
-            return;
-        };
-        let span = level.bytes_mapped();
-        let start = vaddr.as_u64() & !(span - 1);
-        let bottom = stack.bottom.as_u64();
-        let stack_end = bottom.saturating_add(stack.pages * PAGE_SIZE);
-        if start < stack_end && bottom < start.saturating_add(span) {
+        if self.stack.is_some_and(|stack| stack.overlaps(vaddr, level)) {
             self.stack_needs_pin = true;
         }
     }

@@ -13,11 +13,17 @@ use super::hw::ShadowFrames;
 use crate::addr::GuestVirtAddr;
 
 impl ShadowPaging {
-    /// Drops the user half of the running root.
+    /// Drops the user half of the running root (and every other vCPU's
+    /// shadow of the same address space: a guest's flush reaches all its
+    /// vCPUs).
     pub fn flush_user<F: ShadowFrames>(&mut self, frames: &mut F) {
         self.stats.flushes += 1;
         let root = self.roots.current().shadow;
         self.flush_user_half(frames, root);
+        if !self.parked.is_empty() {
+            let guest_root = self.roots.current().guest_root;
+            self.flush_user_in_parked(frames, guest_root);
+        }
         if let Some(stack) = self.stack
             && !stack.bottom.is_upper_half()
         {
@@ -53,11 +59,19 @@ impl ShadowPaging {
         }
     }
 
-    /// Frees every cached root but the running one, with its user half.
-    /// A root built again later is re-pinned ([`Self::switch_root`]).
+    /// Frees every cached root but the running one, with its user half
+    /// (of every vCPU: their running roots stay). A root built again later
+    /// is re-pinned ([`Self::switch_root`]).
     fn drop_other_roots<F: ShadowFrames>(&mut self, frames: &mut F) {
         let others = self.roots.drop_others();
         for root in others {
+            self.free_root(frames, root);
+        }
+        let mut parked_others = alloc::vec::Vec::new();
+        for vcpu in self.parked_mut() {
+            parked_others.extend(vcpu.roots.drop_others());
+        }
+        for root in parked_others {
             self.free_root(frames, root);
         }
     }
@@ -70,6 +84,17 @@ impl ShadowPaging {
         let root = self.roots.current().shadow;
         self.flush_user_half(frames, root);
         self.stack_needs_pin = self.stack.is_some();
+        let mut parked_running = alloc::vec::Vec::new();
+        for vcpu in self.parked_mut() {
+            parked_running.push(vcpu.roots.current().shadow);
+            vcpu.stack_needs_pin = vcpu.stack.is_some();
+        }
+        if !parked_running.is_empty() {
+            self.owe_shootdown();
+        }
+        for root in parked_running {
+            self.flush_user_half(frames, root);
+        }
     }
 
     /// Drops the shadow translation of `vaddr` in the running root (and so,
@@ -84,6 +109,10 @@ impl ShadowPaging {
         let root = self.roots.current().shadow;
         self.clear_entry(frames, root, vaddr, Level::L1);
         self.note_dropped(vaddr, Level::L1);
+        if !self.parked.is_empty() && !vaddr.is_upper_half() {
+            let guest_root = self.roots.current().guest_root;
+            self.clear_in_parked(frames, guest_root, vaddr, Level::L1);
+        }
     }
 }
 

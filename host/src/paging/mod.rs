@@ -85,6 +85,7 @@ pub mod roots;
 pub mod shadow;
 pub mod tables;
 pub mod update;
+pub mod vcpus;
 pub mod walk;
 
 #[cfg(test)]
@@ -186,6 +187,13 @@ pub struct PagingStats {
     /// Zeroed spare tables kept for reuse ([`tables`]), beside
     /// `frames_held`; the two together stay within the bound.
     pub frames_spare: u64,
+    /// Shoot-downs done ([`vcpus`]): exits whose drops the guest's other
+    /// vCPUs had to leave the guest for.
+    pub shootdowns: u64,
+    /// Faults that found the shadow already allowing the access, taken as
+    /// another vCPU's fill that this vCPU's stale translation had not yet
+    /// seen, and retried ([`vcpus`]).
+    pub faults_retried: u64,
 }
 
 /// The guest kernel stack that must stay mapped.
@@ -195,6 +203,18 @@ struct KernelStack {
     bottom: GuestVirtAddr,
     /// How many pages.
     pages: u64,
+}
+
+impl KernelStack {
+    /// Whether a shadow entry at `level` translating `vaddr` may map part
+    /// of the stack.
+    fn overlaps(&self, vaddr: GuestVirtAddr, level: Level) -> bool {
+        let span = level.bytes_mapped();
+        let start = vaddr.as_u64() & !(span - 1);
+        let bottom = self.bottom.as_u64();
+        let end = bottom.saturating_add(self.pages * crate::addr::PAGE_SIZE);
+        start < end && bottom < start.saturating_add(span)
+    }
 }
 
 /// The registered MMU ring.
@@ -212,10 +232,28 @@ struct MmuRing {
 ///
 /// The guest's memory and the host's frames are passed to each call (see
 /// [`hw`]); this struct holds no reference to either.
+///
+/// The root cache, the stack and the ring are the *active* vCPU's (the one
+/// whose exit is being handled); a guest of several vCPUs keeps the
+/// others' in `parked` ([`vcpus`]).
 pub struct ShadowPaging {
     config: PagingConfig,
     limits: GuestLimits,
     roots: RootCache,
+    /// Which vCPU's part is in `roots`, `stack`, `stack_needs_pin` and
+    /// `ring`.
+    active_vcpu: usize,
+    /// Every vCPU's part but the active one's, by vCPU number (empty for a
+    /// guest of one vCPU).
+    parked: alloc::vec::Vec<Option<vcpus::VcpuPaging>>,
+    /// A drop since the last shoot-down that another vCPU may be using.
+    shootdown_owed: bool,
+    /// Shadow tables freed while other vCPUs may still hold translations
+    /// through them, until the next shoot-down.
+    held_tables: alloc::vec::Vec<vcpus::HeldTable>,
+    /// The last fault retried as another vCPU's doing: (vCPU, address,
+    /// error code, `faults_fixed` then).
+    retried_fault: Option<(usize, GuestVirtAddr, u64, u64)>,
     /// The shared shadow tables below top-level slots 256..=510, as the
     /// entries every root has there.
     kernel_half: [ShadowEntry; KERNEL_HALF_SLOTS],
@@ -228,7 +266,7 @@ pub struct ShadowPaging {
     /// [`Self::shadow_frame_limit`]).
     frame_limit: u64,
     /// The guest's shared page, which is never accepted as a root.
-    shared_page: Option<GuestPhysAddr>,
+    shared_pages: alloc::vec::Vec<GuestPhysAddr>,
     /// The guest's kernel-half level-3 tables, by top-level slot, as the
     /// running root's entries 256..=510 named them when last read (`None`:
     /// to be read again). Kept so that building a shadow root does not
@@ -287,7 +325,7 @@ impl ShadowPaging {
             });
         }
         let limits = GuestLimits::new(mem.size(), config.physical_address_bits);
-        let root = Self::check_root(&limits, None, mem, root)?;
+        let root = Self::check_root(&limits, &[], mem, root)?;
         let no_frame = PagingError::OutOfFrames {
             vaddr: GuestVirtAddr::new_truncate(0),
         };
@@ -306,6 +344,11 @@ impl ShadowPaging {
             config,
             limits,
             roots: RootCache::new(root, first, config.cached_roots, config.eviction),
+            active_vcpu: 0,
+            parked: alloc::vec::Vec::new(),
+            shootdown_owed: false,
+            held_tables: alloc::vec::Vec::new(),
+            retried_fault: None,
             kernel_half: [ShadowEntry::ABSENT; KERNEL_HALF_SLOTS],
             kernel_tables: None,
             stack: None,
@@ -313,7 +356,7 @@ impl ShadowPaging {
             ring: None,
             stats,
             frame_limit: default_shadow_frame_limit(mem.size()),
-            shared_page: None,
+            shared_pages: alloc::vec::Vec::new(),
             book,
             upper_walk: None,
             pinned_stacks: fault::PinnedStacks::default(),
@@ -351,13 +394,13 @@ impl ShadowPaging {
         self.frame_limit = limit.max(1);
     }
 
-    /// Names the guest's shared page (the host writes it at every entry),
-    /// which is then refused as a root; refused also if it is the running
-    /// root already (the initial root).
+    /// Names a shared page of the guest's (each vCPU has one, which the
+    /// host writes at every entry), which is then refused as a root;
+    /// refused also if it is a vCPU's running root already.
     pub fn reserve_shared_page(&mut self, page: u64) -> Result<(), PagingError> {
         let page = GuestPhysAddr::new(page);
-        self.shared_page = Some(page);
-        if self.roots.current().guest_root == page {
+        self.shared_pages.push(page);
+        if self.every_running_root().any(|root| root == page) {
             return Err(PagingError::SharedPageAsRoot {
                 root: page.as_u64(),
             });
@@ -368,10 +411,14 @@ impl ShadowPaging {
     /// (vii) Releases every host frame the shadow tables hold, each exactly
     /// once, and returns the final counts (`frames_held` is then 0).
     pub fn teardown<F: ShadowFrames>(mut self, frames: &mut F) -> PagingStats {
-        // The kernel half first: dropping it writes into every root.
+        // The kernel half first: dropping it writes into every root. No
+        // vCPU runs any more, so nothing needs shooting down.
         self.drop_kernel_half(frames);
-        for root in self.roots.all_frames() {
+        for root in self.every_root() {
             self.free_root(frames, root);
+        }
+        for held in core::mem::take(&mut self.held_tables) {
+            self.release_now(frames, held.frame, held.zeroed);
         }
         for spare in self.book.drain_spares() {
             frames.free(spare);
@@ -447,7 +494,7 @@ impl ShadowPaging {
     /// the shared page, whose switcher slot is not present.
     fn check_root<M: GuestMemory>(
         limits: &GuestLimits,
-        shared_page: Option<GuestPhysAddr>,
+        shared_pages: &[GuestPhysAddr],
         mem: &M,
         root: u64,
     ) -> Result<GuestPhysAddr, PagingError> {
@@ -458,7 +505,7 @@ impl ShadowPaging {
                 memory_size: limits.memory_size,
             });
         }
-        if shared_page == Some(gpa) {
+        if shared_pages.contains(&gpa) {
             return Err(PagingError::SharedPageAsRoot { root });
         }
         let slot = GuestPhysAddr::new(root + 8 * SWITCHER_PML4_INDEX as u64);

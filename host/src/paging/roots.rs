@@ -249,7 +249,7 @@ impl ShadowPaging {
         frames: &mut F,
         root: u64,
     ) -> Result<RootSwitch, PagingError> {
-        let root = Self::check_root(&self.limits, self.shared_page, mem, root)?;
+        let root = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
         if self.roots.current.guest_root == root {
             self.roots.touch();
             self.stats.roots_reused += 1;

@@ -34,7 +34,7 @@ impl ShadowPaging {
         frames: &mut F,
         vaddr: GuestVirtAddr,
     ) -> Result<HostPhysAddr, PagingError> {
-        if self.stats.frames_held >= self.frame_limit {
+        if self.stats.frames_held >= self.frame_limit && !self.shoot_down_now(frames) {
             return Err(PagingError::ShadowLimit {
                 limit: self.frame_limit,
                 vaddr,
@@ -55,10 +55,30 @@ impl ShadowPaging {
         Ok(frame)
     }
 
-    /// Gives back `table`, whose notes are already dropped, counted: kept
-    /// as a spare if `zeroed` and there is room under the bound (spares
-    /// count against it too), else to the allocator.
+    /// Gives back `table`, whose notes are already dropped: at once with
+    /// one vCPU, after the next shoot-down with several ([`super::vcpus`]),
+    /// for another CPU may still walk it.
     fn release_table<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        table: HostPhysAddr,
+        zeroed: bool,
+    ) {
+        if self.shared_by_vcpus() {
+            self.held_tables.push(super::vcpus::HeldTable {
+                frame: table,
+                zeroed,
+            });
+            self.shootdown_owed = true;
+            return;
+        }
+        self.release_now(frames, table, zeroed);
+    }
+
+    /// Gives back `table`, counted: kept as a spare if `zeroed` and there
+    /// is room under the bound (spares count against it too), else to the
+    /// allocator.
+    pub(super) fn release_now<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
         table: HostPhysAddr,
@@ -160,6 +180,14 @@ impl ShadowPaging {
         }
         for root in self.roots.all_frames() {
             self.write_shadow(frames, root, index, entry);
+        }
+        if !self.parked.is_empty() {
+            for vcpu in 0..self.parked.len() {
+                let roots = self.parked[vcpu].as_ref().map(|v| v.roots.all_frames());
+                for root in roots.into_iter().flatten() {
+                    self.write_shadow(frames, root, index, entry);
+                }
+            }
         }
     }
 

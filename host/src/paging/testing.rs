@@ -24,8 +24,12 @@ pub const SHADOW_FRAMES_BASE: u64 = 0x100_0000;
 pub struct FakeGuestMemory {
     size: u64,
     pages: HashMap<u64, Box<[u64; 512]>>,
-    /// The register page's contents (the guest's registers).
+    /// The register page's contents (the active vCPU's registers).
     registers: switcher::GuestRegs,
+    /// Every vCPU's registers but the active one's, by vCPU number.
+    other_registers: Vec<switcher::GuestRegs>,
+    /// The vCPU whose registers are in `registers`.
+    active: usize,
 }
 
 impl FakeGuestMemory {
@@ -37,6 +41,8 @@ impl FakeGuestMemory {
             size,
             pages: HashMap::new(),
             registers: switcher::GuestRegs::default(),
+            other_registers: Vec::new(),
+            active: 0,
         }
     }
 
@@ -127,6 +133,23 @@ impl crate::guest::GuestRam for FakeGuestMemory {
 
     fn registers_mut(&mut self) -> &mut switcher::GuestRegs {
         &mut self.registers
+    }
+
+    fn add_vcpu(&mut self) -> bool {
+        if self.other_registers.is_empty() {
+            self.other_registers.push(switcher::GuestRegs::default());
+        }
+        self.other_registers.push(switcher::GuestRegs::default());
+        true
+    }
+
+    fn select_vcpu(&mut self, vcpu: usize) {
+        if vcpu == self.active || vcpu >= self.other_registers.len() {
+            return;
+        }
+        core::mem::swap(&mut self.registers, &mut self.other_registers[self.active]);
+        core::mem::swap(&mut self.registers, &mut self.other_registers[vcpu]);
+        self.active = vcpu;
     }
 }
 

@@ -96,7 +96,7 @@ impl ShadowPaging {
     ) -> Result<(), PagingError> {
         let level = Level::from_number(level).ok_or(PagingError::BadLevel(level))?;
         let vaddr = GuestVirtAddr::try_new(vaddr)?;
-        let root = Self::check_root(&self.limits, self.shared_page, mem, root)?;
+        let root = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
         self.stats.entries_set += 1;
         if vaddr.in_switcher_slot() {
             // Nothing of the guest's is shadowed there. Making the
@@ -122,6 +122,11 @@ impl ShadowPaging {
         if level == Level::L4 && vaddr.is_upper_half() {
             // The kernel half's tables may have changed.
             self.kernel_tables = None;
+        }
+        if !self.parked.is_empty() && !vaddr.is_upper_half() {
+            // Every other vCPU's shadow of this address space forgets the
+            // entry (and is filled again by its own faults).
+            self.clear_in_parked(frames, root, vaddr, level);
         }
         let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
             return Ok(());
