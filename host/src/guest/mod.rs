@@ -549,7 +549,11 @@ impl<M: GuestRam> Guest<M> {
             return None;
         }
         let stack = self.vcpu.kernel_stack.unwrap_or(NO_KERNEL_STACK);
-        let traps = if traps_stale { &self.vcpu.traps[..] } else { &[] };
+        let traps = if traps_stale {
+            &self.vcpu.traps[..]
+        } else {
+            &[]
+        };
         let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
             // A host vector never gets a handler: `set_trap` refuses it, and

@@ -153,10 +153,10 @@ fn take_turn(
     } else {
         run_turn(guest, &vcpu, turn, &mut NoEvents, switcher, services)
     };
-    if let Some(started) = vcpu.started.take() {
-        if let Some(machine) = MACHINE.lock().as_mut() {
-            machine.vcpus_started(cpu, slot, &started);
-        }
+    if let Some(started) = vcpu.started.take()
+        && let Some(machine) = MACHINE.lock().as_mut()
+    {
+        machine.vcpus_started(cpu, slot, &started);
     }
     switcher.end_turn(&mut slot.cpu_state);
     account.turns += 1;
