@@ -24,9 +24,9 @@ use crate::network;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts};
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use alloc::string::String;
 use guest_abi::hypercall::{Number, host_vector};
 use host::guest::{Exit, ExitEvents, Guest, HostServices, Next, NoEvents};
 use host::sched::{CpuId, VcpuId};
@@ -149,7 +149,14 @@ fn take_turn(
         started: core::cell::Cell::new(None),
     };
     let next = if crate::bench::enabled() {
-        run_turn(guest, &vcpu, turn, &mut slot.host_shares, switcher, services)
+        run_turn(
+            guest,
+            &vcpu,
+            turn,
+            &mut slot.host_shares,
+            switcher,
+            services,
+        )
     } else {
         run_turn(guest, &vcpu, turn, &mut NoEvents, switcher, services)
     };
