@@ -362,7 +362,8 @@ pub const KEYS: [Key; 15] = [
         set: |c, v| {
             if GuestSpec::parse_list(v).any(|s| s.is_none()) {
                 return Err(
-                    "a comma-separated list of image[/arg][:code|:killed|:any][:restart[=N]][:vcpus=N]",
+                    "a comma-separated list of image[/arg][:code|:killed|:any][:restart[=N]][:vcpus=N], \
+                     N vCPUs from 1 to 16",
                 );
             }
             c.guests = v;

@@ -402,8 +402,13 @@ fn report_cpus(machine: &Machine) {
     }
     let counters = machine.sched.counters();
     println!(
-        "scheduler: {} turns, {} migrations, {} steals, {} idles, {} kicks",
-        counters.turns, counters.migrations, counters.steals, counters.idles, counters.kicks
+        "scheduler: {} turns, {} migrations, {} steals, {} idles, {} kicks, {} vCPUs shot down",
+        counters.turns,
+        counters.migrations,
+        counters.steals,
+        counters.idles,
+        counters.kicks,
+        vcpus::SHOOTDOWN_WAITS.load(Ordering::Relaxed)
     );
 }
 
@@ -588,14 +593,16 @@ fn report_end(slot: Slot, port_stats: Option<String>) -> bool {
     }
     println!("guest {name} counters: {counters} cpu_ms={cpu_ms}");
     println!(
-        "guest {name} paging: faults_fixed={} faults_reflected={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={}",
+        "guest {name} paging: faults_fixed={} faults_reflected={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={} shootdowns={} faults_retried={}",
         paging.faults_fixed,
         paging.faults_reflected,
         paging.roots_made,
         paging.roots_reused,
         paging.roots_evicted,
         paging.eager_fills,
-        paging.frames_held
+        paging.frames_held,
+        paging.shootdowns,
+        paging.faults_retried
     );
     if !as_expected {
         println!("guest {name}: expected {expect:?}, but it ended otherwise");
