@@ -19,7 +19,7 @@
 
 use super::machine::{CpuAccount, MACHINE, Machine, Pick};
 use super::vcpus::{GuestFrames, SharedGuest};
-use super::{FrameGuestMemory, Services, Slot};
+use super::{FrameGuestMemory, HostFrames, Services, Slot};
 use crate::network;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts};
@@ -29,6 +29,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use guest_abi::hypercall::{Number, host_vector};
 use host::guest::{Exit, ExitEvents, Guest, HostServices, Next, NoEvents};
+use host::paging::ShadowFrames;
 use host::sched::{CpuId, VcpuId};
 
 /// Runs guests on this CPU (`cpu` to the scheduler) until every guest has
@@ -142,25 +143,44 @@ fn take_turn(
         guest.cpu_tables_lost();
         account.state_loads += 1;
     }
-    let vcpu = VcpuOnCpu {
-        shared: &shared,
-        index: slot.index,
-        apic_id: apic::id(),
-        started: core::cell::Cell::new(None),
-    };
-    let next = if crate::bench::enabled() {
-        run_turn(
-            guest,
-            &vcpu,
+    let (next, started) = if shared.several {
+        // Locked for each exit, so the guest's other vCPUs run meanwhile.
+        let mut hold = PerExit {
+            shared: &shared,
+            index: slot.index,
+            apic_id: apic::id(),
+            guard: Some(guest),
+            started: Vec::new(),
+        };
+        let frames = GuestFrames {
+            guest: &shared,
+            vcpu: slot.index,
+        };
+        let next = run_turn_watched(
+            &mut hold,
+            frames,
             turn,
             &mut slot.host_shares,
             switcher,
             services,
-        )
+        );
+        if let Some(mut guest) = hold.guard.take() {
+            hold.started.extend(guest.take_started_vcpus());
+        }
+        (next, hold.started)
     } else {
-        run_turn(guest, &vcpu, turn, &mut NoEvents, switcher, services)
+        // Locked for the whole turn: nobody else wants it.
+        let next = run_turn_watched(
+            &mut WholeTurn(&mut guest),
+            HostFrames,
+            turn,
+            &mut slot.host_shares,
+            switcher,
+            services,
+        );
+        (next, Vec::new())
     };
-    if let Some(started) = vcpu.started.take()
+    if !started.is_empty()
         && let Some(machine) = MACHINE.lock().as_mut()
     {
         machine.vcpus_started(cpu, slot, &started);
@@ -171,23 +191,84 @@ fn take_turn(
     next
 }
 
-/// The vCPU a turn runs, as the turn needs it: its guest (locked for each
-/// exit if the guest may have several vCPUs, else for the whole turn), its
-/// number, and this CPU's local APIC id (for the others' shoot-downs).
-struct VcpuOnCpu<'g> {
-    shared: &'g SharedGuest,
-    index: usize,
-    apic_id: u32,
-    /// vCPUs the turn's exits started, to be placed after it.
-    started: core::cell::Cell<Option<Vec<usize>>>,
+/// [`run_turn`], watched by the benchmark's events when `bench=on`.
+fn run_turn_watched<H: Hold, F: ShadowFrames>(
+    hold: &mut H,
+    frames: F,
+    turn: Turn<'_>,
+    host_shares: &mut crate::bench::HostShares,
+    switcher: &mut CpuSwitcher,
+    services: &mut Services,
+) -> Next {
+    if crate::bench::enabled() {
+        run_turn(hold, frames, turn, host_shares, switcher, services)
+    } else {
+        run_turn(hold, frames, turn, &mut NoEvents, switcher, services)
+    }
 }
 
-impl<'g> VcpuOnCpu<'g> {
-    /// The guest, locked, this vCPU the active one.
-    fn lock(&self) -> spin::MutexGuard<'g, Guest<FrameGuestMemory>> {
-        let mut guest = self.shared.guest.lock();
-        guest.activate(self.index);
-        guest
+/// How a turn holds its guest between the vCPU's exits.
+trait Hold {
+    /// Whether other vCPUs of the guest may run meanwhile.
+    const SHARED: bool;
+    /// The guest, this vCPU the active one (locked if it was not).
+    fn guest(&mut self) -> &mut Guest<FrameGuestMemory>;
+    /// The vCPU is about to enter the guest.
+    fn entering(&mut self);
+    /// The vCPU has left the guest.
+    fn left(&mut self);
+}
+
+/// A guest of one vCPU, locked for the whole turn.
+struct WholeTurn<'t, 'g>(&'t mut spin::MutexGuard<'g, Guest<FrameGuestMemory>>);
+
+impl Hold for WholeTurn<'_, '_> {
+    const SHARED: bool = false;
+
+    #[inline(always)]
+    fn guest(&mut self) -> &mut Guest<FrameGuestMemory> {
+        self.0
+    }
+
+    #[inline(always)]
+    fn entering(&mut self) {}
+
+    #[inline(always)]
+    fn left(&mut self) {}
+}
+
+/// A vCPU of a guest of several, locked from its exit to its next entry.
+struct PerExit<'g> {
+    shared: &'g SharedGuest,
+    index: usize,
+    /// This CPU's local APIC id (for the others' shoot-downs).
+    apic_id: u32,
+    guard: Option<spin::MutexGuard<'g, Guest<FrameGuestMemory>>>,
+    /// vCPUs its exits started, to be placed when the turn ends.
+    started: Vec<usize>,
+}
+
+impl Hold for PerExit<'_> {
+    const SHARED: bool = true;
+
+    fn guest(&mut self) -> &mut Guest<FrameGuestMemory> {
+        let (shared, index) = (self.shared, self.index);
+        self.guard.get_or_insert_with(|| {
+            let mut guest = shared.guest.lock();
+            guest.activate(index);
+            guest
+        })
+    }
+
+    fn entering(&mut self) {
+        if let Some(mut guest) = self.guard.take() {
+            self.started.extend(guest.take_started_vcpus());
+        }
+        self.shared.entering(self.index, self.apic_id);
+    }
+
+    fn left(&mut self) {
+        self.shared.left(self.index);
     }
 }
 
@@ -201,26 +282,19 @@ struct Turn<'t> {
 }
 
 /// Runs one vCPU until its turn ends, it halts or its guest ends; charges
-/// the CPU time it used to the guest's budget. `guest` comes locked; a
-/// guest of several vCPUs is unlocked while this one is in it.
-fn run_turn<'g, E: ExitEvents>(
-    guest: spin::MutexGuard<'g, Guest<FrameGuestMemory>>,
-    vcpu: &VcpuOnCpu<'g>,
+/// the CPU time it used to the guest's budget.
+fn run_turn<H: Hold, F: ShadowFrames, E: ExitEvents>(
+    hold: &mut H,
+    mut frames: F,
     turn: Turn<'_>,
     events: &mut E,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
 ) -> Next {
-    let several = vcpu.shared.several;
-    let mut frames = GuestFrames {
-        guest: vcpu.shared,
-        vcpu: vcpu.index,
-    };
-    let mut held = Some(guest);
     let mut started = services.now_ns();
     loop {
         let now = services.now_ns();
-        let guest = held.get_or_insert_with(|| vcpu.lock());
+        let guest = hold.guest();
         let Some(root) = guest.prepare_entry(&mut frames, switcher.guest_view(), now) else {
             events.turn_over();
             return Next::Ended;
@@ -235,16 +309,11 @@ fn run_turn<'g, E: ExitEvents>(
         let due = min_deadline(turn.slice_end, guest.timer_deadline())
             .map_or(budget_end, |d| d.min(budget_end));
         turn.timer.arm(due, now);
-        if several {
-            held = None;
-            vcpu.shared.entering(vcpu.index, vcpu.apic_id);
-        }
+        hold.entering();
         events.entering();
         let cr2 = switcher.run(root);
-        if several {
-            vcpu.shared.left(vcpu.index);
-        }
-        let guest = held.get_or_insert_with(|| vcpu.lock());
+        hold.left();
+        let guest = hold.guest();
         let exit = Exit::of(guest.regs(), cr2);
         events.exit(exit);
         if let Some(vector) = exit.host_interrupt() {
@@ -254,19 +323,11 @@ fn run_turn<'g, E: ExitEvents>(
             turn.timer.fired();
         }
         // Another vCPU's exit may have ended the guest while this one ran.
-        let next = if several && guest.has_ended() {
+        let next = if H::SHARED && guest.has_ended() {
             Next::Ended
         } else {
             guest.handle_exit(exit, &mut frames, services)
         };
-        if several {
-            let new = guest.take_started_vcpus();
-            if !new.is_empty() {
-                let mut all = vcpu.started.take().unwrap_or_default();
-                all.extend(new);
-                vcpu.started.set(Some(all));
-            }
-        }
         // Frames it sent end its turn too, so that the guest they are
         // for can answer while this one waits; and another CPU's
         // interrupt ends it, for there is something to pick.
