@@ -10,6 +10,7 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 use host::config::LogLevel;
+use host::text::Staging;
 use spin::Mutex;
 use uart_16550::backend::PioBackend;
 use uart_16550::{Config, Uart16550, Uart16550Tty};
@@ -25,11 +26,19 @@ static PRESENT: AtomicBool = AtomicBool::new(false);
 /// console line was mostly those looks: about 80 instructions a byte).
 /// A `\n` goes out as `\r\n`, as the terminal writer sends it; the host
 /// writes no other control character (a guest's are defused first).
-struct Console(Uart16550Tty<PioBackend>);
+struct Console {
+    tty: Uart16550Tty<PioBackend>,
+    /// Where a guest's line is put together, to go out in one write.
+    staging: [u8; STAGING],
+}
+
+/// Room for the usual guest line, prefix included; a longer one goes out
+/// in more writes.
+const STAGING: usize = 256;
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let uart = self.0.inner_mut();
+        let uart = self.tty.inner_mut();
         for (i, run) in s.split('\n').enumerate() {
             if i > 0 {
                 uart.send_bytes_exact(b"\r\n");
@@ -45,7 +54,10 @@ pub fn init() {
     // SAFETY: COM1's eight registers are standard PC I/O ports that nothing
     // else in the kernel touches.
     if let Ok(tty) = unsafe { Uart16550Tty::new_port(COM1, Config::default()) } {
-        *CONSOLE.lock() = Some(Console(tty));
+        *CONSOLE.lock() = Some(Console {
+            tty,
+            staging: [0; STAGING],
+        });
         PRESENT.store(true, Ordering::Release);
     }
     // A second call (there is none) would fail harmlessly.
@@ -78,18 +90,22 @@ pub fn write_fmt(args: fmt::Arguments<'_>) {
 /// Prints one line of guest `name`'s console output as `[name] line`,
 /// with what could act on the terminal defused ([`host::text`]), in one
 /// piece (the lock held for the whole line) and without allocating.
+///
+/// The line is put together first and written in one go (`\r\n` as the
+/// terminal writer ends a line; the defused text holds no control
+/// character for it to translate), so the UART's status is looked at once
+/// per 16 bytes of the whole line rather than once per piece.
 pub fn guest_line(name: &str, line: &[u8]) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        if let Some(tty) = CONSOLE.lock().as_mut() {
-            let _ = tty.write_str("[");
-            host::text::for_each_printable(name.as_bytes(), |piece| {
-                let _ = tty.write_str(piece);
-            });
-            let _ = tty.write_str("] ");
-            host::text::for_each_printable(line, |piece| {
-                let _ = tty.write_str(piece);
-            });
-            let _ = tty.write_str("\n");
+        if let Some(Console { tty, staging }) = CONSOLE.lock().as_mut() {
+            let uart = tty.inner_mut();
+            let mut out = Staging::new(staging, |bytes| uart.send_bytes_exact(bytes));
+            out.push(b"[");
+            out.push_printable(name.as_bytes());
+            out.push(b"] ");
+            out.push_printable(line);
+            out.push(b"\r\n");
+            out.flush();
         }
     });
 }

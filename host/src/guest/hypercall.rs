@@ -150,6 +150,17 @@ impl<M: GuestRam> Guest<M> {
     /// whenever it reaches [`CONSOLE_LINE_MAX`] bytes. Whole runs between
     /// newlines are copied at once, not byte by byte.
     fn console_bytes<H: HostServices>(&mut self, host: &mut H, bytes: &[u8]) {
+        // The usual write, one whole line with nothing held before it: it
+        // is printed from `bytes` (already the host's copy), as the loop
+        // below would print it, without being copied into the line first.
+        if self.console.is_empty()
+            && let Some((b'\n', line)) = bytes.split_last()
+            && line.len() <= CONSOLE_LINE_MAX
+            && !crate::text::has_newline(line)
+        {
+            host.console_line(&self.name, line);
+            return;
+        }
         for piece in bytes.split_inclusive(|&b| b == b'\n') {
             let (mut text, newline) = match piece.split_last() {
                 Some((b'\n', text)) => (text, true),

@@ -2637,3 +2637,61 @@ fn each_vcpu_has_its_own_timer_and_halt_and_an_end_ends_them_all() {
     assert!(w.enter().is_none());
     assert!(!w.guest.poll(w.host.now));
 }
+
+/// The lines printed for `text` (at `BUFFER`) written in pieces of
+/// `sizes` (used in turn, round again if need be), then a shutdown.
+fn console_lines_written_in(text: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut w = World::new();
+    w.poke(BUFFER, text);
+    let mut done = 0;
+    for &size in sizes.iter().cycle() {
+        if done == text.len() {
+            break;
+        }
+        let n = size.min(text.len() - done);
+        let at = BUFFER + done as u64;
+        assert_eq!(w.call(Number::ConsoleWrite, &[at, n as u64]), n as u64);
+        done += n;
+    }
+    assert_eq!(w.hypercall(Number::Shutdown as u64, &[0]), Next::Ended);
+    w.host.lines.into_iter().map(|(_, line)| line).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// However a guest's output is cut into writes, the same lines are
+    /// printed (a whole line in one write is printed straight from it):
+    /// each line as it is, broken every 512 bytes, a blank line too.
+    #[test]
+    fn console_lines_do_not_depend_on_how_the_output_is_cut(
+        text in proptest::collection::vec(
+            prop_oneof![8 => b'a'..=b'z', 1 => Just(b'\n'), 1 => any::<u8>()],
+            0..1500,
+        ),
+        sizes in proptest::collection::vec(1usize..700, 1..6),
+    ) {
+        let mut expected = Vec::new();
+        let mut lines = text.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if line.is_empty() {
+                // A blank line; nothing after the last newline.
+                if lines.peek().is_some() {
+                    expected.push(Vec::new());
+                }
+            } else {
+                expected.extend(line.chunks(512).map(<[u8]>::to_vec));
+            }
+        }
+        prop_assert_eq!(&console_lines_written_in(&text, &[text.len().max(1)]), &expected);
+        prop_assert_eq!(&console_lines_written_in(&text, &sizes), &expected);
+    }
+}
+
+#[test]
+fn console_lines_written_a_byte_at_a_time_are_the_same() {
+    let text = b"one\n\ntwo\nthree";
+    let lines = console_lines_written_in(text, &[1]);
+    assert_eq!(lines, console_lines_written_in(text, &[text.len()]));
+    assert_eq!(lines, [&b"one"[..], b"", b"two", b"three"]);
+}
