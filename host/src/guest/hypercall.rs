@@ -346,8 +346,13 @@ impl<M: GuestRam> Guest<M> {
             return Next::Resume;
         }
         if !self.can_be_woken() {
-            let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
-            return self.kill(KillReason::HaltedForever { interrupts_off });
+            // A vCPU of several may sleep for good while another runs: it
+            // waits for the guest's end. The last one awake may not.
+            if !self.another_vcpu_awake() {
+                let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
+                return self.kill(KillReason::HaltedForever { interrupts_off });
+            }
+            self.vcpu.halted_for_good = true;
         }
         self.vcpu.state = GuestState::Halted;
         Next::Halted

@@ -49,6 +49,9 @@ pub(super) struct Vcpu {
     pub traps_stale: bool,
     /// Its shared page.
     pub shared_page: GuestPhysAddr,
+    /// It halted with nothing that could wake it (another vCPU ran on):
+    /// it sleeps until the guest ends.
+    pub halted_for_good: bool,
 }
 
 impl Vcpu {
@@ -67,6 +70,7 @@ impl Vcpu {
             stack_stale: true,
             traps_stale: true,
             shared_page,
+            halted_for_good: false,
         }
     }
 }
@@ -108,6 +112,15 @@ impl<M: GuestRam> Guest<M> {
         self.active_vcpu = vcpu;
         self.memory.select_vcpu(vcpu);
         self.paging.activate(vcpu);
+    }
+
+    /// Whether a vCPU other than the active one may still run: started,
+    /// and not asleep for good.
+    pub(super) fn another_vcpu_awake(&self) -> bool {
+        self.parked
+            .iter()
+            .flatten()
+            .any(|vcpu| !vcpu.halted_for_good)
     }
 
     /// The vCPUs started since the last call, for the kernel to schedule.

@@ -26,7 +26,6 @@ use crate::{apic, interrupts};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use guest_abi::hypercall::{Number, host_vector};
 use host::guest::{Exit, ExitEvents, Guest, HostServices, Next, NoEvents};
 use host::paging::ShadowFrames;
@@ -143,14 +142,16 @@ fn take_turn(
         guest.cpu_tables_lost();
         account.state_loads += 1;
     }
-    let (next, started) = if shared.several {
+    let next = if shared.several {
         // Locked for each exit, so the guest's other vCPUs run meanwhile.
         let mut hold = PerExit {
             shared: &shared,
             index: slot.index,
             apic_id: apic::id(),
             guard: Some(guest),
-            started: Vec::new(),
+            cpu,
+            first: VcpuId::new(slot.vcpu.guest, 0),
+            expect: slot.expect,
         };
         let frames = GuestFrames {
             guest: &shared,
@@ -164,27 +165,19 @@ fn take_turn(
             switcher,
             services,
         );
-        if let Some(mut guest) = hold.guard.take() {
-            hold.started.extend(guest.take_started_vcpus());
-        }
-        (next, hold.started)
+        hold.release();
+        next
     } else {
         // Locked for the whole turn: nobody else wants it.
-        let next = run_turn_watched(
+        run_turn_watched(
             &mut WholeTurn(&mut guest),
             HostFrames,
             turn,
             &mut slot.host_shares,
             switcher,
             services,
-        );
-        (next, Vec::new())
+        )
     };
-    if !started.is_empty()
-        && let Some(machine) = MACHINE.lock().as_mut()
-    {
-        machine.vcpus_started(cpu, slot, &started);
-    }
     switcher.end_turn(&mut slot.cpu_state);
     account.turns += 1;
     account.guests_seen |= 1u64 << (slot.vcpu.guest % 64);
@@ -239,13 +232,34 @@ impl Hold for WholeTurn<'_, '_> {
 
 /// A vCPU of a guest of several, locked from its exit to its next entry.
 struct PerExit<'g> {
-    shared: &'g SharedGuest,
+    shared: &'g Arc<SharedGuest>,
     index: usize,
     /// This CPU's local APIC id (for the others' shoot-downs).
     apic_id: u32,
     guard: Option<spin::MutexGuard<'g, Guest<FrameGuestMemory>>>,
-    /// vCPUs its exits started, to be placed when the turn ends.
-    started: Vec<usize>,
+    /// For the vCPUs its exits start: this CPU, the guest's first vCPU
+    /// and its expected end.
+    cpu: CpuId,
+    first: VcpuId,
+    expect: host::config::Expect,
+}
+
+impl PerExit<'_> {
+    /// Unlocks the guest; the vCPUs the exits since the last unlock
+    /// started go to the scheduler (after the guest's lock, before the
+    /// machine's), so that another CPU may run them at once.
+    fn release(&mut self) {
+        let Some(mut guest) = self.guard.take() else {
+            return;
+        };
+        let started = guest.take_started_vcpus();
+        drop(guest);
+        if !started.is_empty()
+            && let Some(machine) = MACHINE.lock().as_mut()
+        {
+            machine.vcpus_started(self.cpu, self.shared, self.first, self.expect, &started);
+        }
+    }
 }
 
 impl Hold for PerExit<'_> {
@@ -261,9 +275,7 @@ impl Hold for PerExit<'_> {
     }
 
     fn entering(&mut self) {
-        if let Some(mut guest) = self.guard.take() {
-            self.started.extend(guest.take_started_vcpus());
-        }
+        self.release();
         self.shared.entering(self.index, self.apic_id);
     }
 

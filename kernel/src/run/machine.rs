@@ -16,12 +16,14 @@
 //! (the boot CPU) to poll the network. Nothing inside a turn takes it, so
 //! a guest's exits cost what they cost with one CPU.
 
+use super::vcpus::SharedGuest;
 use super::{RunError, Services, Slot, Starter};
 use crate::apic;
 use crate::hostnet::snapshot::GuestLine;
 use crate::network::Network;
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use host::config::{Expect, GuestSpec, Restart};
 use host::guest::{GuestState, Next};
@@ -355,20 +357,24 @@ impl Machine {
         Some((slot, stats))
     }
 
-    /// vCPUs `numbers` of the guest whose vCPU `from` runs on `me` have
-    /// started: each gets a place, at home, and goes to the scheduler.
-    pub fn vcpus_started(&mut self, me: CpuId, from: &Slot, numbers: &[usize]) {
-        let port = self
-            .places
-            .iter()
-            .find(|p| p.vcpu == from.vcpu)
-            .map(|p| p.port);
+    /// vCPUs `numbers` of `guest` (whose first vCPU is `first`) have
+    /// started, on `me`: each gets a place, at home, and goes to the
+    /// scheduler, which may send an idle CPU for it at once.
+    pub fn vcpus_started(
+        &mut self,
+        me: CpuId,
+        guest: &Arc<SharedGuest>,
+        first: VcpuId,
+        expect: Expect,
+        numbers: &[usize],
+    ) {
+        let port = self.places.iter().find(|p| p.vcpu == first).map(|p| p.port);
         let Some(port) = port else {
             return;
         };
         for &number in numbers {
-            let Some(slot) = from.sibling(number) else {
-                log::error!("vCPU {number} of {:?} has no register page", from.vcpu);
+            let Some(slot) = Slot::for_vcpu(guest, first, number, expect) else {
+                log::error!("vCPU {number} of {first:?} has no register page");
                 continue;
             };
             let vcpu = slot.vcpu;

@@ -132,15 +132,21 @@ impl Slot {
         }
     }
 
-    /// A slot for vCPU `index` of the same guest, just started.
-    fn sibling(&self, index: usize) -> Option<Slot> {
-        let registers = self.guest.guest.lock().memory().register_page(index)?;
+    /// A slot for vCPU `index` of `guest`, just started; `first` is the
+    /// guest's first vCPU.
+    fn for_vcpu(
+        guest: &Arc<vcpus::SharedGuest>,
+        first: VcpuId,
+        index: usize,
+        expect: Expect,
+    ) -> Option<Slot> {
+        let registers = guest.guest.lock().memory().register_page(index)?;
         Some(Slot {
-            guest: Arc::clone(&self.guest),
+            guest: Arc::clone(guest),
             index,
-            vcpu: VcpuId::new(self.vcpu.guest, u16::try_from(index).ok()?),
+            vcpu: VcpuId::new(first.guest, u16::try_from(index).ok()?),
             cpu_state: GuestCpuState::new(registers),
-            expect: self.expect,
+            expect,
             host_shares: HostShares::default(),
         })
     }
