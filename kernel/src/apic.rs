@@ -34,7 +34,7 @@
 //! [`send_startup`]) timed with [`delay_us`], and once guests run, tells a
 //! CPU to pick again with another ([`send_reschedule`]).
 
-use crate::interrupts::{RESCHEDULE_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::interrupts::{RESCHEDULE_VECTOR, SHOOTDOWN_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::memory::paging::map_mmio;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use host::addr::HostPhysAddr;
@@ -190,6 +190,12 @@ pub fn send_startup(apic_id: u32, page: u8) {
 /// there, or wakes the CPU from its halt, and it picks again.
 pub fn send_reschedule(apic_id: u32) {
     send_ipi(apic_id, icr::ASSERT | u32::from(RESCHEDULE_VECTOR));
+}
+
+/// Sends the shoot-down interrupt ([`SHOOTDOWN_VECTOR`]) to the CPU whose
+/// local APIC id is `apic_id`: it leaves the guest it runs once.
+pub fn send_shootdown(apic_id: u32) {
+    send_ipi(apic_id, icr::ASSERT | u32::from(SHOOTDOWN_VECTOR));
 }
 
 /// Writes the interrupt command register: the destination, then the

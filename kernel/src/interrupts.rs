@@ -38,6 +38,8 @@ pub const TIMER_VECTOR: u8 = host_vector::TIMER;
 /// this one. Its handler only acknowledges it: the interrupt has done its
 /// job by ending a guest's turn or a halt (see `crate::run`).
 pub const RESCHEDULE_VECTOR: u8 = host_vector::RESCHEDULE;
+/// The shoot-down interrupt: leave the guest once (`crate::run`'s vCPUs).
+pub const SHOOTDOWN_VECTOR: u8 = host_vector::SHOOTDOWN;
 /// A vector whose handler is a bare `iretq`: the native analogue the
 /// benchmarks time a hypercall against. Only in the host's own IDT, raised
 /// only by the host: no hardware interrupt uses it.
@@ -160,7 +162,7 @@ pub fn handle_host_interrupt(vector: u8) {
             apic::end_of_interrupt();
         }
         SPURIOUS_VECTOR => {}
-        RESCHEDULE_VECTOR => apic::end_of_interrupt(),
+        RESCHEDULE_VECTOR | SHOOTDOWN_VECTOR => apic::end_of_interrupt(),
         vector => {
             log::warn!("unexpected interrupt on vector {vector}");
             apic::end_of_interrupt();

@@ -119,7 +119,8 @@ impl<M: GuestRam> Guest<M> {
             return;
         }
         self.counters.virtual_interrupts += 1;
-        let keeps_interrupts = self.vcpu.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
+        let keeps_interrupts =
+            self.vcpu.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
         if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
             self.vcpu.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
         }

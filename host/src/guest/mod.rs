@@ -549,7 +549,11 @@ impl<M: GuestRam> Guest<M> {
             return None;
         }
         let stack = self.vcpu.kernel_stack.unwrap_or(NO_KERNEL_STACK);
-        let traps = if traps_stale { &self.vcpu.traps[..] } else { &[] };
+        let traps = if traps_stale {
+            &self.vcpu.traps[..]
+        } else {
+            &[]
+        };
         let gates = traps.iter().enumerate().filter_map(|(v, t)| {
             let vector = u8::try_from(v).ok()?;
             // A host vector never gets a handler: `set_trap` refuses it, and
@@ -604,6 +608,7 @@ impl<M: GuestRam> Guest<M> {
         {
             Ok(root) => {
                 self.counters.cr3_loads += 2;
+                self.settle_shadow(frames);
                 Some(root)
             }
             Err(e) => {
@@ -676,12 +681,26 @@ impl<M: GuestRam> Guest<M> {
                 Next::Resume
             }
         };
+        self.settle_shadow(frames);
         // A guest's last words (a line without its newline) are printed
         // however it ended.
         if next == Next::Ended {
             self.flush_console(host);
         }
         next
+    }
+
+    /// Before the vCPU enters again, and before what it asked can be
+    /// relied on: if the exit dropped a shadow entry another vCPU of the
+    /// guest may still hold in its TLB, waits until every other vCPU has
+    /// left the guest once, then frees the tables the drops released
+    /// ([`crate::paging::vcpus`]). Nothing to do with one vCPU.
+    #[inline(always)]
+    fn settle_shadow<F: ShadowFrames>(&mut self, frames: &mut F) {
+        if self.paging.shootdown_owed() {
+            frames.shoot_down();
+            self.paging.finish_shootdown(frames);
+        }
     }
 
     /// Counts an exit the guest made: as its interrupt handler's while it

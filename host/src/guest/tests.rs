@@ -295,6 +295,12 @@ impl World {
 
     /// A fresh guest that may use `budget_ns` of CPU time.
     fn with_budget(budget_ns: u64) -> Self {
+        Self::with_vcpus(budget_ns, 1)
+    }
+
+    /// A fresh guest that may use `budget_ns` of CPU time and start up to
+    /// `vcpus` vCPUs.
+    fn with_vcpus(budget_ns: u64, vcpus: usize) -> Self {
         let (mem, loaded) = load_into(MEMORY, &Image::good().bytes());
         let mut frames = FakeFrames::new(1_000);
         let guest = Guest::new(
@@ -304,7 +310,7 @@ impl World {
             PagingConfig::default(),
             budget_ns,
             standard_devices(GUEST_MAC, [7; 32]),
-            1,
+            vcpus,
             &mut frames,
         )
         .unwrap();
@@ -2493,4 +2499,141 @@ fn frames_for_a_guest_whose_card_is_not_running_are_dropped_without_waking_it() 
     assert_eq!(w.shared(shared::IRQ_PENDING), 0);
     assert!(!w.guest.has_outbound_frames());
     assert_eq!(w.guest.take_outbound_frames().count(), 0);
+}
+
+// ---- Several vCPUs -------------------------------------------------------
+
+/// A page of guest memory for a second vCPU's shared page.
+const SECOND_SHARED_PAGE: u64 = 0x28_0000;
+/// Where the second vCPU starts, and its stack.
+const SECOND_ENTRY: u64 = HANDLER;
+const SECOND_STACK: u64 = kva(0x38_0000);
+
+/// Starts vCPU 1 of a guest of two; gives the call's result.
+fn start_second(w: &mut World, page: u64) -> u64 {
+    w.call(Number::StartVcpu, &[1, SECOND_ENTRY, SECOND_STACK, page])
+}
+
+#[test]
+fn a_second_vcpu_starts_with_its_own_registers_shared_page_and_a_copy_of_the_traps() {
+    let mut w = World::with_vcpus(1_000_000_000, 2);
+    let vcpus_field = BOOT_PARAMS_GPA + core::mem::offset_of!(BootParams, vcpus) as u64;
+    assert_eq!(
+        w.guest.memory.get(vcpus_field),
+        2,
+        "the boot parameters say"
+    );
+    assert_eq!(w.set_trap(14, HANDLER, 0), 0);
+    w.guest.memory.set(SECOND_SHARED_PAGE + 64, 0xdead);
+    assert_eq!(start_second(&mut w, SECOND_SHARED_PAGE), 0);
+    assert_eq!(w.guest.take_started_vcpus(), [1]);
+    assert_eq!((w.guest.vcpus(), w.guest.max_vcpus()), (2, 2));
+    let clock = [shared::CLOCK_TSC_BASE, shared::CLOCK_NS_PER_CYCLE];
+    for offset in (0..4096).step_by(8) {
+        let want = if clock.contains(&offset) {
+            w.shared(offset)
+        } else {
+            0
+        };
+        assert_eq!(
+            w.guest.memory.get(SECOND_SHARED_PAGE + offset),
+            want,
+            "{offset}"
+        );
+    }
+    w.guest.activate(1);
+    assert_eq!(w.guest.active_vcpu(), 1);
+    let r = *w.guest.regs();
+    assert_eq!((r.rip, r.rsp, r.rdi), (SECOND_ENTRY, SECOND_STACK, 1));
+    assert_eq!((r.cs, r.ss), (KERNEL_CS, KERNEL_SS));
+    assert!(w.guest.vcpu.traps[14].is_some(), "traps copied");
+    assert_eq!(w.guest.vcpu.kernel_stack, None);
+    // Its own trap table from now on.
+    assert_eq!(w.set_trap(14, 0, 0), 0);
+    w.guest.activate(0);
+    assert!(w.guest.vcpu.traps[14].is_some());
+    assert_eq!(w.guest.regs().rax, 0, "the caller's result is its own");
+}
+
+#[test]
+fn start_vcpu_refuses_what_cannot_be_done_without_killing() {
+    let mut w = World::with_vcpus(1_000_000_000, 2);
+    let invalid = Error::InvalidArgument.to_return_value();
+    let bad = Error::BadAddress.to_return_value();
+    let page = SECOND_SHARED_PAGE;
+    let cases = [
+        ([2, SECOND_ENTRY, SECOND_STACK, page], invalid),
+        ([0, SECOND_ENTRY, SECOND_STACK, page], invalid),
+        ([u64::MAX, SECOND_ENTRY, SECOND_STACK, page], invalid),
+        ([1, USER_RIP, SECOND_STACK, page], bad),
+        ([1, SECOND_ENTRY, USER_RSP, page], bad),
+        ([1, SWITCHER_ADDRESS, SECOND_STACK, page], bad),
+        ([1, SECOND_ENTRY, SECOND_STACK, SHARED_PAGE_GPA], bad),
+        ([1, SECOND_ENTRY, SECOND_STACK, MEMORY], bad),
+        ([1, SECOND_ENTRY, SECOND_STACK, page + 8], bad),
+    ];
+    for (args, want) in cases {
+        assert_eq!(w.call(Number::StartVcpu, &args), want, "{args:x?}");
+        assert!(!w.guest.has_ended());
+    }
+    assert_eq!(w.guest.vcpus(), 1, "nothing started");
+    assert_eq!(start_second(&mut w, page), 0);
+    assert_eq!(
+        start_second(&mut w, page + 4096),
+        invalid,
+        "started already"
+    );
+    assert_eq!(w.guest.vcpus(), 2);
+}
+
+#[test]
+fn a_guest_of_one_vcpu_starts_no_other() {
+    let mut w = World::new();
+    assert_eq!(
+        start_second(&mut w, SECOND_SHARED_PAGE),
+        Error::InvalidArgument.to_return_value()
+    );
+    assert!(w.guest.take_started_vcpus().is_empty());
+}
+
+#[test]
+fn a_second_vcpus_shared_page_is_never_a_root() {
+    let mut w = World::with_vcpus(1_000_000_000, 2);
+    assert_eq!(start_second(&mut w, SECOND_SHARED_PAGE), 0);
+    assert_eq!(
+        w.hypercall(Number::SetRoot as u64, &[SECOND_SHARED_PAGE]),
+        Next::Ended
+    );
+    assert!(matches!(
+        w.kill_reason(),
+        KillReason::Paging(crate::paging::PagingError::SharedPageAsRoot { .. })
+    ));
+}
+
+#[test]
+fn each_vcpu_has_its_own_timer_and_halt_and_an_end_ends_them_all() {
+    let mut w = World::with_vcpus(1_000_000_000, 2);
+    assert_eq!(start_second(&mut w, SECOND_SHARED_PAGE), 0);
+    w.guest.activate(1);
+    assert_eq!(w.call(Number::SetTimer, &[5_000]), 0);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    assert_eq!(*w.guest.state(), GuestState::Halted);
+    w.guest.activate(0);
+    assert_eq!(w.guest.timer_deadline(), None);
+    assert_eq!(*w.guest.state(), GuestState::Runnable, "vCPU 0 runs on");
+    // vCPU 1's timer raises its own interrupt, in its own page.
+    w.host.now += 5_000;
+    w.guest.activate(1);
+    assert!(w.guest.poll(w.host.now));
+    let pending = w.guest.memory.get(SECOND_SHARED_PAGE + shared::IRQ_PENDING);
+    assert_eq!(pending, 1 << (TIMER_VECTOR - 32));
+    w.guest.activate(0);
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0);
+    // vCPU 1 shuts the guest down: vCPU 0 enters no more.
+    w.guest.activate(1);
+    assert_eq!(w.hypercall(Number::Shutdown as u64, &[3]), Next::Ended);
+    w.guest.activate(0);
+    assert_eq!(*w.guest.state(), GuestState::Exited(3));
+    assert!(w.enter().is_none());
+    assert!(!w.guest.poll(w.host.now));
 }

@@ -283,3 +283,238 @@ impl ShadowPaging {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::addr::{GuestPhysAddr, GuestVirtAddr};
+    use crate::paging::testing::*;
+    use crate::paging::{FaultDecision, Level, PagingConfig, PagingError, ShadowPaging};
+    use guest_abi::pte;
+
+    const USER_VA: u64 = 0x40_0000;
+    const KERNEL_VA: u64 = 0xffff_8000_0020_0000;
+    const READ: u64 = 0;
+    const WRITE: u64 = 2;
+    /// The switcher's table, as the kernel would name it (never followed).
+    const SWITCHER_TABLE: crate::addr::HostPhysAddr = crate::addr::HostPhysAddr::new(0xdead_0000);
+
+    /// The fixture with a second vCPU, both in address space A, each with
+    /// the user and the kernel page faulted in.
+    fn two_vcpus() -> Fixture {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE | pte::USER);
+        f.map(ROOT_A, KERNEL_VA, 0x6000, pte::WRITABLE);
+        f.paging
+            .add_vcpu(&mut f.frames, 1, GuestPhysAddr::new(ROOT_A))
+            .unwrap();
+        for vcpu in [0, 1] {
+            f.paging.activate(vcpu);
+            assert_eq!(f.fault(USER_VA, READ), FaultDecision::Fixed);
+        }
+        f.paging.activate(0);
+        f
+    }
+
+    fn root_of(f: &mut Fixture, vcpu: usize) -> crate::addr::HostPhysAddr {
+        f.paging.activate(vcpu);
+        let root = f.paging.current_shadow_root();
+        f.paging.activate(0);
+        root
+    }
+
+    #[test]
+    fn each_vcpu_has_its_own_root_and_they_share_the_kernel_half() {
+        let mut f = two_vcpus();
+        assert_eq!(f.paging.vcpus(), 2);
+        assert_ne!(root_of(&mut f, 0), root_of(&mut f, 1));
+        // A kernel page filled by vCPU 1 is mapped for vCPU 0 at once.
+        f.paging.activate(1);
+        assert_eq!(f.fault(KERNEL_VA, READ), FaultDecision::Fixed);
+        f.paging.activate(0);
+        assert!(f.leaf(KERNEL_VA).is_present());
+        assert!(!f.paging.shootdown_owed(), "filling owes nothing");
+        f.teardown();
+    }
+
+    #[test]
+    fn a_reported_user_change_reaches_every_vcpus_shadow_and_owes_a_shootdown() {
+        let mut f = two_vcpus();
+        f.write(ROOT_A, USER_VA, Level::L1, 0);
+        f.set_entry(ROOT_A, USER_VA, Level::L1, 0).unwrap();
+        assert!(f.paging.shootdown_owed(), "vCPU 1 runs that address space");
+        f.paging.finish_shootdown(&mut f.frames);
+        assert!(!f.paging.shootdown_owed());
+        for vcpu in [0, 1] {
+            f.paging.activate(vcpu);
+            assert!(!f.leaf(USER_VA).is_present(), "vCPU {vcpu}");
+        }
+        f.paging.activate(0);
+        f.teardown();
+    }
+
+    #[test]
+    fn a_change_to_an_address_space_no_other_vcpu_holds_owes_nothing() {
+        let mut f = two_vcpus();
+        f.map(ROOT_B, USER_VA, 0x7000, pte::WRITABLE | pte::USER);
+        f.paging
+            .switch_root(&mut f.mem, &mut f.frames, ROOT_B)
+            .unwrap();
+        assert_eq!(f.fault(USER_VA, READ), FaultDecision::Fixed);
+        f.write(ROOT_B, USER_VA, Level::L1, 0x8000 | pte::PRESENT);
+        f.set_entry(ROOT_B, USER_VA, Level::L1, 0x8000 | pte::PRESENT)
+            .unwrap();
+        assert!(!f.paging.shootdown_owed());
+        f.teardown();
+    }
+
+    #[test]
+    fn tables_dropped_while_vcpus_share_are_freed_only_after_the_shootdown() {
+        let mut f = two_vcpus();
+        let held = f.paging.stats().frames_held;
+        let in_use = f.frames.in_use();
+        // Dropping the top-level entry frees the user tables under it, in
+        // both vCPUs' roots: three levels each.
+        f.write(ROOT_A, USER_VA, Level::L4, 0);
+        f.set_entry(ROOT_A, USER_VA, Level::L4, 0).unwrap();
+        assert!(f.paging.shootdown_owed());
+        assert_eq!(
+            f.paging.stats().frames_held,
+            held,
+            "nothing freed before it"
+        );
+        assert_eq!(f.paging.stats().frames_spare, 0, "nor kept for reuse");
+        f.paging.finish_shootdown(&mut f.frames);
+        let stats = f.paging.stats();
+        assert_eq!(stats.frames_held, held - 6);
+        assert_eq!(stats.frames_spare + stats.frames_held, in_use as u64);
+        assert_eq!(f.paging.stats().shootdowns, 1);
+        f.teardown();
+    }
+
+    #[test]
+    fn a_kernel_half_drop_owes_a_shootdown_and_repins_every_vcpus_stack() {
+        let mut f = two_vcpus();
+        f.paging.activate(1);
+        f.paging
+            .set_kernel_stack(&mut f.mem, &mut f.frames, KERNEL_VA + 0x1000, 1)
+            .unwrap();
+        f.paging.activate(0);
+        f.paging.flush_all(&mut f.frames);
+        assert!(f.paging.shootdown_owed());
+        f.paging.finish_shootdown(&mut f.frames);
+        f.paging.activate(1);
+        assert!(!f.leaf(KERNEL_VA).is_present());
+        f.paging
+            .prepare_to_run(&mut f.mem, &mut f.frames, SWITCHER_TABLE)
+            .unwrap();
+        assert!(
+            f.leaf(KERNEL_VA).is_present(),
+            "vCPU 1's stack pinned again"
+        );
+        assert!(!f.leaf(USER_VA).is_present(), "its user half flushed");
+        f.paging.activate(0);
+        f.teardown();
+    }
+
+    #[test]
+    fn at_the_bound_held_tables_are_shot_down_before_they_are_reused() {
+        let mut f = two_vcpus();
+        let held = f.paging.stats().frames_held;
+        f.paging.set_shadow_frame_limit(held);
+        f.write(ROOT_A, USER_VA, Level::L4, 0);
+        f.map(ROOT_A, 0x80_0000, 0x9000, pte::WRITABLE | pte::USER);
+        let Fixture {
+            mut mem,
+            frames,
+            mut paging,
+            ..
+        } = f;
+        let mut frames = CountingFrames(frames, 0);
+        paging
+            .set_entry(&mut mem, &mut frames, ROOT_A, USER_VA, 4, 0)
+            .unwrap();
+        // A new mapping needs tables: the held ones go back first.
+        let at = GuestVirtAddr::new_truncate(0x80_0000);
+        let decision = paging.demand_page(&mut mem, &mut frames, at, WRITE | 4);
+        assert_eq!(decision, FaultDecision::Fixed);
+        assert_eq!(frames.1, 1, "one shoot-down, before the reuse");
+        let stats = paging.teardown(&mut frames);
+        assert_eq!((stats.frames_held, frames.0.in_use()), (0, 0));
+    }
+
+    #[test]
+    fn a_fault_the_shadow_allows_is_retried_once_per_fill_with_several_vcpus() {
+        let mut f = two_vcpus();
+        // vCPU 0 faulted through a stale translation: retried, not killed.
+        assert_eq!(f.fault(USER_VA, READ), FaultDecision::Fixed);
+        assert_eq!(f.paging.stats().faults_retried, 1);
+        // The same fault again with nothing filled in between is no race.
+        assert!(matches!(
+            f.fault(USER_VA, READ),
+            FaultDecision::Kill(PagingError::FaultWithoutProgress { .. })
+        ));
+        f.teardown();
+    }
+
+    #[test]
+    fn one_vcpu_kills_a_fault_without_progress_at_once() {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.map(ROOT_A, USER_VA, 0x5000, pte::WRITABLE | pte::USER);
+        assert_eq!(f.fault(USER_VA, READ), FaultDecision::Fixed);
+        assert!(matches!(
+            f.fault(USER_VA, READ),
+            FaultDecision::Kill(PagingError::FaultWithoutProgress { .. })
+        ));
+        assert!(!f.paging.shootdown_owed());
+        f.teardown();
+    }
+
+    #[test]
+    fn vcpus_start_in_order_and_teardown_returns_every_frame() {
+        let mut f = two_vcpus();
+        assert!(
+            f.paging
+                .add_vcpu(&mut f.frames, 3, GuestPhysAddr::new(ROOT_A))
+                .is_err()
+        );
+        f.paging
+            .add_vcpu(&mut f.frames, 2, GuestPhysAddr::new(ROOT_B))
+            .unwrap();
+        f.paging.activate(2);
+        assert_eq!(f.paging.current_guest_root(), GuestPhysAddr::new(ROOT_B));
+        assert_eq!(f.paging.active_vcpu(), 2);
+        f.paging.activate(0);
+        assert_eq!(ShadowPaging::vcpus(&f.paging), 3);
+        f.teardown();
+    }
+
+    /// The fixture's frames, counting shoot-downs.
+    struct CountingFrames(FakeFrames, usize);
+
+    impl crate::paging::ShadowFrames for CountingFrames {
+        fn allocate_zeroed(&mut self) -> Option<crate::addr::HostPhysAddr> {
+            self.0.allocate_zeroed()
+        }
+        fn free(&mut self, frame: crate::addr::HostPhysAddr) {
+            self.0.free(frame);
+        }
+        fn read_entry(
+            &self,
+            table: crate::addr::HostPhysAddr,
+            index: crate::paging::TableIndex,
+        ) -> u64 {
+            self.0.read_entry(table, index)
+        }
+        fn write_entry(
+            &mut self,
+            table: crate::addr::HostPhysAddr,
+            index: crate::paging::TableIndex,
+            value: u64,
+        ) {
+            self.0.write_entry(table, index, value);
+        }
+        fn shoot_down(&mut self) {
+            self.1 += 1;
+        }
+    }
+}

@@ -18,15 +18,18 @@
 //! interrupted at all.
 
 use super::machine::{CpuAccount, MACHINE, Machine, Pick};
-use super::{HostFrames, Services, Slot};
+use super::vcpus::{GuestFrames, SharedGuest};
+use super::{FrameGuestMemory, Services, Slot};
 use crate::network;
 use crate::switcher::CpuSwitcher;
 use crate::{apic, interrupts};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use alloc::string::String;
 use guest_abi::hypercall::{Number, host_vector};
 use host::guest::{Exit, ExitEvents, Guest, HostServices, Next, NoEvents};
-use host::sched::CpuId;
+use host::sched::{CpuId, VcpuId};
 
 /// Runs guests on this CPU (`cpu` to the scheduler) until every guest has
 /// ended; returns what this CPU did. Interrupts must be off; they are off
@@ -80,7 +83,7 @@ pub(super) fn run_on_this_cpu(
                     slice_end: min_deadline(until, poll_due),
                     timer: &mut timer,
                 };
-                let next = take_turn(&mut slot, turn, switcher, &mut services, &mut account);
+                let next = take_turn(cpu, &mut slot, turn, switcher, &mut services, &mut account);
                 account.busy_ns += services.now_ns().saturating_sub(now);
                 ended_turn = Some((slot, next));
             }
@@ -106,7 +109,8 @@ fn lock_machine(account: &mut CpuAccount) -> spin::MutexGuard<'static, Option<Ma
 /// A guest ended: reported (lines printed, frames freed), and started
 /// again if its command line says so, without holding up the other CPUs.
 fn end_of_life(cpu: CpuId, slot: Box<Slot>, port_stats: Option<String>) {
-    let vcpu = slot.vcpu;
+    // A guest is known by its first vCPU, whose place a new life takes.
+    let vcpu = VcpuId::new(slot.vcpu.guest, 0);
     let as_expected = super::report_end(*slot, port_stats);
     let relaunch = MACHINE
         .lock()
@@ -120,35 +124,64 @@ fn end_of_life(cpu: CpuId, slot: Box<Slot>, port_stats: Option<String>) {
     }
 }
 
-/// One turn of the guest in `slot` on this CPU: its state handed to the
+/// One turn of the vCPU in `slot` on this CPU: its state handed to the
 /// CPU, the turn run (watched by the benchmark's events with `bench=on`),
 /// its state taken back, and the turn counted.
 fn take_turn(
+    cpu: CpuId,
     slot: &mut Slot,
     turn: Turn<'_>,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
     account: &mut CpuAccount,
 ) -> Next {
+    let shared = Arc::clone(&slot.guest);
+    let mut guest = shared.guest.lock();
+    guest.activate(slot.index);
     if switcher.begin_turn(&slot.cpu_state) {
-        slot.guest.cpu_tables_lost();
+        guest.cpu_tables_lost();
         account.state_loads += 1;
     }
-    let next = if crate::bench::enabled() {
-        run_turn(
-            &mut slot.guest,
-            turn,
-            &mut slot.host_shares,
-            switcher,
-            services,
-        )
-    } else {
-        run_turn(&mut slot.guest, turn, &mut NoEvents, switcher, services)
+    let vcpu = VcpuOnCpu {
+        shared: &shared,
+        index: slot.index,
+        apic_id: apic::id(),
+        started: core::cell::Cell::new(None),
     };
+    let next = if crate::bench::enabled() {
+        run_turn(guest, &vcpu, turn, &mut slot.host_shares, switcher, services)
+    } else {
+        run_turn(guest, &vcpu, turn, &mut NoEvents, switcher, services)
+    };
+    if let Some(started) = vcpu.started.take()
+        && let Some(machine) = MACHINE.lock().as_mut()
+    {
+        machine.vcpus_started(cpu, slot, &started);
+    }
     switcher.end_turn(&mut slot.cpu_state);
     account.turns += 1;
     account.guests_seen |= 1u64 << (slot.vcpu.guest % 64);
     next
+}
+
+/// The vCPU a turn runs, as the turn needs it: its guest (locked for each
+/// exit if the guest may have several vCPUs, else for the whole turn), its
+/// number, and this CPU's local APIC id (for the others' shoot-downs).
+struct VcpuOnCpu<'g> {
+    shared: &'g SharedGuest,
+    index: usize,
+    apic_id: u32,
+    /// vCPUs the turn's exits started, to be placed after it.
+    started: core::cell::Cell<Option<Vec<usize>>>,
+}
+
+impl<'g> VcpuOnCpu<'g> {
+    /// The guest, locked, this vCPU the active one.
+    fn lock(&self) -> spin::MutexGuard<'g, Guest<FrameGuestMemory>> {
+        let mut guest = self.shared.guest.lock();
+        guest.activate(self.index);
+        guest
+    }
 }
 
 /// What bounds one guest's turn on the CPU, and the timer that enforces it.
@@ -160,19 +193,28 @@ struct Turn<'t> {
     timer: &'t mut DeadlineTimer,
 }
 
-/// Runs one guest until its turn ends, it halts or it ends; charges the CPU
-/// time it used to its budget.
-fn run_turn<E: ExitEvents>(
-    guest: &mut Guest<super::FrameGuestMemory>,
+/// Runs one vCPU until its turn ends, it halts or its guest ends; charges
+/// the CPU time it used to the guest's budget. `guest` comes locked; a
+/// guest of several vCPUs is unlocked while this one is in it.
+fn run_turn<'g, E: ExitEvents>(
+    guest: spin::MutexGuard<'g, Guest<FrameGuestMemory>>,
+    vcpu: &VcpuOnCpu<'g>,
     turn: Turn<'_>,
     events: &mut E,
     switcher: &mut CpuSwitcher,
     services: &mut Services,
 ) -> Next {
+    let several = vcpu.shared.several;
+    let mut frames = GuestFrames {
+        guest: vcpu.shared,
+        vcpu: vcpu.index,
+    };
+    let mut held = Some(guest);
     let mut started = services.now_ns();
     loop {
         let now = services.now_ns();
-        let Some(root) = guest.prepare_entry(&mut HostFrames, switcher.guest_view(), now) else {
+        let guest = held.get_or_insert_with(|| vcpu.lock());
+        let Some(root) = guest.prepare_entry(&mut frames, switcher.guest_view(), now) else {
             events.turn_over();
             return Next::Ended;
         };
@@ -186,8 +228,16 @@ fn run_turn<E: ExitEvents>(
         let due = min_deadline(turn.slice_end, guest.timer_deadline())
             .map_or(budget_end, |d| d.min(budget_end));
         turn.timer.arm(due, now);
+        if several {
+            held = None;
+            vcpu.shared.entering(vcpu.index, vcpu.apic_id);
+        }
         events.entering();
         let cr2 = switcher.run(root);
+        if several {
+            vcpu.shared.left(vcpu.index);
+        }
+        let guest = held.get_or_insert_with(|| vcpu.lock());
         let exit = Exit::of(guest.regs(), cr2);
         events.exit(exit);
         if let Some(vector) = exit.host_interrupt() {
@@ -196,7 +246,20 @@ fn run_turn<E: ExitEvents>(
         if exit == Exit::HostTimer {
             turn.timer.fired();
         }
-        let next = guest.handle_exit(exit, &mut HostFrames, services);
+        // Another vCPU's exit may have ended the guest while this one ran.
+        let next = if several && guest.has_ended() {
+            Next::Ended
+        } else {
+            guest.handle_exit(exit, &mut frames, services)
+        };
+        if several {
+            let new = guest.take_started_vcpus();
+            if !new.is_empty() {
+                let mut all = vcpu.started.take().unwrap_or_default();
+                all.extend(new);
+                vcpu.started.set(Some(all));
+            }
+        }
         // Frames it sent end its turn too, so that the guest they are
         // for can answer while this one waits; and another CPU's
         // interrupt ends it, for there is something to pick.

@@ -14,9 +14,11 @@ use switcher::GuestRegs;
 /// contiguous, reached through the direct map.
 pub struct FrameGuestMemory {
     frames: Vec<HostPhysAddr>,
-    /// The guest's register page: not guest memory (the guest cannot name
-    /// it); the switcher maps it into the slot while the guest runs.
+    /// The active vCPU's register page: not guest memory (the guest cannot
+    /// name it); the switcher maps it into the slot while the vCPU runs.
     registers: HostPhysAddr,
+    /// Every vCPU's register page, by vCPU number.
+    vcpu_registers: Vec<HostPhysAddr>,
 }
 
 impl FrameGuestMemory {
@@ -37,18 +39,22 @@ impl FrameGuestMemory {
             }
         }
         let registers = frames.pop()?;
-        Some(Self { frames, registers })
+        Some(Self {
+            frames,
+            registers,
+            vcpu_registers: alloc::vec![registers],
+        })
     }
 
-    /// The frame of the guest's register page.
-    pub fn register_page(&self) -> HostPhysAddr {
-        self.registers
+    /// The frame of vCPU `vcpu`'s register page.
+    pub fn register_page(&self, vcpu: usize) -> Option<HostPhysAddr> {
+        self.vcpu_registers.get(vcpu).copied()
     }
 
     /// Gives the frames back.
     pub fn release(self) {
         self.frames.into_iter().for_each(memory::free_frame);
-        memory::free_frame(self.registers);
+        self.vcpu_registers.into_iter().for_each(memory::free_frame);
     }
 
     fn registers_ptr(&self) -> *mut GuestRegs {
@@ -121,17 +127,39 @@ impl GuestMemory for FrameGuestMemory {
 
 impl GuestRam for FrameGuestMemory {
     fn registers(&self) -> &GuestRegs {
-        // SAFETY: the register frame is this guest's alone (taken in `new`,
-        // freed in `release`), reached through the direct map; `REGS_OFFSET`
-        // leaves exactly one aligned `GuestRegs` at the page's top. The
-        // switcher writes it only inside `CpuSwitcher::run`, which takes no
-        // reference to it, so no Rust reference is live across a write.
+        // SAFETY: the register frame is this guest's alone (taken in `new`
+        // or `add_vcpu`, freed in `release`), reached through the direct
+        // map; `REGS_OFFSET` leaves exactly one aligned `GuestRegs` at the
+        // page's top. A switcher writes it only inside `CpuSwitcher::run`
+        // of its own vCPU, which takes no reference to it, and the selected
+        // vCPU is one whose exit the caller handles (it holds the guest's
+        // lock, `super::vcpus`): not in the guest, so no Rust reference is
+        // live across a write.
         unsafe { &*self.registers_ptr() }
     }
 
     fn registers_mut(&mut self) -> &mut GuestRegs {
         // SAFETY: as for `registers`; `&mut self` makes this the only one.
         unsafe { &mut *self.registers_ptr() }
+    }
+
+    fn add_vcpu(&mut self) -> bool {
+        let Some(frame) = memory::alloc_frame() else {
+            return false;
+        };
+        zero_frame(frame);
+        if self.vcpu_registers.try_reserve(1).is_err() {
+            memory::free_frame(frame);
+            return false;
+        }
+        self.vcpu_registers.push(frame);
+        true
+    }
+
+    fn select_vcpu(&mut self, vcpu: usize) {
+        if let Some(&page) = self.vcpu_registers.get(vcpu) {
+            self.registers = page;
+        }
     }
 
     fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutsideGuestMemory> {

@@ -60,6 +60,8 @@ pub(super) struct Relaunch {
     pub index: usize,
     /// Restarts so far.
     pub restarts: u32,
+    /// The vCPUs it may have.
+    pub vcpus: u16,
 }
 
 impl Relaunch {
@@ -72,6 +74,7 @@ impl Relaunch {
             left: spec.restart,
             index,
             restarts: 0,
+            vcpus: spec.vcpus,
         })
     }
 
@@ -228,7 +231,7 @@ impl Machine {
                 let _ = self.sched.turn_ended(cpu, vcpu, now, Outcome::Ended);
                 continue;
             };
-            let Whereabouts::Home(mut slot) =
+            let Whereabouts::Home(slot) =
                 core::mem::replace(&mut place.whereabouts, Whereabouts::Away(cpu))
             else {
                 // The scheduler hands out only vCPUs it knows as waiting,
@@ -240,11 +243,16 @@ impl Machine {
                     .turn_ended(cpu, vcpu, now, Outcome::Runnable { timer: None });
                 continue;
             };
-            if slot.guest.poll(now) {
+            let (runnable, timer) = {
+                let mut guest = slot.lock();
+                (guest.poll(now), guest.timer_deadline())
+            };
+            if runnable {
                 return Pick::Run { slot, until };
             }
             // Picked for a timer that woke nothing the guest can run for.
-            let timer = slot.guest.timer_deadline();
+            // (A vCPU whose guest ended meanwhile is stopped when its
+            // guest's last turn ends: it waits, halted, until then.)
             place.whereabouts = Whereabouts::Home(slot);
             let _ = self
                 .sched
@@ -252,15 +260,17 @@ impl Machine {
         }
     }
 
-    /// Takes back the slot of a guest whose turn on `cpu` ended with
-    /// `next`: the scheduler told, the frames it sent switched and every
-    /// waiting frame delivered. A guest that ended is returned, to be
+    /// Takes back the slot of a vCPU whose turn on `cpu` ended with `next`:
+    /// the scheduler told, the frames its guest sent switched and every
+    /// waiting frame delivered. When a guest has ended, its other vCPUs
+    /// are stopped (those at home at once, those away told to leave their
+    /// turns), and the slot of the last to stop is returned, to be
     /// reported outside the lock ([`super::report_end`]); its port is off
-    /// the switch, its place gone.
+    /// the switch, its places gone.
     pub fn turn_ended(
         &mut self,
         cpu: CpuId,
-        mut slot: Box<Slot>,
+        slot: Box<Slot>,
         next: Next,
         now: u64,
     ) -> Option<(Box<Slot>, Option<alloc::string::String>)> {
@@ -268,39 +278,113 @@ impl Machine {
             log::error!("a turn ended for {:?}, which has no place", slot.vcpu);
             return None;
         };
-        let timer = slot.guest.timer_deadline();
+        let mut slot = slot;
+        let port = self.places[at].port;
+        let timer = {
+            let mut guest = slot.lock();
+            self.network
+                .sent_by_guest(port, guest.take_outbound_frames());
+            guest.timer_deadline()
+        };
         let outcome = match next {
             Next::Resume => Outcome::Runnable { timer },
             Next::Halted => Outcome::Halted { timer },
             Next::Ended => Outcome::Ended,
         };
         let _ = self.sched.turn_ended(cpu, slot.vcpu, now, outcome);
-        let port = self.places[at].port;
-        self.network
-            .sent_by_guest(port, slot.guest.take_outbound_frames());
-        if self.network.needs_polling() {
+        if self.network.needs_polling() && slot.index == 0 {
             self.places[at].line = Some(slot.line());
         }
         let ended = if next == Next::Ended {
-            let place = &mut self.places[at];
-            place.whereabouts = Whereabouts::Gone;
-            // A guest that will live again keeps its port, and its frames.
-            let again = place
-                .relaunch
-                .as_ref()
-                .is_some_and(Relaunch::has_another_life);
-            let stats = if again {
-                None
-            } else {
-                self.network.remove_guest(port)
-            };
-            Some((slot, stats))
+            self.places[at].whereabouts = Whereabouts::Gone;
+            self.last_vcpu_stopped(slot)
         } else {
             self.places[at].whereabouts = Whereabouts::Home(slot);
             None
         };
         self.deliver_frames(cpu);
         ended
+    }
+
+    /// A vCPU of a guest that ended has stopped (its place is gone): the
+    /// guest's other vCPUs at home stop too, those away are told to leave
+    /// their turns. Returns the slot to report if no vCPU of the guest is
+    /// left in a turn, with its port's last line if it will not live again.
+    fn last_vcpu_stopped(
+        &mut self,
+        slot: Box<Slot>,
+    ) -> Option<(Box<Slot>, Option<alloc::string::String>)> {
+        let guest = slot.vcpu.guest;
+        let mut still_away = false;
+        for place in self.places.iter_mut().filter(|p| p.vcpu.guest == guest) {
+            match place.whereabouts {
+                Whereabouts::Home(_) => {
+                    let _ = self.sched.remove(place.vcpu);
+                    // Its slot goes: the guest is the last slot's to report.
+                    place.whereabouts = Whereabouts::Gone;
+                }
+                Whereabouts::Away(cpu) => {
+                    still_away = true;
+                    apic::send_reschedule(self.apic_ids[cpu.index()]);
+                }
+                Whereabouts::Gone => {}
+            }
+        }
+        if still_away {
+            return None;
+        }
+        // Every vCPU has stopped: the places of the vCPUs it started go
+        // (a new life starts with one), and vCPU 0's stays for a new life.
+        self.places
+            .retain(|p| p.vcpu.guest != guest || p.vcpu.index == 0);
+        let first = self
+            .places
+            .iter()
+            .find(|p| p.vcpu == VcpuId::new(guest, 0))?;
+        let port = first.port;
+        // A guest that will live again keeps its port, and its frames.
+        let again = first
+            .relaunch
+            .as_ref()
+            .is_some_and(Relaunch::has_another_life);
+        let stats = if again {
+            None
+        } else {
+            self.network.remove_guest(port)
+        };
+        Some((slot, stats))
+    }
+
+    /// vCPUs `numbers` of the guest whose vCPU `from` runs on `me` have
+    /// started: each gets a place, at home, and goes to the scheduler.
+    pub fn vcpus_started(&mut self, me: CpuId, from: &Slot, numbers: &[usize]) {
+        let port = self
+            .places
+            .iter()
+            .find(|p| p.vcpu == from.vcpu)
+            .map(|p| p.port);
+        let Some(port) = port else {
+            return;
+        };
+        for &number in numbers {
+            let Some(slot) = from.sibling(number) else {
+                log::error!("vCPU {number} of {:?} has no register page", from.vcpu);
+                continue;
+            };
+            let vcpu = slot.vcpu;
+            self.places.push(Place {
+                vcpu,
+                port,
+                whereabouts: Whereabouts::Home(Box::new(slot)),
+                line: None,
+                relaunch: None,
+            });
+            if let Ok(Some(kick)) = self.sched.add(vcpu) {
+                let mut kicks = CpuSet::EMPTY;
+                kicks.insert(kick);
+                self.kick(kicks, me);
+            }
+        }
     }
 
     /// Hands every guest at home the frames waiting on its port, waking
@@ -314,12 +398,19 @@ impl Machine {
         for at in 0..self.places.len() {
             let place = &mut self.places[at];
             let port = place.port;
+            // Received frames go to vCPU 0, whose interrupt they raise.
+            if place.vcpu.index != 0 {
+                continue;
+            }
             match &mut place.whereabouts {
                 Whereabouts::Home(slot) => {
-                    let was_halted = *slot.guest.state() == GuestState::Halted;
+                    let mut guest = slot.lock();
+                    let was_halted = *guest.state() == GuestState::Halted;
                     self.network
-                        .deliver_to_guest(port, |frames| slot.guest.receive_frames(frames));
-                    if was_halted && *slot.guest.state() == GuestState::Runnable {
+                        .deliver_to_guest(port, |frames| guest.receive_frames(frames));
+                    let woken = was_halted && *guest.state() == GuestState::Runnable;
+                    drop(guest);
+                    if woken {
                         let vcpu = slot.vcpu;
                         if let Some(kick) = self.sched.wake(vcpu) {
                             let mut kicks = CpuSet::EMPTY;
@@ -386,7 +477,7 @@ impl Machine {
             .map_or(String::new(), Relaunch::which);
         match started {
             Ok(slot) => {
-                println!("guest {} restarted ({which})", slot.guest.name);
+                println!("guest {} restarted ({which})", slot.lock().name);
                 place.whereabouts = Whereabouts::Home(Box::new(slot));
                 if let Ok(Some(kick)) = self.sched.add(vcpu) {
                     let mut kicks = CpuSet::EMPTY;
@@ -420,6 +511,7 @@ impl Machine {
 fn guest_lines(places: &mut [Place]) -> Vec<GuestLine> {
     places
         .iter_mut()
+        .filter(|place| place.vcpu.index == 0)
         .filter_map(|place| match &mut place.whereabouts {
             Whereabouts::Home(slot) => Some(slot.line()),
             Whereabouts::Away(_) => place.line.clone(),

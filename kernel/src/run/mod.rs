@@ -23,6 +23,7 @@
 mod cpu;
 mod guest_memory;
 mod machine;
+mod vcpus;
 
 pub use guest_memory::{FrameGuestMemory, HostFrames};
 
@@ -33,6 +34,7 @@ use crate::network::Network;
 use crate::switcher::{CpuSwitcher, GuestCpuState};
 use crate::{apic, memory, smp};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -94,9 +96,13 @@ impl HostServices for Services {
     }
 }
 
-/// One guest, what the CPUs need of it, and what is expected of it.
+/// One vCPU of a guest, what the CPUs need of it, and what is expected of
+/// the guest. A guest of several vCPUs has a slot for each, sharing the
+/// guest ([`vcpus`]).
 struct Slot {
-    guest: Guest<FrameGuestMemory>,
+    guest: Arc<vcpus::SharedGuest>,
+    /// Which of the guest's vCPUs.
+    index: usize,
     /// Its identity for the scheduler.
     vcpu: VcpuId,
     /// What of it a CPU holds during its turns.
@@ -107,15 +113,36 @@ struct Slot {
 }
 
 impl Slot {
-    /// Its line of the counters page.
+    /// The guest, locked, with this vCPU the active one.
+    fn lock(&self) -> spin::MutexGuard<'_, Guest<FrameGuestMemory>> {
+        let mut guest = self.guest.guest.lock();
+        guest.activate(self.index);
+        guest
+    }
+
+    /// Its guest's line of the counters page.
     fn line(&mut self) -> GuestLine {
+        let mut guest = self.lock();
         GuestLine {
-            name: self.guest.name.clone(),
-            cpu_ms: self.guest.cpu_ns_used / 1_000_000,
-            exits: self.guest.counters,
-            paging: self.guest.paging_stats(),
-            device_requests: self.guest.device_requests(),
+            name: guest.name.clone(),
+            cpu_ms: guest.cpu_ns_used / 1_000_000,
+            exits: guest.counters,
+            paging: guest.paging_stats(),
+            device_requests: guest.device_requests(),
         }
+    }
+
+    /// A slot for vCPU `index` of the same guest, just started.
+    fn sibling(&self, index: usize) -> Option<Slot> {
+        let registers = self.guest.guest.lock().memory().register_page(index)?;
+        Some(Slot {
+            guest: Arc::clone(&self.guest),
+            index,
+            vcpu: VcpuId::new(self.vcpu.guest, u16::try_from(index).ok()?),
+            cpu_state: GuestCpuState::new(registers),
+            expect: self.expect,
+            host_shares: HostShares::default(),
+        })
     }
 }
 
@@ -399,6 +426,7 @@ impl Starter {
             arg: &relaunch.arg,
             expect: relaunch.expect,
             restart: relaunch.left,
+            vcpus: relaunch.vcpus,
         };
         let devices = standard_devices(guest_mac(relaunch.index), entropy_seed());
         start_guest(&archive, spec, &self.settings, devices, vcpu)
@@ -457,6 +485,10 @@ fn start_guest(
             return Err(setup_error(alloc::format!("{e}")));
         }
     };
+    let Some(registers) = mem.register_page(0) else {
+        mem.release();
+        return Err(setup_error(String::from("no register page")));
+    };
     match Guest::new(
         name.clone(),
         mem,
@@ -464,11 +496,13 @@ fn start_guest(
         settings.paging,
         settings.budget_ns,
         devices,
+        usize::from(spec.vcpus),
         &mut HostFrames,
     ) {
         Ok(guest) => Ok(Slot {
-            cpu_state: GuestCpuState::new(guest.memory().register_page()),
-            guest,
+            guest: Arc::new(vcpus::SharedGuest::new(guest)),
+            index: 0,
+            cpu_state: GuestCpuState::new(registers),
             vcpu,
             expect: spec.expect,
             host_shares: HostShares::default(),
@@ -524,6 +558,12 @@ fn report_end(slot: Slot, port_stats: Option<String>) -> bool {
         host_shares,
         ..
     } = slot;
+    // The last vCPU's slot: no other holds the guest any more.
+    let Ok(shared) = Arc::try_unwrap(guest) else {
+        println!("guest ended while another of its vCPUs still held it: its frames are kept");
+        return false;
+    };
+    let guest = shared.guest.into_inner();
     if let Some(stats) = port_stats {
         println!("guest {} network: {stats}", guest.name);
     }
