@@ -27,19 +27,22 @@
 //!   tables at once: the runtime takes no lock); `paging::read_entry`;
 //! - `time::cycles`, and `time::now_ns` (it reads the clock's scale from
 //!   the boot vCPU's page, which the host writes once, before boot);
-//! - [`shared_page`] of its own number, and [`park`].
+//! - `hypercall::set_timer` (each vCPU's timer is its own, but with its
+//!   interrupts off it only ever sets its pending bit), [`shared_page`] of
+//!   its own number, and [`park`].
 //!
 //! These do not: `irq` (it would turn vCPU 0's interrupts on and off),
 //! `time::sleep_ns`/`sleep_ms` and `hypercall::halt` as a wait for
-//! something (a secondary vCPU has interrupts off, so nothing wakes it:
-//! [`park`] is the one use), `paging::ring` (vCPU 0's ring), and
+//! something (a secondary vCPU has interrupts off; [`park`] halts with its
+//! timer armed, for the host kills a guest whose vCPU halts with nothing to
+//! wake it), `paging::ring` (vCPU 0's ring), and
 //! `traps::fault_address` and so `probe` (vCPU 0's fault address).
 
 use crate::{boot, hypercall};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_abi::boot::KERNEL_OFFSET;
-use guest_abi::hypercall::Error;
-use guest_abi::shared::SharedPage;
+use guest_abi::hypercall::{Error, TIMER_VECTOR};
+use guest_abi::shared::{FIRST_VIRTUAL_IRQ, SharedPage};
 
 /// The most vCPUs this module starts (the host allows up to 16).
 pub const MAX_VCPUS: usize = 16;
@@ -48,7 +51,7 @@ pub const MAX_VCPUS: usize = 16;
 pub const STACK_BYTES: usize = 16 * 1024;
 
 /// What a secondary vCPU runs, given its number. It never returns: a vCPU
-/// with nothing left to do calls [`park`].
+/// with nothing left to do calls [`park`] with its number.
 pub type Entry = fn(vcpu: u64) -> !;
 
 #[repr(C, align(16))]
@@ -129,10 +132,28 @@ pub fn shared_page(vcpu: u64) -> Option<*mut SharedPage> {
     }
 }
 
-/// Sleeps for good: what a secondary vCPU does when its work is over. Its
-/// virtual interrupts are off, so no halt ends, and it costs no CPU.
-pub fn park() -> ! {
+/// How long [`park`] sleeps at a time.
+pub const PARK_NS: u64 = 1_000_000_000;
+
+/// Sleeps for good: what vCPU `vcpu` (the caller: its own number) does
+/// when its work is over, costing no CPU. The host kills a guest whose
+/// vCPU halts with nothing to wake it, so each halt has the vCPU's own
+/// timer armed ([`PARK_NS`]); its interrupts stay off, so the timer's
+/// interrupt stays pending, and is cleared here before the next halt.
+pub fn park(vcpu: u64) -> ! {
+    let timer_bit = 1u64 << (TIMER_VECTOR - FIRST_VIRTUAL_IRQ);
+    let page = shared_page(vcpu).unwrap_or_else(boot::shared_page);
+    // SAFETY: the caller's own shared page, mapped for the guest's life
+    // and 8-byte aligned; the host touches it only while this vCPU is
+    // stopped, so atomic accesses from it never race the host.
+    let pending = unsafe { AtomicU64::from_ptr(&raw mut (*page).irq_pending) };
     loop {
+        pending.fetch_and(!timer_bit, Ordering::SeqCst);
+        if hypercall::set_timer(PARK_NS).is_err() {
+            // No timer: a halt would be our end, so wait awake.
+            core::hint::spin_loop();
+            continue;
+        }
         hypercall::halt();
     }
 }

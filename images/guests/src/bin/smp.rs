@@ -305,7 +305,7 @@ mod guest {
             }
             println!("smp threads: vcpu {vcpu} done");
             VCPUS[vcpu as usize].done.store(true, Ordering::Release);
-            smp::park()
+            smp::park(vcpu)
         }
 
         /// The fixed work: [`WORK_ITERATIONS`] increments of our own
@@ -722,7 +722,7 @@ mod guest {
         fn secondary(vcpu: u64) -> ! {
             println!("smp refuse: vcpu {vcpu} runs");
             STARTED.store(true, Ordering::Release);
-            smp::park()
+            smp::park(vcpu)
         }
 
         /// Where a start that should have failed goes.
