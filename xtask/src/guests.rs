@@ -48,7 +48,7 @@ const GUESTS_PACKAGES: [&str; 2] = ["guests", "os"];
 
 /// Every guest, by name: the binary's name, the archive entry's name and
 /// the name on the kernel command line.
-pub const GUESTS: [&str; 8] = [
+pub const GUESTS: [&str; 9] = [
     "hello",
     "trap",
     "bench",
@@ -56,6 +56,7 @@ pub const GUESTS: [&str; 8] = [
     "isolation",
     "fuzz",
     "devices",
+    "smp",
     "os",
 ];
 

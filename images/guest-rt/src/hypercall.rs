@@ -185,6 +185,29 @@ pub unsafe fn flush_mmu_ring() -> Result<u64, Error> {
     decode(unsafe { raw(Number::FlushMmuRing, [0; 4]) })
 }
 
+/// Starts vCPU number `vcpu` at guest-virtual `entry`, in ring 1, with
+/// `rsp` = `stack` and `rdi` = `vcpu`, virtual interrupts off, in our
+/// address space and with a copy of our traps; `shared_page` is the
+/// guest-physical address of its own shared page, which the host zeroes.
+/// vCPUs start in order (1, 2, ...), each once; [`crate::smp::start`] is
+/// the safe way.
+///
+/// # Safety
+///
+/// `entry` must be code that runs on that stack with those registers and
+/// never returns; `stack` the top of memory only the new vCPU uses, for as
+/// long as it runs; `shared_page` a page nothing else in the guest uses
+/// from now on (the host writes it behind our back).
+pub unsafe fn start_vcpu(
+    vcpu: u64,
+    entry: u64,
+    stack: u64,
+    shared_page: u64,
+) -> Result<u64, Error> {
+    // SAFETY: the caller vouches for the entry, the stack and the page.
+    decode(unsafe { raw(Number::StartVcpu, [vcpu, entry, stack, shared_page]) })
+}
+
 /// Tells the host that the driver wrote device `device`'s page
 /// (guest_abi::virtio): it reads the status there and, once the features
 /// are accepted, which queues are ready. Returns the status it accepted

@@ -23,6 +23,8 @@
 //!   reporting them to the host, one at a time or through the MMU ring;
 //! - [`probe`]: touching memory that may fault, and learning how it did;
 //! - `user`: leaving ring 1 for guest user code (ring 3);
+//! - `smp`: starting the guest's other vCPUs, each with a stack and a
+//!   shared page of its own, and what of the runtime they may use;
 //! - `virtio` (feature `virtio`): the device page as a `virtio-drivers`
 //!   transport, DMA memory for its drivers, and waiting for a device's
 //!   interrupt.
@@ -57,6 +59,8 @@ pub mod irq;
 // On Hermit, std brings its own panic handler.
 #[cfg(target_os = "none")]
 mod panic;
+#[cfg(any(target_os = "none", target_os = "hermit"))]
+pub mod smp;
 #[cfg(any(target_os = "none", target_os = "hermit"))]
 pub mod time;
 #[cfg(any(target_os = "none", target_os = "hermit"))]
