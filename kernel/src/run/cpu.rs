@@ -345,7 +345,10 @@ fn run_turn<H: Hold, F: ShadowFrames, E: ExitEvents>(
         // interrupt ends it, for there is something to pick.
         let sent_frames =
             exit == Exit::Hypercall(Some(Number::VirtioNotify)) && guest.has_outbound_frames();
-        let kicked = exit == Exit::HostInterrupt(host_vector::RESCHEDULE);
+        // So does starting a vCPU: with it waiting, the scheduler slices
+        // the turns, and on one CPU the new vCPU gets its share.
+        let kicked = exit == Exit::HostInterrupt(host_vector::RESCHEDULE)
+            || exit == Exit::Hypercall(Some(Number::StartVcpu));
         let turn_over = next != Next::Resume || exit == Exit::HostTimer || sent_frames || kicked;
         if !turn_over {
             continue;

@@ -1,0 +1,129 @@
+//! Guests with several vCPUs (`guests=smp/<mode>:<end>:vcpus=N`): the
+//! `smp` guest (`images/guests/src/bin/smp.rs`) starts its other vCPUs by
+//! hypercall and checks from the inside what the host must guarantee; here
+//! each mode's verdict, the host's counts and the end of each guest are
+//! read from the outside.
+//!
+//! - `threads`: every vCPU runs the same fixed work and sends vCPU 0 a
+//!   numbered sequence; one shared counter ends at exactly vCPUs × 2000.
+//! - `race`: vCPU 0 moves a page vCPU 1 keeps writing from one frame to
+//!   another, 200 times; the old frame must not change once the report
+//!   returned (the shoot-down). Without the shoot-down this fails in the
+//!   first round.
+//! - `refuse`: the start-vCPU calls the host must refuse are refused,
+//!   without a kill.
+//! - `kill`: vCPU 0 executes `cli` while vCPU 1 prints; the whole guest is
+//!   killed, and nothing of it runs afterwards.
+//!
+//! All four share one boot on two CPUs, beside a `hello`.
+
+use qemu_tests::{Boot, boot, boot_machine, number_after};
+use std::sync::OnceLock;
+
+/// The one boot of the four modes, on two vCPUs each, on `-smp 2`, that the
+/// first four tests read.
+fn boot_the_modes() -> &'static Boot {
+    static BOOT: OnceLock<Boot> = OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        boot_machine(
+            "guests=smp/threads:0:vcpus=2,smp/race:0:vcpus=2,smp/refuse:0:vcpus=2,smp/kill:killed:vcpus=2,hello",
+            |machine| machine.cpus = 2,
+        )
+    });
+    boot.expect_success();
+    boot.line_containing(&["frames:", "balanced"]);
+    boot
+}
+
+#[test]
+fn a_guest_of_two_vcpus_runs_on_both_and_sees_its_own_writes() {
+    let boot = boot_the_modes();
+    for vcpu in 0..2 {
+        boot.line_containing(&[&format!("smp threads: vcpu {vcpu} ran 2000000 iterations")]);
+    }
+    boot.line_containing(&["smp threads: vcpu 0 read vcpu 1's 1000 messages in order"]);
+    boot.line_containing(&["smp threads: 2 vcpus, counter 4000 as expected, every vcpu ran"]);
+    boot.line_containing(&["guest smp/threads exited code=0"]);
+    // Both CPUs ran guests' turns.
+    for cpu in 0..2 {
+        let marker = format!("cpu {cpu}:");
+        let line = boot.line_starting(&marker);
+        if number_after(line, &marker).is_none_or(|turns| turns == 0) {
+            boot.fail(&format!("cpu {cpu} ran no turn: `{line}`"));
+        }
+    }
+}
+
+#[test]
+fn racing_page_table_updates_never_leave_a_stale_writable_mapping() {
+    let boot = boot_the_modes();
+    boot.line_containing(&["smp race: 200 rounds", "no stale writable mapping"]);
+    boot.line_containing(&["guest smp/race exited code=0"]);
+    // Each round's report owed the running vCPU 1 a shoot-down.
+    let paging = boot.line_containing(&["guest smp/race paging:"]);
+    match number_after(paging, "shootdowns=") {
+        Some(n) if n >= 200 => {}
+        other => boot.fail(&format!("expected 200 shoot-downs or more, got {other:?}")),
+    }
+}
+
+#[test]
+fn start_calls_out_of_bounds_are_refused_with_an_error() {
+    let boot = boot_the_modes();
+    boot.line_containing(&[
+        "smp refuse: 8 bad starts refused as they should be, vcpu 1 started once",
+    ]);
+    boot.line_containing(&["guest smp/refuse exited code=0"]);
+}
+
+#[test]
+fn a_guest_killed_on_one_vcpu_stops_on_every_vcpu() {
+    let boot = boot_the_modes();
+    let lines: Vec<&str> = boot.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| boot.fail(&format!("no line with `{needle}`")))
+    };
+    let rules = at("smp kill: vcpu 0 breaks the rules");
+    let killed = at("guest smp/kill killed: privileged instruction `cli`");
+    let alive: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("smp kill: vcpu 1 alive"))
+        .collect();
+    if alive.iter().filter(|&&i| i < rules).count() < 2 {
+        boot.fail("vcpu 1 did not print twice before vcpu 0 broke the rules");
+    }
+    if let Some(&late) = alive.iter().find(|&&i| i > killed) {
+        boot.fail(&format!(
+            "vcpu 1 ran after its guest was killed: `{}`",
+            lines[late]
+        ));
+    }
+}
+
+/// More vCPUs than CPUs: they take turns, and the counts still come out.
+#[test]
+fn four_vcpus_share_one_cpu_by_turns() {
+    let boot = boot("guests=smp/threads:0:vcpus=4");
+    boot.expect_success();
+    boot.line_containing(&["smp threads: 4 vcpus, counter 8000 as expected, every vcpu ran"]);
+    boot.line_containing(&["frames:", "balanced"]);
+}
+
+#[test]
+fn four_vcpus_run_on_four_cpus() {
+    let boot = boot_machine("guests=smp/threads:0:vcpus=4", |machine| machine.cpus = 4);
+    boot.expect_success();
+    boot.line_containing(&["smp threads: 4 vcpus, counter 8000 as expected, every vcpu ran"]);
+    boot.line_containing(&["frames:", "balanced"]);
+}
+
+/// A guest may have at most 16 vCPUs: more is refused on the command line,
+/// with the bound named, before any guest runs.
+#[test]
+fn more_vcpus_than_allowed_are_refused_by_name() {
+    let boot = boot("guests=smp/threads:0:vcpus=17");
+    boot.expect_kernel_failure();
+    boot.line_containing(&["`guests=smp/threads:0:vcpus=17` is not valid", "1 to 16"]);
+}
