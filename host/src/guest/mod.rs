@@ -94,6 +94,17 @@ pub trait GuestRam: GuestMemory {
     /// Makes vCPU `vcpu`'s register page the one [`Self::registers`] gives
     /// (vCPU 0's until told otherwise).
     fn select_vcpu(&mut self, vcpu: usize);
+    /// Makes the page at `gpa` the shared page that [`Self::shared_u64`]
+    /// reads: the active vCPU's. False (and nothing changes) if it is not
+    /// a page of guest memory. The host reads and writes this page at
+    /// every entry, so its place is kept at hand.
+    fn select_shared_page(&mut self, gpa: GuestPhysAddr) -> bool;
+    /// Word `offset` of the selected shared page (`offset` is taken modulo
+    /// the page and rounded down to a word: an access never leaves it).
+    fn shared_u64(&self, offset: u64) -> u64;
+    /// Sets word `offset` of the selected shared page (as for
+    /// [`Self::shared_u64`]).
+    fn set_shared_u64(&mut self, offset: u64, value: u64);
 }
 
 /// What the host offers a guest besides memory and frames.
@@ -475,7 +486,10 @@ impl<M: GuestRam> Guest<M> {
             guest_abi::boot::BOOT_PARAMS_GPA
                 + core::mem::offset_of!(guest_abi::boot::BootParams, vcpus) as u64,
         );
-        if memory.write_u64(vcpus_field, max_vcpus as u64).is_err() {
+        let shared_page = GuestPhysAddr::new(SHARED_PAGE_GPA);
+        if memory.write_u64(vcpus_field, max_vcpus as u64).is_err()
+            || !memory.select_shared_page(shared_page)
+        {
             paging.teardown(frames);
             return Err(PagingError::GuestMemory { gpa: vcpus_field });
         }
@@ -924,16 +938,12 @@ impl<M: GuestRam> Guest<M> {
     }
 
     fn read_shared(&self, offset: u64) -> Option<u64> {
-        self.memory
-            .read_u64(GuestPhysAddr::new(self.vcpu.shared_page.as_u64() + offset))
-            .ok()
+        Some(self.memory.shared_u64(offset))
     }
 
     fn write_shared(&mut self, offset: u64, value: u64) -> Result<(), OutsideGuestMemory> {
-        self.memory.write_u64(
-            GuestPhysAddr::new(self.vcpu.shared_page.as_u64() + offset),
-            value,
-        )
+        self.memory.set_shared_u64(offset, value);
+        Ok(())
     }
 
     /// Whatever the host did to the registers (and the guest could not), it

@@ -111,6 +111,8 @@ impl<M: GuestRam> Guest<M> {
         }
         self.active_vcpu = vcpu;
         self.memory.select_vcpu(vcpu);
+        // Checked when the vCPU started: always a page of guest memory.
+        let _ = self.memory.select_shared_page(self.vcpu.shared_page);
         self.paging.activate(vcpu);
     }
 

@@ -30,6 +30,8 @@ pub struct FakeGuestMemory {
     other_registers: Vec<switcher::GuestRegs>,
     /// The vCPU whose registers are in `registers`.
     active: usize,
+    /// The selected shared page.
+    shared_page: GuestPhysAddr,
 }
 
 impl FakeGuestMemory {
@@ -43,6 +45,7 @@ impl FakeGuestMemory {
             registers: switcher::GuestRegs::default(),
             other_registers: Vec::new(),
             active: 0,
+            shared_page: GuestPhysAddr::new(0),
         }
     }
 
@@ -141,6 +144,24 @@ impl crate::guest::GuestRam for FakeGuestMemory {
         }
         self.other_registers.push(switcher::GuestRegs::default());
         true
+    }
+
+    fn select_shared_page(&mut self, gpa: GuestPhysAddr) -> bool {
+        let inside = gpa.is_page_aligned() && gpa.as_u64() < self.size;
+        if inside {
+            self.shared_page = gpa;
+        }
+        inside
+    }
+
+    fn shared_u64(&self, offset: u64) -> u64 {
+        let at = self.shared_page.as_u64() + (offset & 0xff8);
+        self.read_u64(GuestPhysAddr::new(at)).unwrap_or(0)
+    }
+
+    fn set_shared_u64(&mut self, offset: u64, value: u64) {
+        let at = self.shared_page.as_u64() + (offset & 0xff8);
+        let _ = self.write_u64(GuestPhysAddr::new(at), value);
     }
 
     fn select_vcpu(&mut self, vcpu: usize) {

@@ -19,6 +19,8 @@ pub struct FrameGuestMemory {
     registers: HostPhysAddr,
     /// Every vCPU's register page, by vCPU number.
     vcpu_registers: Vec<HostPhysAddr>,
+    /// The frame of the active vCPU's shared page (guest memory).
+    shared_page: HostPhysAddr,
 }
 
 impl FrameGuestMemory {
@@ -39,10 +41,14 @@ impl FrameGuestMemory {
             }
         }
         let registers = frames.pop()?;
+        // Until the guest names its vCPU 0's page (`Guest::new`), any page
+        // of its own will do.
+        let shared_page = *frames.first()?;
         Some(Self {
             frames,
             registers,
             vcpu_registers: alloc::vec![registers],
+            shared_page,
         })
     }
 
@@ -84,6 +90,18 @@ impl FrameGuestMemory {
         // which lives as long as `self`. The guest may write the word
         // concurrently (on another CPU), hence the atomic.
         Ok(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+}
+
+impl FrameGuestMemory {
+    /// Word `offset` of the selected shared page, kept inside it.
+    fn shared_word(&self, offset: u64) -> &AtomicU64 {
+        let ptr = memory::phys_to_virt(self.shared_page).wrapping_add((offset & 0xff8) as usize);
+        // SAFETY: `shared_page` is a frame of this guest's memory (set in
+        // `new` or checked in `select_shared_page`), alive as long as
+        // `self`; the offset is masked to an aligned word inside it. The
+        // guest may write the word meanwhile, hence the atomic.
+        unsafe { AtomicU64::from_ptr(ptr.cast()) }
     }
 }
 
@@ -154,6 +172,24 @@ impl GuestRam for FrameGuestMemory {
         }
         self.vcpu_registers.push(frame);
         true
+    }
+
+    fn select_shared_page(&mut self, gpa: GuestPhysAddr) -> bool {
+        match self.host_frame(gpa) {
+            Some(frame) if gpa.is_page_aligned() => {
+                self.shared_page = frame;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn shared_u64(&self, offset: u64) -> u64 {
+        self.shared_word(offset).load(Ordering::Relaxed)
+    }
+
+    fn set_shared_u64(&mut self, offset: u64, value: u64) {
+        self.shared_word(offset).store(value, Ordering::Relaxed);
     }
 
     fn select_vcpu(&mut self, vcpu: usize) {
