@@ -54,6 +54,10 @@ const README_COMMANDS: &[(&str, Check)] = &[
         Check::AsWritten("run_shares_two_cpus"),
     ),
     (
+        "cargo xtask run --smp 2 -- guests=smp/threads:0:vcpus=2",
+        Check::AsWritten("run_a_guest_of_two_vcpus"),
+    ),
+    (
         "cargo xtask run --gdb",
         Check::AsWritten("run_gdb_stops_at_kernel_entry"),
     ),
@@ -293,6 +297,17 @@ fn run_shares_two_cpus() {
         );
     }
     assert!(out.contains("scheduler:"), "{out}");
+}
+
+#[test]
+fn run_a_guest_of_two_vcpus() {
+    let _turn = one_at_a_time();
+    let (out, _) = expect_success("cargo xtask run --smp 2 -- guests=smp/threads:0:vcpus=2");
+    assert!(
+        out.contains("smp threads: 2 vcpus, counter 4000 as expected, every vcpu ran"),
+        "{out}"
+    );
+    assert!(out.contains("guest smp/threads exited code=0"), "{out}");
 }
 
 #[test]

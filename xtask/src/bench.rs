@@ -25,8 +25,8 @@
 //! (`[guest] bench events id=<id> ...`). This module boots, reads those
 //! lines, sets each guest figure beside its native analogue as a ratio,
 //! prints a table and writes `target/bench/results.json`. Last come three
-//! plain boots of eight compute-bound guests on 1, 2 and 4 CPUs
-//! ([`crate::smp_bench`]).
+//! plain boots of eight compute-bound guests on 1, 2 and 4 CPUs, and the
+//! cost of a shoot-down between two vCPUs ([`crate::smp_bench`]).
 
 use crate::artefacts::{self, Profile};
 use crate::qemu::{self, AccelRequest, Machine};
@@ -288,6 +288,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     base.initrd = Some(built.guests.clone());
     base.accel = accel.accel;
     let smp = smp_bench::summary(&smp_bench::measure(&base)?);
+    let shootdown = smp_bench::measure_shootdown(&base);
     print_table(&metrics, &exit_path);
     print_host_costs(&host_costs);
     if !network.is_null() {
@@ -295,6 +296,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
     }
     outside_bench::print(&outside);
     smp_bench::print(&smp);
+    smp_bench::print_shootdown(&shootdown);
     let host_cost: Map<String, Value> = host_costs
         .iter()
         .map(|(kind, s)| {
@@ -312,6 +314,7 @@ pub fn run(profile: Profile, accel: AccelRequest) -> Result<u8> {
         "network": network,
         "network_outside": outside,
         "smp": smp,
+        "shootdown": shootdown,
     });
     let dir = workspace.target_dir.join("bench");
     std::fs::create_dir_all(&dir)

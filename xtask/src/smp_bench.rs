@@ -12,6 +12,13 @@
 //! shared machine is noisy, and an emulator can run no more CPUs at once
 //! than the machine it runs on has cores: on a 2-core machine, 4 CPUs
 //! cannot beat 2. The figures are printed and stored, never asserted.
+//!
+//! Then the cost of a shoot-down ([`measure_shootdown`]): the `smp/bench`
+//! guest on two vCPUs and two CPUs times a report of a changed kernel-half
+//! page-table entry, first with vCPU 0 alone, then with vCPU 1 running
+//! through that page, so that every report waits for vCPU 1 to leave the
+//! guest once. Once plain, once under `-icount` (TSC cycles are then
+//! instructions, of both CPUs, which the emulator runs in turns).
 
 use crate::qemu::Machine;
 use crate::session::{self, Options};
@@ -100,6 +107,103 @@ pub fn parse(cpus: u32, serial: &str) -> Option<SmpRun> {
     (seen == (true, true)).then_some(run)
 }
 
+/// The shoot-down guest and its command line.
+const SHOOTDOWN_GUESTS: &str = "guests=smp/bench:0:vcpus=2";
+
+/// One boot's `smp bench: reports=N alone_cycles_per_op=A
+/// shootdown_cycles_per_op=S` (medians of TSC cycles per report).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShootdownRun {
+    /// Reports timed in each phase.
+    pub reports: u64,
+    /// Per report, vCPU 0 alone.
+    pub alone: u64,
+    /// Per report, with vCPU 1 in the guest (each waits for it once).
+    pub shootdown: u64,
+}
+
+/// Boots the shoot-down guest plain and under `-icount`; gives the JSON
+/// entry (the boots that failed are named there, not fatal).
+pub fn measure_shootdown(machine: &Machine) -> Value {
+    let mut entry = serde_json::Map::new();
+    entry.insert(
+        "about".into(),
+        json!("smp/bench on 2 vCPUs and 2 CPUs: median TSC cycles of one reported kernel-half entry change, vCPU 0 alone, then with vCPU 1 in the guest (each report then waits for it to leave once); under icount the cycles are instructions of both CPUs"),
+    );
+    for (name, icount) in [("plain", false), ("icount", true)] {
+        let mut machine = machine.clone();
+        machine.cpus = 2;
+        machine.count_instructions = icount;
+        machine.cmdline = SHOOTDOWN_GUESTS.to_string();
+        eprintln!("xtask: bench boot `{}` on 2 CPUs ({name})", machine.cmdline);
+        let run = machine
+            .command()
+            .and_then(|command| session::run(command, &Options::captured(TIME_LIMIT)))
+            .ok()
+            .filter(|record| record.outcome.is_success())
+            .and_then(|record| parse_shootdown(&record.serial));
+        let value = match run {
+            Some(r) => json!({
+                "reports": r.reports,
+                "alone_per_op": r.alone,
+                "shootdown_per_op": r.shootdown,
+                "ratio": round2(r.shootdown as f64 / r.alone.max(1) as f64),
+            }),
+            None => json!({"error": "the boot failed or printed no `smp bench:` line"}),
+        };
+        entry.insert(name.into(), value);
+    }
+    Value::Object(entry)
+}
+
+/// Reads the guest's `smp bench: reports=...` line.
+pub fn parse_shootdown(serial: &str) -> Option<ShootdownRun> {
+    let line = serial.lines().find_map(|l| {
+        let at = l.find("smp bench: reports=")?;
+        Some(&l[at..])
+    })?;
+    let field = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(ShootdownRun {
+        reports: field("reports=")?,
+        alone: field("alone_cycles_per_op=")?,
+        shootdown: field("shootdown_cycles_per_op=")?,
+    })
+}
+
+/// Prints the shoot-down figures.
+pub fn print_shootdown(entry: &Value) {
+    println!();
+    println!("shoot-down: one reported kernel-half entry change, median per report");
+    for name in ["icount", "plain"] {
+        let run = &entry[name];
+        match (
+            run["alone_per_op"].as_u64(),
+            run["shootdown_per_op"].as_u64(),
+        ) {
+            (Some(alone), Some(shot)) => println!(
+                "  {name:>6}: {alone} alone, {shot} with the other vCPU in the guest (x{:.2}, +{} {})",
+                run["ratio"].as_f64().unwrap_or(0.0),
+                shot.saturating_sub(alone),
+                if name == "icount" {
+                    "instructions"
+                } else {
+                    "TCG cycles"
+                },
+            ),
+            _ => println!(
+                "  {name:>6}: {}",
+                run["error"].as_str().unwrap_or("no figures")
+            ),
+        }
+    }
+}
+
 /// The whole number right before `marker` in `text`.
 fn number_before(text: &str, marker: &str) -> Option<u64> {
     let head = &text[..text.find(marker)?];
@@ -168,6 +272,20 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shootdown_line_is_read_from_the_guests_output() {
+        let serial = "[smp/bench] smp bench: reports=200 alone_cycles_per_op=21684 shootdown_cycles_per_op=42094\n";
+        assert_eq!(
+            parse_shootdown(serial),
+            Some(ShootdownRun {
+                reports: 200,
+                alone: 21684,
+                shootdown: 42094
+            })
+        );
+        assert_eq!(parse_shootdown("smp bench: reports=200\n"), None);
+    }
 
     const SERIAL: &str = "\
 run: 8 guest(s) on 2 CPU(s) in 1023 ms
