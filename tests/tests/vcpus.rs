@@ -14,8 +14,10 @@
 //!   without a kill.
 //! - `kill`: vCPU 0 executes `cli` while vCPU 1 prints; the whole guest is
 //!   killed, and nothing of it runs afterwards.
+//! - `spin`: every vCPU spins with its virtual interrupts off, until the
+//!   guest's budget ends it.
 //!
-//! All four share one boot on two CPUs, beside a `hello`.
+//! The first four share one boot on two CPUs, beside a `hello`.
 
 use qemu_tests::{Boot, boot, boot_machine, number_after};
 use std::sync::OnceLock;
@@ -100,6 +102,24 @@ fn a_guest_killed_on_one_vcpu_stops_on_every_vcpu() {
             lines[late]
         ));
     }
+}
+
+/// Every vCPU spins with its virtual interrupts off: the guest's one CPU
+/// budget, which its vCPUs spend together, ends it, while the host's
+/// other guest runs to its end.
+#[test]
+fn a_guest_whose_vcpus_all_spin_is_ended_by_its_budget() {
+    let boot = boot_machine(
+        "guest_budget_ms=1000 guests=smp/spin:killed:vcpus=2,hello",
+        |machine| machine.cpus = 2,
+    );
+    boot.expect_success();
+    boot.line_containing(&["smp spin: 2 vcpus spin with interrupts off"]);
+    boot.line_containing(&[
+        "guest smp/spin killed: ran over its time budget of 1000 ms with its virtual interrupts off",
+    ]);
+    boot.line_containing(&["guest hello exited code=0"]);
+    boot.line_containing(&["frames:", "balanced"]);
 }
 
 /// More vCPUs than CPUs: they take turns, and the counts still come out.

@@ -317,7 +317,15 @@ fn run_turn<H: Hold, F: ShadowFrames, E: ExitEvents>(
                 switcher.set_direct_trap(vector, handler);
             }
         }
-        let budget_end = started.saturating_add(guest.cpu_ns_left());
+        // The vCPUs of a guest spend one budget, each perhaps at once on
+        // a CPU of its own: each may use its share of what is left before
+        // its time is charged, so that together they cannot overrun it.
+        let left = if H::SHARED {
+            guest.cpu_ns_left() / guest.vcpus() as u64
+        } else {
+            guest.cpu_ns_left()
+        };
+        let budget_end = started.saturating_add(left);
         let due = min_deadline(turn.slice_end, guest.timer_deadline())
             .map_or(budget_end, |d| d.min(budget_end));
         turn.timer.arm(due, now);

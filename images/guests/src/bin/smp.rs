@@ -26,6 +26,9 @@
 //!   kill: vcpu 0 breaks the rules` and executes `cli`, privileged in ring
 //!   1: the host kills the guest, vCPU 1 with it, so no `alive` line may
 //!   follow.
+//! - `spin` (`:killed`, `vcpus=2` or more): every vCPU spins with its
+//!   virtual interrupts off; the guest's CPU budget, which its vCPUs spend
+//!   together, ends it, while the host's other guests run.
 //! - `refuse` (`:0`, `vcpus=2`): the start-vCPU calls the host must refuse
 //!   (a number out of range, entry or stack outside the kernel half, a
 //!   shared page outside memory, misaligned, or the boot vCPU's), one that
@@ -78,6 +81,7 @@ mod guest {
             "race" => race::run(),
             "kill" => kill::run(),
             "refuse" => refuse::run(),
+            "spin" => spin::run(),
             "bench" => bench::run(),
             other => {
                 println!("smp: unknown mode \"{other}\" (threads, race, kill, refuse or bench)");
@@ -547,6 +551,33 @@ mod guest {
                 line += 1;
                 println!("smp kill: vcpu {vcpu} alive {line}");
                 LINES.store(line, Ordering::Release);
+            }
+        }
+    }
+
+    /// `spin` (`:killed`): every vCPU spins for ever with its virtual
+    /// interrupts off. Only the guest's CPU budget, which all its vCPUs
+    /// spend, can end it; the host's other guests run meanwhile.
+    pub mod spin {
+        use super::{FAILED, need_vcpus, start};
+        use guest_rt::{println, smp};
+
+        pub fn run() -> u64 {
+            need_vcpus(2);
+            let vcpus = smp::vcpus();
+            for vcpu in 1..vcpus {
+                start(vcpu, spin);
+            }
+            println!("smp spin: {vcpus} vcpus spin with interrupts off");
+            spin(0);
+            #[allow(unreachable_code)]
+            FAILED
+        }
+
+        /// Spins for ever.
+        fn spin(_vcpu: u64) -> ! {
+            loop {
+                core::hint::spin_loop();
             }
         }
     }

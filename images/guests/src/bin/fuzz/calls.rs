@@ -1,4 +1,5 @@
-//! Random hypercalls: any number from 0 to 15 (15 names no call),
+//! Random hypercalls: any number from 0 to 16 (15 starts a vCPU, which a
+//! fuzzer of one vCPU is always refused; 16 names no call),
 //! arguments from a pool of boundary values, and what each may do to the
 //! fuzzer by the host's rules (`host/src/guest/hypercall.rs`).
 //!
@@ -106,7 +107,7 @@ impl Fuzzer {
 
     /// A hypercall with a random number and random arguments.
     pub fn random_hypercall(&mut self) {
-        let number = self.rng.below(16);
+        let number = self.rng.below(17);
         let mut args = [0u64; 4];
         for arg in &mut args {
             *arg = self.boundary();
@@ -160,7 +161,8 @@ impl Fuzzer {
             ),
         ) {
             // SAFETY: console writes only read, the timer and clock calls
-            // only count, unknown numbers are refused.
+            // only count, unknown numbers are refused, and so is starting a
+            // vCPU (the fuzzer has one).
             let result = unsafe { raw(number, args) };
             if number == number::CONSOLE_WRITE {
                 // End whatever line the random bytes left open, so that the
