@@ -705,14 +705,15 @@ impl<M: GuestRam> Guest<M> {
     }
 
     /// Before the vCPU enters again, and before what it asked can be
-    /// relied on: if the exit dropped a shadow entry another vCPU of the
-    /// guest may still hold in its TLB, waits until every other vCPU has
-    /// left the guest once, then frees the tables the drops released
+    /// relied on: if the exit dropped a shadow entry other vCPUs of the
+    /// guest may still hold in their TLBs, waits until each has left the
+    /// guest once, then frees the tables the drops released
     /// ([`crate::paging::vcpus`]). Nothing to do with one vCPU.
     #[inline(always)]
     fn settle_shadow<F: ShadowFrames>(&mut self, frames: &mut F) {
-        if self.paging.shootdown_owed() {
-            frames.shoot_down();
+        let owed = self.paging.owed_vcpus();
+        if owed != 0 {
+            frames.shoot_down(owed);
             self.paging.finish_shootdown(frames);
         }
     }

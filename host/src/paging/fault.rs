@@ -171,7 +171,7 @@ impl ShadowPaging {
             // Another frame than before (the guest changed the entry without
             // saying so) takes the old one from whoever shares the table.
             if vaddr.is_upper_half() && existing.frame() != leaf.frame() {
-                self.owe_shootdown();
+                self.owe_shootdown(self.other_vcpus());
             }
             frames.write_entry(table, index, leaf.raw());
         }

@@ -85,15 +85,15 @@ impl ShadowPaging {
         self.flush_user_half(frames, root);
         self.stack_needs_pin = self.stack.is_some();
         let mut parked_running = alloc::vec::Vec::new();
-        for vcpu in self.parked_mut() {
-            parked_running.push(vcpu.roots.current().shadow);
-            vcpu.stack_needs_pin = vcpu.stack.is_some();
+        for (k, vcpu) in self.parked.iter_mut().enumerate() {
+            if let Some(vcpu) = vcpu {
+                parked_running.push((vcpu.roots.current().shadow, super::vcpus::vcpu_bit(k)));
+                vcpu.stack_needs_pin = vcpu.stack.is_some();
+            }
         }
-        if !parked_running.is_empty() {
-            self.owe_shootdown();
-        }
-        for root in parked_running {
-            self.flush_user_half(frames, root);
+        for (root, vcpu) in parked_running {
+            self.holding_for(vcpu, |s| s.flush_user_half(frames, root));
+            self.owe_shootdown(vcpu);
         }
     }
 

@@ -75,9 +75,12 @@ pub trait ShadowFrames {
     /// Sets entry `index` of the table in `table`.
     fn write_entry(&mut self, table: HostPhysAddr, index: TableIndex, value: u64);
 
-    /// Returns once every other vCPU of the guest whose tables these are
-    /// has left the guest at least once since the call began (see
-    /// [`super::vcpus`]): then no CPU holds a translation older than the
-    /// tables as they are now. A guest of one vCPU has no others.
-    fn shoot_down(&mut self) {}
+    /// Returns once each vCPU in `vcpus` (bit `k` for vCPU `k`) of the
+    /// guest whose tables these are has left the guest at least once since
+    /// the call began (see [`super::vcpus`]): then none of them holds a
+    /// translation older than the tables as they are now. A guest of one
+    /// vCPU is never asked.
+    fn shoot_down(&mut self, vcpus: u64) {
+        let _ = vcpus;
+    }
 }

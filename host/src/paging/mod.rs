@@ -246,8 +246,12 @@ pub struct ShadowPaging {
     /// Every vCPU's part but the active one's, by vCPU number (empty for a
     /// guest of one vCPU).
     parked: alloc::vec::Vec<Option<vcpus::VcpuPaging>>,
-    /// A drop since the last shoot-down that another vCPU may be using.
-    shootdown_owed: bool,
+    /// The vCPUs owed a shoot-down for drops since the last one (bit `k`
+    /// for vCPU `k`).
+    owed_vcpus: u64,
+    /// While set, tables freed are held until these vCPUs are shot down
+    /// ([`vcpus::ShadowPaging::holding_for`]).
+    hold_for: u64,
     /// Shadow tables freed while other vCPUs may still hold translations
     /// through them, until the next shoot-down.
     held_tables: alloc::vec::Vec<vcpus::HeldTable>,
@@ -346,7 +350,8 @@ impl ShadowPaging {
             roots: RootCache::new(root, first, config.cached_roots, config.eviction),
             active_vcpu: 0,
             parked: alloc::vec::Vec::new(),
-            shootdown_owed: false,
+            owed_vcpus: 0,
+            hold_for: 0,
             held_tables: alloc::vec::Vec::new(),
             retried_fault: None,
             kernel_half: [ShadowEntry::ABSENT; KERNEL_HALF_SLOTS],

@@ -55,21 +55,21 @@ impl ShadowPaging {
         Ok(frame)
     }
 
-    /// Gives back `table`, whose notes are already dropped: at once with
-    /// one vCPU, after the next shoot-down with several ([`super::vcpus`]),
-    /// for another CPU may still walk it.
+    /// Gives back `table`, whose notes are already dropped: at once, or,
+    /// if another vCPU may still walk it, after the next shoot-down
+    /// ([`super::vcpus`]).
     fn release_table<F: ShadowFrames>(
         &mut self,
         frames: &mut F,
         table: HostPhysAddr,
         zeroed: bool,
     ) {
-        if self.shared_by_vcpus() {
+        if self.hold_for != 0 {
             self.held_tables.push(super::vcpus::HeldTable {
                 frame: table,
                 zeroed,
             });
-            self.shootdown_owed = true;
+            self.owe_shootdown(self.hold_for);
             return;
         }
         self.release_now(frames, table, zeroed);
@@ -329,7 +329,13 @@ impl ShadowPaging {
             self.write_shadow(frames, table, index, ShadowEntry::ABSENT);
         }
         if let (ShadowEntryKind::Table(child), Some(below)) = (entry.decode(level), level.below()) {
-            self.free_table_tree(frames, child, below);
+            // The kernel half's tables are under every vCPU's roots.
+            let shared = if vaddr.is_upper_half() {
+                self.other_vcpus()
+            } else {
+                0
+            };
+            self.holding_for(shared, |s| s.free_table_tree(frames, child, below));
         }
     }
 
@@ -356,7 +362,8 @@ impl ShadowPaging {
             let entry = self.kernel_half.get(offset).copied().unwrap_or_default();
             if let ShadowEntryKind::Table(child) = entry.decode(Level::L4) {
                 self.set_in_every_root(frames, index, ShadowEntry::ABSENT);
-                self.free_table_tree(frames, child, Level::L3);
+                let shared = self.other_vcpus();
+                self.holding_for(shared, |s| s.free_table_tree(frames, child, Level::L3));
             }
         }
     }

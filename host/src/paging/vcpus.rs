@@ -22,18 +22,20 @@
 //! the guest once holds nothing stale. But another vCPU of the same guest
 //! may be in the guest right now, using translations of a shadow entry
 //! this exit just dropped or downgraded: the kernel half, which every root
-//! shares, or the user half of the address space that vCPU runs. Such a
-//! change is *owed* a shoot-down ([`ShadowPaging::shootdown_owed`]), and
-//! the guest's exit may not return (nor may the change be relied on)
-//! until every other vCPU in the guest has left it once
-//! ([`ShadowFrames::shoot_down`]: the kernel sends those CPUs an
-//! interrupt and waits). Until then, no shadow table freed by the change
-//! may be used again, by this guest or any other: a CPU's paging-structure
-//! caches may still point into it. So while the guest has more than one
-//! vCPU, freed tables wait in a list ([`ShadowPaging::finish_shootdown`]
-//! gives them back after the shoot-down), and a shadow table needed
-//! meanwhile at the bound shoots down first
-//! ([`ShadowPaging::allocate_table`]).
+//! shares (every other vCPU), or the user half of the address space that
+//! vCPU runs (that vCPU). Such a change is *owed* a shoot-down to those
+//! vCPUs ([`ShadowPaging::owed_vcpus`]), and the guest's exit may not
+//! return (nor may the change be relied on) until each of them has left
+//! the guest once ([`ShadowFrames::shoot_down`]: the kernel sends their
+//! CPUs an interrupt and waits). Until then, no shadow table freed by the
+//! change may be used again, by this guest or any other: a CPU's
+//! paging-structure caches may still point into it. So such tables wait
+//! in a list ([`ShadowPaging::finish_shootdown`] gives them back after the
+//! shoot-down), and a shadow table needed meanwhile at the bound shoots
+//! down first ([`ShadowPaging::allocate_table`]). A table of the active
+//! vCPU's own roots, or of a root another vCPU has cached but does not
+//! run, is in no TLB (every CPU loads CR3 at each entry and exit) and is
+//! freed at once: a context switch that evicts a root owes nothing.
 //!
 //! A change that only adds or widens (a fault filled, a read-only page
 //! made writable for its first write) owes nothing: a stale, narrower
@@ -57,6 +59,11 @@ pub(super) struct VcpuPaging {
     pub stack_needs_pin: bool,
     /// Its MMU ring, in its own shared page.
     pub ring: Option<MmuRing>,
+}
+
+/// vCPU `k` as a one-element set (guests have at most 16 vCPUs).
+pub(super) fn vcpu_bit(k: usize) -> u64 {
+    1u64.checked_shl(k as u32).unwrap_or(0)
 }
 
 /// A shadow table freed while a shoot-down is owed, given back once it is
@@ -170,21 +177,43 @@ impl ShadowPaging {
     /// Whether a shoot-down is owed: a shadow entry another vCPU may be
     /// using was dropped or narrowed since the last one.
     pub fn shootdown_owed(&self) -> bool {
-        self.shootdown_owed
+        self.owed_vcpus != 0
     }
 
-    /// Notes a drop another vCPU may be using (the kernel half, or an
-    /// address space another vCPU runs).
-    pub(super) fn owe_shootdown(&mut self) {
-        if self.shared_by_vcpus() {
-            self.shootdown_owed = true;
-        }
+    /// The vCPUs owed a shoot-down, bit `k` for vCPU `k`.
+    pub fn owed_vcpus(&self) -> u64 {
+        self.owed_vcpus
     }
 
-    /// The shoot-down is done (every other vCPU left the guest once since
-    /// the drops): the tables they freed go back.
+    /// Every vCPU but the active one, as a set.
+    pub(super) fn other_vcpus(&self) -> u64 {
+        self.parked
+            .iter()
+            .enumerate()
+            .filter(|(_, vcpu)| vcpu.is_some())
+            .fold(0, |set, (k, _)| set | vcpu_bit(k))
+    }
+
+    /// Notes a drop the vCPUs in `vcpus` may be using.
+    pub(super) fn owe_shootdown(&mut self, vcpus: u64) {
+        self.owed_vcpus |= vcpus;
+    }
+
+    /// Runs `f` with the tables it frees held until the vCPUs in `vcpus`
+    /// have been shot down (they may walk them: the kernel half, or a
+    /// root they run); with no such vCPU, `f` frees at once.
+    pub(super) fn holding_for<R>(&mut self, vcpus: u64, f: impl FnOnce(&mut Self) -> R) -> R {
+        let was = self.hold_for;
+        self.hold_for |= vcpus;
+        let result = f(self);
+        self.hold_for = was;
+        result
+    }
+
+    /// The shoot-down is done (every vCPU owed one left the guest once
+    /// since the drops): the tables they freed go back.
     pub fn finish_shootdown<F: ShadowFrames>(&mut self, frames: &mut F) {
-        self.shootdown_owed = false;
+        self.owed_vcpus = 0;
         let held = core::mem::take(&mut self.held_tables);
         for table in &held {
             self.release_now(frames, table.frame, table.zeroed);
@@ -201,7 +230,7 @@ impl ShadowPaging {
         if self.held_tables.is_empty() {
             return false;
         }
-        frames.shoot_down();
+        frames.shoot_down(self.owed_vcpus);
         self.finish_shootdown(frames);
         true
     }
@@ -217,10 +246,8 @@ impl ShadowPaging {
         level: super::Level,
     ) {
         for (shadow, running) in self.parked_shadows_of(root) {
-            self.clear_entry(frames, shadow, vaddr, level);
-            if running {
-                self.owe_shootdown();
-            }
+            self.holding_for(running, |s| s.clear_entry(frames, shadow, vaddr, level));
+            self.owe_shootdown(running);
         }
         for vcpu in self.parked_mut() {
             if vcpu.roots.current().guest_root == root {
@@ -237,10 +264,8 @@ impl ShadowPaging {
         root: GuestPhysAddr,
     ) {
         for (shadow, running) in self.parked_shadows_of(root) {
-            self.flush_user_half(frames, shadow);
-            if running {
-                self.owe_shootdown();
-            }
+            self.holding_for(running, |s| s.flush_user_half(frames, shadow));
+            self.owe_shootdown(running);
         }
         for vcpu in self.parked_mut() {
             if vcpu.roots.current().guest_root == root
@@ -251,15 +276,18 @@ impl ShadowPaging {
         }
     }
 
-    /// Every parked vCPU's shadow of guest root `root`, and whether that
-    /// vCPU runs it.
-    fn parked_shadows_of(&self, root: GuestPhysAddr) -> Vec<(HostPhysAddr, bool)> {
+    /// Every parked vCPU's shadow of guest root `root`, with that vCPU as
+    /// a set if it runs that root (it may hold translations of it), else
+    /// the empty set.
+    fn parked_shadows_of(&self, root: GuestPhysAddr) -> Vec<(HostPhysAddr, u64)> {
         self.parked
             .iter()
-            .flatten()
-            .filter_map(|vcpu| {
+            .enumerate()
+            .filter_map(|(k, vcpu)| {
+                let vcpu = vcpu.as_ref()?;
                 let running = vcpu.roots.current().guest_root == root;
-                vcpu.roots.find(root).map(|shadow| (shadow, running))
+                let shadow = vcpu.roots.find(root)?;
+                Some((shadow, if running { vcpu_bit(k) } else { 0 }))
             })
             .collect()
     }
@@ -277,7 +305,7 @@ impl ShadowPaging {
     /// pins its stack again before it next runs, and the others owe a
     /// shoot-down.
     pub(super) fn kernel_half_dropped_for_parked(&mut self) {
-        self.owe_shootdown();
+        self.owe_shootdown(self.other_vcpus());
         for vcpu in self.parked_mut() {
             vcpu.stack_needs_pin |= vcpu.stack.is_some();
         }
@@ -373,16 +401,12 @@ mod tests {
         let held = f.paging.stats().frames_held;
         let in_use = f.frames.in_use();
         // Dropping the top-level entry frees the user tables under it, in
-        // both vCPUs' roots: three levels each.
+        // both vCPUs' roots: three levels each. vCPU 0's own go at once
+        // (its CPU is in the host); vCPU 1's wait for its shoot-down.
         f.write(ROOT_A, USER_VA, Level::L4, 0);
         f.set_entry(ROOT_A, USER_VA, Level::L4, 0).unwrap();
-        assert!(f.paging.shootdown_owed());
-        assert_eq!(
-            f.paging.stats().frames_held,
-            held,
-            "nothing freed before it"
-        );
-        assert_eq!(f.paging.stats().frames_spare, 0, "nor kept for reuse");
+        assert_eq!(f.paging.owed_vcpus(), 0b10, "vCPU 1 alone is owed one");
+        assert_eq!(f.paging.stats().frames_held, held - 3, "vCPU 1's held");
         f.paging.finish_shootdown(&mut f.frames);
         let stats = f.paging.stats();
         assert_eq!(stats.frames_held, held - 6);
@@ -419,8 +443,6 @@ mod tests {
     #[test]
     fn at_the_bound_held_tables_are_shot_down_before_they_are_reused() {
         let mut f = two_vcpus();
-        let held = f.paging.stats().frames_held;
-        f.paging.set_shadow_frame_limit(held);
         f.write(ROOT_A, USER_VA, Level::L4, 0);
         f.map(ROOT_A, 0x80_0000, 0x9000, pte::WRITABLE | pte::USER);
         let Fixture {
@@ -429,17 +451,41 @@ mod tests {
             mut paging,
             ..
         } = f;
-        let mut frames = CountingFrames(frames, 0);
+        let mut frames = CountingFrames(frames, std::vec::Vec::new());
         paging
             .set_entry(&mut mem, &mut frames, ROOT_A, USER_VA, 4, 0)
             .unwrap();
-        // A new mapping needs tables: the held ones go back first.
+        // No room but what vCPU 1's held tables take: a new mapping needs
+        // tables, and the held ones go back first.
+        let stats = paging.stats();
+        paging.set_shadow_frame_limit(stats.frames_held);
         let at = GuestVirtAddr::new_truncate(0x80_0000);
         let decision = paging.demand_page(&mut mem, &mut frames, at, WRITE | 4);
         assert_eq!(decision, FaultDecision::Fixed);
-        assert_eq!(frames.1, 1, "one shoot-down, before the reuse");
+        assert_eq!(
+            frames.1,
+            [0b10],
+            "one shoot-down of vCPU 1, before the reuse"
+        );
         let stats = paging.teardown(&mut frames);
         assert_eq!((stats.frames_held, frames.0.in_use()), (0, 0));
+    }
+
+    #[test]
+    fn evicting_a_root_of_its_own_owes_nothing() {
+        let mut f = two_vcpus();
+        // Four more address spaces than the one vCPU 0 faulted in: the
+        // cache (four roots) evicts A, whose user tables go.
+        let mut roots = std::vec![ROOT_B];
+        roots.extend((0..3).map(|_| f.new_table()));
+        for root in roots {
+            f.paging
+                .switch_root(&mut f.mem, &mut f.frames, root)
+                .unwrap();
+        }
+        assert_eq!(f.paging.stats().roots_evicted, 1);
+        assert!(!f.paging.shootdown_owed(), "no other vCPU runs A");
+        f.teardown();
     }
 
     #[test]
@@ -488,8 +534,8 @@ mod tests {
         f.teardown();
     }
 
-    /// The fixture's frames, counting shoot-downs.
-    struct CountingFrames(FakeFrames, usize);
+    /// The fixture's frames, keeping the shoot-downs asked for.
+    struct CountingFrames(FakeFrames, std::vec::Vec<u64>);
 
     impl crate::paging::ShadowFrames for CountingFrames {
         fn allocate_zeroed(&mut self) -> Option<crate::addr::HostPhysAddr> {
@@ -513,8 +559,8 @@ mod tests {
         ) {
             self.0.write_entry(table, index, value);
         }
-        fn shoot_down(&mut self) {
-            self.1 += 1;
+        fn shoot_down(&mut self, vcpus: u64) {
+            self.1.push(vcpus);
         }
     }
 }

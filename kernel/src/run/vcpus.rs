@@ -75,17 +75,21 @@ impl SharedGuest {
         }
     }
 
-    /// Interrupts every vCPU but `me` that is in the guest, and waits until
-    /// each has left it once. Returns how many it waited for.
-    fn shoot_down_others(&self, me: usize) -> u32 {
+    /// Interrupts each vCPU of `vcpus` (bit `k` for vCPU `k`) but `me`
+    /// that is in the guest, and waits until each has left it once.
+    /// Returns how many it waited for.
+    fn shoot_down(&self, me: usize, vcpus: u64) -> u32 {
         // The shadow tables were written before this: the counts must be
         // read after those writes are visible (x86 may move a load before
         // an earlier store).
         fence(Ordering::SeqCst);
         let mut waited = 0;
         for (vcpu, run) in self.vcpus.iter().enumerate() {
+            if vcpu == me || vcpus & (1 << vcpu) == 0 {
+                continue;
+            }
             let passes = run.passes.load(Ordering::SeqCst);
-            if vcpu == me || passes % 2 == 0 {
+            if passes % 2 == 0 {
                 continue;
             }
             apic::send_shootdown(run.apic_id.load(Ordering::Relaxed));
@@ -126,8 +130,8 @@ impl ShadowFrames for GuestFrames<'_> {
         HostFrames.write_entry(table, index, value);
     }
 
-    fn shoot_down(&mut self) {
-        let waited = self.guest.shoot_down_others(self.vcpu);
+    fn shoot_down(&mut self, vcpus: u64) {
+        let waited = self.guest.shoot_down(self.vcpu, vcpus);
         SHOOTDOWN_WAITS.fetch_add(u64::from(waited), Ordering::Relaxed);
     }
 }
