@@ -128,7 +128,7 @@ pub fn measure_shootdown(machine: &Machine) -> Value {
     let mut entry = serde_json::Map::new();
     entry.insert(
         "about".into(),
-        json!("smp/bench on 2 vCPUs and 2 CPUs: median TSC cycles of one reported kernel-half entry change, vCPU 0 alone, then with vCPU 1 in the guest (each report then waits for it to leave once); under icount the cycles are instructions of both CPUs"),
+        json!("smp/bench on 2 vCPUs and 2 CPUs: median TSC cycles of one reported kernel-half entry change, vCPU 0 alone, then with vCPU 1 in the guest (each report then waits for it to leave once); under icount the cycles are instructions of both CPUs, which QEMU then runs in turns, so the wait measures its turn length"),
     );
     for (name, icount) in [("plain", false), ("icount", true)] {
         let mut machine = machine.clone();
@@ -180,6 +180,9 @@ pub fn parse_shootdown(serial: &str) -> Option<ShootdownRun> {
 pub fn print_shootdown(entry: &Value) {
     println!();
     println!("shoot-down: one reported kernel-half entry change, median per report");
+    println!(
+        "  (under -icount QEMU runs the CPUs in turns, so the wait there is its turn's length, not a cost)"
+    );
     for name in ["icount", "plain"] {
         let run = &entry[name];
         match (

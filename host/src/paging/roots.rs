@@ -272,15 +272,7 @@ impl ShadowPaging {
                 // At the bound, a reclaim makes room: it empties the other
                 // slots (so `index` stays free) and clears the root being
                 // left, which stays cached, empty.
-                let zero = GuestVirtAddr::new_truncate(0);
-                let shadow = match self.allocate_table(frames, zero) {
-                    Err(PagingError::ShadowLimit { .. }) => {
-                        self.reclaim(frames, true);
-                        self.allocate_table(frames, zero)?
-                    }
-                    other => other?,
-                };
-                self.copy_kernel_half(frames, shadow);
+                let shadow = self.new_root_table(frames)?;
                 let slot = RootSlot {
                     guest_root: root,
                     shadow,
@@ -316,6 +308,24 @@ impl ShadowPaging {
             self.pin_stack(mem, frames)?;
         }
         Ok(how)
+    }
+
+    /// A new shadow top-level table with the shared kernel half in it,
+    /// reclaiming everything else at the bound.
+    pub(super) fn new_root_table<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+    ) -> Result<HostPhysAddr, PagingError> {
+        let zero = GuestVirtAddr::new_truncate(0);
+        let shadow = match self.allocate_table(frames, zero) {
+            Err(PagingError::ShadowLimit { .. }) => {
+                self.reclaim(frames, true);
+                self.allocate_table(frames, zero)?
+            }
+            other => other?,
+        };
+        self.copy_kernel_half(frames, shadow);
+        Ok(shadow)
     }
 
     /// Refuses a new root that is one of the running address space's

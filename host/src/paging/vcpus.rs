@@ -110,15 +110,7 @@ impl ShadowPaging {
                 cached_roots: self.config.cached_roots,
             });
         }
-        let zero = GuestVirtAddr::new_truncate(0);
-        let shadow = match self.allocate_table(frames, zero) {
-            Err(PagingError::ShadowLimit { .. }) => {
-                self.reclaim(frames, true);
-                self.allocate_table(frames, zero)?
-            }
-            other => other?,
-        };
-        self.copy_kernel_half(frames, shadow);
+        let shadow = self.new_root_table(frames)?;
         self.stats.roots_made += 1;
         self.parked.push(Some(VcpuPaging {
             roots: RootCache::new(root, shadow, self.config.cached_roots, self.config.eviction),
