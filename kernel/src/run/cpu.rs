@@ -353,10 +353,11 @@ fn run_turn<H: Hold, F: ShadowFrames, E: ExitEvents>(
         // interrupt ends it, for there is something to pick.
         let sent_frames =
             exit == Exit::Hypercall(Some(Number::VirtioNotify)) && guest.has_outbound_frames();
-        // So does starting a vCPU: with it waiting, the scheduler slices
-        // the turns, and on one CPU the new vCPU gets its share.
+        // So does starting a vCPU (only a guest of several can): with it
+        // waiting, the scheduler slices the turns, and on one CPU the new
+        // vCPU gets its share.
         let kicked = exit == Exit::HostInterrupt(host_vector::RESCHEDULE)
-            || exit == Exit::Hypercall(Some(Number::StartVcpu));
+            || (H::SHARED && exit == Exit::Hypercall(Some(Number::StartVcpu)));
         let turn_over = next != Next::Resume || exit == Exit::HostTimer || sent_frames || kicked;
         if !turn_over {
             continue;
