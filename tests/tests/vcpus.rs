@@ -147,3 +147,32 @@ fn more_vcpus_than_allowed_are_refused_by_name() {
     boot.expect_kernel_failure();
     boot.line_containing(&["`guests=smp/threads:0:vcpus=17` is not valid", "1 to 16"]);
 }
+
+/// A guest of several vCPUs started again gets them all again, and one
+/// killed with a vCPU running comes back as well; the old lives' places
+/// and frames go.
+#[test]
+fn a_guest_of_several_vcpus_lives_again_with_all_of_them() {
+    let boot = boot_machine(
+        "guests=smp/threads:0:vcpus=2:restart=2,smp/kill:killed:vcpus=2:restart=1",
+        |machine| machine.cpus = 2,
+    );
+    boot.expect_success();
+    let lives = boot
+        .lines()
+        .filter(|l| l.contains("smp threads: 2 vcpus, counter 4000 as expected, every vcpu ran"))
+        .count();
+    if lives != 3 {
+        boot.fail(&format!("expected 3 lives of smp/threads, saw {lives}"));
+    }
+    boot.line_containing(&["guest smp/threads restarted (restart 2 of 2)"]);
+    boot.line_containing(&["guest smp/kill restarted (restart 1 of 1)"]);
+    let kills = boot
+        .lines()
+        .filter(|l| l.starts_with("guest smp/kill killed: privileged instruction `cli`"))
+        .count();
+    if kills != 2 {
+        boot.fail(&format!("expected smp/kill killed twice, saw {kills}"));
+    }
+    boot.line_containing(&["frames:", "balanced"]);
+}
