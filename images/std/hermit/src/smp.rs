@@ -60,11 +60,14 @@ pub fn start_others(idle: smp::Entry) -> usize {
     }
     SEVERAL.store(true, Ordering::SeqCst);
     for vcpu in 1..wanted {
+        // Counted before the start: the new vCPU may take the main thread
+        // (and it ask) before this one returns from the hypercall.
+        RUNNING.store(vcpu + 1, Ordering::Release);
         if let Err(e) = smp::start(vcpu as u64, idle) {
+            RUNNING.store(vcpu, Ordering::Release);
             console::report(format_args!("starting vcpu {vcpu} refused: {e:?}"));
             break;
         }
-        RUNNING.store(vcpu + 1, Ordering::Release);
     }
     running()
 }
