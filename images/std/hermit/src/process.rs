@@ -23,6 +23,23 @@ static ENDING: AtomicUsize = AtomicUsize::new(0);
 /// get here ends it, once: another that arrives meanwhile (two idle vCPUs
 /// finding the same deadlock) halts until the guest is gone.
 pub fn end(code: u64) -> ! {
+    claim_the_end();
+    crate::sched::report_turns();
+    console::flush();
+    hypercall::shutdown(code)
+}
+
+/// Ends the guest with `code` after the runtime's line `why`, printed by
+/// the vCPU that ends it only.
+pub fn end_saying(code: u64, why: core::fmt::Arguments<'_>) -> ! {
+    claim_the_end();
+    console::report(why);
+    end(code)
+}
+
+/// Returns if this vCPU is the one ending the guest (the first to ask, or
+/// asking again); another halts here until the guest is gone.
+fn claim_the_end() {
     let me = smp::this_vcpu() + 1;
     let first = ENDING.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire);
     if first.is_err_and(|ending| ending != me) {
@@ -32,9 +49,6 @@ pub fn end(code: u64) -> ! {
             hypercall::halt();
         }
     }
-    crate::sched::report_turns();
-    console::flush();
-    hypercall::shutdown(code)
 }
 
 /// `exit(status)`: the guest ends with the status's low 8 bits, as a Unix

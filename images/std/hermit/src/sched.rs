@@ -766,12 +766,10 @@ pub fn run_idle() -> ! {
                 irq::enable();
                 irq::disable();
             }
-            Turn::Stayed(IdleStep::Deadlock) => {
-                console::report(format_args!(
-                    "deadlock: every thread waits (futex, join) with no time limit"
-                ));
-                process::end(exit_code::DEADLOCK);
-            }
+            Turn::Stayed(IdleStep::Deadlock) => process::end_saying(
+                exit_code::DEADLOCK,
+                format_args!("deadlock: every thread waits (futex, join) with no time limit"),
+            ),
         }
     }
 }
