@@ -1,7 +1,8 @@
 //! Rust `std` programs as guests (`images/std/apps/`, on the runtime in
 //! `images/std/hermit`): each runs side by side with `hello` and ends as
-//! expected, a panic and an exhausted heap end only their own guest, and
-//! a broken std image is refused while the others run.
+//! expected, a panic and an exhausted heap end only their own guest, a
+//! broken std image is refused while the others run, and a guest of two
+//! vCPUs runs its threads on both.
 //!
 //! The programs check their own results and print `<name>: ok ...`; the
 //! tests read those lines, count every guest's end exactly once, and check
@@ -107,6 +108,54 @@ fn a_panic_and_an_exhausted_heap_end_only_their_own_guest() {
             ("panic-std", "guest panic-std exited code=101".into()),
             ("oom-std", "guest oom-std exited code=104".into()),
             ("threads-std", "guest threads-std exited code=0".into()),
+        ],
+    );
+    boot.line_containing(&["frames:", "balanced"]);
+}
+
+/// Threads on two vCPUs (`vcpus=2`, on two CPUs): `threads-std parallel`
+/// computes side by side and meets through an atomic, a mutex, a condvar
+/// and a channel, every total exact; the runtime says both vCPUs gave
+/// threads turns; `available_parallelism` says 2 (`compat-std`, told so),
+/// and the contended default `threads-std` passes too. Every frame comes
+/// back.
+#[test]
+fn std_threads_run_on_two_vcpus() {
+    let list = [
+        "threads-std/parallel:0:vcpus=2",
+        "threads-std:0:vcpus=2",
+        "compat-std/COMPAT_STD_CPUS=2:0:vcpus=2",
+    ];
+    let boot = boot_machine(
+        &format!("{GUEST_MEM} guests=\"{}\"", list.join(",")),
+        |machine| machine.cpus = 2,
+    );
+    boot.expect_success();
+    boot.line_containing(&[
+        "[threads-std/parallel]",
+        "threads-std: ok: parallel, 4 threads on 2 cpus, atomic=800 mutex=800 token passes=800, \
+         hashes as computed alone, all joined",
+    ]);
+    let turns = boot.line_containing(&["[threads-std/parallel]", "hermit: vcpu 0 ran "]);
+    let vcpu0 = qemu_tests::number_after(turns, "vcpu 0 ran");
+    let vcpu1 = qemu_tests::number_after(turns, "vcpu 1 ran");
+    if vcpu0.is_none_or(|n| n == 0) || vcpu1.is_none_or(|n| n == 0) {
+        boot.fail(&format!("both vCPUs should have run threads: `{turns}`"));
+    }
+    boot.line_containing(&["[threads-std]", "threads-std: ok: 4 threads, counter=40000"]);
+    boot.line_containing(&["[compat-std/COMPAT_STD_CPUS=2]", "compat-std: ok"]);
+    expect_each_ended_once(
+        &boot,
+        &[
+            (
+                "threads-std/parallel",
+                "guest threads-std/parallel exited code=0".into(),
+            ),
+            ("threads-std", "guest threads-std exited code=0".into()),
+            (
+                "compat-std/COMPAT_STD_CPUS=2",
+                "guest compat-std/COMPAT_STD_CPUS=2 exited code=0".into(),
+            ),
         ],
     );
     boot.line_containing(&["frames:", "balanced"]);

@@ -1,5 +1,9 @@
 //! The virtual interrupt flag: `cli` and `sti` for a guest in ring 1.
 //!
+//! Each vCPU has its own flag, in its own shared page; this is the asking
+//! vCPU's once `smp` knows which that is (with `FSGSBASE`), vCPU 0's
+//! otherwise.
+//!
 //! The real interrupt flag belongs to the host, which keeps it on. The
 //! guest's flag is `irq_enabled` in the shared page: the host delivers a
 //! virtual interrupt only while it is nonzero, and turns it off when it
@@ -9,12 +13,14 @@
 //! exit, so [`enable`] makes a cheap exit (a `nop` hypercall) to have it
 //! delivered at once rather than at the next host tick.
 
-use crate::{boot, hypercall};
+use crate::{hypercall, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_abi::shared::SharedPage;
 
+/// The asking vCPU's shared page (vCPU 0's unless the runtime knows each
+/// vCPU's: see `smp`, "Which vCPU am I?").
 fn shared() -> *mut SharedPage {
-    boot::shared_page()
+    smp::this_shared_page()
 }
 
 fn flag() -> &'static AtomicU64 {

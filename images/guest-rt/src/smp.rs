@@ -31,16 +31,30 @@
 //!   interrupts off it only ever sets its pending bit), [`shared_page`] of
 //!   its own number, and [`park`].
 //!
-//! These do not: `irq` (it would turn vCPU 0's interrupts on and off),
+//! These do not (the first two do with `FSGSBASE`: see below): `irq` (it
+//! would turn vCPU 0's interrupts on and off),
 //! `time::sleep_ns`/`sleep_ms` and `hypercall::halt` as a wait for
 //! something (a secondary vCPU has interrupts off; [`park`] halts with its
 //! timer armed, for the host kills a guest whose vCPU halts with nothing to
 //! wake it), `paging::ring` (vCPU 0's ring), and
 //! `traps::fault_address` and so `probe` (vCPU 0's fault address).
+//!
+//! # Which vCPU am I? (with `FSGSBASE`)
+//!
+//! When the boot parameters announce `feature::FSGSBASE`, the first
+//! [`start`] points each vCPU's GS base at a small block of its own
+//! ([`PerVcpu`]: its shared page and its number): vCPU 0's at once, each
+//! secondary's before its entry runs. From then on [`this_vcpu`] and
+//! [`this_shared_page`] answer for the vCPU that asks, and `irq` (so
+//! `time::sleep_ns`, `virtio::wait_until`) uses the asking vCPU's own
+//! virtual interrupt flag: those work on every vCPU. The GS base is then
+//! the runtime's; guest code must not write it. Without the feature (or
+//! before any start) there is no such block: [`this_vcpu`] says 0 and the
+//! runtime uses the boot vCPU's page, as above.
 
 use crate::{boot, hypercall};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use guest_abi::boot::KERNEL_OFFSET;
+use guest_abi::boot::{KERNEL_OFFSET, feature};
 use guest_abi::hypercall::{Error, TIMER_VECTOR};
 use guest_abi::shared::{FIRST_VIRTUAL_IRQ, SharedPage};
 
@@ -78,6 +92,29 @@ static ENTRIES: [AtomicUsize; MAX_VCPUS] = [const { AtomicUsize::new(0) }; MAX_V
 /// Bit `k` is set once vCPU `k` runs (vCPU 0 always does).
 static RUNNING: AtomicU64 = AtomicU64::new(1);
 
+/// What a vCPU's GS base points at (see "Which vCPU am I?"): read with
+/// `gs`-relative loads, so the layout is fixed.
+#[repr(C)]
+pub struct PerVcpu {
+    /// The guest-virtual address of this vCPU's shared page (offset 0).
+    shared_page: AtomicU64,
+    /// This vCPU's number (offset 8).
+    vcpu: AtomicU64,
+}
+
+/// Each vCPU's [`PerVcpu`], by number; filled in before its GS base points
+/// at it.
+static PER_VCPU: [PerVcpu; MAX_VCPUS] = [const {
+    PerVcpu {
+        shared_page: AtomicU64::new(0),
+        vcpu: AtomicU64::new(0),
+    }
+}; MAX_VCPUS];
+
+/// Set once vCPU 0's GS base points at its [`PerVcpu`]: from then on
+/// every vCPU's does (secondaries set theirs before anything else).
+static GS_PER_VCPU: AtomicBool = AtomicBool::new(false);
+
 /// How many vCPUs the host lets this guest run (at least 1, at most
 /// [`MAX_VCPUS`]).
 pub fn vcpus() -> u64 {
@@ -98,6 +135,12 @@ pub fn start(vcpu: u64, entry: Entry) -> Result<(), Error> {
         return Err(Error::InvalidArgument);
     }
     ENTRIES[index].store(entry as usize, Ordering::Release);
+    describe(index, page_address(index));
+    if boot::params().features & feature::FSGSBASE != 0 && !GS_PER_VCPU.load(Ordering::Acquire) {
+        describe(0, boot::shared_page() as u64);
+        point_gs_at(0);
+        GS_PER_VCPU.store(true, Ordering::Release);
+    }
     // The ABI wants `rsp + 8` 16-aligned at a function's first instruction
     // (a call pushed the return address): the entry starts one word below
     // the aligned top, as if called.
@@ -129,6 +172,66 @@ pub fn shared_page(vcpu: u64) -> Option<*mut SharedPage> {
         0 => Some(boot::shared_page()),
         index if index < MAX_VCPUS => Some(page_address(index) as *mut SharedPage),
         _ => None,
+    }
+}
+
+/// Whether each vCPU's GS base points at its [`PerVcpu`] (see "Which
+/// vCPU am I?"): `FSGSBASE`, and a vCPU started.
+#[inline]
+pub fn per_vcpu() -> bool {
+    GS_PER_VCPU.load(Ordering::Relaxed)
+}
+
+/// The number of the vCPU that asks; 0 unless [`per_vcpu`].
+#[inline]
+pub fn this_vcpu() -> u64 {
+    if per_vcpu() { gs_word::<8>() } else { 0 }
+}
+
+/// The shared page of the vCPU that asks (the boot one unless
+/// [`per_vcpu`]).
+#[inline]
+pub fn this_shared_page() -> *mut SharedPage {
+    if per_vcpu() {
+        gs_word::<0>() as *mut SharedPage
+    } else {
+        boot::shared_page()
+    }
+}
+
+/// The word at `OFFSET` in this vCPU's [`PerVcpu`].
+#[inline(always)]
+fn gs_word<const OFFSET: usize>() -> u64 {
+    let word: u64;
+    // SAFETY: only called once `per_vcpu`: this vCPU's GS base points at
+    // its PerVcpu (a static, for the guest's life), which holds OFFSET.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, qword ptr gs:[{offset}]",
+            out(reg) word,
+            offset = const OFFSET,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    word
+}
+
+/// Fills in vCPU `index`'s [`PerVcpu`] before its GS base points there.
+fn describe(index: usize, shared_page: u64) {
+    PER_VCPU[index]
+        .shared_page
+        .store(shared_page, Ordering::Release);
+    PER_VCPU[index].vcpu.store(index as u64, Ordering::Release);
+}
+
+/// Points this vCPU's GS base at `PER_VCPU[index]`.
+fn point_gs_at(index: usize) {
+    let block = &raw const PER_VCPU[index] as u64;
+    // SAFETY: FSGSBASE is on (the callers check it, or that vCPU 0 found
+    // it), so ring 1 may write the GS base, which the host keeps per
+    // vCPU; nothing in the guest uses GS but the loads above.
+    unsafe {
+        core::arch::asm!("wrgsbase {}", in(reg) block, options(nostack, preserves_flags));
     }
 }
 
@@ -183,6 +286,9 @@ extern "C" fn secondary_start(vcpu: u64) -> ! {
     let index = usize::try_from(vcpu).unwrap_or(MAX_VCPUS);
     let entry = ENTRIES.get(index).map_or(0, |e| e.load(Ordering::Acquire));
     assert!(entry != 0, "vCPU {vcpu} started with no entry");
+    if per_vcpu() {
+        point_gs_at(index);
+    }
     RUNNING.fetch_or(1 << index, Ordering::AcqRel);
     // SAFETY: a nonzero entry was stored from an `Entry` by `start`, and
     // function pointers survive a round trip through usize.

@@ -8,7 +8,7 @@
 //! many small pieces). A partial line waits for its newline, for the
 //! buffer to fill, or for the end of the guest ([`flush`]).
 
-use crate::sync::IrqCell;
+use crate::sync::IrqLock;
 use guest_rt::hypercall;
 
 /// Bytes gathered before they go out even without a newline: the most
@@ -20,7 +20,7 @@ struct Pending {
     len: usize,
 }
 
-static PENDING: IrqCell<Pending> = IrqCell::new(Pending {
+static PENDING: IrqLock<Pending> = IrqLock::new(Pending {
     bytes: [0; BUFFER_BYTES],
     len: 0,
 });

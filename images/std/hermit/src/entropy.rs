@@ -7,7 +7,7 @@
 //! runtime says so once on the console when it falls back.
 
 use crate::console;
-use crate::sync::IrqCell;
+use crate::sync::IrqLock;
 use core::arch::x86_64::__cpuid;
 use hermit_abi::errno::{EFAULT, EINVAL};
 
@@ -19,7 +19,7 @@ const CPUID_ECX_RDRAND: u32 = 1 << 30;
 const RDRAND_RETRIES: usize = 10;
 
 /// The fallback generator's state; 0 until seeded.
-static FALLBACK: IrqCell<u64> = IrqCell::new(0);
+static FALLBACK: IrqLock<u64> = IrqLock::new(0);
 
 fn has_rdrand() -> bool {
     // CPUID is not privileged, and leaf 1 exists on every x86-64 CPU.

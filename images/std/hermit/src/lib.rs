@@ -24,8 +24,11 @@
 //! - `tls`: each thread's thread-local block, copied from `PT_TLS`, and
 //!   its FS base;
 //! - `sched`: threads, a round-robin scheduler preempted by the virtual
-//!   timer, and the idle loop that halts; `thread`: std's thread calls on
-//!   it; `futex`: waiting on a word;
+//!   timer, and the idle loop that halts, on each of the guest's vCPUs;
+//!   `smp`: starting the other vCPUs and knowing which one code runs on;
+//!   `sync`: the lock (interrupts off, and a spin lock with several
+//!   vCPUs), and the lock order; `thread`: std's thread calls on the
+//!   scheduler; `futex`: waiting on a word;
 //! - `time`: the clocks and sleeping; `entropy`: random bytes;
 //! - `console`: standard output and error, a line at a time;
 //! - [`fs`]: a writable file tree in guest memory;
@@ -62,6 +65,8 @@ mod memory;
 mod process;
 #[cfg(target_os = "hermit")]
 mod sched;
+#[cfg(target_os = "hermit")]
+mod smp;
 #[cfg(target_os = "hermit")]
 mod start;
 #[cfg(target_os = "hermit")]

@@ -11,7 +11,7 @@
 //! abort that follows can say the guest ran out of memory
 //! ([`last_failure`]).
 
-use crate::sync::IrqCell;
+use crate::sync::IrqLock;
 use core::alloc::Layout;
 use core::ptr::{NonNull, null_mut};
 use talc::DefaultBinning;
@@ -37,7 +37,7 @@ pub struct Failure {
     pub heap_bytes: usize,
 }
 
-static HEAP: IrqCell<Heap> = IrqCell::new(Heap {
+static HEAP: IrqLock<Heap> = IrqLock::new(Heap {
     talc: Talc::new(Manual),
     bytes: 0,
     last_failure: None,

@@ -8,16 +8,47 @@
 //! allocation std could not get is reported as running out of memory
 //! (`hermit: out of memory: ...`, code 104).
 
-use crate::{console, memory};
-use guest_rt::{exit_code, hypercall};
+use crate::{console, memory, smp};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use guest_rt::{exit_code, hypercall, irq};
 
 /// The process id `getpid` gives: the guest is the one process there is.
 const PROCESS_ID: i32 = 1;
 
-/// Ends the guest with `code`, the console flushed first.
+/// Which vCPU (its number + 1) is ending the guest; 0 while none is.
+static ENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Ends the guest with `code`, the console flushed first (and, with
+/// several vCPUs, how many thread turns each gave). Only the first vCPU to
+/// get here ends it, once: another that arrives meanwhile (two idle vCPUs
+/// finding the same deadlock) halts until the guest is gone.
 pub fn end(code: u64) -> ! {
+    claim_the_end();
+    crate::sched::report_turns();
     console::flush();
     hypercall::shutdown(code)
+}
+
+/// Ends the guest with `code` after the runtime's line `why`, printed by
+/// the vCPU that ends it only.
+pub fn end_saying(code: u64, why: core::fmt::Arguments<'_>) -> ! {
+    claim_the_end();
+    console::report(why);
+    end(code)
+}
+
+/// Returns if this vCPU is the one ending the guest (the first to ask, or
+/// asking again); another halts here until the guest is gone.
+fn claim_the_end() {
+    let me = smp::this_vcpu() + 1;
+    let first = ENDING.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire);
+    if first.is_err_and(|ending| ending != me) {
+        irq::disable();
+        loop {
+            // The ending vCPU is awake: the host lets this one halt.
+            hypercall::halt();
+        }
+    }
 }
 
 /// `exit(status)`: the guest ends with the status's low 8 bits, as a Unix

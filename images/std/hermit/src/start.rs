@@ -6,11 +6,12 @@
 //! expects of a kernel, in dependency order: the heap (everything else
 //! allocates), the scheduler's timer, the main thread (its stack and
 //! thread-local block from the heap) with the command line as `argv` and
-//! the environment; then the boot stack becomes the idle context, and the
-//! main thread runs std's `runtime_entry`, which calls `main` and then
-//! `sys_exit` with its result.
+//! the environment; with several vCPUs, the others started (`smp`), each
+//! in its idle loop; then the boot stack becomes vCPU 0's idle context,
+//! and the main thread runs std's `runtime_entry`, which calls `main` and
+//! then `sys_exit` with its result.
 
-use crate::{args, console, memory, process, sched};
+use crate::{args, console, memory, net, process, sched, smp};
 use guest_rt::{boot, exit_code};
 
 guest_rt::entry!(start);
@@ -46,6 +47,11 @@ fn start() -> u64 {
     if main.is_none() {
         console::report(format_args!("no memory for the main thread's stack"));
         process::end(exit_code::OUT_OF_MEMORY);
+    }
+    if guest_rt::smp::vcpus() > 1 {
+        // The others copy our traps when they start: the card's too.
+        net::prepare_interrupts();
+        smp::start_others(sched::secondary_idle);
     }
     sched::run_idle()
 }

@@ -1,5 +1,5 @@
 //! The thread `sys_*` functions std calls: spawning, joining, yielding,
-//! and how many CPUs there are (one).
+//! and how many CPUs there are (the vCPUs that run threads).
 
 use crate::sched::{self, Tid};
 use hermit_abi::errno::EINVAL;
@@ -7,7 +7,7 @@ use hermit_abi::errno::EINVAL;
 /// `spawn2(func, arg, prio, stack_size, core_id)`: the new thread's id, or
 /// 0 when it could not be made (no room for its stack or thread-local
 /// block: std then reports an error, nothing crashes). Priorities and
-/// cores are ignored: threads take turns on the one CPU.
+/// cores are ignored: threads take turns on whichever vCPU is free.
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_spawn2(
     func: extern "C" fn(usize),
@@ -60,8 +60,9 @@ pub extern "C" fn sys_yield() {
     sched::yield_now();
 }
 
-/// `available_parallelism()`: the guest has one CPU.
+/// `available_parallelism()`: how many vCPUs run threads (1 unless the
+/// guest has several and `FSGSBASE`, see `smp`).
 #[unsafe(no_mangle)]
 pub extern "C" fn sys_available_parallelism() -> usize {
-    1
+    crate::smp::running()
 }

@@ -3,7 +3,9 @@
 //! error because a guest has no such thing.
 //!
 //! Works: `RwLock`, `Barrier` and `Once` across threads,
-//! `available_parallelism` (one CPU), thread-locals per thread,
+//! `available_parallelism` (the guest's vCPUs: 1, or the count in the
+//! environment variable `COMPAT_STD_CPUS`, as in
+//! `guests="compat-std/COMPAT_STD_CPUS=2:0:vcpus=2"`), thread-locals per thread,
 //! `env::set_var`, a UDP socket bound to any port (the runtime's network,
 //! on the guest's virtio-net). Returns an error (and does not crash): a TCP
 //! connection to 127.0.0.1 (refused: there is no loopback), a `Command` (a
@@ -30,7 +32,10 @@ fn main() -> ExitCode {
             "RwLock, Barrier and Once across 3 threads",
             sync_across_threads(),
         ),
-        ("available_parallelism is 1", parallelism() == Some(1)),
+        (
+            "available_parallelism is the vCPU count (COMPAT_STD_CPUS, default 1)",
+            parallelism() == Some(expected_cpus()),
+        ),
         ("thread-locals are per thread", thread_locals_are_separate()),
         ("set_var then var", set_var_reads_back()),
         (
@@ -81,6 +86,14 @@ fn sync_across_threads() -> bool {
 
 fn parallelism() -> Option<usize> {
     thread::available_parallelism().ok().map(usize::from)
+}
+
+/// How many CPUs `available_parallelism` should report.
+fn expected_cpus() -> usize {
+    env::var("COMPAT_STD_CPUS")
+        .ok()
+        .and_then(|cpus| cpus.parse().ok())
+        .unwrap_or(1)
 }
 
 fn thread_locals_are_separate() -> bool {

@@ -1,12 +1,20 @@
 //! `threads-std`: std's threads and their synchronisation on rguest.
 //!
-//! Four threads wait on a `Condvar` until the main thread says go, then
-//! each adds 1 to a shared `Mutex<u64>` 10,000 times (contended: they all
-//! hammer the same lock), and reports through an `mpsc` channel how many
-//! increments it made. The main thread checks that the four reports came,
-//! that the counter is exactly 40,000, and that every thread joined.
-//! Prints `threads-std: ok ...` and exits 0, or says what was wrong and
-//! exits 1.
+//! With no argument: four threads wait on a `Condvar` until the main
+//! thread says go, then each adds 1 to a shared `Mutex<u64>` 10,000 times
+//! (contended: they all hammer the same lock), and reports through an
+//! `mpsc` channel how many increments it made. The main thread checks
+//! that the four reports came, that the counter is exactly 40,000, and
+//! that every thread joined. Prints `threads-std: ok ...` and exits 0, or
+//! says what was wrong and exits 1.
+//!
+//! With the argument `parallel` (`guests=threads-std/parallel:0:vcpus=2`):
+//! the same threads, on however many vCPUs the guest has, each doing a
+//! fixed amount of computing of its own between the shared traffic (see
+//! [`parallel`]), with every total checked exactly. Which vCPU ran what is
+//! for the runtime to say (`hermit: vcpu 0 ran ... thread turns, ...`).
+
+mod parallel;
 
 use hermit as _;
 use std::process::ExitCode;
@@ -20,6 +28,18 @@ const INCREMENTS: u64 = 10_000;
 type Gate = (Mutex<bool>, Condvar);
 
 fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => contended(),
+        Some("parallel") => parallel::run(),
+        Some(other) => {
+            println!("threads-std: unknown mode {other:?} (none, or parallel)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The default run: 40,000 increments of one contended mutex.
+fn contended() -> ExitCode {
     let counter = Arc::new(Mutex::new(0u64));
     let gate: Arc<Gate> = Arc::new((Mutex::new(false), Condvar::new()));
     let (reports, received) = mpsc::channel();

@@ -11,13 +11,13 @@
 use super::Errno;
 use super::tree::{Closed, FileSystem, Kind, SocketId};
 use crate::console;
-use crate::sync::IrqCell;
+use crate::sync::IrqLock;
 use core::ffi::{CStr, c_char};
 use hermit_abi::errno::{EFAULT, EINVAL, ENOTSOCK};
 use hermit_abi::{dirent64, iovec, stat};
 
 /// The one file system, made on first use.
-static FILE_SYSTEM: IrqCell<Option<FileSystem>> = IrqCell::new(None);
+static FILE_SYSTEM: IrqLock<Option<FileSystem>> = IrqLock::new(None);
 
 /// Runs `operation` on the file system, stamping changes with the time.
 fn with_file_system<T>(operation: impl FnOnce(&mut FileSystem) -> T) -> T {

@@ -71,7 +71,7 @@ pub use hermit_only::*;
 mod hermit_only {
     use super::stack::{Stack, WOULD_BLOCK};
     use super::{Errno, SocketId, address, link::Link};
-    use crate::sync::IrqCell;
+    use crate::sync::IrqLock;
     use crate::{console, sched, time};
     use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use guest_abi::boot::KERNEL_OFFSET;
@@ -96,7 +96,7 @@ mod hermit_only {
 
     /// The stack, once brought up; `Err` if bringing it up failed (not
     /// tried again).
-    static STACK: IrqCell<Option<Result<Stack, Errno>>> = IrqCell::new(None);
+    static STACK: IrqLock<Option<Result<Stack, Errno>>> = IrqLock::new(None);
 
     /// The card's device number once the stack is up (`usize::MAX`
     /// before): whose held-back notifies [`with_stack`] makes.
@@ -125,6 +125,21 @@ mod hermit_only {
     /// The card's interrupt: frames came in, or went out.
     fn on_card_interrupt(_frame: &mut TrapFrame) {
         signal_event();
+    }
+
+    /// Registers the card's interrupt handler ahead of its bring-up, if
+    /// there is a card: called on vCPU 0 before it starts the others,
+    /// which copy its traps. The card's frames interrupt vCPU 0 whichever
+    /// vCPU brought the stack up, and a notify's answer the vCPU that made
+    /// it: each must have the handler. Until the card is up it never
+    /// interrupts.
+    pub fn prepare_interrupts() {
+        let Some(vector) = virtio::find(DeviceType::Net).and_then(device_vector) else {
+            return;
+        };
+        if traps::set_handler(vector, on_card_interrupt, Delivery::Interrupt).is_err() {
+            console::report(format_args!("net: the host refused the card's handler"));
+        }
     }
 
     /// Finds the card, gives guest-rt's DMA pool pages from the heap,
