@@ -140,11 +140,20 @@ pub enum Number {
     /// [`Error::InvalidArgument`] for a vCPU number out of range or already
     /// started, [`Error::BadAddress`] for a bad entry or page.
     StartVcpu = 15,
+    /// `send_ipi(vcpu, vector)`: raise virtual interrupt `vector` (one the
+    /// shared page has a pending bit for, [`crate::shared::is_virtual_irq`])
+    /// on the guest's vCPU number `vcpu` (the caller's own included): a
+    /// halted vCPU wakes, one running in the guest is made to leave it
+    /// once, so that the interrupt is delivered at its next entry, as soon
+    /// as its virtual interrupts are on. Fails with
+    /// [`Error::InvalidArgument`] for a vCPU not started or a vector that
+    /// is not a virtual interrupt.
+    SendIpi = 16,
 }
 
 impl Number {
     /// Every hypercall, in number order.
-    pub const ALL: [Number; 16] = [
+    pub const ALL: [Number; 17] = [
         Number::ConsoleWrite,
         Number::SetTrap,
         Number::SetKernelStack,
@@ -161,6 +170,7 @@ impl Number {
         Number::VirtioStatus,
         Number::VirtioNotify,
         Number::StartVcpu,
+        Number::SendIpi,
     ];
 
     /// Decodes `rax`.

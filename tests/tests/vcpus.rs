@@ -14,21 +14,23 @@
 //!   without a kill.
 //! - `kill`: vCPU 0 executes `cli` while vCPU 1 prints; the whole guest is
 //!   killed, and nothing of it runs afterwards.
+//! - `ipi`: the two vCPUs wake each other with interrupts (the send-IPI
+//!   hypercall), 200 round trips, each halted with nothing else to wake it.
 //! - `spin`: every vCPU spins with its virtual interrupts off, until the
 //!   guest's budget ends it.
 //!
-//! The first four share one boot on two CPUs, beside a `hello`.
+//! The first five share one boot on two CPUs, beside a `hello`.
 
 use qemu_tests::{Boot, boot, boot_machine, number_after};
 use std::sync::OnceLock;
 
-/// The one boot of the four modes, on two vCPUs each, on `-smp 2`, that the
-/// first four tests read.
+/// The one boot of five modes, on two vCPUs each, on `-smp 2`, that the
+/// first five tests read.
 fn boot_the_modes() -> &'static Boot {
     static BOOT: OnceLock<Boot> = OnceLock::new();
     let boot = BOOT.get_or_init(|| {
         boot_machine(
-            "guests=smp/threads:0:vcpus=2,smp/race:0:vcpus=2,smp/refuse:0:vcpus=2,smp/kill:killed:vcpus=2,hello",
+            "guests=smp/threads:0:vcpus=2,smp/race:0:vcpus=2,smp/refuse:0:vcpus=2,smp/kill:killed:vcpus=2,smp/ipi:0:vcpus=2,hello",
             |machine| machine.cpus = 2,
         )
     });
@@ -102,6 +104,13 @@ fn a_guest_killed_on_one_vcpu_stops_on_every_vcpu() {
             lines[late]
         ));
     }
+}
+
+#[test]
+fn vcpus_wake_each_other_with_interrupts() {
+    let boot = boot_the_modes();
+    boot.line_containing(&["smp ipi: 200 round trips, every interrupt once"]);
+    boot.line_containing(&["guest smp/ipi exited code=0"]);
 }
 
 /// Every vCPU spins with its virtual interrupts off: the guest's one CPU

@@ -85,6 +85,7 @@ impl<M: GuestRam> Guest<M> {
                 }
             }
             Some(Number::StartVcpu) => self.start_vcpu(frames, a, b, c, d),
+            Some(Number::SendIpi) => self.send_ipi(a, b),
             Some(Number::SetFsBase) => match GuestVirtAddr::try_new(a) {
                 Ok(_) => {
                     host.set_fs_base(a);

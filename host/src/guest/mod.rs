@@ -426,6 +426,9 @@ pub struct Guest<M: GuestRam> {
     max_vcpus: usize,
     /// vCPUs started and not yet handed to the kernel.
     started_vcpus: Vec<usize>,
+    /// vCPUs another vCPU sent an interrupt, not yet told to the kernel
+    /// (bit `k` for vCPU `k`).
+    interrupted_vcpus: u64,
     /// How it ended, once it has (whichever vCPU's exit ended it).
     end: Option<GuestState>,
     /// The measurement a `bench_mark` hypercall started.
@@ -502,6 +505,7 @@ impl<M: GuestRam> Guest<M> {
             parked: Vec::new(),
             max_vcpus,
             started_vcpus: Vec::new(),
+            interrupted_vcpus: 0,
             end: None,
             bench_mark: None,
             counters: ExitCounters::default(),

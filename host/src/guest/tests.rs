@@ -2611,6 +2611,40 @@ fn a_second_vcpus_shared_page_is_never_a_root() {
 }
 
 #[test]
+fn an_interrupt_sent_to_another_vcpu_wakes_it_in_its_own_page() {
+    let mut w = World::with_vcpus(1_000_000_000, 2);
+    let invalid = Error::InvalidArgument.to_return_value();
+    assert_eq!(w.call(Number::SendIpi, &[1, 40]), invalid, "not started");
+    assert_eq!(start_second(&mut w, SECOND_SHARED_PAGE), 0);
+    for (vcpu, vector) in [(2, 40), (u64::MAX, 40), (1, 31), (1, 96), (1, 0x1_0028)] {
+        assert_eq!(
+            w.call(Number::SendIpi, &[vcpu, vector]),
+            invalid,
+            "{vcpu} {vector}"
+        );
+    }
+    // vCPU 1 halts with its interrupts off and nothing else to wake it:
+    // allowed while vCPU 0 runs.
+    w.guest.activate(1);
+    assert_eq!(w.hypercall(Number::Halt as u64, &[]), Next::Halted);
+    w.guest.activate(0);
+    assert_eq!(w.call(Number::SendIpi, &[1, 40]), 0);
+    assert_eq!(w.guest.take_interrupted_vcpus(), 0b10);
+    assert_eq!(w.guest.take_interrupted_vcpus(), 0, "told once");
+    assert_eq!(w.shared(shared::IRQ_PENDING), 0, "not vCPU 0's");
+    let pending = w.guest.memory.get(SECOND_SHARED_PAGE + shared::IRQ_PENDING);
+    assert_eq!(pending, 1 << (40 - 32));
+    w.guest.activate(1);
+    assert_eq!(*w.guest.state(), GuestState::Runnable, "woken");
+    // Its own interrupt, to itself, is just pending.
+    assert_eq!(w.call(Number::SendIpi, &[1, 41]), 0);
+    assert_eq!(w.guest.take_interrupted_vcpus(), 0);
+    let pending = w.guest.memory.get(SECOND_SHARED_PAGE + shared::IRQ_PENDING);
+    assert_eq!(pending, 0b11 << (40 - 32));
+    assert!(!w.guest.has_ended());
+}
+
+#[test]
 fn each_vcpu_has_its_own_timer_and_halt_and_an_end_ends_them_all() {
     let mut w = World::with_vcpus(1_000_000_000, 2);
     assert_eq!(start_second(&mut w, SECOND_SHARED_PAGE), 0);

@@ -125,6 +125,51 @@ impl<M: GuestRam> Guest<M> {
             .any(|vcpu| !vcpu.halted_for_good)
     }
 
+    /// The send-IPI hypercall: virtual interrupt `vector` for vCPU
+    /// `target` (see [`guest_abi::hypercall::Number::SendIpi`]). Another
+    /// vCPU's interrupt goes into its own shared page; a halted one is
+    /// woken, and the kernel is told (see [`Self::take_interrupted_vcpus`]).
+    pub(super) fn send_ipi(&mut self, target: u64, vector: u64) -> Result<u64, Error> {
+        let vector = u8::try_from(vector)
+            .ok()
+            .filter(|&v| guest_abi::shared::is_virtual_irq(v))
+            .ok_or(Error::InvalidArgument)?;
+        let target = usize::try_from(target).map_err(|_| Error::InvalidArgument)?;
+        if target == self.active_vcpu {
+            self.raise_irq(vector);
+            return Ok(0);
+        }
+        let Some(Some(vcpu)) = self.parked.get_mut(target) else {
+            return Err(Error::InvalidArgument);
+        };
+        let pending = vcpu
+            .shared_page
+            .checked_add(shared::IRQ_PENDING)
+            .ok_or(Error::BadAddress)?;
+        if vcpu.state == GuestState::Halted {
+            vcpu.state = GuestState::Runnable;
+            vcpu.halted_for_good = false;
+        }
+        let bit = 1u64 << (vector - guest_abi::shared::FIRST_VIRTUAL_IRQ);
+        let was = self
+            .memory
+            .read_u64(pending)
+            .map_err(|_| Error::BadAddress)?;
+        self.memory
+            .write_u64(pending, was | bit)
+            .map_err(|_| Error::BadAddress)?;
+        self.interrupted_vcpus |= 1u64 << target.min(63);
+        Ok(0)
+    }
+
+    /// The vCPUs other vCPUs sent an interrupt since the last call (bit
+    /// `k` for vCPU `k`): the kernel wakes those halted between turns, and
+    /// makes those in the guest leave it once so that the interrupt goes
+    /// in.
+    pub fn take_interrupted_vcpus(&mut self) -> u64 {
+        core::mem::take(&mut self.interrupted_vcpus)
+    }
+
     /// The vCPUs started since the last call, for the kernel to schedule.
     pub fn take_started_vcpus(&mut self) -> Vec<usize> {
         core::mem::take(&mut self.started_vcpus)

@@ -208,6 +208,14 @@ pub unsafe fn start_vcpu(
     decode(unsafe { raw(Number::StartVcpu, [vcpu, entry, stack, shared_page]) })
 }
 
+/// Raises virtual interrupt `vector` on the guest's vCPU `vcpu` (this one
+/// included): it wakes if halted, and takes the interrupt once its virtual
+/// interrupts are on.
+pub fn send_ipi(vcpu: u64, vector: u8) -> Result<u64, Error> {
+    // SAFETY: only sets a pending bit in a vCPU's shared page.
+    decode(unsafe { raw(Number::SendIpi, [vcpu, u64::from(vector), 0, 0]) })
+}
+
 /// Tells the host that the driver wrote device `device`'s page
 /// (guest_abi::virtio): it reads the status there and, once the features
 /// are accepted, which queues are ready. Returns the status it accepted

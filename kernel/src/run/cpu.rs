@@ -246,18 +246,25 @@ struct PerExit<'g> {
 
 impl PerExit<'_> {
     /// Unlocks the guest; the vCPUs the exits since the last unlock
-    /// started go to the scheduler (after the guest's lock, before the
-    /// machine's), so that another CPU may run them at once.
+    /// started go to the scheduler, and those they sent an interrupt are
+    /// woken (after the guest's lock, before the machine's), so that
+    /// another CPU may run them at once.
     fn release(&mut self) {
         let Some(mut guest) = self.guard.take() else {
             return;
         };
         let started = guest.take_started_vcpus();
+        let interrupted = guest.take_interrupted_vcpus();
         drop(guest);
-        if !started.is_empty()
-            && let Some(machine) = MACHINE.lock().as_mut()
-        {
+        if started.is_empty() && interrupted == 0 {
+            return;
+        }
+        // Those in the guest leave it once, and take the interrupt at their
+        // next entry; those halted between turns are woken.
+        self.shared.kick(interrupted);
+        if let Some(machine) = MACHINE.lock().as_mut() {
             machine.vcpus_started(self.cpu, self.shared, self.first, self.expect, &started);
+            machine.wake_vcpus(self.cpu, self.first, interrupted);
         }
     }
 }
@@ -353,11 +360,15 @@ fn run_turn<H: Hold, F: ShadowFrames, E: ExitEvents>(
         // interrupt ends it, for there is something to pick.
         let sent_frames =
             exit == Exit::Hypercall(Some(Number::VirtioNotify)) && guest.has_outbound_frames();
-        // So does starting a vCPU (only a guest of several can): with it
-        // waiting, the scheduler slices the turns, and on one CPU the new
-        // vCPU gets its share.
+        // So does starting or interrupting another vCPU (only a guest of
+        // several can): with it waiting, the scheduler slices the turns,
+        // and on one CPU it gets its share.
         let kicked = exit == Exit::HostInterrupt(host_vector::RESCHEDULE)
-            || (H::SHARED && exit == Exit::Hypercall(Some(Number::StartVcpu)));
+            || (H::SHARED
+                && matches!(
+                    exit,
+                    Exit::Hypercall(Some(Number::StartVcpu | Number::SendIpi))
+                ));
         let turn_over = next != Next::Resume || exit == Exit::HostTimer || sent_frames || kicked;
         if !turn_over {
             continue;

@@ -393,6 +393,20 @@ impl Machine {
         }
     }
 
+    /// vCPUs `vcpus` (bit `k` for vCPU `k`) of the guest whose first vCPU
+    /// is `first` were sent an interrupt by another: the scheduler wakes
+    /// those halted (sending a CPU for them if none is awake to take
+    /// them).
+    pub fn wake_vcpus(&mut self, me: CpuId, first: VcpuId, vcpus: u64) {
+        let mut kicks = CpuSet::EMPTY;
+        for k in (0..64u16).filter(|k| vcpus & (1 << k) != 0) {
+            if let Some(cpu) = self.sched.wake(VcpuId::new(first.guest, k)) {
+                kicks.insert(cpu);
+            }
+        }
+        self.kick(kicks, me);
+    }
+
     /// Hands every guest at home the frames waiting on its port, waking
     /// those they wake (with an interrupt to the CPU that should run them),
     /// and sends an interrupt to each CPU running a guest that has frames

@@ -75,6 +75,17 @@ impl SharedGuest {
         }
     }
 
+    /// Makes each vCPU of `vcpus` (bit `k` for vCPU `k`) that is in the
+    /// guest leave it once, without waiting: another vCPU sent it an
+    /// interrupt, which goes in at its next entry.
+    pub fn kick(&self, vcpus: u64) {
+        for (vcpu, run) in self.vcpus.iter().enumerate() {
+            if vcpus & (1 << vcpu) != 0 && run.passes.load(Ordering::SeqCst) % 2 == 1 {
+                apic::send_shootdown(run.apic_id.load(Ordering::Relaxed));
+            }
+        }
+    }
+
     /// Interrupts each vCPU of `vcpus` (bit `k` for vCPU `k`) but `me`
     /// that is in the guest, and waits until each has left it once.
     /// Returns how many it waited for.

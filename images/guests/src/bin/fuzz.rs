@@ -4,7 +4,7 @@
 //! an optional `/verbose`. From the seed a splitmix64 stream ([`rng`])
 //! draws `steps` actions, each one of:
 //!
-//! - hypercalls with random numbers (0 to 16, unknown ones included) and
+//! - hypercalls with random numbers (0 to 17, unknown ones included) and
 //!   arguments from a pool of boundary values ([`calls`]): 0, 1, all ones,
 //!   the canonical edges, the switcher's slot and its last page, the
 //!   fuzzer's own code, stack and shared page, guest-physical addresses at

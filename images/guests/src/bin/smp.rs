@@ -26,6 +26,10 @@
 //!   kill: vcpu 0 breaks the rules` and executes `cli`, privileged in ring
 //!   1: the host kills the guest, vCPU 1 with it, so no `alive` line may
 //!   follow.
+//! - `ipi` (`:0`, `vcpus=2`): the two vCPUs interrupt each other in turn
+//!   (the send-IPI hypercall), each halted with nothing else to wake it;
+//!   prints `smp ipi: 200 round trips, every interrupt once, <c> cycles per
+//!   round trip`.
 //! - `spin` (`:killed`, `vcpus=2` or more): every vCPU spins with its
 //!   virtual interrupts off; the guest's CPU budget, which its vCPUs spend
 //!   together, ends it, while the host's other guests run.
@@ -82,6 +86,7 @@ mod guest {
             "kill" => kill::run(),
             "refuse" => refuse::run(),
             "spin" => spin::run(),
+            "ipi" => ipi::run(),
             "bench" => bench::run(),
             other => {
                 println!("smp: unknown mode \"{other}\" (threads, race, kill, refuse or bench)");
@@ -551,6 +556,99 @@ mod guest {
                 line += 1;
                 println!("smp kill: vcpu {vcpu} alive {line}");
                 LINES.store(line, Ordering::Release);
+            }
+        }
+    }
+
+    /// `ipi` (`:0`, `vcpus=2`): vCPU 0 and vCPU 1 interrupt each other in
+    /// turn, [`ipi::ROUNDS`] times, each halting with its virtual
+    /// interrupts off until the other's interrupt is pending (no timer, no
+    /// polling: only the other vCPU can wake it). Every interrupt must
+    /// arrive exactly once.
+    pub mod ipi {
+        use super::{FAILED, SETUP_FAILED, give_up, need_vcpus, start};
+        use core::sync::atomic::{AtomicU64, Ordering};
+        use guest_rt::traps::{self, Delivery, TrapFrame};
+        use guest_rt::{hypercall, irq, println, time};
+
+        /// Round trips.
+        pub const ROUNDS: u64 = 200;
+        /// vCPU 1's interrupt (vCPU 0 sends it), and vCPU 0's.
+        const PING: u8 = 40;
+        const PONG: u8 = 41;
+
+        static PINGS: AtomicU64 = AtomicU64::new(0);
+        static PONGS: AtomicU64 = AtomicU64::new(0);
+
+        fn on_ping(_frame: &mut TrapFrame) {
+            PINGS.fetch_add(1, Ordering::AcqRel);
+        }
+
+        fn on_pong(_frame: &mut TrapFrame) {
+            PONGS.fetch_add(1, Ordering::AcqRel);
+        }
+
+        pub fn run() -> u64 {
+            need_vcpus(2);
+            // Registered before the start, so vCPU 1 has them too.
+            let handlers = traps::set_handler(PING, on_ping, Delivery::Interrupt)
+                .and(traps::set_handler(PONG, on_pong, Delivery::Interrupt));
+            if let Err(e) = handlers {
+                give_up(
+                    SETUP_FAILED,
+                    format_args!("interrupt handlers refused: {e:?}"),
+                );
+            }
+            start(1, responder);
+            let started = time::cycles();
+            for round in 1..=ROUNDS {
+                send(1, PING);
+                sleep_until(|| PONGS.load(Ordering::Acquire) >= round);
+            }
+            let cycles = (time::cycles() - started) / ROUNDS;
+            let (pings, pongs) = (PINGS.load(Ordering::Acquire), PONGS.load(Ordering::Acquire));
+            if pings != ROUNDS || pongs != ROUNDS {
+                println!("smp ipi: FAILED: {pings} pings and {pongs} pongs for {ROUNDS} rounds");
+                return FAILED;
+            }
+            println!(
+                "smp ipi: {ROUNDS} round trips, every interrupt once, {cycles} cycles per round trip"
+            );
+            0
+        }
+
+        /// vCPU 1: answers each ping with a pong, for ever.
+        fn responder(_vcpu: u64) -> ! {
+            let mut answered = 0;
+            loop {
+                sleep_until(|| PINGS.load(Ordering::Acquire) > answered);
+                answered += 1;
+                send(0, PONG);
+            }
+        }
+
+        fn send(vcpu: u64, vector: u8) {
+            if let Err(e) = hypercall::send_ipi(vcpu, vector) {
+                give_up(
+                    SETUP_FAILED,
+                    format_args!("send_ipi({vcpu}, {vector}): {e:?}"),
+                );
+            }
+        }
+
+        /// Halts until `done` holds. The check runs with virtual interrupts
+        /// off, so an interrupt that comes after it stays pending, and the
+        /// halt returns at once for it: no wake-up is lost.
+        fn sleep_until(done: impl Fn() -> bool) {
+            loop {
+                irq::disable();
+                if done() {
+                    irq::enable();
+                    return;
+                }
+                hypercall::halt();
+                // Takes the pending interrupt.
+                irq::enable();
             }
         }
     }

@@ -1,5 +1,6 @@
-//! Random hypercalls: any number from 0 to 16 (15 starts a vCPU, which a
-//! fuzzer of one vCPU is always refused; 16 names no call),
+//! Random hypercalls: any number from 0 to 17 (15 starts a vCPU and 16
+//! interrupts one, which a fuzzer of one vCPU is always refused: it has no
+//! other; 17 names no call),
 //! arguments from a pool of boundary values, and what each may do to the
 //! fuzzer by the host's rules (`host/src/guest/hypercall.rs`).
 //!
@@ -32,6 +33,7 @@ mod number {
     pub const FLUSH_MMU_RING: u64 = 8;
     pub const MMU_OP: u64 = 9;
     pub const SET_ROOT: u64 = 10;
+    pub const SEND_IPI: u64 = 16;
 }
 
 /// Hypercall `number` (any value) with `args`, by `int 0x81`; the raw
@@ -107,7 +109,7 @@ impl Fuzzer {
 
     /// A hypercall with a random number and random arguments.
     pub fn random_hypercall(&mut self) {
-        let number = self.rng.below(17);
+        let number = self.rng.below(18);
         let mut args = [0u64; 4];
         for arg in &mut args {
             *arg = self.boundary();
@@ -147,6 +149,12 @@ impl Fuzzer {
             }
             number::MMU_OP => self.mmu_op(args),
             number::SET_ROOT => self.set_root(args[0]),
+            number::SEND_IPI => {
+                // Never vCPU 0, itself: an interrupt it did not raise in
+                // one of its own windows would come unguarded.
+                args[0] = args[0].max(1);
+                self.plain_call(number, args)
+            }
             _ => self.plain_call(number, args),
         }
     }
@@ -161,8 +169,8 @@ impl Fuzzer {
             ),
         ) {
             // SAFETY: console writes only read, the timer and clock calls
-            // only count, unknown numbers are refused, and so is starting a
-            // vCPU (the fuzzer has one).
+            // only count, unknown numbers are refused, and so are starting
+            // and interrupting another vCPU (the fuzzer has one).
             let result = unsafe { raw(number, args) };
             if number == number::CONSOLE_WRITE {
                 // End whatever line the random bytes left open, so that the
