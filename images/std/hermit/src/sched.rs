@@ -16,13 +16,14 @@
 //!   interrupted thread on its own stack, so the handler switches the
 //!   same way, and the thread resumes inside it later.
 //!
-//! Each vCPU's one-shot timer serves its own slice and the sleepers'
-//! deadlines: it is armed for whichever comes first, and only re-armed
-//! when that changes. When no thread is ready a vCPU goes to its idle
-//! context (the boot stack on vCPU 0, guest-rt's static stack on the
-//! others), which halts until its timer; when no thread is ready, none has
-//! a deadline and no vCPU runs one, nothing can ever wake one, and the
-//! guest ends with a report (exit code 105).
+//! Each vCPU's one-shot timer serves its own slice and its own sleepers'
+//! deadlines (those of the threads that blocked on it): it is armed for
+//! whichever comes first, and only re-armed when that changes. When no
+//! thread is ready a vCPU goes to its idle context (the boot stack on
+//! vCPU 0, guest-rt's static stack on the others), which halts until its
+//! timer or another vCPU wakes it; when no thread is ready, none has a
+//! deadline and no vCPU runs one, nothing can ever wake one, and the guest
+//! ends with a report (exit code 105).
 //!
 //! # Several vCPUs
 //!
@@ -36,13 +37,26 @@
 //! hold covers a futex waiter's look at its word and its going to sleep,
 //! so a wake from another vCPU cannot slip between them.
 //!
-//! A thread made ready by another vCPU is taken by an idle vCPU only when
-//! that one looks: there is no way to interrupt another vCPU. So an idle
-//! vCPU halts with its timer armed for [`IDLE_POLL_NS`] while any other
-//! vCPU runs a thread (one timer interrupt and one halt, two exits, per
-//! millisecond per idle vCPU: a fraction of a percent of a CPU), and only
-//! for the sleepers' deadlines when none does. A ready thread thus waits
-//! at most a millisecond for an idle vCPU, or a slice for a busy one.
+//! A vCPU with nothing to run says so ([`Scheduler::idle`]) in the same
+//! hold in which it found the run queue empty, then halts, its timer armed
+//! for its own sleepers only, or not at all. Whoever makes threads ready
+//! (a futex wake, a thread's end for its joiners, a spawn, a deadline
+//! handled, on any vCPU, in a thread or a handler) takes one idle vCPU out
+//! of that set per ready thread and, once it has let go of the lock, sends
+//! each an interrupt ([`WAKE_VECTOR`], `send_ipi`) whose handler does
+//! nothing: the halt ends and the idle loop looks at the queue again. No
+//! wake-up is lost: the idle vCPU halts with its virtual interrupts off,
+//! and a halt returns at once for an interrupt already pending. The IPI
+//! goes out after the lock because a `SendIpi` ends the sender's turn on
+//! the host: the woken vCPU would spin on a lock whose holder is not
+//! running. Only idle vCPUs are sent one, once per halt; busy ones find
+//! the ready threads when their thread blocks or its slice ends.
+//!
+//! An idle vCPU with no deadline of its own halts with nothing but an IPI
+//! to wake it, which the host allows while another vCPU is awake. The
+//! guest is deadlocked when a vCPU going idle finds no thread ready, none
+//! with a deadline and no other vCPU running one: only the last one to go
+//! idle can see that, so one vCPU reports it.
 //!
 //! Everything here runs with virtual interrupts off, and switches happen
 //! only then: each side of a switch puts the flag back as it had it.
@@ -67,9 +81,18 @@ pub type Tid = hermit_abi::Tid;
 /// How long a thread runs before the timer lets the next ready one in.
 pub const SLICE_NS: u64 = 10_000_000;
 
-/// How often an idle vCPU looks for threads made ready by others, while
-/// another vCPU runs a thread.
-pub const IDLE_POLL_NS: u64 = 1_000_000;
+/// The virtual interrupt that wakes an idle vCPU (its handler does
+/// nothing): clear of the timer's (32) and the devices' (33-40).
+pub const WAKE_VECTOR: u8 = 48;
+
+const _: () = assert!(guest_abi::shared::is_virtual_irq(WAKE_VECTOR));
+const _: () = assert!(
+    WAKE_VECTOR > TIMER_VECTOR
+        && WAKE_VECTOR - guest_abi::virtio::FIRST_DEVICE_VECTOR
+            >= guest_abi::virtio::MAX_DEVICES as u8
+);
+// The idle set is one bit per vCPU.
+const _: () = assert!(MAX_VCPUS <= 64);
 
 /// The smallest stack a thread is given, whatever it asks for.
 const MIN_STACK_BYTES: usize = 32 * 1024;
@@ -160,6 +183,8 @@ struct Thread {
     state: State,
     /// When to wake it if nothing else does (host nanoseconds).
     deadline: Option<u64>,
+    /// The vCPU whose timer serves the deadline: the one it blocked on.
+    home: usize,
     wakeup: Wakeup,
     /// Taken (to be freed) when it finishes.
     stack: Option<Stack>,
@@ -182,6 +207,9 @@ struct Cpu {
     /// Stacks and blocks of threads that finished here, freed after the
     /// switch away from them (a thread cannot free the stack it runs on).
     graveyard: Vec<(Option<Stack>, Option<tls::Block>)>,
+    /// The idle vCPUs (a bit each) this one must wake once it lets go of
+    /// the lock.
+    wake: u64,
 }
 
 impl Cpu {
@@ -193,6 +221,7 @@ impl Cpu {
             armed: None,
             wakeup: Wakeup::Signalled,
             graveyard: Vec::new(),
+            wake: 0,
         }
     }
 }
@@ -205,6 +234,10 @@ struct Scheduler {
     next_tid: Tid,
     /// Each vCPU's own part, by number.
     cpus: [Cpu; MAX_VCPUS],
+    /// The vCPUs (a bit each) halted in their idle loop, or about to be,
+    /// that nobody has woken since: set by the vCPU when it finds nothing
+    /// ready, cleared by it when it looks again or by whoever wakes it.
+    idle: u64,
     /// The number of the vCPU that holds the lock: set by whoever takes it
     /// ([`here`]), so that [`Scheduler::cpu`] asks the GS base once per
     /// hold, not at every use.
@@ -217,6 +250,7 @@ static SCHEDULER: IrqLock<Scheduler> = IrqLock::new(Scheduler {
     futex_waiters: VecDeque::new(),
     next_tid: 1,
     cpus: [const { Cpu::new() }; MAX_VCPUS],
+    idle: 0,
     holder: 0,
 });
 
@@ -229,6 +263,10 @@ fn here(scheduler: &mut Scheduler) -> &mut Scheduler {
 /// How many times each vCPU switched to a thread (for the report at the
 /// end). Each vCPU writes only its own, with interrupts off.
 static TURNS: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+
+/// How many times each vCPU halted in its idle loop (an exit each, and
+/// most often another for what ends it: the timer, or a wake-up).
+static IDLE_HALTS: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 
 /// What a switch needs, decided with the scheduler's state in hand and
 /// carried out after letting go of it.
@@ -278,9 +316,11 @@ impl Scheduler {
 
     /// Marks the running thread blocked in `state` until `deadline`.
     fn block_current(&mut self, state: State, deadline: Option<u64>) {
+        let home = self.holder;
         let thread = self.current_thread();
         thread.state = state;
         thread.deadline = deadline;
+        thread.home = home;
         thread.wakeup = Wakeup::Signalled;
     }
 
@@ -311,17 +351,25 @@ impl Scheduler {
         }
     }
 
-    fn earliest_deadline(&self) -> Option<u64> {
+    /// Whether any thread waits with a deadline (whichever vCPU's).
+    fn any_deadline(&self) -> bool {
         self.threads
             .values()
+            .any(|thread| thread.deadline.is_some())
+    }
+
+    /// The earliest deadline of the threads that blocked on this vCPU.
+    fn own_deadline(&self) -> Option<u64> {
+        self.threads
+            .values()
+            .filter(|thread| thread.home == self.holder)
             .filter_map(|thread| thread.deadline)
             .min()
     }
 
     /// Makes sure this vCPU's timer fires no later than the end of the
-    /// slice (if another thread is ready to take over), the earliest
-    /// deadline, or (idle, while another vCPU runs a thread) the next look
-    /// for threads it made ready.
+    /// slice (if another thread is ready to take over) or the earliest
+    /// deadline of its own sleepers.
     ///
     /// A hypercall only when that is earlier than what is armed: a timer
     /// that is no longer wanted, or wanted later, is left to fire, and the
@@ -330,14 +378,7 @@ impl Scheduler {
     fn rearm(&mut self, now: u64) {
         let running = self.cpu().current.is_some();
         let slice = (running && !self.ready.is_empty()).then_some(self.cpu().slice_end);
-        let poll =
-            (smp::several() && !running && self.busy_elsewhere()).then_some(now + IDLE_POLL_NS);
-        let Some(wanted) = slice
-            .into_iter()
-            .chain(poll)
-            .chain(self.earliest_deadline())
-            .min()
-        else {
+        let Some(wanted) = slice.into_iter().chain(self.own_deadline()).min() else {
             return;
         };
         let cpu = self.cpu();
@@ -348,6 +389,32 @@ impl Scheduler {
         // late preemption or wake-up.
         let _ = hypercall::set_timer(wanted.saturating_sub(now).max(1));
         cpu.armed = Some(wanted);
+    }
+
+    /// Takes an idle vCPU out of [`Scheduler::idle`] for each ready thread
+    /// (this one first, if it is idle: it is in a handler of its idle loop,
+    /// which looks again when the handler returns), and notes the others
+    /// to be woken once the lock is let go.
+    fn wake_idle(&mut self) {
+        let mut wanted = self.ready.len();
+        let me = 1u64 << self.holder;
+        if wanted > 0 && self.idle & me != 0 {
+            self.idle &= !me;
+            wanted -= 1;
+        }
+        while wanted > 0 && self.idle != 0 {
+            let lowest = self.idle & self.idle.wrapping_neg();
+            self.idle &= !lowest;
+            self.cpu().wake |= lowest;
+            wanted -= 1;
+        }
+    }
+
+    /// What a hold that switches nothing does last: the idle vCPUs to wake
+    /// for the threads now ready, for [`send_wakes`] after the let-go.
+    fn wakes_owed(&mut self) -> u64 {
+        self.wake_idle();
+        core::mem::take(&mut self.cpu().wake)
     }
 
     /// Takes the next ready thread (or the idle context) in place of the
@@ -371,11 +438,12 @@ impl Scheduler {
         };
         self.cpu().wakeup = wakeup;
         self.rearm(now);
+        self.wake_idle();
         if next == previous {
             return None;
         }
         if next.is_some() {
-            count_turn(self.holder);
+            count(&TURNS, self.holder);
         }
         Some(Switch {
             save_to,
@@ -385,16 +453,18 @@ impl Scheduler {
     }
 }
 
-/// Counts a switch to a thread on vCPU `vcpu` (the caller's).
-fn count_turn(vcpu: usize) {
-    let turns = &TURNS[vcpu];
+/// Counts one more event of `counts` (a switch to a thread, an idle halt)
+/// on vCPU `vcpu` (the caller's).
+fn count(counts: &[AtomicU64; MAX_VCPUS], vcpu: usize) {
+    let count = &counts[vcpu];
     // Only this vCPU writes its count: no atomic read-modify-write needed.
-    turns.store(turns.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// Prints how many thread turns each vCPU gave, when there are several
-/// (`hermit: vcpu 0 ran 37 thread turns, vcpu 1 ran 35`). Allocates
-/// nothing: it may run when the heap is exhausted.
+/// Prints how many thread turns each vCPU gave and how often it halted
+/// idle, when there are several (`hermit: vcpu 0 ran 37 thread turns (4
+/// idle halts), vcpu 1 ran 35 (9)`). Allocates nothing: it may run when
+/// the heap is exhausted.
 pub fn report_turns() {
     let vcpus = smp::running();
     if vcpus > 1 {
@@ -407,11 +477,12 @@ struct Turns(usize);
 
 impl core::fmt::Display for Turns {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for (vcpu, turns) in TURNS.iter().take(self.0).enumerate() {
+        for (vcpu, (turns, halts)) in TURNS.iter().zip(&IDLE_HALTS).take(self.0).enumerate() {
             let turns = turns.load(Ordering::Relaxed);
+            let halts = halts.load(Ordering::Relaxed);
             match vcpu {
-                0 => write!(f, "vcpu 0 ran {turns} thread turns")?,
-                _ => write!(f, ", vcpu {vcpu} ran {turns}")?,
+                0 => write!(f, "vcpu 0 ran {turns} thread turns ({halts} idle halts)")?,
+                _ => write!(f, ", vcpu {vcpu} ran {turns} ({halts})")?,
             }
         }
         Ok(())
@@ -490,8 +561,10 @@ fn switch_unless<T>(decide: impl FnOnce(&mut Scheduler) -> Option<T>) -> Turn<T>
         // with this block, before the switch.
         let scheduler = here(unsafe { SCHEDULER.hold() });
         if let Some(answer) = decide(scheduler) {
+            let wakes = scheduler.wakes_owed();
             // SAFETY: taken just above; the reference is not used again.
             unsafe { SCHEDULER.let_go() };
+            send_wakes(wakes);
             return Turn::Stayed(answer);
         }
         scheduler.plan_switch(time::now_ns())
@@ -514,20 +587,54 @@ fn switch_unless<T>(decide: impl FnOnce(&mut Scheduler) -> Option<T>) -> Turn<T>
 
 /// What a context does first when it runs again (or a new thread first of
 /// all): lets go of the scheduler's lock, which the context that switched
-/// to it held, and frees what threads that finished on this vCPU left,
-/// now that we run on another stack. Returns why this thread was made
-/// ready.
+/// to it held, wakes the idle vCPUs the switch found ready threads for,
+/// and frees what threads that finished on this vCPU left, now that we
+/// run on another stack. Returns why this thread was made ready.
 fn after_switch() -> Wakeup {
-    let (buried, wakeup) = {
+    let (buried, wakeup, wakes) = {
         // SAFETY: this vCPU holds the lock, handed over by the switch, and
         // interrupts are off; the reference ends with this block.
         let cpu = here(unsafe { SCHEDULER.held() }).cpu();
-        (core::mem::take(&mut cpu.graveyard), cpu.wakeup)
+        let wakes = core::mem::take(&mut cpu.wake);
+        (core::mem::take(&mut cpu.graveyard), cpu.wakeup, wakes)
     };
     // SAFETY: held (see above), and the reference is gone.
     unsafe { SCHEDULER.let_go() };
+    send_wakes(wakes);
     drop(buried);
     wakeup
+}
+
+/// Wakes the idle vCPUs in `wakes` (a bit each), which the caller took out
+/// of [`Scheduler::idle`] under the lock it has let go of since.
+fn send_wakes(mut wakes: u64) {
+    while wakes != 0 {
+        let vcpu = wakes.trailing_zeros();
+        wakes &= wakes - 1;
+        // Fails only for a vCPU not started, and only a started one can
+        // be idle.
+        let _ = hypercall::send_ipi(u64::from(vcpu), WAKE_VECTOR);
+    }
+}
+
+/// Runs `f` on the scheduler with its lock held, then wakes the idle
+/// vCPUs the threads it made ready need. Virtual interrupts are off
+/// meanwhile, then put back as they were.
+fn with_scheduler<T>(f: impl FnOnce(&mut Scheduler) -> T) -> T {
+    without_interrupts(|| {
+        let (result, wakes) = {
+            // SAFETY: interrupts are off and this vCPU holds no scheduler
+            // lock (no caller is inside one); the reference ends with this
+            // block, before the let-go.
+            let scheduler = here(unsafe { SCHEDULER.hold() });
+            let result = f(scheduler);
+            (result, scheduler.wakes_owed())
+        };
+        // SAFETY: taken just above; the reference is gone.
+        unsafe { SCHEDULER.let_go() };
+        send_wakes(wakes);
+        result
+    })
 }
 
 /// A new thread's first Rust code.
@@ -569,6 +676,18 @@ pub fn init() {
     }
 }
 
+/// Registers the wake-up interrupt's handler: called on vCPU 0 before it
+/// starts the others, which copy its traps; with one vCPU, never.
+pub fn prepare_wakes() {
+    if traps::set_handler(WAKE_VECTOR, on_wake, Delivery::Interrupt).is_err() {
+        console::report(format_args!("the host refused the wake-up handler"));
+    }
+}
+
+/// The wake-up interrupt: it has ended the idle loop's halt, which is all
+/// it is for; the loop looks at the run queue again.
+fn on_wake(_frame: &mut TrapFrame) {}
+
 /// The virtual timer: wakes the sleepers whose time has come, and ends the
 /// running thread's slice if it is over and another is ready.
 fn on_timer(_frame: &mut TrapFrame) {
@@ -597,12 +716,12 @@ pub fn spawn(entry: extern "C" fn(usize), argument: usize, stack_bytes: usize) -
         saved_rsp,
         state: State::Ready,
         deadline: None,
+        home: 0,
         wakeup: Wakeup::Signalled,
         stack: Some(stack),
         tls: Some(tls),
     });
-    Some(SCHEDULER.with(|scheduler| {
-        let scheduler = here(scheduler);
+    Some(with_scheduler(|scheduler| {
         let tid = scheduler.next_tid;
         scheduler.next_tid += 1;
         scheduler.threads.insert(tid, thread);
@@ -710,8 +829,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<u64>) -> Res
 /// how many.
 pub fn futex_wake(word: *const AtomicU32, count: usize) -> usize {
     let address = word as usize;
-    SCHEDULER.with(|scheduler| {
-        let scheduler = here(scheduler);
+    with_scheduler(|scheduler| {
         let chosen: Vec<Tid> = scheduler
             .futex_waiters
             .iter()
@@ -739,19 +857,24 @@ enum IdleStep {
 }
 
 /// The idle context (vCPU 0's boot stack, or another vCPU's start stack):
-/// runs ready threads, halts until its timer while none is, and ends the
-/// guest if none ever can be. Never returns; the guest ends when a thread
-/// calls `exit`.
+/// runs ready threads, halts while none is (until its timer or a wake-up),
+/// and ends the guest if none ever can be. Never returns; the guest ends
+/// when a thread calls `exit`.
 pub fn run_idle() -> ! {
     irq::disable();
     loop {
         let turn = switch_unless(|scheduler| {
             let now = time::now_ns();
+            let me = 1u64 << scheduler.holder;
+            scheduler.idle &= !me;
             scheduler.wake_expired(now);
             if !scheduler.ready.is_empty() {
                 return None;
             }
-            if scheduler.earliest_deadline().is_some() || scheduler.busy_elsewhere() {
+            if scheduler.any_deadline() || scheduler.busy_elsewhere() {
+                // Published in the hold that found nothing ready: a thread
+                // made ready after it finds us idle and wakes us.
+                scheduler.idle |= me;
                 scheduler.rearm(now);
                 Some(IdleStep::Wait)
             } else {
@@ -761,8 +884,10 @@ pub fn run_idle() -> ! {
         match turn {
             Turn::Resumed(_) => {}
             Turn::Stayed(IdleStep::Wait) => {
+                count(&IDLE_HALTS, smp::this_vcpu());
+                // Returns at once if a wake-up (or the timer) is pending.
                 hypercall::halt();
-                // Take the timer's interrupt, then look again.
+                // Take the interrupt, then look again.
                 irq::enable();
                 irq::disable();
             }

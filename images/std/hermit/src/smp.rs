@@ -26,7 +26,7 @@ static SEVERAL: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicUsize = AtomicUsize::new(1);
 
 /// Whether more than one vCPU may be in the runtime: what makes the locks
-/// spin and the idle loop poll.
+/// spin.
 #[inline]
 pub fn several() -> bool {
     SEVERAL.load(Ordering::Relaxed)

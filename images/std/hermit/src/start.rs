@@ -49,8 +49,10 @@ fn start() -> u64 {
         process::end(exit_code::OUT_OF_MEMORY);
     }
     if guest_rt::smp::vcpus() > 1 {
-        // The others copy our traps when they start: the card's too.
+        // The others copy our traps when they start: the card's and the
+        // wake-up's too.
         net::prepare_interrupts();
+        sched::prepare_wakes();
         smp::start_others(sched::secondary_idle);
     }
     sched::run_idle()
