@@ -132,9 +132,12 @@ fn a_guest_whose_vcpus_all_spin_is_ended_by_its_budget() {
 }
 
 /// More vCPUs than CPUs: they take turns, and the counts still come out.
+/// A vCPU that waits for another spins until its slice ends, so the
+/// slices are 1 ms here (`timer_hz=1000`), not 10: the run takes about 1.5
+/// s instead of 12.
 #[test]
 fn four_vcpus_share_one_cpu_by_turns() {
-    let boot = boot("guests=smp/threads:0:vcpus=4");
+    let boot = boot("timer_hz=1000 guests=smp/threads:0:vcpus=4");
     boot.expect_success();
     boot.line_containing(&["smp threads: 4 vcpus, counter 8000 as expected, every vcpu ran"]);
     boot.line_containing(&["frames:", "balanced"]);
@@ -159,22 +162,24 @@ fn more_vcpus_than_allowed_are_refused_by_name() {
 
 /// A guest of several vCPUs started again gets them all again, and one
 /// killed with a vCPU running comes back as well; the old lives' places
-/// and frames go.
+/// and frames go. (`refuse` is the shortest life that starts a vCPU.)
 #[test]
 fn a_guest_of_several_vcpus_lives_again_with_all_of_them() {
     let boot = boot_machine(
-        "guests=smp/threads:0:vcpus=2:restart=2,smp/kill:killed:vcpus=2:restart=1",
+        "guests=smp/refuse:0:vcpus=2:restart=2,smp/kill:killed:vcpus=2:restart=1",
         |machine| machine.cpus = 2,
     );
     boot.expect_success();
     let lives = boot
         .lines()
-        .filter(|l| l.contains("smp threads: 2 vcpus, counter 4000 as expected, every vcpu ran"))
+        .filter(|l| {
+            l.contains("smp refuse: 8 bad starts refused as they should be, vcpu 1 started once")
+        })
         .count();
     if lives != 3 {
-        boot.fail(&format!("expected 3 lives of smp/threads, saw {lives}"));
+        boot.fail(&format!("expected 3 lives of smp/refuse, saw {lives}"));
     }
-    boot.line_containing(&["guest smp/threads restarted (restart 2 of 2)"]);
+    boot.line_containing(&["guest smp/refuse restarted (restart 2 of 2)"]);
     boot.line_containing(&["guest smp/kill restarted (restart 1 of 1)"]);
     let kills = boot
         .lines()
