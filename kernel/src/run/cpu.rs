@@ -12,6 +12,11 @@
 //! for this guest, a vCPU woken for this CPU). With nothing to run the CPU
 //! halts until the first timer it watches is due, or that interrupt.
 //!
+//! A turn holds its guest's own lock ([`Hold`]): a guest of one vCPU for
+//! the whole turn, so its exits cost what they did before there were
+//! vCPUs; a guest of several from each exit to the next entry, so that its
+//! other vCPUs run meanwhile on other CPUs ([`super::vcpus`]).
+//!
 //! The host's timer on each CPU is one-shot ([`DeadlineTimer`]): armed for
 //! the first moment something is due (the turn's end, the guest's own
 //! timer, the end of its budget), so a guest computing alone is not

@@ -1,12 +1,14 @@
 //! What the CPUs share while guests run: the scheduler, the guests, and the
 //! network, behind one lock ([`MACHINE`]).
 //!
-//! Each guest has a [`Place`] here, by its number. A guest that is not in a
-//! turn is *home*: its [`Slot`] sits in its place, and any CPU may deliver
-//! frames to it, wake it, or show its counters. A guest in a turn is *away*:
-//! the CPU running it has taken the slot out of the table and owns it
-//! until the turn ends, so a guest is never on two CPUs at once, and the
-//! borrow checker, not a convention, says so. What the others know of an
+//! Each vCPU has a [`Place`] here (a guest of one vCPU, one place). A vCPU
+//! that is not in a turn is *home*: its [`Slot`] sits in its place, and any
+//! CPU may deliver frames to it, wake it, or show its counters. A vCPU in a
+//! turn is *away*: the CPU running it has taken the slot out of the table
+//! and owns it until the turn ends, so a vCPU is never on two CPUs at
+//! once, and the borrow checker, not a convention, says so. (The vCPUs of
+//! one guest share the guest itself behind its own lock, see
+//! [`super::vcpus`].) What the others know of an
 //! away guest is which CPU has it, so that they can send that CPU an
 //! interrupt when something waits for the guest (frames for its network
 //! card): the turn ends, the guest comes home, and the frames go in.
