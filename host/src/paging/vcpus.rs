@@ -178,7 +178,11 @@ impl ShadowPaging {
     }
 
     /// Every vCPU but the active one, as a set.
+    #[inline]
     pub(super) fn other_vcpus(&self) -> u64 {
+        if self.parked.is_empty() {
+            return 0;
+        }
         self.parked
             .iter()
             .enumerate()
@@ -194,7 +198,11 @@ impl ShadowPaging {
     /// Runs `f` with the tables it frees held until the vCPUs in `vcpus`
     /// have been shot down (they may walk them: the kernel half, or a
     /// root they run); with no such vCPU, `f` frees at once.
+    #[inline]
     pub(super) fn holding_for<R>(&mut self, vcpus: u64, f: impl FnOnce(&mut Self) -> R) -> R {
+        if vcpus == 0 {
+            return f(self);
+        }
         let was = self.hold_for;
         self.hold_for |= vcpus;
         let result = f(self);
