@@ -296,6 +296,9 @@ impl ShadowPaging {
 
     /// The shadow leaf for a walk: the host frame behind the guest page,
     /// with the walk's rights, writable only once the guest's leaf is dirty.
+    /// Inlined: every fill makes one, and out of line the call and the
+    /// error's construction cost a fault some 30 instructions.
+    #[inline(always)]
     pub(super) fn shadow_leaf_for<M: GuestMemory>(
         &self,
         mem: &M,
