@@ -10,7 +10,9 @@
 //!
 //! and the same for the empty loop around them (`bench loop ...`), so the
 //! loop's own cost can be taken off, and for a short console line written
-//! with one hypercall (`bench console_line ...`, 100 of them). Under QEMU
+//! with one hypercall (`bench console_line ...`, 100 of them), and for a
+//! switch between two cached address spaces (`bench set_root_cached`).
+//! Under QEMU
 //! with `-icount shift=0` the counter advances by one per instruction
 //! retired, so the numbers are instruction counts (guest and host
 //! together). `N` is 10000 unless the command line (`guests=bench/<n>`)
@@ -30,6 +32,7 @@ guest_rt::entry!(guest::main);
 #[cfg(target_os = "none")]
 mod guest {
     use guest_rt::bench::measure;
+    use guest_rt::paging::{self, FrameAllocator};
     use guest_rt::{boot, hypercall, println};
 
     const DEFAULT_ITERATIONS: u64 = 10_000;
@@ -65,6 +68,32 @@ mod guest {
         measure("console_line", CONSOLE_LINES, || {
             let _ = hypercall::console_write(SHORT_LINE);
         });
+        set_root_cached(iterations)
+    }
+
+    /// `bench set_root_cached`: a switch between two address spaces whose
+    /// shadows are both cached (the start-up one and an empty one with the
+    /// same kernel half, where this code runs), one `set_root` each: the
+    /// host's cost of a cached root switch alone, without a guest OS's
+    /// scheduler around it (`ctxsw_hit` is that, from `os/bench`).
+    fn set_root_cached(iterations: u64) -> u64 {
+        let mut frames = FrameAllocator::after_image();
+        let Some(other) = paging::new_address_space(&mut frames) else {
+            println!("bench: no memory for a second address space");
+            return 2;
+        };
+        let roots = [other, boot::params().initial_root];
+        let mut next = 0;
+        let mut switch = || {
+            // SAFETY: both roots map this code, its stack and data alike
+            // (the same kernel half), so nothing changes under us.
+            let _ = unsafe { hypercall::set_root(roots[next % 2]) };
+            next += 1;
+        };
+        for _ in 0..WARM_UP {
+            switch();
+        }
+        measure("set_root_cached", iterations, switch);
         0
     }
 
