@@ -138,7 +138,9 @@ pub enum Number {
     /// goes to the vCPU that notified it, and the network card's interrupt
     /// for received frames to vCPU 0. Fails with
     /// [`Error::InvalidArgument`] for a vCPU number out of range or already
-    /// started, [`Error::BadAddress`] for a bad entry or page.
+    /// started, [`Error::BadAddress`] for a bad entry or page (a top-level
+    /// table a vCPU runs on included), [`Error::TooLong`] when the host has
+    /// no memory for another vCPU.
     StartVcpu = 15,
     /// `send_ipi(vcpu, vector)`: raise virtual interrupt `vector` (one the
     /// shared page has a pending bit for, [`crate::shared::is_virtual_irq`])

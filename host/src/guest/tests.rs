@@ -2571,6 +2571,7 @@ fn start_vcpu_refuses_what_cannot_be_done_without_killing() {
         ([1, SECOND_ENTRY, SECOND_STACK, SHARED_PAGE_GPA], bad),
         ([1, SECOND_ENTRY, SECOND_STACK, MEMORY], bad),
         ([1, SECOND_ENTRY, SECOND_STACK, page + 8], bad),
+        ([1, SECOND_ENTRY, SECOND_STACK, STARTUP_TABLES_GPA], bad),
     ];
     for (args, want) in cases {
         assert_eq!(w.call(Number::StartVcpu, &args), want, "{args:x?}");

@@ -201,7 +201,9 @@ impl<M: GuestRam> Guest<M> {
         let page = GuestPhysAddr::new(shared_page);
         let taken = self.vcpu.shared_page == page
             || self.parked.iter().flatten().any(|v| v.shared_page == page);
-        if !page.is_page_aligned() || page.as_u64() >= self.memory.size() || taken {
+        // Nor a top-level table a vCPU runs on: the host is about to zero it.
+        let in_use = taken || self.paging.is_running_root(page);
+        if !page.is_page_aligned() || page.as_u64() >= self.memory.size() || in_use {
             return Err(Error::BadAddress);
         }
         self.prepare_shared_page(page)?;

@@ -152,6 +152,11 @@ impl ShadowPaging {
         )
     }
 
+    /// Whether `root` is the guest root some vCPU runs.
+    pub fn is_running_root(&self, root: GuestPhysAddr) -> bool {
+        self.every_running_root().any(|running| running == root)
+    }
+
     /// The parked vCPUs' parts.
     pub(super) fn parked_mut(&mut self) -> impl Iterator<Item = &mut VcpuPaging> {
         self.parked.iter_mut().flatten()
