@@ -284,12 +284,16 @@ impl Machine {
         };
         let mut slot = slot;
         let port = self.places[at].port;
-        let timer = {
+        let (timer, ended) = {
             let mut guest = slot.lock();
             self.network
                 .sent_by_guest(port, guest.take_outbound_frames());
-            guest.timer_deadline()
+            (guest.timer_deadline(), guest.has_ended())
         };
+        // Another vCPU may have ended the guest since this one's last exit
+        // (this one halted, say, while the other shut down): it stops too,
+        // and if it is the last to, the guest is reported.
+        let next = if ended { Next::Ended } else { next };
         let outcome = match next {
             Next::Resume => Outcome::Runnable { timer },
             Next::Halted => Outcome::Halted { timer },
