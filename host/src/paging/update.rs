@@ -94,9 +94,24 @@ impl ShadowPaging {
         level: u64,
         value: u64,
     ) -> Result<(), PagingError> {
+        let root = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
+        self.set_entry_in(mem, frames, root, vaddr, level, value)
+    }
+
+    /// [`Self::set_entry`] for a root already checked. Inlined into both
+    /// callers: it is the whole of a report's work.
+    #[inline(always)]
+    fn set_entry_in<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        root: GuestPhysAddr,
+        vaddr: u64,
+        level: u64,
+        value: u64,
+    ) -> Result<(), PagingError> {
         let level = Level::from_number(level).ok_or(PagingError::BadLevel(level))?;
         let vaddr = GuestVirtAddr::try_new(vaddr)?;
-        let root = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
         self.stats.entries_set += 1;
         if vaddr.in_switcher_slot() {
             // Nothing of the guest's is shadowed there. Making the
@@ -372,10 +387,14 @@ impl ShadowPaging {
         }
         let mut done = 0;
         let mut result = Ok(());
+        // A batch reports one address space's entries, mostly: its root is
+        // checked once (the guest does not run during the batch, and a
+        // root's check says nothing that one of its entries could undo).
+        let mut checked_root = None;
         // `pending` is at most RING_SLOTS, whatever the guest wrote.
         while done < pending {
             let n = applied.wrapping_add(done);
-            result = self.apply_ring_slot(mem, frames, base, n);
+            result = self.apply_ring_slot(mem, frames, base, n, &mut checked_root);
             if result.is_err() {
                 break;
             }
@@ -388,13 +407,15 @@ impl ShadowPaging {
         result.map(|()| done)
     }
 
-    /// Reads, decodes and applies op number `n` of the ring at `base`.
+    /// Reads, decodes and applies op number `n` of the ring at `base`;
+    /// `checked_root` is the root the batch checked last.
     fn apply_ring_slot<M: GuestMemory, F: ShadowFrames>(
         &mut self,
         mem: &mut M,
         frames: &mut F,
         base: GuestPhysAddr,
         n: u64,
+        checked_root: &mut Option<(u64, GuestPhysAddr)>,
     ) -> Result<(), PagingError> {
         let slot = ring::slot_offset(n);
         let mut words = [0u64; 4];
@@ -402,7 +423,24 @@ impl ShadowPaging {
             *word = Self::ring_word(mem, base, slot + 8 * i)?;
         }
         let op = MmuOp::decode(words).map_err(|error| PagingError::BadOp { slot: n, error })?;
-        self.apply_op(mem, frames, op)
+        let MmuOp::SetEntry {
+            root,
+            vaddr,
+            level,
+            value,
+        } = op
+        else {
+            return self.apply_op(mem, frames, op);
+        };
+        let checked = match *checked_root {
+            Some((raw, checked)) if raw == root => checked,
+            _ => {
+                let checked = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
+                *checked_root = Some((root, checked));
+                checked
+            }
+        };
+        self.set_entry_in(mem, frames, checked, vaddr, u64::from(level), value)
     }
 
     /// Reads the ring word at `offset` (inside the ring, checked at
