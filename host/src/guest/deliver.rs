@@ -55,7 +55,7 @@ impl<M: GuestRam> Guest<M> {
             stack.wrapping_sub(RED_ZONE_BYTES)
         };
         // The guest sees its virtual interrupt flag as RFLAGS.IF.
-        let irq_enabled = self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) != 0;
+        let irq_enabled = self.read_shared(shared::IRQ_ENABLED) != 0;
         let rflags = (self.regs().rflags & !RFLAGS_IF) | if irq_enabled { RFLAGS_IF } else { 0 };
         let (r, e) = (*self.regs(), error_code.unwrap_or(0));
         let with_error = [e, r.rip, r.cs, rflags, r.rsp, r.ss];
@@ -76,7 +76,7 @@ impl<M: GuestRam> Guest<M> {
         // Like an interrupt gate: no single-stepping into the handler.
         regs.rflags &= !(1 << 8);
         if !target.keep_interrupts {
-            let _ = self.write_shared(shared::IRQ_ENABLED, 0);
+            self.write_shared(shared::IRQ_ENABLED, 0);
         }
         Next::Resume
     }
@@ -121,11 +121,11 @@ impl<M: GuestRam> Guest<M> {
     /// Delivers the lowest of the `pending` virtual interrupts, if the
     /// guest has its virtual interrupts on.
     fn deliver_interrupt_of<F: ShadowFrames>(&mut self, frames: &mut F, pending: u64) {
-        if self.read_shared(shared::IRQ_ENABLED).unwrap_or(0) == 0 {
+        if self.read_shared(shared::IRQ_ENABLED) == 0 {
             return;
         }
         let vector = guest_abi::shared::FIRST_VIRTUAL_IRQ + pending.trailing_zeros() as u8;
-        let _ = self.write_shared(shared::IRQ_PENDING, pending & (pending - 1));
+        self.write_shared(shared::IRQ_PENDING, pending & (pending - 1));
         if self.vcpu.traps[usize::from(vector)].is_none() {
             // No handler: the interrupt is dropped, as a masked line would be.
             return;
@@ -134,7 +134,8 @@ impl<M: GuestRam> Guest<M> {
         let keeps_interrupts =
             self.vcpu.traps[usize::from(vector)].is_some_and(|t| t.keep_interrupts);
         if self.deliver(frames, vector, None) == Next::Resume && !keeps_interrupts {
-            self.vcpu.in_interrupt_handler = self.write_shared(shared::IN_INTERRUPT, 1).is_ok();
+            self.write_shared(shared::IN_INTERRUPT, 1);
+            self.vcpu.in_interrupt_handler = true;
         }
     }
 }

@@ -350,7 +350,7 @@ impl<M: GuestRam> Guest<M> {
             // A vCPU of several may sleep for good while another runs: it
             // waits for the guest's end. The last one awake may not.
             if !self.another_vcpu_awake() {
-                let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
+                let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == 0;
                 return self.kill(KillReason::HaltedForever { interrupts_off });
             }
             self.vcpu.halted_for_good = true;

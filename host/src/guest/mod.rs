@@ -614,7 +614,7 @@ impl<M: GuestRam> Guest<M> {
         now_ns: u64,
     ) -> Option<HostPhysAddr> {
         self.fire_timer(now_ns);
-        let _ = self.write_shared(shared::TIME_NS, now_ns);
+        self.write_shared(shared::TIME_NS, now_ns);
         self.deliver_pending_interrupt(frames);
         if self.has_ended() {
             return None;
@@ -641,7 +641,7 @@ impl<M: GuestRam> Guest<M> {
     pub fn charge_cpu_time(&mut self, ran_ns: u64) -> Next {
         self.cpu_ns_used = self.cpu_ns_used.saturating_add(ran_ns);
         if self.cpu_ns_used > self.cpu_ns_budget {
-            let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == Some(0);
+            let interrupts_off = self.read_shared(shared::IRQ_ENABLED) == 0;
             self.kill(KillReason::OverBudget {
                 budget_ms: self.cpu_ns_budget / 1_000_000,
                 interrupts_off,
@@ -727,7 +727,7 @@ impl<M: GuestRam> Guest<M> {
     /// kind.
     fn count_guest_exit(&mut self, kind: GuestExit) {
         if self.vcpu.in_interrupt_handler {
-            if self.read_shared(shared::IN_INTERRUPT).unwrap_or(0) != 0 {
+            if self.read_shared(shared::IN_INTERRUPT) != 0 {
                 self.counters.in_interrupt_handlers += 1;
                 return;
             }
@@ -781,7 +781,7 @@ impl<M: GuestRam> Guest<M> {
                 address,
                 error_code,
             } => {
-                let _ = self.write_shared(shared::FAULT_ADDRESS, address.as_u64());
+                self.write_shared(shared::FAULT_ADDRESS, address.as_u64());
                 if self.vcpu.traps[14].is_none() {
                     return self.kill(KillReason::Unhandled {
                         vector: 14,
@@ -935,20 +935,21 @@ impl<M: GuestRam> Guest<M> {
     fn raise_irq(&mut self, vector: u8) {
         let bit = 1u64 << (vector - 32);
         let pending = self.pending_irqs();
-        let _ = self.write_shared(shared::IRQ_PENDING, pending | bit);
+        self.write_shared(shared::IRQ_PENDING, pending | bit);
     }
 
     fn pending_irqs(&self) -> u64 {
-        self.read_shared(shared::IRQ_PENDING).unwrap_or(0)
+        self.read_shared(shared::IRQ_PENDING)
     }
 
-    fn read_shared(&self, offset: u64) -> Option<u64> {
-        Some(self.memory.shared_u64(offset))
+    /// Word `offset` of the active vCPU's shared page.
+    fn read_shared(&self, offset: u64) -> u64 {
+        self.memory.shared_u64(offset)
     }
 
-    fn write_shared(&mut self, offset: u64, value: u64) -> Result<(), OutsideGuestMemory> {
+    /// Sets word `offset` of the active vCPU's shared page.
+    fn write_shared(&mut self, offset: u64, value: u64) {
         self.memory.set_shared_u64(offset, value);
-        Ok(())
     }
 
     /// Whatever the host did to the registers (and the guest could not), it
