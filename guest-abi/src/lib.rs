@@ -11,7 +11,8 @@
 //! - [`hypercall`]: the calling convention and the calls.
 //! - [`frame`]: the shape of a trap's registers, on both sides.
 //! - [`shared`]: the page both sides read and write without a call (the
-//!   virtual interrupt flag, pending interrupts, the fault address).
+//!   virtual interrupt flag, pending interrupts, the fault address, the
+//!   pool of pages the host fills on demand).
 //! - [`pte`]: what the bits of the guest's page-table entries mean to the
 //!   host, and the ring through which the guest reports its changes.
 //! - [`virtio`]: the guest's devices: a page per device in guest memory,
@@ -21,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 /// The version of this contract. Bump it on any incompatible change.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 pub mod boot;
 pub mod frame;

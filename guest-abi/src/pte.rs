@@ -52,6 +52,32 @@
 //! once per place (or the guest flushes). Making a not-present entry present
 //! needs no report if the old one was never reported either, but reporting
 //! it lets the host map it at once when [`ACCESSED`] is already set.
+//!
+//! # Pages the host fills with zeros
+//!
+//! The commonest fault of all is the first touch of a page of heap or stack,
+//! and handled by the guest it costs two exits: the host reflects the fault,
+//! and the guest reports the page it mapped. A guest can leave that fault to
+//! the host instead, in one exit and without its own handler running:
+//!
+//! - It writes a *zero-on-demand* entry where the page will be: a
+//!   not-present level-1 entry with [`ZERO_ON_DEMAND`] set and the address
+//!   bits zero ([`zero_on_demand`] makes one, [`is_zero_on_demand`] tells
+//!   one). Its [`WRITABLE`], [`USER`], [`NO_EXECUTE`] and other software bits
+//!   are the ones the page will have.
+//! - It lends the host free pages in the zero pool of its shared page
+//!   ([`crate::shared::ZeroPool`]).
+//!
+//! At a fault on such an entry that its rights allow, the host takes the
+//! next page from the pool of the vCPU that faulted, fills it with zeros,
+//! writes the entry ([`zero_on_demand_filled`]: the page, present, accessed,
+//! dirty for a write) with an atomic compare-and-exchange, and maps it. The
+//! page is the guest's from then on, found in its own entry like any other.
+//! With the pool empty, or an access the entry's rights forbid, the fault
+//! is reflected to the guest as for any not-present entry, which is also
+//! when the guest refills the pool. A page taken from the pool is never
+//! given back, so a guest that wants its pages back clears the pool's
+//! counts while no fault can use them (only its own vCPU's faults do).
 
 /// The entry maps something.
 pub const PRESENT: u64 = 1 << 0;
@@ -83,6 +109,33 @@ pub const SOFTWARE_BITS: u64 = (0b111 << 9) | (0x7ff << 52);
 
 /// Where the frame address sits in an entry: bits 12..=51.
 pub const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// In a not-present level-1 entry with no address bits: the host may map a
+/// zeroed page from the zero pool here (see "Pages the host fills with
+/// zeros" above). Bit 11, a software bit: in any other entry it is the
+/// guest's own.
+pub const ZERO_ON_DEMAND: u64 = 1 << 11;
+
+/// The bits of a zero-on-demand entry the filled entry keeps.
+const ZERO_ON_DEMAND_KEEPS: u64 = WRITABLE | USER | NO_EXECUTE | (SOFTWARE_BITS & !ZERO_ON_DEMAND);
+
+/// A zero-on-demand entry for a page with the rights and software bits of
+/// `flags` (its other bits are dropped).
+pub const fn zero_on_demand(flags: u64) -> u64 {
+    (flags & ZERO_ON_DEMAND_KEEPS) | ZERO_ON_DEMAND
+}
+
+/// Whether `entry` is a zero-on-demand entry (meaningful at level 1).
+pub const fn is_zero_on_demand(entry: u64) -> bool {
+    entry & (PRESENT | ADDRESS_MASK | ZERO_ON_DEMAND) == ZERO_ON_DEMAND
+}
+
+/// The entry the host writes over the zero-on-demand `entry` when it maps
+/// the zeroed guest page `page` there for a read or (`write`) a write.
+pub const fn zero_on_demand_filled(entry: u64, page: u64, write: bool) -> u64 {
+    let dirty = if write { DIRTY } else { 0 };
+    (entry & ZERO_ON_DEMAND_KEEPS) | (page & ADDRESS_MASK) | PRESENT | ACCESSED | dirty
+}
 
 /// The top bit of the architectural address field: physical addresses have
 /// at most 52 bits.
@@ -313,5 +366,25 @@ mod tests {
         assert_eq!(SOFTWARE_BITS & ADDRESS_MASK, 0);
         assert_eq!(SOFTWARE_BITS & (PRESENT | WRITABLE | NO_EXECUTE), 0);
         assert_eq!(ring::slot_offset(ring::RING_SLOTS + 1), 16 + 32);
+    }
+
+    #[test]
+    fn zero_on_demand_entries_keep_rights_and_software_bits_only() {
+        let flags = WRITABLE | USER | NO_EXECUTE | (1 << 9) | (1 << 60) | GLOBAL | 0x5000;
+        let entry = zero_on_demand(flags);
+        assert!(is_zero_on_demand(entry));
+        assert_eq!(entry & PRESENT, 0);
+        assert_eq!(entry & (GLOBAL | ADDRESS_MASK), 0);
+        // Not one: present, an address, or no mark.
+        assert!(!is_zero_on_demand(entry | PRESENT));
+        assert!(!is_zero_on_demand(entry | 0x1000));
+        assert!(!is_zero_on_demand(0));
+        let filled = zero_on_demand_filled(entry, 0x7000, false);
+        assert_eq!(
+            filled,
+            0x7000 | PRESENT | ACCESSED | WRITABLE | USER | NO_EXECUTE | (1 << 9) | (1 << 60)
+        );
+        assert_eq!(zero_on_demand_filled(entry, 0x7000, true), filled | DIRTY);
+        assert_eq!(filled & ZERO_ON_DEMAND, 0);
     }
 }

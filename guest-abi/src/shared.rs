@@ -43,10 +43,37 @@ pub struct SharedPage {
     pub clock_tsc_base: u64,
     /// Nanoseconds per TSC cycle, as a 32.32 fixed-point number.
     pub clock_ns_per_cycle: u64,
+    /// Free guest pages lent to the host for zero-on-demand entries.
+    pub zero_pool: ZeroPool,
     /// Reserved, zero.
-    pub reserved: [u64; 121],
+    pub reserved: [u64; 87],
     /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
     pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
+}
+
+/// Pages in a [`ZeroPool`].
+pub const ZERO_POOL_SLOTS: u64 = 32;
+
+/// Free guest pages the guest lends the host, which maps them, zeroed, at
+/// faults on zero-on-demand entries (see [`crate::pte`], "Pages the host
+/// fills with zeros"). A ring like the MMU ring: both counts run freely.
+///
+/// The guest puts the `n`th page it lends in `pages[n % ZERO_POOL_SLOTS]`
+/// and then counts it in `given`, never more than [`ZERO_POOL_SLOTS`]
+/// ahead of `taken`. The host takes `pages[taken % ZERO_POOL_SLOTS]` while
+/// `taken != given`, and counts it in `taken`. A page must be a
+/// page-aligned guest-physical address in guest memory; the host kills a
+/// guest that lends anything else, or whose `given` is more than a pool
+/// ahead of `taken`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ZeroPool {
+    /// Pages ever lent (the guest's count).
+    pub given: u64,
+    /// Pages ever taken (the host's count).
+    pub taken: u64,
+    /// The pages, by count modulo [`ZERO_POOL_SLOTS`].
+    pub pages: [u64; ZERO_POOL_SLOTS as usize],
 }
 
 /// The vector of virtual interrupt 0 (bit 0 of [`SharedPage::irq_pending`]).
@@ -78,6 +105,12 @@ pub mod offset {
     pub const CLOCK_TSC_BASE: u64 = offset_of!(SharedPage, clock_tsc_base) as u64;
     /// [`SharedPage::clock_ns_per_cycle`].
     pub const CLOCK_NS_PER_CYCLE: u64 = offset_of!(SharedPage, clock_ns_per_cycle) as u64;
+    /// [`SharedPage::zero_pool`]'s `given`.
+    pub const ZERO_POOL_GIVEN: u64 = offset_of!(SharedPage, zero_pool.given) as u64;
+    /// [`SharedPage::zero_pool`]'s `taken`.
+    pub const ZERO_POOL_TAKEN: u64 = offset_of!(SharedPage, zero_pool.taken) as u64;
+    /// [`SharedPage::zero_pool`]'s `pages`.
+    pub const ZERO_POOL_PAGES: u64 = offset_of!(SharedPage, zero_pool.pages) as u64;
     /// [`SharedPage::mmu_ring`].
     pub const MMU_RING: u64 = offset_of!(SharedPage, mmu_ring) as u64;
 }

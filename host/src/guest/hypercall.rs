@@ -307,7 +307,7 @@ impl<M: GuestRam> Guest<M> {
                 // part of what was measured (the starting call's are
                 // already outside the snapshot).
                 let line = alloc::format!(
-                    "bench events id={started} exits={} guest_exits={} host_interrupts={} host_ticks={} irq_handler_exits={} hypercalls={} page_faults={} exceptions={} virtual_irqs={} cr3_loads={} shadow_faults_fixed={} faults_reflected={} entries_set={} roots_made={} roots_reused={} roots_evicted={}",
+                    "bench events id={started} exits={} guest_exits={} host_interrupts={} host_ticks={} irq_handler_exits={} hypercalls={} page_faults={} exceptions={} virtual_irqs={} cr3_loads={} shadow_faults_fixed={} faults_reflected={} pages_zeroed={} entries_set={} roots_made={} roots_reused={} roots_evicted={}",
                     (c1.total() - c0.total()).saturating_sub(1),
                     (c1.guest_caused() - c0.guest_caused()).saturating_sub(1),
                     c1.interrupts - c0.interrupts,
@@ -320,6 +320,7 @@ impl<M: GuestRam> Guest<M> {
                     (c1.cr3_loads - c0.cr3_loads).saturating_sub(2),
                     p1.faults_fixed - p0.faults_fixed,
                     p1.faults_reflected - p0.faults_reflected,
+                    p1.pages_zeroed - p0.pages_zeroed,
                     p1.entries_set - p0.entries_set,
                     p1.roots_made - p0.roots_made,
                     p1.roots_reused - p0.roots_reused,

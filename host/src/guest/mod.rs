@@ -32,11 +32,12 @@ pub mod load;
 #[cfg(test)]
 mod tests;
 mod vcpu;
+pub mod zero_pool;
 
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use crate::paging::{
     Access, FaultDecision, GuestMemory, OutsideGuestMemory, PagingConfig, PagingError, PagingStats,
-    ShadowFrames, ShadowPaging,
+    ShadowFrames, ShadowPaging, ZeroFill, ZeroRequest,
 };
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -195,6 +196,8 @@ pub enum KillReason {
     },
     /// A malformed page-table entry, root or ring (the shadow tables said).
     Paging(PagingError),
+    /// It broke the rules of its zero pool (a bad page or bad counts).
+    ZeroPool(zero_pool::ZeroPoolError),
     /// A trap could not be delivered: the guest's stack is not usable.
     CannotDeliver {
         /// The vector being delivered.
@@ -293,6 +296,7 @@ impl fmt::Display for KillReason {
                 }
             ),
             Self::Device(error) => write!(f, "{error}"),
+            Self::ZeroPool(error) => write!(f, "{error}"),
             Self::OverBudget {
                 budget_ms,
                 interrupts_off,
@@ -772,10 +776,16 @@ impl<M: GuestRam> Guest<M> {
                 address: Some(cr2),
             });
         };
-        match self
+        let mut decision = self
             .paging
-            .demand_page(&mut self.memory, frames, address, error_code)
-        {
+            .demand_page(&mut self.memory, frames, address, error_code);
+        if let FaultDecision::ZeroOnDemand(request) = decision {
+            decision = match self.map_zero_page(frames, request) {
+                Ok(decision) => decision,
+                Err(error) => return self.kill(KillReason::ZeroPool(error)),
+            };
+        }
+        match decision {
             FaultDecision::Fixed => Next::Resume,
             FaultDecision::Reflect {
                 address,
@@ -792,7 +802,34 @@ impl<M: GuestRam> Guest<M> {
                 self.deliver(frames, 14, Some(error_code))
             }
             FaultDecision::Kill(e) => self.kill(KillReason::Paging(e)),
+            // `map_zero_page` decided it.
+            FaultDecision::ZeroOnDemand(_) => Next::Resume,
         }
+    }
+
+    /// A fault on a zero-on-demand entry: maps a page from the faulting
+    /// vCPU's zero pool there (`zero_pool`), or leaves the fault to the
+    /// guest when the pool is empty.
+    fn map_zero_page<F: ShadowFrames>(
+        &mut self,
+        frames: &mut F,
+        request: ZeroRequest,
+    ) -> Result<FaultDecision, zero_pool::ZeroPoolError> {
+        let Some(page) = zero_pool::take(&mut self.memory)? else {
+            return Ok(self.paging.zero_pool_empty(request));
+        };
+        Ok(
+            match self
+                .paging
+                .map_zero_page(&mut self.memory, frames, request, page)
+            {
+                ZeroFill::Used(decision) => decision,
+                ZeroFill::Unused => {
+                    zero_pool::untake(&mut self.memory);
+                    FaultDecision::Fixed
+                }
+            },
+        )
     }
 
     /// Whether a page fault is a direct trap's frame pushed at

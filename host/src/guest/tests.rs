@@ -29,6 +29,7 @@ use guest_abi::hypercall::{
     CONSOLE_WRITE_MAX, Error, Number, RED_ZONE_BYTES, TIMER_VECTOR, trap_flags,
 };
 use guest_abi::pte::{MmuOp, ring};
+use guest_abi::shared as shared_abi;
 use proptest::prelude::*;
 use std::string::{String, ToString};
 use std::vec;
@@ -2729,4 +2730,107 @@ fn console_lines_written_a_byte_at_a_time_are_the_same() {
     let lines = console_lines_written_in(text, &[1]);
     assert_eq!(lines, console_lines_written_in(text, &[text.len()]));
     assert_eq!(lines, [&b"one"[..], b"", b"two", b"three"]);
+}
+
+// ---------------------------------------------------------------------------
+// The zero pool.
+// ---------------------------------------------------------------------------
+
+/// Where the zero-pool tests put their user page.
+const ZERO_VA: u64 = 0x40_0000;
+
+/// The guest's own tables for [`ZERO_VA`] in the running root: three
+/// fresh tables under entry 0 of the top level, with a zero-on-demand
+/// entry (user, writable) at the bottom. Gives the level-1 entry's address.
+fn zero_on_demand_page(w: &mut World) -> u64 {
+    let root = w.guest.paging.current_guest_root().as_u64();
+    let (l3, l2, l1) = (0x38_0000, 0x38_1000, 0x38_2000);
+    let table = guest_abi::pte::PRESENT | guest_abi::pte::WRITABLE | guest_abi::pte::USER;
+    w.guest.memory.set(root, l3 | table);
+    w.guest.memory.set(l3, l2 | table);
+    w.guest.memory.set(l2 + 2 * 8, l1 | table);
+    let marker = guest_abi::pte::zero_on_demand(guest_abi::pte::WRITABLE | guest_abi::pte::USER);
+    w.guest.memory.set(l1, marker);
+    l1
+}
+
+/// The guest lends `pages` in its pool.
+fn lend(w: &mut World, pages: &[u64]) {
+    let given = w.shared(shared::ZERO_POOL_GIVEN);
+    for (n, &page) in (given..).zip(pages) {
+        let slot = shared::ZERO_POOL_PAGES + (n % shared_abi::ZERO_POOL_SLOTS) * 8;
+        w.set_shared(slot, page);
+    }
+    w.set_shared(shared::ZERO_POOL_GIVEN, given + pages.len() as u64);
+}
+
+#[test]
+fn a_fault_on_a_zero_on_demand_page_takes_a_lent_page_in_one_exit() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    let entry_at = zero_on_demand_page(&mut w);
+    lend(&mut w, &[0x39_0000, 0x39_1000]);
+    w.guest.memory.set(0x39_0000 + 16, 77);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(ZERO_VA, 4 | 2), Next::Resume);
+    assert_eq!(w.guest.regs().rip, USER_RIP, "no fault reached the guest");
+    let entry = w.guest.memory.get(entry_at);
+    assert_eq!(entry & guest_abi::pte::ADDRESS_MASK, 0x39_0000);
+    assert_ne!(entry & guest_abi::pte::DIRTY, 0);
+    assert_eq!(w.guest.memory.get(0x39_0000 + 16), 0, "zeroed");
+    assert!(w.shadow_leaf(ZERO_VA).flags().contains(PteFlags::WRITABLE));
+    assert_eq!(w.shared(shared::ZERO_POOL_TAKEN), 1);
+    let stats = w.guest.paging_stats();
+    assert_eq!((stats.pages_zeroed, stats.faults_reflected), (1, 0));
+}
+
+#[test]
+fn with_the_pool_empty_the_fault_is_the_guests() {
+    let mut w = World::new();
+    w.set_trap(14, HANDLER, 0);
+    w.call(Number::SetKernelStack, &[STACK_TOP]);
+    let entry_at = zero_on_demand_page(&mut w);
+    let marker = w.guest.memory.get(entry_at);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(ZERO_VA, 4), Next::Resume);
+    assert_eq!(w.guest.regs().rip, HANDLER);
+    assert_eq!(w.shared(shared::FAULT_ADDRESS), ZERO_VA);
+    assert_eq!(w.words(STACK_TOP - 6 * 8, 1), [4], "not present, user read");
+    assert_eq!(w.guest.memory.get(entry_at), marker, "left to the guest");
+    assert_eq!(w.guest.paging_stats().faults_reflected, 1);
+}
+
+#[test]
+fn a_pool_that_breaks_its_rules_kills_naming_what_it_lent() {
+    let bad_page = |page: u64| {
+        let mut w = World::new();
+        zero_on_demand_page(&mut w);
+        lend(&mut w, &[page]);
+        w.in_user(USER_RIP, USER_RSP);
+        assert_eq!(w.page_fault(ZERO_VA, 4), Next::Ended);
+        w.kill_reason().clone()
+    };
+    for page in [MEMORY, 0x39_0010, !0xfff] {
+        assert_eq!(
+            bad_page(page),
+            KillReason::ZeroPool(zero_pool::ZeroPoolError::Page {
+                gpa: page,
+                memory_size: MEMORY
+            })
+        );
+    }
+    let mut w = World::new();
+    zero_on_demand_page(&mut w);
+    w.set_shared(shared::ZERO_POOL_GIVEN, shared_abi::ZERO_POOL_SLOTS + 1);
+    w.in_user(USER_RIP, USER_RSP);
+    assert_eq!(w.page_fault(ZERO_VA, 4), Next::Ended);
+    let reason = w.kill_reason().clone();
+    assert_eq!(
+        reason,
+        KillReason::ZeroPool(zero_pool::ZeroPoolError::Counts {
+            given: shared_abi::ZERO_POOL_SLOTS + 1,
+            taken: 0
+        })
+    );
+    assert!(reason.to_string().contains("33 pages given, 0 taken"));
 }

@@ -25,12 +25,13 @@
 //! later trap, when there would be nowhere left to deliver the fault. A
 //! guest whose pinned stack cannot be mapped again is killed.
 
-use super::entry::{Level, PteFlags, ShadowEntry, TableIndex};
+use super::entry::{GuestEntry, Level, PteFlags, ShadowEntry, TableIndex};
 use super::error::PagingError;
 use super::hw::{GuestMemory, ShadowFrames};
 use super::walk::{Access, GuestWalk, WalkOutcome, walk_guest};
 use super::{KernelStack, MAX_STACK_PAGES, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
+use guest_abi::pte::{is_zero_on_demand, zero_on_demand_filled};
 
 /// Passes over the kernel stack before giving up on pinning it at the
 /// bound: one may reclaim for the tables the other pages hold, one more
@@ -56,6 +57,34 @@ pub enum FaultDecision {
     /// The guest's tables are malformed (or the host is out of frames):
     /// kill the guest with this reason.
     Kill(PagingError),
+    /// The address has a zero-on-demand entry that allows the access: the
+    /// caller takes a page from the faulting vCPU's zero pool and has it
+    /// mapped ([`ShadowPaging::map_zero_page`]), or, with the pool empty,
+    /// reflects the fault as not present.
+    ZeroOnDemand(ZeroRequest),
+}
+
+/// A fault on a zero-on-demand entry (`guest_abi::pte`, "Pages the host
+/// fills with zeros"), as [`ShadowPaging::demand_page`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZeroRequest {
+    /// The faulting address.
+    pub address: GuestVirtAddr,
+    /// The hardware error code.
+    pub error_code: u64,
+    /// Where the zero-on-demand entry lives, and what it holds.
+    entry: (GuestPhysAddr, GuestEntry),
+}
+
+/// What became of a page lent for a [`ZeroRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroFill {
+    /// Mapped (or the guest killed over it): the page is the guest's entry's
+    /// now, and the fault is decided.
+    Used(FaultDecision),
+    /// The guest changed the entry meanwhile (another vCPU of it): the page
+    /// was not used, and the guest simply retries the access.
+    Unused,
 }
 
 /// What filling one page came to, before it is told to the caller.
@@ -69,6 +98,9 @@ enum Fill {
     /// The shadow already mapped the page with every right the access
     /// needs: the CPU faulted for a reason the walk does not model.
     NoProgress,
+    /// A zero-on-demand entry (where it lives, and what it holds) whose
+    /// rights allow the access.
+    ZeroOnDemand((GuestPhysAddr, GuestEntry)),
 }
 
 impl ShadowPaging {
@@ -108,8 +140,53 @@ impl ShadowPaging {
             Ok(Fill::NoProgress) => {
                 FaultDecision::Kill(PagingError::FaultWithoutProgress { vaddr, error_code })
             }
+            Ok(Fill::ZeroOnDemand(entry)) => FaultDecision::ZeroOnDemand(ZeroRequest {
+                address: vaddr,
+                error_code,
+                entry,
+            }),
             Err(reason) => FaultDecision::Kill(reason),
         }
+    }
+
+    /// What a [`ZeroRequest`] comes to when the guest's zero pool is empty:
+    /// the fault is the guest's, as for any not-present entry.
+    pub fn zero_pool_empty(&mut self, request: ZeroRequest) -> FaultDecision {
+        self.stats.faults_reflected += 1;
+        FaultDecision::Reflect {
+            address: request.address,
+            error_code: Access::from_error_code(request.error_code).error_code(false),
+        }
+    }
+
+    /// Maps guest page `page`, lent by the guest in its zero pool, at the
+    /// zero-on-demand entry of `request`: fills it with zeros, writes the
+    /// guest's entry over the zero-on-demand one (with an atomic exchange,
+    /// as another vCPU of the guest may be writing it), and then handles the
+    /// fault as if the entry had always been there. One exit, where the
+    /// guest's own handler would have cost two (the reflected fault, and its
+    /// report of the new entry).
+    pub fn map_zero_page<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        request: ZeroRequest,
+        page: GuestPhysAddr,
+    ) -> ZeroFill {
+        let kill = |gpa| ZeroFill::Used(FaultDecision::Kill(PagingError::GuestMemory { gpa }));
+        if mem.zero_page(page).is_err() {
+            return kill(page);
+        }
+        let (entry_gpa, entry) = request.entry;
+        let write = Access::from_error_code(request.error_code).write;
+        let filled = zero_on_demand_filled(entry.raw(), page.as_u64(), write);
+        match mem.compare_exchange_u64(entry_gpa, entry.raw(), filled) {
+            Ok(true) => {}
+            Ok(false) => return ZeroFill::Unused,
+            Err(_) => return kill(entry_gpa),
+        }
+        self.stats.pages_zeroed += 1;
+        ZeroFill::Used(self.demand_page(mem, frames, request.address, request.error_code))
     }
 
     /// Walks, judges, updates the guest's bits and maps: the body of
@@ -132,6 +209,15 @@ impl ShadowPaging {
         }
         let root = self.roots.current().guest_root;
         let walk = match walk_guest(mem, root, vaddr, &self.limits)? {
+            WalkOutcome::NotPresent {
+                level: Level::L1,
+                entry,
+                rights,
+            } if is_zero_on_demand(entry.1.raw())
+                && access.allowed_by(rights.narrowed_by(entry.1.flags())) =>
+            {
+                return Ok(Fill::ZeroOnDemand(entry));
+            }
             WalkOutcome::NotPresent { .. } => return Ok(Fill::Forbidden { present: false }),
             WalkOutcome::Mapped(walk) => walk,
         };
@@ -245,7 +331,11 @@ impl ShadowPaging {
                     return Ok(page.checked_add(offset));
                 }
                 Fill::Raced => continue,
-                Fill::Forbidden { .. } | Fill::NoProgress => return Ok(None),
+                // The host's own accesses never take from the zero pool: to
+                // them a zero-on-demand page is not mapped, as to the CPU.
+                Fill::Forbidden { .. } | Fill::NoProgress | Fill::ZeroOnDemand(_) => {
+                    return Ok(None);
+                }
             }
         }
         Ok(None)
@@ -436,6 +526,14 @@ impl ShadowPaging {
                 FaultDecision::Reflect { error_code, .. } => {
                     return Err(PagingError::StackNotMapped { vaddr, error_code });
                 }
+                // A stack is pinned before the guest runs on it, so there is
+                // no fault of the guest's to take a zeroed page for.
+                FaultDecision::ZeroOnDemand(_) => {
+                    return Err(PagingError::StackNotMapped {
+                        vaddr,
+                        error_code: write.error_code(false),
+                    });
+                }
                 FaultDecision::Kill(reason) => return Err(reason),
             }
         }
@@ -582,6 +680,135 @@ mod tests {
         assert!(f.leaf(USER_VA).flags().contains(PteFlags::WRITABLE));
         assert_ne!(f.guest_entry(ROOT_A, USER_VA, Level::L1) & pte::DIRTY, 0);
         assert_eq!(f.paging.stats().faults_fixed, 2);
+        f.teardown();
+    }
+
+    /// A fault on a zero-on-demand entry asks for a page; the page lent is
+    /// zeroed, written into the guest's entry (accessed, dirty only for a
+    /// write) and mapped, all in the one exit.
+    #[test]
+    fn a_zero_on_demand_entry_is_filled_with_a_lent_page() {
+        let mut f = fixture();
+        let marker = pte::zero_on_demand(pte::WRITABLE | pte::USER | (1 << 9));
+        f.write(ROOT_A, USER_VA, Level::L1, marker);
+        let page = 0x9000;
+        f.mem.set(page + 8, 0xdead_beef);
+        let FaultDecision::ZeroOnDemand(request) = f.fault(USER_VA, USER) else {
+            panic!("a zero-on-demand entry must ask for a page");
+        };
+        let used =
+            f.paging
+                .map_zero_page(&mut f.mem, &mut f.frames, request, GuestPhysAddr::new(page));
+        assert_eq!(used, ZeroFill::Used(FaultDecision::Fixed));
+        assert_eq!(f.mem.get(page + 8), 0, "the page is zeroed");
+        let entry = f.guest_entry(ROOT_A, USER_VA, Level::L1);
+        let flags = pte::PRESENT | pte::ACCESSED | pte::WRITABLE | pte::USER | (1 << 9);
+        assert_eq!(entry, page | flags, "no dirty bit for a read");
+        let leaf = f.leaf(USER_VA);
+        assert_eq!(leaf.frame(), Ok(FakeGuestMemory::backing(9)));
+        assert!(
+            !leaf.flags().contains(PteFlags::WRITABLE),
+            "read-only until written"
+        );
+        let stats = f.paging.stats();
+        assert_eq!((stats.pages_zeroed, stats.faults_fixed), (1, 1));
+        assert_eq!(stats.faults_reflected, 0);
+        f.teardown();
+    }
+
+    #[test]
+    fn a_write_to_a_zero_on_demand_entry_maps_it_dirty_and_writable() {
+        let mut f = fixture();
+        f.write(
+            ROOT_A,
+            USER_VA,
+            Level::L1,
+            pte::zero_on_demand(pte::WRITABLE),
+        );
+        let FaultDecision::ZeroOnDemand(request) = f.fault(USER_VA, WRITE) else {
+            panic!("a zero-on-demand entry must ask for a page");
+        };
+        let page = GuestPhysAddr::new(0xa000);
+        f.paging
+            .map_zero_page(&mut f.mem, &mut f.frames, request, page);
+        assert_ne!(f.guest_entry(ROOT_A, USER_VA, Level::L1) & pte::DIRTY, 0);
+        assert!(f.leaf(USER_VA).flags().contains(PteFlags::WRITABLE));
+        f.teardown();
+    }
+
+    /// An access the entry's rights forbid, or a mark anywhere but a
+    /// level-1 entry with no address, is an ordinary not-present fault:
+    /// the guest's, and no page is asked for.
+    #[test]
+    fn zero_on_demand_needs_the_rights_and_a_level_1_entry_without_address() {
+        let mut f = fixture();
+        let not_present = |code| FaultDecision::Reflect {
+            address: GuestVirtAddr::try_new(USER_VA).unwrap(),
+            error_code: code,
+        };
+        f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(pte::USER));
+        assert_eq!(f.fault(USER_VA, USER | WRITE), not_present(USER | WRITE));
+        f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(0));
+        assert_eq!(f.fault(USER_VA, USER), not_present(USER), "supervisor only");
+        let with_address = pte::zero_on_demand(pte::USER) | 0x5000;
+        f.write(ROOT_A, USER_VA, Level::L1, with_address);
+        assert_eq!(
+            f.fault(USER_VA, USER),
+            not_present(USER),
+            "the guest's own bits"
+        );
+        f.write(ROOT_A, USER_VA, Level::L1, 0);
+        f.write(ROOT_A, USER_VA, Level::L2, pte::zero_on_demand(pte::USER));
+        assert_eq!(f.fault(USER_VA, USER), not_present(USER), "a level-2 mark");
+        f.teardown();
+    }
+
+    /// The entry changed between the fault and the fill (another vCPU):
+    /// the page is not used and the guest's new entry stands.
+    #[test]
+    fn a_zero_on_demand_entry_changed_meanwhile_leaves_the_page_unused() {
+        let mut f = fixture();
+        f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(pte::USER));
+        let FaultDecision::ZeroOnDemand(request) = f.fault(USER_VA, USER) else {
+            panic!("a zero-on-demand entry must ask for a page");
+        };
+        f.write(ROOT_A, USER_VA, Level::L1, 0);
+        let page = GuestPhysAddr::new(0xa000);
+        let used = f
+            .paging
+            .map_zero_page(&mut f.mem, &mut f.frames, request, page);
+        assert_eq!(used, ZeroFill::Unused);
+        assert_eq!(f.guest_entry(ROOT_A, USER_VA, Level::L1), 0);
+        assert_eq!(f.paging.stats().pages_zeroed, 0);
+        // A page that is not the guest's kills, with the address named.
+        f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(pte::USER));
+        let FaultDecision::ZeroOnDemand(request) = f.fault(USER_VA, USER) else {
+            panic!("a zero-on-demand entry must ask for a page");
+        };
+        let outside = GuestPhysAddr::new(MEMORY_SIZE);
+        assert!(matches!(
+            f.paging.map_zero_page(&mut f.mem, &mut f.frames, request, outside),
+            ZeroFill::Used(FaultDecision::Kill(PagingError::GuestMemory { gpa })) if gpa == outside
+        ));
+        f.teardown();
+    }
+
+    /// The host's own accesses (a trap frame, a hypercall's buffer) never
+    /// take from the pool: a zero-on-demand page is not mapped to them.
+    #[test]
+    fn the_hosts_own_accesses_do_not_fill_zero_on_demand_entries() {
+        let mut f = fixture();
+        f.write(
+            ROOT_A,
+            USER_VA,
+            Level::L1,
+            pte::zero_on_demand(pte::WRITABLE),
+        );
+        let va = GuestVirtAddr::try_new(USER_VA).unwrap();
+        let got = f
+            .paging
+            .access_for_guest(&mut f.mem, &mut f.frames, va, Access::KERNEL_WRITE);
+        assert_eq!(got, Ok(None));
         f.teardown();
     }
 

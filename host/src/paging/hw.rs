@@ -43,6 +43,10 @@ pub trait GuestMemory {
     /// Writes the aligned 64-bit word at `gpa`.
     fn write_u64(&mut self, gpa: GuestPhysAddr, value: u64) -> Result<(), OutsideGuestMemory>;
 
+    /// Fills the 4 KiB guest page at `page` (page-aligned) with zeros: a
+    /// page the host maps for a zero-on-demand entry.
+    fn zero_page(&mut self, page: GuestPhysAddr) -> Result<(), OutsideGuestMemory>;
+
     /// Atomically replaces the word at `gpa` with `new` if it still holds
     /// `current`; says whether it did. This is how the host sets accessed
     /// and dirty bits without losing a concurrent change by the guest.

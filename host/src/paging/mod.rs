@@ -102,7 +102,7 @@ mod validator_props;
 
 pub use entry::{GuestEntry, GuestEntryKind, Level, PteFlags, ShadowEntry, TableIndex};
 pub use error::PagingError;
-pub use fault::FaultDecision;
+pub use fault::{FaultDecision, ZeroFill, ZeroRequest};
 pub use hw::{GuestMemory, OutsideGuestMemory, ShadowFrames};
 pub use roots::{Eviction, RootSwitch};
 pub use walk::{Access, FaultCode};
@@ -160,6 +160,9 @@ pub struct PagingStats {
     pub faults_fixed: u64,
     /// Faults handed to the guest because its own tables forbid the access.
     pub faults_reflected: u64,
+    /// Zeroed pages from the guest's zero pool mapped at zero-on-demand
+    /// entries ([`ShadowPaging::map_zero_page`]).
+    pub pages_zeroed: u64,
     /// Faults that found a guest entry changing under the walk, left for
     /// the guest to retry.
     pub faults_raced: u64,

@@ -93,6 +93,15 @@ impl GuestMemory for FakeGuestMemory {
         Ok(())
     }
 
+    fn zero_page(&mut self, page: GuestPhysAddr) -> Result<(), OutsideGuestMemory> {
+        if !page.is_page_aligned() {
+            return Err(OutsideGuestMemory(page));
+        }
+        let (number, _) = self.check(page)?;
+        self.pages.remove(&number);
+        Ok(())
+    }
+
     fn compare_exchange_u64(
         &mut self,
         gpa: GuestPhysAddr,

@@ -156,6 +156,11 @@ pub enum WalkOutcome {
     NotPresent {
         /// The level of the absent entry.
         level: Level,
+        /// Where the absent entry lives and what it holds (the guest's
+        /// own bits: a zero-on-demand entry, say).
+        entry: (GuestPhysAddr, GuestEntry),
+        /// The rights of the levels above it.
+        rights: Rights,
     },
 }
 
@@ -181,7 +186,13 @@ pub fn walk_guest<M: GuestMemory>(
             *slot = (entry_gpa, entry);
         }
         match entry.decode(level, vaddr, limits)? {
-            GuestEntryKind::Absent => return Ok(WalkOutcome::NotPresent { level }),
+            GuestEntryKind::Absent => {
+                return Ok(WalkOutcome::NotPresent {
+                    level,
+                    entry: (entry_gpa, entry),
+                    rights,
+                });
+            }
             GuestEntryKind::Table(next) => {
                 rights = rights.narrowed_by(entry.flags());
                 table = next;
@@ -200,5 +211,9 @@ pub fn walk_guest<M: GuestMemory>(
     }
     // Level 1 entries always decode to a page or absent, so the loop
     // returns before this; a walk that did not is treated as not present.
-    Ok(WalkOutcome::NotPresent { level: Level::L1 })
+    Ok(WalkOutcome::NotPresent {
+        level: Level::L1,
+        entry: (table, GuestEntry::new(0)),
+        rights,
+    })
 }

@@ -130,6 +130,18 @@ impl GuestMemory for FrameGuestMemory {
         Ok(())
     }
 
+    fn zero_page(&mut self, page: GuestPhysAddr) -> Result<(), OutsideGuestMemory> {
+        if !page.is_page_aligned() {
+            return Err(OutsideGuestMemory(page));
+        }
+        let ptr = self.host_ptr(page, PAGE_SIZE as usize)?;
+        // SAFETY: `host_ptr` checked that the whole page is a frame of this
+        // guest's memory, reached through the direct map; the host holds no
+        // reference into guest memory, whose bytes are plain data to it.
+        unsafe { ptr.write_bytes(0, PAGE_SIZE as usize) };
+        Ok(())
+    }
+
     fn compare_exchange_u64(
         &mut self,
         gpa: GuestPhysAddr,

@@ -599,9 +599,10 @@ fn report_end(slot: Slot, port_stats: Option<String>) -> bool {
     }
     println!("guest {name} counters: {counters} cpu_ms={cpu_ms}");
     println!(
-        "guest {name} paging: faults_fixed={} faults_reflected={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={} shootdowns={} faults_retried={}",
+        "guest {name} paging: faults_fixed={} faults_reflected={} pages_zeroed={} roots_made={} roots_reused={} roots_evicted={} eager_fills={} shadow_frames_held={} shootdowns={} faults_retried={}",
         paging.faults_fixed,
         paging.faults_reflected,
+        paging.pages_zeroed,
         paging.roots_made,
         paging.roots_reused,
         paging.roots_evicted,
