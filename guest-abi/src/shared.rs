@@ -46,13 +46,13 @@ pub struct SharedPage {
     /// Free guest pages lent to the host for zero-on-demand entries.
     pub zero_pool: ZeroPool,
     /// Reserved, zero.
-    pub reserved: [u64; 87],
+    pub reserved: [u64; 55],
     /// The page-table operation ring (see [`crate::pte`]), 1 KiB in.
     pub mmu_ring: [u8; crate::pte::ring::RING_BYTES as usize],
 }
 
 /// Pages in a [`ZeroPool`].
-pub const ZERO_POOL_SLOTS: u64 = 32;
+pub const ZERO_POOL_SLOTS: u64 = 64;
 
 /// Free guest pages the guest lends the host, which maps them, zeroed, at
 /// faults on zero-on-demand entries (see [`crate::pte`], "Pages the host

@@ -169,6 +169,25 @@ fn benchmarks_all_report() {
     {
         boot.fail("the write after a read reached the guest");
     }
+    // The first touch of a heap page is the host's alone (zero-on-demand
+    // entries and the zero pool): one exit and no fault of the guest's,
+    // but for the first touch in the table (which writes the entries) and
+    // one each time the pool of 64 runs dry (which fills it again).
+    let id = number_after(boot.line_containing(&["bench pf_read id="]), "id=").unwrap();
+    let events = boot.line_containing(&[&format!("bench events id={id} ")]);
+    let count = |name: &str| number_after(events, &format!(" {name}=")).unwrap_or(u64::MAX);
+    let (zeroed, reflected) = (count("pages_zeroed"), count("faults_reflected"));
+    if zeroed.saturating_add(reflected) != 256 || reflected > 256 / 64 + 1 {
+        boot.fail(&format!(
+            "256 first touches: {zeroed} zero-filled by the host, {reflected} reflected"
+        ));
+    }
+    // (A tick's exits, if one came, are counted apart.)
+    if count("guest_exits") != count("page_faults") + count("hypercalls")
+        || count("hypercalls") != reflected
+    {
+        boot.fail("a zero-filled page must cost one exit, a reflected one two");
+    }
     // The batched updates make one exit per ring's worth, not per entry.
     let id = number_after(
         boot.line_containing(&["bench pte_update_batched id="]),

@@ -140,6 +140,10 @@ const OFFENCES: &[(&str, &[&str])] = &[
         "ring-overrun",
         &["MMU ring head 1001 is more than a ring ahead"],
     ),
+    (
+        "zero-pool-outside",
+        &["zero pool lent page 0x1000000, not a page of guest memory"],
+    ),
 ];
 
 /// One boot with every offence (16 MiB guests, the default), and a

@@ -2832,5 +2832,5 @@ fn a_pool_that_breaks_its_rules_kills_naming_what_it_lent() {
             taken: 0
         })
     );
-    assert!(reason.to_string().contains("33 pages given, 0 taken"));
+    assert!(reason.to_string().contains("65 pages given, 0 taken"));
 }

@@ -72,8 +72,8 @@ pub struct ZeroRequest {
     pub address: GuestVirtAddr,
     /// The hardware error code.
     pub error_code: u64,
-    /// Where the zero-on-demand entry lives, and what it holds.
-    entry: (GuestPhysAddr, GuestEntry),
+    /// The walk down to the zero-on-demand entry, which is its last.
+    walk: GuestWalk,
 }
 
 /// What became of a page lent for a [`ZeroRequest`].
@@ -98,9 +98,9 @@ enum Fill {
     /// The shadow already mapped the page with every right the access
     /// needs: the CPU faulted for a reason the walk does not model.
     NoProgress,
-    /// A zero-on-demand entry (where it lives, and what it holds) whose
-    /// rights allow the access.
-    ZeroOnDemand((GuestPhysAddr, GuestEntry)),
+    /// A zero-on-demand entry whose rights allow the access: the walk down
+    /// to it.
+    ZeroOnDemand(GuestWalk),
 }
 
 impl ShadowPaging {
@@ -114,7 +114,19 @@ impl ShadowPaging {
         error_code: u64,
     ) -> FaultDecision {
         let access = Access::from_error_code(error_code);
-        match self.fill(mem, frames, vaddr, access, true) {
+        let filled = self.fill(mem, frames, vaddr, access, true);
+        self.decide(filled, vaddr, error_code)
+    }
+
+    /// What a fill at `vaddr` for a fault with `error_code` comes to.
+    fn decide(
+        &mut self,
+        filled: Result<Fill, PagingError>,
+        vaddr: GuestVirtAddr,
+        error_code: u64,
+    ) -> FaultDecision {
+        let access = Access::from_error_code(error_code);
+        match filled {
             Ok(Fill::Mapped(_)) => {
                 self.stats.faults_fixed += 1;
                 FaultDecision::Fixed
@@ -140,10 +152,10 @@ impl ShadowPaging {
             Ok(Fill::NoProgress) => {
                 FaultDecision::Kill(PagingError::FaultWithoutProgress { vaddr, error_code })
             }
-            Ok(Fill::ZeroOnDemand(entry)) => FaultDecision::ZeroOnDemand(ZeroRequest {
+            Ok(Fill::ZeroOnDemand(walk)) => FaultDecision::ZeroOnDemand(ZeroRequest {
                 address: vaddr,
                 error_code,
-                entry,
+                walk,
             }),
             Err(reason) => FaultDecision::Kill(reason),
         }
@@ -177,16 +189,19 @@ impl ShadowPaging {
         if mem.zero_page(page).is_err() {
             return kill(page);
         }
-        let (entry_gpa, entry) = request.entry;
-        let write = Access::from_error_code(request.error_code).write;
-        let filled = zero_on_demand_filled(entry.raw(), page.as_u64(), write);
+        let (entry_gpa, entry) = (request.walk.leaf_gpa(), request.walk.leaf());
+        let access = Access::from_error_code(request.error_code);
+        let filled = zero_on_demand_filled(entry.raw(), page.as_u64(), access.write);
         match mem.compare_exchange_u64(entry_gpa, entry.raw(), filled) {
             Ok(true) => {}
             Ok(false) => return ZeroFill::Unused,
             Err(_) => return kill(entry_gpa),
         }
         self.stats.pages_zeroed += 1;
-        ZeroFill::Used(self.demand_page(mem, frames, request.address, request.error_code))
+        // The walk as it would be now: no need to make it again.
+        let walk = request.walk.with_leaf(GuestEntry::new(filled), page);
+        let mapped = self.fill_walk(mem, frames, request.address, access, true, walk);
+        ZeroFill::Used(self.decide(mapped, request.address, request.error_code))
     }
 
     /// Walks, judges, updates the guest's bits and maps: the body of
@@ -211,16 +226,30 @@ impl ShadowPaging {
         let walk = match walk_guest(mem, root, vaddr, &self.limits)? {
             WalkOutcome::NotPresent {
                 level: Level::L1,
-                entry,
-                rights,
-            } if is_zero_on_demand(entry.1.raw())
-                && access.allowed_by(rights.narrowed_by(entry.1.flags())) =>
+                partial,
+            } if is_zero_on_demand(partial.leaf().raw())
+                && access.allowed_by(partial.rights.narrowed_by(partial.leaf().flags())) =>
             {
-                return Ok(Fill::ZeroOnDemand(entry));
+                return Ok(Fill::ZeroOnDemand(partial));
             }
             WalkOutcome::NotPresent { .. } => return Ok(Fill::Forbidden { present: false }),
             WalkOutcome::Mapped(walk) => walk,
         };
+        self.fill_walk(mem, frames, vaddr, access, cpu_faulted, walk)
+    }
+
+    /// The rest of [`Self::fill`], once the guest's tables are walked and
+    /// show a page.
+    #[inline(always)]
+    fn fill_walk<M: GuestMemory, F: ShadowFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        vaddr: GuestVirtAddr,
+        access: Access,
+        cpu_faulted: bool,
+        walk: GuestWalk,
+    ) -> Result<Fill, PagingError> {
         if !access.allowed_by(walk.rights) {
             return Ok(Fill::Forbidden { present: true });
         }

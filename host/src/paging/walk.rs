@@ -110,8 +110,9 @@ impl Access {
     }
 }
 
-/// A walk that reached a page.
-#[derive(Clone, Copy, Debug)]
+/// A walk that reached a page (or, in [`WalkOutcome::NotPresent`], the
+/// entry that stopped it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestWalk {
     /// Where each entry of the walk lives and what it held, top level
     /// first; the first `depth` are used.
@@ -139,6 +140,29 @@ impl GuestWalk {
             .map_or(GuestEntry::new(0), |&(_, e)| e)
     }
 
+    /// Where the leaf entry lives.
+    pub fn leaf_gpa(&self) -> GuestPhysAddr {
+        self.entries()
+            .last()
+            .map_or(GuestPhysAddr::new(0), |&(gpa, _)| gpa)
+    }
+
+    /// This walk, ended by a level-1 `leaf` that maps the 4 KiB `page` in
+    /// place of the entry it ended on (written there since).
+    pub fn with_leaf(mut self, leaf: GuestEntry, page: GuestPhysAddr) -> Self {
+        if let Some(last) = self
+            .depth
+            .checked_sub(1)
+            .and_then(|i| self.entries.get_mut(i))
+        {
+            last.1 = leaf;
+        }
+        self.leaf_level = Level::L1;
+        self.page = page;
+        self.rights = self.rights.narrowed_by(leaf.flags());
+        self
+    }
+
     /// Whether every entry of the walk already has its accessed bit.
     pub fn all_accessed(&self) -> bool {
         self.entries()
@@ -156,11 +180,10 @@ pub enum WalkOutcome {
     NotPresent {
         /// The level of the absent entry.
         level: Level,
-        /// Where the absent entry lives and what it holds (the guest's
-        /// own bits: a zero-on-demand entry, say).
-        entry: (GuestPhysAddr, GuestEntry),
-        /// The rights of the levels above it.
-        rights: Rights,
+        /// The walk as far as it went: its last entry is the absent one
+        /// (with the guest's own bits: a zero-on-demand entry, say), and
+        /// its rights are those of the levels above.
+        partial: GuestWalk,
     },
 }
 
@@ -189,8 +212,13 @@ pub fn walk_guest<M: GuestMemory>(
             GuestEntryKind::Absent => {
                 return Ok(WalkOutcome::NotPresent {
                     level,
-                    entry: (entry_gpa, entry),
-                    rights,
+                    partial: GuestWalk {
+                        entries,
+                        depth: depth + 1,
+                        leaf_level: level,
+                        page: GuestPhysAddr::new(0),
+                        rights,
+                    },
                 });
             }
             GuestEntryKind::Table(next) => {
@@ -213,7 +241,12 @@ pub fn walk_guest<M: GuestMemory>(
     // returns before this; a walk that did not is treated as not present.
     Ok(WalkOutcome::NotPresent {
         level: Level::L1,
-        entry: (table, GuestEntry::new(0)),
-        rights,
+        partial: GuestWalk {
+            entries,
+            depth: 0,
+            leaf_level: Level::L1,
+            page: table,
+            rights,
+        },
     })
 }

@@ -14,7 +14,8 @@
 //! 3. [`mmu`]: telling the host about page-table changes, one at a time or
 //!    batched through the MMU ring;
 //! 4. [`vm`]: address spaces: building, forking copy-on-write, faulting,
-//!    tearing down;
+//!    tearing down; with [`zero_pool`], the pages the host maps at the
+//!    first touch of the heap and stack in one exit;
 //! 5. [`process`]: the process table, the run queue, context switches,
 //!    fork, exit and wait;
 //! 6. [`pipe`]: byte pipes between processes;
@@ -44,6 +45,8 @@ mod syscall;
 mod user;
 #[cfg(target_os = "none")]
 mod vm;
+#[cfg(target_os = "none")]
+mod zero_pool;
 
 #[cfg(target_os = "none")]
 guest_rt::entry!(kernel_main);
@@ -67,6 +70,7 @@ fn kernel_main() -> u64 {
     frames::init();
     vm::init();
     mmu::init();
+    zero_pool::refill();
     process::init_traps();
     println!(
         "os: {} KiB of memory, {} free pages; running `{name}`",

@@ -31,7 +31,7 @@
 
 use crate::cell::Kernel;
 use crate::vm::{self, AddressSpace};
-use crate::{frames, mmu, syscall};
+use crate::{mmu, syscall, zero_pool};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_abi::boot::selector;
 use guest_abi::hypercall::TIMER_VECTOR;
@@ -264,7 +264,7 @@ pub fn init_traps() {
 
 /// Starts the first process (pid 1) on `workload`, and never returns.
 pub fn start_first(workload: u64) -> ! {
-    FREE_AT_START.store(frames::free_count(), Ordering::Relaxed);
+    FREE_AT_START.store(zero_pool::free_pages(), Ordering::Relaxed);
     let space = AddressSpace::with_text().expect("memory for the first process");
     let frame = TrapFrame {
         rip: vm::user_alias(crate::user::user_main as *const () as u64),
@@ -513,7 +513,7 @@ pub fn exit(code: u64) -> ! {
 
 /// The first process ended: report and end the guest.
 fn finish(code: u64) -> ! {
-    let free = frames::free_count();
+    let free = zero_pool::free_pages();
     let at_start = FREE_AT_START.load(Ordering::Relaxed);
     // Every process's pages and tables are back: each freed its own at
     // its exit.

@@ -11,7 +11,7 @@
 //! `rsi`, `rdx`, `r10`, the result in `rax` (`u64::MAX` for failure); the
 //! other registers are preserved (the trap path saves them all).
 
-use crate::{frames, pipe, process, vm};
+use crate::{pipe, process, vm};
 use guest_rt::traps::TrapFrame;
 use guest_rt::{bench, hypercall};
 
@@ -109,7 +109,7 @@ pub fn on_syscall(frame: &mut TrapFrame) {
             None => FAILED,
         },
         nr::KERNEL_BENCH => kernel_bench(a, b),
-        nr::FREE_PAGES => frames::free_count(),
+        nr::FREE_PAGES => crate::zero_pool::free_pages(),
         _ => FAILED,
     };
     process::reschedule_if_asked();

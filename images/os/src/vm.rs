@@ -9,10 +9,16 @@
 //! | [`STACK_TOP`] - [`STACK_LIMIT`] .. [`STACK_TOP`] | the stack: demand-zero |
 //! | `KERNEL_OFFSET` + | the kernel half: the start-up map of all guest memory, supervisor-only, the same top-level entries in every address space (guest_abi::pte requires it; the host shares one shadow of it between all roots) |
 //!
-//! Nothing is mapped until it is touched: a fault on a page of the heap or
-//! stack reaches our page-fault handler (the host reflects it because our
-//! own entry is not present), which takes a zeroed page, maps it and
-//! reports the entry to the host ([`AddressSpace::fault`]).
+//! Nothing is mapped until it is touched. The first fault in a level-1
+//! table's worth (2 MiB) of heap or stack reaches our page-fault handler
+//! (the host reflects it because our own entry is not present), which takes
+//! a zeroed page, maps it and reports the entry to the host
+//! ([`AddressSpace::fault`]). It also writes zero-on-demand entries over the
+//! rest of that heap or stack in the table, so that the first touch of each
+//! of those pages is the host's alone: it maps a page lent in the
+//! [`crate::zero_pool`], zeroed, in one exit instead of two. With the pool
+//! empty such a fault reaches us after all, and we map the page ourselves
+//! and fill the pool again.
 //!
 //! # Copy-on-write
 //!
@@ -25,7 +31,8 @@
 //! ring, one exit for many; the child's tables are new, so the host has
 //! nothing of them to forget.
 
-use crate::{frames, mmu};
+use crate::{frames, mmu, zero_pool};
+use guest_abi::pte;
 use guest_abi::pte::{
     ACCESSED, ADDRESS_MASK, DIRTY, HUGE_PAGE, KERNEL_HALF_FIRST_PML4_INDEX, MmuOp, PRESENT, USER,
     WRITABLE,
@@ -251,11 +258,21 @@ impl AddressSpace {
     pub fn fault(&self, vaddr: u64, write_access: bool, heap_end: u64) -> Result<(), FaultError> {
         let page_va = vaddr & !(PAGE_BYTES - 1);
         let entry = self.entry(page_va);
+        let mut zero_on_demand_from = None;
         let value = if entry & PRESENT == 0 {
-            let in_heap = (HEAP_BASE..heap_end).contains(&page_va);
-            let in_stack = (STACK_TOP - STACK_LIMIT..STACK_TOP).contains(&page_va);
-            if !in_heap && !in_stack {
+            let region = if (HEAP_BASE..heap_end).contains(&page_va) {
+                HEAP_BASE..heap_end
+            } else if (STACK_TOP - STACK_LIMIT..STACK_TOP).contains(&page_va) {
+                STACK_TOP - STACK_LIMIT..STACK_TOP
+            } else {
                 return Err(FaultError::Unmapped);
+            };
+            if pte::is_zero_on_demand(entry) {
+                // The host's pool ran dry: it is time to lend it more.
+                zero_pool::refill();
+            } else {
+                // The first touch in this table: its neighbours are next.
+                zero_on_demand_from = Some(region);
             }
             let page = frames::alloc_zeroed().ok_or(FaultError::OutOfMemory)?;
             // Accessed (and dirty for a write) already set, as the CPU
@@ -294,7 +311,28 @@ impl AddressSpace {
             level: 1,
             value,
         });
+        if let Some(region) = zero_on_demand_from {
+            Self::zero_on_demand_around(leaf, page_va, region);
+        }
         Ok(())
+    }
+
+    /// Writes zero-on-demand entries (user, writable) for the pages of
+    /// `region` that share the level-1 table of `leaf` (the entry of
+    /// `page_va`) and have no entry yet. They were not present and still
+    /// are not, so the host has nothing to forget: no report.
+    fn zero_on_demand_around(leaf: *mut u64, page_va: u64, region: core::ops::Range<u64>) {
+        let index = table_index(page_va, 1);
+        let table = leaf.wrapping_sub(index);
+        let table_va = page_va - index as u64 * PAGE_BYTES;
+        let marker = pte::zero_on_demand(WRITABLE | USER);
+        for i in 0..512 {
+            let va = table_va + i as u64 * PAGE_BYTES;
+            let slot = table.wrapping_add(i);
+            if region.contains(&va) && read(slot) == 0 {
+                write(slot, marker);
+            }
+        }
     }
 
     /// A copy-on-write copy of this address space (which must be the
@@ -359,7 +397,10 @@ impl AddressSpace {
         while page_va < to {
             if let Some(leaf) = self.leaf(page_va, false) {
                 let entry = read(leaf);
-                if entry & PRESENT != 0 {
+                if entry & PRESENT == 0 && entry != 0 {
+                    // A zero-on-demand entry: never mapped, nothing to report.
+                    write(leaf, 0);
+                } else if entry & PRESENT != 0 {
                     write(leaf, 0);
                     mmu::queue(MmuOp::SetEntry {
                         root: self.root,

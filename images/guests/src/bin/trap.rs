@@ -24,7 +24,9 @@
 //! `root-switcher` (`set_root` to a root whose entry 511 is present),
 //! `bad-root` (`set_root` to an address past the guest's memory),
 //! `reserved-bits` (a reported entry with reserved address bit 51 set) and
-//! `ring-overrun` (an MMU ring head more than a ring ahead).
+//! `ring-overrun` (an MMU ring head more than a ring ahead),
+//! `zero-pool-outside` (the page past our memory lent in the zero pool, and
+//! a zero-on-demand entry touched).
 //!
 //! Last, the actions the host contains without killing us, each of which
 //! prints what the host did and exits with code 3 (`CONTAINED`):
@@ -206,6 +208,11 @@ mod guest {
             name: "ring-overrun",
             what: "an MMU ring head a thousand ops ahead",
             run: ring_overrun,
+        },
+        Action {
+            name: "zero-pool-outside",
+            what: "the page past our memory lent in the zero pool, then a zero-on-demand entry touched",
+            run: zero_pool_outside,
         },
         Action {
             name: "direct-host-vector",
@@ -637,6 +644,33 @@ mod guest {
             head_word.write_volatile(head + 1000);
             let result = paging::ring::flush();
             println!("trap: the host applied the ring: {result:?}");
+        }
+    }
+
+    fn zero_pool_outside() {
+        let root = boot::params().initial_root;
+        let mut frames = FrameAllocator::after_image();
+        let Some(page) = frames.allocate_zeroed() else {
+            panic!("no free page");
+        };
+        let shared = boot::shared_page() as *mut u8;
+        let word = |offset: u64| shared.wrapping_add(offset as usize).cast::<u64>();
+        let mark = guest_abi::pte::zero_on_demand(WRITABLE);
+        // As in touch_outside: a good neighbour makes the tables above.
+        // SAFETY: the user half holds nothing of ours, and the pool's words
+        // are ours to write; if the host took the page, it has failed.
+        unsafe {
+            let neighbour = OFFENCE_VADDR + PAGE_BYTES;
+            if paging::map_page(root, neighbour, page, WRITABLE | ACCESSED, &mut frames).is_err() {
+                panic!("mapping a good page failed");
+            }
+            word(guest_abi::shared::offset::ZERO_POOL_PAGES).write_volatile(frame_past_memory());
+            word(guest_abi::shared::offset::ZERO_POOL_GIVEN).write_volatile(1);
+            if paging::set_entry(root, OFFENCE_VADDR, 1, mark, false).is_err() {
+                panic!("no table for the leaf");
+            }
+            (OFFENCE_VADDR as *mut u64).write_volatile(1);
+            println!("trap: the host mapped the page past our memory for us");
         }
     }
 
