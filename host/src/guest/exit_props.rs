@@ -158,4 +158,43 @@ proptest! {
         prop_assert_eq!(stats.frames_held, 0);
         prop_assert_eq!(frames.in_use(), 0, "shadow frames leaked");
     }
+
+    /// A zero pool scribbled on (any counts, any pages) and faults of any
+    /// kind on a zero-on-demand entry: the host maps a page of the guest's
+    /// own, reflects the fault or kills with a reason, never panics, and
+    /// every frame comes back.
+    #[test]
+    fn a_scribbled_zero_pool_never_panics(
+        given in prop_oneof![Just(0u64), 0..80u64, any::<u64>()],
+        taken in prop_oneof![Just(0u64), any::<u64>()],
+        pages in proptest::collection::vec(value(), 1..4),
+        faults in proptest::collection::vec((0..32u64, prop_oneof![Just(ZERO_VA), value()]), 1..8),
+    ) {
+        let mut w = World::new();
+        let _ = w.set_trap(14, HANDLER, 0);
+        let _ = w.call(Number::SetKernelStack, &[STACK_TOP]);
+        zero_on_demand_page(&mut w);
+        lend(&mut w, &pages);
+        w.set_shared(shared::ZERO_POOL_GIVEN, given);
+        w.set_shared(shared::ZERO_POOL_TAKEN, taken);
+        for (error_code, address) in faults {
+            w.in_user(USER_RIP, USER_RSP);
+            match w.page_fault(address, error_code) {
+                Next::Ended => {
+                    let said = std::format!("{}", w.kill_reason());
+                    prop_assert!(!said.is_empty());
+                    break;
+                }
+                Next::Halted => break,
+                Next::Resume => {}
+            }
+            if w.enter().is_none() {
+                break;
+            }
+        }
+        let World { guest, mut frames, .. } = w;
+        let (_, stats) = guest.teardown(&mut frames);
+        prop_assert_eq!(stats.frames_held, 0);
+        prop_assert_eq!(frames.in_use(), 0, "shadow frames leaked");
+    }
 }
