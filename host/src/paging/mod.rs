@@ -290,6 +290,10 @@ pub struct ShadowPaging {
     pinned_stacks: fault::PinnedStacks,
     /// The host's own last kernel-half translation ([`fault`]).
     kernel_translation: Option<fault::KernelTranslation>,
+    /// The walk of the last fault that found a zero-on-demand entry, kept
+    /// for mapping its page ([`fault`]): in the fault's decision it would
+    /// make every decision a hundred bytes to copy.
+    zero_walk: Option<(GuestVirtAddr, walk::GuestWalk)>,
 }
 
 /// The fewest shadow frames a guest may hold, whatever its size: room for a
@@ -369,6 +373,7 @@ impl ShadowPaging {
             upper_walk: None,
             pinned_stacks: fault::PinnedStacks::default(),
             kernel_translation: None,
+            zero_walk: None,
         })
     }
 

@@ -176,15 +176,12 @@ impl GuestWalk {
 pub enum WalkOutcome {
     /// A page is mapped.
     Mapped(GuestWalk),
-    /// The entry at `level` is not present.
-    NotPresent {
-        /// The level of the absent entry.
-        level: Level,
-        /// The walk as far as it went: its last entry is the absent one
-        /// (with the guest's own bits: a zero-on-demand entry, say), and
-        /// its rights are those of the levels above.
-        partial: GuestWalk,
-    },
+    /// An entry is not present: the walk as far as it went. Its last entry
+    /// is the absent one (with the guest's own bits: a zero-on-demand
+    /// entry, say), at `leaf_level`, and its rights are those of the levels
+    /// above. (The same payload as `Mapped`, so that neither is copied
+    /// about to be told apart.)
+    NotPresent(GuestWalk),
 }
 
 /// Walks the guest's tables from `root` for `vaddr`; see the module docs.
@@ -210,16 +207,13 @@ pub fn walk_guest<M: GuestMemory>(
         }
         match entry.decode(level, vaddr, limits)? {
             GuestEntryKind::Absent => {
-                return Ok(WalkOutcome::NotPresent {
-                    level,
-                    partial: GuestWalk {
-                        entries,
-                        depth: depth + 1,
-                        leaf_level: level,
-                        page: GuestPhysAddr::new(0),
-                        rights,
-                    },
-                });
+                return Ok(WalkOutcome::NotPresent(GuestWalk {
+                    entries,
+                    depth: depth + 1,
+                    leaf_level: level,
+                    page: GuestPhysAddr::new(0),
+                    rights,
+                }));
             }
             GuestEntryKind::Table(next) => {
                 rights = rights.narrowed_by(entry.flags());
@@ -239,14 +233,11 @@ pub fn walk_guest<M: GuestMemory>(
     }
     // Level 1 entries always decode to a page or absent, so the loop
     // returns before this; a walk that did not is treated as not present.
-    Ok(WalkOutcome::NotPresent {
-        level: Level::L1,
-        partial: GuestWalk {
-            entries,
-            depth: 0,
-            leaf_level: Level::L1,
-            page: table,
-            rights,
-        },
-    })
+    Ok(WalkOutcome::NotPresent(GuestWalk {
+        entries,
+        depth: 0,
+        leaf_level: Level::L1,
+        page: table,
+        rights,
+    }))
 }
