@@ -32,7 +32,7 @@
 
 use super::entry::{GuestEntry, GuestEntryKind, Level, PteFlags, Rights, ShadowEntry, TableIndex};
 use super::error::PagingError;
-use super::hw::{GuestMemory, ShadowFrames};
+use super::hw::{GuestMemory, OutsideGuestMemory, ShadowFrames};
 use super::walk::{GuestWalk, WalkOutcome, walk_guest};
 use super::{MmuRing, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
@@ -417,11 +417,12 @@ impl ShadowPaging {
         n: u64,
         checked_root: &mut Option<(u64, GuestPhysAddr)>,
     ) -> Result<(), PagingError> {
-        let slot = ring::slot_offset(n);
+        // The slot's four words in one read (inside the ring, checked at
+        // registration).
+        let slot = GuestPhysAddr::new(base.as_u64().saturating_add(ring::slot_offset(n)));
         let mut words = [0u64; 4];
-        for (i, word) in (0u64..).zip(words.iter_mut()) {
-            *word = Self::ring_word(mem, base, slot + 8 * i)?;
-        }
+        mem.read_u64s(slot, &mut words)
+            .map_err(|OutsideGuestMemory(gpa)| PagingError::GuestMemory { gpa })?;
         let op = MmuOp::decode(words).map_err(|error| PagingError::BadOp { slot: n, error })?;
         let MmuOp::SetEntry {
             root,
