@@ -29,10 +29,19 @@
 //! fills). The ring is the guest's memory, so its indices are never
 //! trusted: the host counts what it applied itself and applies at most one
 //! ring's worth per call.
+//!
+//! A batch is applied under the guest's lock, op after op, so some of what
+//! one op learns holds for the next ([`Batch`]): the root it checked; with
+//! a guest of one vCPU, which cannot run while its exit is handled, the
+//! guest entries read (nothing in a batch writes guest memory, so they
+//! cannot change); and the shadow table of the last leaf replaced in place,
+//! which only the next op in the same table may use, since any other op may
+//! free or make shadow tables. Every op is still read, decoded and checked
+//! on its own, and every report's value is compared with the guest's table.
 
 use super::entry::{GuestEntry, GuestEntryKind, Level, PteFlags, Rights, ShadowEntry, TableIndex};
 use super::error::PagingError;
-use super::hw::{GuestMemory, ShadowFrames};
+use super::hw::{GuestMemory, OutsideGuestMemory, ShadowFrames};
 use super::walk::{GuestWalk, WalkOutcome, walk_guest};
 use super::{MmuRing, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
@@ -81,6 +90,56 @@ impl UpperWalk {
     }
 }
 
+/// What the ops of one flush of the MMU ring learn once and use again (see
+/// the module's introduction). A single report ([`ShadowPaging::set_entry`])
+/// is a batch of one, which keeps nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Batch {
+    /// The last root checked: its raw value and the checked address (a
+    /// root's check says nothing that one of its entries could undo).
+    root: Option<(u64, GuestPhysAddr)>,
+    /// Whether the guest's memory holds still for the whole batch: the
+    /// guest has one vCPU, which does not run while its exit is handled,
+    /// and no op writes guest memory. Then a guest entry read once in the
+    /// batch need not be read again.
+    frozen: bool,
+    /// Whether [`ShadowPaging::upper_walk`]'s entries were read in this
+    /// batch and held what it keeps (so, frozen, they still do).
+    upper_read: bool,
+    /// The shadow level-1 table the last op replaced an entry of in place.
+    /// Taken by every op ([`Batch::next_op`]), and put back only by that
+    /// in-place replacement, which makes and frees no shadow table: any
+    /// other op may have freed it or changed the tables above it.
+    leaf_table: Option<LeafTable>,
+}
+
+impl Batch {
+    /// A batch of the ring's ops for the tables `paging`.
+    fn of_ring(paging: &ShadowPaging) -> Self {
+        Self {
+            frozen: !paging.shared_by_vcpus(),
+            ..Self::default()
+        }
+    }
+
+    /// The shadow table the last op left for this one, if any; from now on
+    /// the batch keeps none until this op puts one back.
+    fn next_op(&mut self) -> Option<LeafTable> {
+        self.leaf_table.take()
+    }
+}
+
+/// A shadow level-1 table, and which guest table's 2 MiB it shadows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LeafTable {
+    /// The guest address space.
+    root: GuestPhysAddr,
+    /// The 2 MiB region (virtual address shifted right by 21).
+    region: u64,
+    /// The shadow table.
+    table: HostPhysAddr,
+}
+
 impl ShadowPaging {
     /// (iii) The entry at `level` translating `vaddr` in the address space
     /// rooted at guest `root` now holds `value` (the raw hypercall
@@ -95,16 +154,21 @@ impl ShadowPaging {
         value: u64,
     ) -> Result<(), PagingError> {
         let root = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
-        self.set_entry_in(mem, frames, root, vaddr, level, value)
+        let mut batch = Batch::default();
+        self.set_entry_in(mem, frames, &mut batch, None, root, vaddr, level, value)
     }
 
-    /// [`Self::set_entry`] for a root already checked. Inlined into both
-    /// callers: it is the whole of a report's work.
+    /// [`Self::set_entry`] for a root already checked, as an op of `batch`
+    /// given the shadow table the last op left (`leaf_table`). Inlined into
+    /// both callers: it is the whole of a report's work.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn set_entry_in<M: GuestMemory, F: ShadowFrames>(
         &mut self,
         mem: &mut M,
         frames: &mut F,
+        batch: &mut Batch,
+        leaf_table: Option<LeafTable>,
         root: GuestPhysAddr,
         vaddr: u64,
         level: u64,
@@ -143,19 +207,19 @@ impl ShadowPaging {
             // entry (and is filled again by its own faults).
             self.clear_in_parked(frames, root, vaddr, level);
         }
+        if level == Level::L1 {
+            return self.set_leaf(mem, frames, batch, leaf_table, root, vaddr, value, kind);
+        }
         let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
             return Ok(());
         };
-        if level == Level::L1 {
-            return self.set_leaf(mem, frames, root, shadow_root, vaddr, value, kind);
-        }
         self.clear_entry(frames, shadow_root, vaddr, level);
         if vaddr.is_upper_half() {
             self.note_dropped(vaddr, level);
         }
         if let GuestEntryKind::Page { base, .. } = kind
             && self.config.eager_fill
-            && let Some(leaf) = self.eager_leaf(mem, root, vaddr, level, value, base)?
+            && let Some(leaf) = self.eager_leaf(mem, batch, root, vaddr, level, value, base)?
         {
             self.fill_eagerly(frames, shadow_root, vaddr, leaf)?;
         }
@@ -166,25 +230,45 @@ impl ShadowPaging {
     /// mapped, unmapped, made writable or copied on write): the shadow
     /// entry is replaced in place, one read and one write where the
     /// shadow table exists, instead of being dropped and mapped again.
+    /// Where it does, the table is left in `batch` for the next op, which
+    /// finds it there if it reports an entry of the same table; otherwise
+    /// the table is found from the shadow root.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn set_leaf<M: GuestMemory, F: ShadowFrames>(
         &mut self,
         mem: &M,
         frames: &mut F,
+        batch: &mut Batch,
+        leaf_table: Option<LeafTable>,
         root: GuestPhysAddr,
-        shadow_root: HostPhysAddr,
         vaddr: GuestVirtAddr,
         value: u64,
         kind: GuestEntryKind,
     ) -> Result<(), PagingError> {
+        // The shadow table to change: the one the last op left, if it is
+        // this one; else the one under the shadow root (with no root, the
+        // user half of an address space not cached, there is nothing to
+        // change: the root will be built afresh).
+        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
+        let (table, shadow_root) = match leaf_table {
+            Some(last) if last.root == root && last.region == region => (Some(last.table), None),
+            _ => {
+                let Some(shadow_root) = self.shadow_root_for(root, vaddr) else {
+                    return Ok(());
+                };
+                let table = Self::find_table(frames, shadow_root, vaddr, Level::L1);
+                (table, Some(shadow_root))
+            }
+        };
         let leaf = match kind {
             GuestEntryKind::Page { base, .. } if self.config.eager_fill => {
-                self.eager_leaf(mem, root, vaddr, Level::L1, value, base)?
+                self.eager_leaf(mem, batch, root, vaddr, Level::L1, value, base)?
             }
             _ => None,
         };
         let index = TableIndex::of(vaddr, Level::L1);
-        match Self::find_table(frames, shadow_root, vaddr, Level::L1) {
+        match table {
             Some(table) => {
                 let old = frames.read_entry(table, index);
                 let new = leaf.unwrap_or(ShadowEntry::ABSENT);
@@ -197,9 +281,16 @@ impl ShadowPaging {
                 if leaf.is_some() {
                     self.stats.eager_fills += 1;
                 }
+                batch.leaf_table = Some(LeafTable {
+                    root,
+                    region,
+                    table,
+                });
             }
+            // No table: the root was looked up, and the page is mapped
+            // with the tables it needs.
             None => {
-                if let Some(leaf) = leaf {
+                if let (Some(leaf), Some(shadow_root)) = (leaf, shadow_root) {
                     self.fill_eagerly(frames, shadow_root, vaddr, leaf)?;
                 }
             }
@@ -257,12 +348,15 @@ impl ShadowPaging {
     /// next report lies under the same level-1 table and those three
     /// entries still hold the very values that walk decoded, the walk
     /// would find what it found then, and only the leaf is read. The
-    /// entries are read again every time, so nothing is believed that the
-    /// guest's tables no longer say.
+    /// entries are read again for every report, so nothing is believed
+    /// that the guest's tables no longer say; only in a frozen batch
+    /// ([`Batch::frozen`]), where they cannot change, are they read once.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn eager_leaf<M: GuestMemory>(
         &mut self,
         mem: &M,
+        batch: &mut Batch,
         root: GuestPhysAddr,
         vaddr: GuestVirtAddr,
         level: Level,
@@ -273,47 +367,104 @@ impl ShadowPaging {
         if !flags.contains(PteFlags::ACCESSED) {
             return Ok(None);
         }
-        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
         if level == Level::L1
-            && let Some(upper) = self
-                .upper_walk
-                .filter(|u| u.root == root && u.region == region)
-            && upper
+            && let Some(upper) = self.upper_walk_to(mem, batch, root, vaddr)
+        {
+            return self.leaf_under(mem, upper, vaddr, value, base);
+        }
+        self.eager_leaf_walked(mem, batch, root, vaddr, level, value)
+    }
+
+    /// The kept upper walk, if it leads to the level-1 table of `vaddr` in
+    /// `root` and its three entries still hold the values it decoded: read
+    /// again here, unless a frozen batch has read them already.
+    #[inline(always)]
+    fn upper_walk_to<M: GuestMemory>(
+        &self,
+        mem: &M,
+        batch: &mut Batch,
+        root: GuestPhysAddr,
+        vaddr: GuestVirtAddr,
+    ) -> Option<&UpperWalk> {
+        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
+        let upper = self
+            .upper_walk
+            .as_ref()
+            .filter(|u| u.root == root && u.region == region)?;
+        if !(batch.frozen && batch.upper_read) {
+            let holds = upper
                 .entries
                 .iter()
-                .all(|&(gpa, raw)| mem.read_u64(gpa) == Ok(raw))
-        {
-            let at = upper.table.as_u64() + 8 * TableIndex::of(vaddr, Level::L1).as_usize() as u64;
-            let at = GuestPhysAddr::new(at);
-            let leaf = mem
-                .read_u64(at)
-                .map_err(|_| PagingError::GuestMemory { gpa: at })?;
-            if leaf != value {
-                return Ok(None);
+                .all(|&(gpa, raw)| mem.read_u64(gpa) == Ok(raw));
+            if !holds {
+                return None;
             }
-            let frame = mem
-                .host_frame(base)
-                .ok_or(PagingError::OutsideGuestMemory {
-                    value,
-                    level,
-                    vaddr,
-                    gpa: base,
-                    memory_size: self.limits.memory_size,
-                })?;
-            let rights = upper.rights.narrowed_by(flags);
-            return Ok(Some(ShadowEntry::page(
-                frame,
-                rights,
-                flags.contains(PteFlags::DIRTY),
-            )));
+            batch.upper_read = true;
         }
+        Some(upper)
+    }
+
+    /// The shadow leaf for `value`, a level-1 entry mapping guest `base`,
+    /// under the level-1 table `upper` leads to: if that table holds
+    /// `value` for `vaddr`, with the rights of the upper levels and its own.
+    #[inline(always)]
+    fn leaf_under<M: GuestMemory>(
+        &self,
+        mem: &M,
+        upper: &UpperWalk,
+        vaddr: GuestVirtAddr,
+        value: u64,
+        base: GuestPhysAddr,
+    ) -> Result<Option<ShadowEntry>, PagingError> {
+        let at = upper.table.as_u64() + 8 * TableIndex::of(vaddr, Level::L1).as_usize() as u64;
+        let at = GuestPhysAddr::new(at);
+        let leaf = mem
+            .read_u64(at)
+            .map_err(|_| PagingError::GuestMemory { gpa: at })?;
+        if leaf != value {
+            return Ok(None);
+        }
+        let frame = mem
+            .host_frame(base)
+            .ok_or(PagingError::OutsideGuestMemory {
+                value,
+                level: Level::L1,
+                vaddr,
+                gpa: base,
+                memory_size: self.limits.memory_size,
+            })?;
+        let flags = GuestEntry::new(value).flags();
+        let rights = upper.rights.narrowed_by(flags);
+        Ok(Some(ShadowEntry::page(
+            frame,
+            rights,
+            flags.contains(PteFlags::DIRTY),
+        )))
+    }
+
+    /// [`Self::eager_leaf`] by a fresh walk of the guest's tables, which
+    /// keeps its upper levels for the reports after it. Out of line: the
+    /// walk is the rarer way, and large.
+    #[inline(never)]
+    fn eager_leaf_walked<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        batch: &mut Batch,
+        root: GuestPhysAddr,
+        vaddr: GuestVirtAddr,
+        level: Level,
+        value: u64,
+    ) -> Result<Option<ShadowEntry>, PagingError> {
         let WalkOutcome::Mapped(walk) = walk_guest(mem, root, vaddr, &self.limits)? else {
             return Ok(None);
         };
         if walk.leaf_level != level || walk.leaf().raw() != value || !walk.all_accessed() {
             return Ok(None);
         }
+        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
         self.upper_walk = UpperWalk::of(root, region, &walk);
+        // Read just now, in this batch.
+        batch.upper_read = true;
         let dirty = walk.leaf().flags().contains(PteFlags::DIRTY);
         self.shadow_leaf_for(mem, &walk, dirty, vaddr).map(Some)
     }
@@ -387,14 +538,11 @@ impl ShadowPaging {
         }
         let mut done = 0;
         let mut result = Ok(());
-        // A batch reports one address space's entries, mostly: its root is
-        // checked once (the guest does not run during the batch, and a
-        // root's check says nothing that one of its entries could undo).
-        let mut checked_root = None;
+        let mut batch = Batch::of_ring(self);
         // `pending` is at most RING_SLOTS, whatever the guest wrote.
         while done < pending {
             let n = applied.wrapping_add(done);
-            result = self.apply_ring_slot(mem, frames, base, n, &mut checked_root);
+            result = self.apply_ring_slot(mem, frames, base, n, &mut batch);
             if result.is_err() {
                 break;
             }
@@ -407,22 +555,24 @@ impl ShadowPaging {
         result.map(|()| done)
     }
 
-    /// Reads, decodes and applies op number `n` of the ring at `base`;
-    /// `checked_root` is the root the batch checked last.
+    /// Reads, decodes and applies op number `n` of the ring at `base`, an
+    /// op of `batch`.
     fn apply_ring_slot<M: GuestMemory, F: ShadowFrames>(
         &mut self,
         mem: &mut M,
         frames: &mut F,
         base: GuestPhysAddr,
         n: u64,
-        checked_root: &mut Option<(u64, GuestPhysAddr)>,
+        batch: &mut Batch,
     ) -> Result<(), PagingError> {
-        let slot = ring::slot_offset(n);
+        // The slot's four words in one read (inside the ring, checked at
+        // registration).
+        let slot = GuestPhysAddr::new(base.as_u64().saturating_add(ring::slot_offset(n)));
         let mut words = [0u64; 4];
-        for (i, word) in (0u64..).zip(words.iter_mut()) {
-            *word = Self::ring_word(mem, base, slot + 8 * i)?;
-        }
+        mem.read_u64s(slot, &mut words)
+            .map_err(|OutsideGuestMemory(gpa)| PagingError::GuestMemory { gpa })?;
         let op = MmuOp::decode(words).map_err(|error| PagingError::BadOp { slot: n, error })?;
+        let leaf_table = batch.next_op();
         let MmuOp::SetEntry {
             root,
             vaddr,
@@ -432,15 +582,18 @@ impl ShadowPaging {
         else {
             return self.apply_op(mem, frames, op);
         };
-        let checked = match *checked_root {
+        // A batch reports one address space's entries, mostly: its root is
+        // checked once.
+        let checked = match batch.root {
             Some((raw, checked)) if raw == root => checked,
             _ => {
                 let checked = Self::check_root(&self.limits, &self.shared_pages, mem, root)?;
-                *checked_root = Some((root, checked));
+                batch.root = Some((root, checked));
                 checked
             }
         };
-        self.set_entry_in(mem, frames, checked, vaddr, u64::from(level), value)
+        let level = u64::from(level);
+        self.set_entry_in(mem, frames, batch, leaf_table, checked, vaddr, level, value)
     }
 
     /// Reads the ring word at `offset` (inside the ring, checked at
@@ -654,6 +807,146 @@ mod tests {
     fn queue(f: &mut Fixture, n: u64, op: MmuOp) {
         for (i, word) in (0..).zip(op.encode()) {
             f.mem.set(RING + ring::slot_offset(n) + 8 * i, word);
+        }
+    }
+
+    /// A page entry, accessed and writable, for the batch tests.
+    fn page(gpa: u64) -> u64 {
+        gpa | pte::PRESENT | pte::WRITABLE | pte::ACCESSED
+    }
+
+    /// A report for `ROOT_A`.
+    fn set(vaddr: u64, level: u8, value: u64) -> MmuOp {
+        MmuOp::SetEntry {
+            root: ROOT_A,
+            vaddr,
+            level,
+            value,
+        }
+    }
+
+    /// A fixture with a ring, the upper levels above `USER_VA` accessed and
+    /// its shadow level-1 table made (by a fault), and the guest entries of
+    /// `USER_VA` and the page after it mapping 0x5000 and 0x6000.
+    fn batch_fixture() -> Fixture {
+        let mut f = Fixture::new(PagingConfig::default());
+        f.paging.register_ring(&mut f.mem, RING).unwrap();
+        f.map(ROOT_A, USER_VA + 0x5000, 0x1_0000, 0);
+        f.fault(USER_VA + 0x5000, 0);
+        f.write(ROOT_A, USER_VA, Level::L1, page(0x5000));
+        f.write(ROOT_A, USER_VA + 0x1000, Level::L1, page(0x6000));
+        f
+    }
+
+    #[test]
+    fn a_shadow_table_an_op_frees_is_not_used_by_the_next() {
+        let mut f = batch_fixture();
+        let l2 = f.guest_entry(ROOT_A, USER_VA, Level::L2);
+        // Replaced in place (the table is left for the next op); the
+        // level-2 entry reported (its shadow table is freed); a leaf of
+        // the same table, which must be mapped in a new one.
+        queue(&mut f, 0, set(USER_VA, 1, page(0x5000)));
+        queue(&mut f, 1, set(USER_VA, 2, l2));
+        queue(&mut f, 2, set(USER_VA + 0x1000, 1, page(0x6000)));
+        // The same with a flush between.
+        queue(&mut f, 3, set(USER_VA, 1, page(0x5000)));
+        queue(&mut f, 4, MmuOp::FlushUser);
+        queue(&mut f, 5, set(USER_VA + 0x1000, 1, page(0x6000)));
+        for head in [3, 6] {
+            f.mem.set(RING + ring::HEAD_OFFSET, head);
+            assert_eq!(f.paging.apply_ring(&mut f.mem, &mut f.frames), Ok(3));
+            // Dropped with its table, or by the flush.
+            assert!(!f.leaf(USER_VA).is_present());
+            assert_eq!(
+                f.leaf(USER_VA + 0x1000).frame(),
+                Ok(FakeGuestMemory::backing(6))
+            );
+        }
+        f.teardown();
+    }
+
+    /// Guest memory that another vCPU writes while a batch is applied:
+    /// word `write.0` takes `write.1` just before ring slot `before_slot`
+    /// is read.
+    struct AnotherVcpu {
+        mem: core::cell::RefCell<FakeGuestMemory>,
+        slots_read: core::cell::Cell<u64>,
+        before_slot: u64,
+        write: (u64, u64),
+    }
+
+    impl GuestMemory for AnotherVcpu {
+        fn size(&self) -> u64 {
+            self.mem.borrow().size()
+        }
+        fn host_frame(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+            self.mem.borrow().host_frame(gpa)
+        }
+        fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, OutsideGuestMemory> {
+            self.mem.borrow().read_u64(gpa)
+        }
+        fn write_u64(&mut self, gpa: GuestPhysAddr, value: u64) -> Result<(), OutsideGuestMemory> {
+            self.mem.get_mut().write_u64(gpa, value)
+        }
+        fn compare_exchange_u64(
+            &mut self,
+            gpa: GuestPhysAddr,
+            current: u64,
+            new: u64,
+        ) -> Result<bool, OutsideGuestMemory> {
+            self.mem.get_mut().compare_exchange_u64(gpa, current, new)
+        }
+        fn read_u64s(
+            &self,
+            gpa: GuestPhysAddr,
+            words: &mut [u64],
+        ) -> Result<(), OutsideGuestMemory> {
+            if self.slots_read.get() == self.before_slot {
+                let (at, value) = self.write;
+                self.mem.borrow_mut().set(at, value);
+            }
+            self.slots_read.set(self.slots_read.get() + 1);
+            self.mem.borrow().read_u64s(gpa, words)
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_the_upper_entries_again_while_other_vcpus_run() {
+        for vcpus in [1, 2] {
+            let mut f = batch_fixture();
+            if vcpus == 2 {
+                f.paging
+                    .add_vcpu(&mut f.frames, 1, GuestPhysAddr::new(ROOT_A))
+                    .unwrap();
+            }
+            // Between the two reports another vCPU points the level-2
+            // entry at a new table, which maps the second page elsewhere.
+            let l2 = f.entry_gpa(ROOT_A, USER_VA, Level::L2, 0);
+            let other = f.new_table();
+            f.mem.set(other + 8, page(0x9000));
+            queue(&mut f, 0, set(USER_VA, 1, page(0x5000)));
+            queue(&mut f, 1, set(USER_VA + 0x1000, 1, page(0x6000)));
+            f.mem.set(RING + ring::HEAD_OFFSET, 2);
+            let mem = core::mem::replace(&mut f.mem, FakeGuestMemory::new(MEMORY_SIZE));
+            let mut mem = AnotherVcpu {
+                mem: core::cell::RefCell::new(mem),
+                slots_read: core::cell::Cell::new(0),
+                before_slot: 1,
+                write: (l2, other | TABLE_FLAGS | pte::ACCESSED),
+            };
+            assert_eq!(f.paging.apply_ring(&mut mem, &mut f.frames), Ok(2));
+            f.mem = mem.mem.into_inner();
+            let second = f.leaf(USER_VA + 0x1000);
+            if vcpus == 2 {
+                // What the tables no longer say is not believed.
+                assert!(!second.is_present());
+            } else {
+                // A guest of one vCPU cannot do this (it does not run
+                // while its batch is applied), so the host read the upper
+                // entries once, for the first report, and believed them.
+                assert_eq!(second.frame(), Ok(FakeGuestMemory::backing(6)));
+            }
+            f.teardown();
         }
     }
 

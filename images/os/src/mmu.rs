@@ -20,13 +20,35 @@ use guest_abi::pte::ring::{HEAD_OFFSET, RING_SLOTS, TAIL_OFFSET, slot_offset};
 use guest_abi::shared::offset::MMU_RING;
 use guest_rt::{boot, hypercall};
 
-/// The ring's first byte, as the kernel sees it.
-fn ring() -> *mut u8 {
-    (boot::shared_page() as *mut u8).wrapping_add(MMU_RING as usize)
-}
+/// The ring, as the kernel sees it: a pointer to its first byte. Found
+/// once per call, not once per word: the shared page's address comes from
+/// the boot parameters, a call and a check each time.
+#[derive(Clone, Copy)]
+struct Ring(*mut u8);
 
-fn word(offset: u64) -> *mut u64 {
-    ring().wrapping_add(offset as usize).cast()
+impl Ring {
+    fn get() -> Self {
+        Self((boot::shared_page() as *mut u8).wrapping_add(MMU_RING as usize))
+    }
+
+    fn word(self, offset: u64) -> *mut u64 {
+        self.0.wrapping_add(offset as usize).cast()
+    }
+
+    fn head(self) -> u64 {
+        // SAFETY: the ring is in the shared page, mapped for the guest's life.
+        unsafe { self.word(HEAD_OFFSET).read_volatile() }
+    }
+
+    fn tail(self) -> u64 {
+        // SAFETY: as in head; the host writes it only while we are stopped.
+        unsafe { self.word(TAIL_OFFSET).read_volatile() }
+    }
+
+    /// Ops queued and not yet applied.
+    fn pending(self) -> u64 {
+        self.head().wrapping_sub(self.tail())
+    }
 }
 
 /// Checks the ring is empty, as the host registered it.
@@ -34,36 +56,27 @@ pub fn init() {
     assert_eq!(pending(), 0, "the MMU ring starts empty");
 }
 
-fn head() -> u64 {
-    // SAFETY: the ring is in the shared page, mapped for the guest's life.
-    unsafe { word(HEAD_OFFSET).read_volatile() }
-}
-
-fn tail() -> u64 {
-    // SAFETY: as in head; the host writes it only while we are stopped.
-    unsafe { word(TAIL_OFFSET).read_volatile() }
-}
-
 /// Ops queued and not yet applied.
 pub fn pending() -> u64 {
-    head().wrapping_sub(tail())
+    Ring::get().pending()
 }
 
 /// Queues `op`; flushes first if the ring is full.
 pub fn queue(op: MmuOp) {
-    if pending() >= RING_SLOTS {
+    let ring = Ring::get();
+    if ring.pending() >= RING_SLOTS {
         flush();
     }
-    let n = head();
-    let slot = word(slot_offset(n));
+    let n = ring.head();
+    let slot = ring.word(slot_offset(n));
     for (i, w) in op.encode().into_iter().enumerate() {
         // SAFETY: the slot is inside the ring (slot_offset keeps it there).
         unsafe { slot.wrapping_add(i).write_volatile(w) };
     }
     // The slot must be complete before the host can see it counted.
     compiler_fence(Ordering::SeqCst);
-    // SAFETY: as in head.
-    unsafe { word(HEAD_OFFSET).write_volatile(n.wrapping_add(1)) };
+    // SAFETY: as in Ring::head.
+    unsafe { ring.word(HEAD_OFFSET).write_volatile(n.wrapping_add(1)) };
 }
 
 /// Has the host apply everything queued (one exit), if anything is.
