@@ -325,11 +325,14 @@ impl AddressSpace {
         let index = table_index(page_va, 1);
         let table = leaf.wrapping_sub(index);
         let table_va = page_va - index as u64 * PAGE_BYTES;
+        let table_end = table_va + 512 * PAGE_BYTES;
+        // The region's part of this table, as entry indices.
+        let first = (region.start.max(table_va) - table_va) / PAGE_BYTES;
+        let end = (region.end.min(table_end) - table_va) / PAGE_BYTES;
         let marker = pte::zero_on_demand(WRITABLE | USER);
-        for i in 0..512 {
-            let va = table_va + i as u64 * PAGE_BYTES;
+        for i in first as usize..end as usize {
             let slot = table.wrapping_add(i);
-            if region.contains(&va) && read(slot) == 0 {
+            if read(slot) == 0 {
                 write(slot, marker);
             }
         }
