@@ -125,12 +125,15 @@ static FAULT_ADDRESS: AtomicU64 = AtomicU64::new(0);
 /// Round trips per measurement.
 const ITERATIONS: u64 = 10_000;
 
-/// Set by `bench=on`: the per-exit host costs are printed only then.
+/// Set by `bench=exits`: the host's costs per exit and per frame are
+/// measured and printed only then.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Measures the native analogues and prints them (`bench=on`).
-pub fn run_native() {
-    ENABLED.store(true, Ordering::Relaxed);
+/// Measures the native analogues and prints them (`bench=on` or
+/// `bench=exits`); with `watch_exits`, the run loop will also watch every
+/// guest exit ([`HostShares`]).
+pub fn run_native(watch_exits: bool) {
+    ENABLED.store(watch_exits, Ordering::Relaxed);
     let cycles = int_round_trips(ITERATIONS);
     println!(
         "bench native int_iretq iterations={ITERATIONS} total_cycles={cycles} per_op={}",
@@ -306,8 +309,8 @@ impl ExitEvents for HostShares {
     }
 }
 
-/// Whether this boot measures (`bench=on`): the run loop then watches its
-/// exits with [`HostShares`].
+/// Whether this boot watches its exits (`bench=exits`): the run loop then
+/// does so with [`HostShares`].
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
@@ -385,7 +388,7 @@ impl HostShares {
 
     /// Prints one `bench host` line per kind of exit guest `name` made,
     /// and the guest's own share as `bench net guest_code cycles=<c> of
-    /// <name>` (with `bench=on`; `cargo xtask bench` reads
+    /// <name>` (with `bench=exits`; `cargo xtask bench` reads
     /// it for the network's split per packet).
     pub fn report(&self, name: &str) {
         if !ENABLED.load(Ordering::Relaxed) {

@@ -164,8 +164,8 @@ extern "C" fn kernel_entry(loader_eax: u32, loader_ebx: u32) -> ! {
         selftest::run(test);
     }
     x86_64::instructions::interrupts::disable();
-    if config.bench {
-        bench::run_native();
+    if config.bench != host::config::Bench::Off {
+        bench::run_native(config.bench == host::config::Bench::Exits);
     }
     let archive = boot.modules().first().map(|m| {
         let len = (m.end.as_u64() - m.start.as_u64()) as usize;

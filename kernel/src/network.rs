@@ -9,7 +9,7 @@
 //! no guest turn and no idle sleep lasts longer than [`POLL_NS`], and a
 //! frame from outside waits at most that long.
 //!
-//! With `bench=on` it also counts what the guests' traffic costs the host
+//! With `bench=exits` it also counts what the guests' traffic costs the host
 //! outside the guests' own exits ([`HostCosts`]): the switch (frames in,
 //! learning, queueing, draining) and the delivery of frames into the
 //! receiving guests' buffers; `cargo xtask bench` sets them, per packet,
@@ -34,7 +34,7 @@ pub const POLL_NS: u64 = 2_000_000;
 const SWITCH_TICK_NS: u64 = 100_000_000;
 
 /// What the guests' frames cost the host between turns, counted with
-/// `bench=on`: TSC cycles, which are instructions under `-icount`.
+/// `bench=exits`: TSC cycles, which are instructions under `-icount`.
 #[derive(Clone, Copy, Debug, Default)]
 struct HostCosts {
     /// Frames the guests put into the switch.
@@ -57,7 +57,7 @@ pub struct Network {
     next_tick_ns: u64,
     stats_interval_ms: u64,
     next_stats_ms: Option<u64>,
-    /// Counted only with `bench=on`.
+    /// Counted only with `bench=exits`.
     costs: HostCosts,
 }
 
@@ -204,7 +204,7 @@ impl Network {
 
     /// The last `stats` lines, when `stats_interval_ms=` asked for them:
     /// whatever the run's length, it ends with the counters as they are at
-    /// its end (the guests gone, their ports with them). With `bench=on`,
+    /// its end (the guests gone, their ports with them). With `bench=exits`,
     /// also the host's costs of the guests' frames, as `bench net
     /// host_network frames_in=<n> switch_cycles=<c> deliveries=<d>
     /// delivery_cycles=<c>`.

@@ -888,6 +888,9 @@ mod tests {
         fn write_u64(&mut self, gpa: GuestPhysAddr, value: u64) -> Result<(), OutsideGuestMemory> {
             self.mem.get_mut().write_u64(gpa, value)
         }
+        fn zero_page(&mut self, page: GuestPhysAddr) -> Result<(), OutsideGuestMemory> {
+            self.mem.get_mut().zero_page(page)
+        }
         fn compare_exchange_u64(
             &mut self,
             gpa: GuestPhysAddr,

@@ -130,7 +130,7 @@ fn end_of_life(cpu: CpuId, slot: Box<Slot>, port_stats: Option<String>) {
 }
 
 /// One turn of the vCPU in `slot` on this CPU: its state handed to the
-/// CPU, the turn run (watched by the benchmark's events with `bench=on`),
+/// CPU, the turn run (watched by the benchmark's events with `bench=exits`),
 /// its state taken back, and the turn counted.
 fn take_turn(
     cpu: CpuId,
@@ -189,7 +189,7 @@ fn take_turn(
     next
 }
 
-/// [`run_turn`], watched by the benchmark's events when `bench=on`.
+/// [`run_turn`], watched by the benchmark's events when `bench=exits`.
 fn run_turn_watched<H: Hold, F: ShadowFrames>(
     hold: &mut H,
     frames: F,

@@ -17,7 +17,7 @@
 //!
 //! Each exit is classified once ([`host::guest::Exit::of`]) and handed on;
 //! whoever watches the exits (the benchmarks' [`HostShares`], with
-//! `bench=on`) does so through [`host::guest::ExitEvents`], which the
+//! `bench=exits`) does so through [`host::guest::ExitEvents`], which the
 //! ordinary run leaves empty.
 
 mod cpu;
