@@ -411,7 +411,9 @@ pub const KEYS: [Key; 15] = [
         name: "bench",
         values: "`off`, `on`, `exits`",
         default: Some("off"),
-        meaning: "measure the native analogues of the benchmarks before running the guests;                   `exits` also measures the host's share of every guest exit, by kind (which                   costs each exit some 25 instructions)",
+        meaning: "measure the native analogues of the benchmarks before running the guests; \
+                  `exits` also measures the host's share of every guest exit, by kind (which \
+                  costs each exit some 25 instructions)",
         set: |c, v| {
             c.bench = match v {
                 "off" => Bench::Off,
