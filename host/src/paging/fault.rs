@@ -187,9 +187,6 @@ impl ShadowPaging {
         page: GuestPhysAddr,
     ) -> ZeroFill {
         let kill = |gpa| ZeroFill::Used(FaultDecision::Kill(PagingError::GuestMemory { gpa }));
-        if mem.zero_page(page).is_err() {
-            return kill(page);
-        }
         let Some((_, walk)) = self
             .zero_walk
             .take()
@@ -197,6 +194,9 @@ impl ShadowPaging {
         else {
             return ZeroFill::Unused;
         };
+        if mem.zero_page(page).is_err() {
+            return kill(page);
+        }
         let (entry_gpa, entry) = (walk.leaf_gpa(), walk.leaf());
         let access = Access::from_error_code(request.error_code);
         let filled = zero_on_demand_filled(entry.raw(), page.as_u64(), access.write);
