@@ -701,6 +701,14 @@ mod tests {
         Fixture::new(PagingConfig::default())
     }
 
+    /// A fault at [`USER_VA`] reflected to the guest with `code`.
+    fn reflect(code: u64) -> FaultDecision {
+        FaultDecision::Reflect {
+            address: GuestVirtAddr::try_new(USER_VA).unwrap(),
+            error_code: code,
+        }
+    }
+
     #[test]
     fn a_read_maps_read_only_and_a_write_then_sets_dirty() {
         let mut f = fixture();
@@ -781,24 +789,20 @@ mod tests {
     #[test]
     fn zero_on_demand_needs_the_rights_and_a_level_1_entry_without_address() {
         let mut f = fixture();
-        let not_present = |code| FaultDecision::Reflect {
-            address: GuestVirtAddr::try_new(USER_VA).unwrap(),
-            error_code: code,
-        };
         f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(pte::USER));
-        assert_eq!(f.fault(USER_VA, USER | WRITE), not_present(USER | WRITE));
+        assert_eq!(f.fault(USER_VA, USER | WRITE), reflect(USER | WRITE));
         f.write(ROOT_A, USER_VA, Level::L1, pte::zero_on_demand(0));
-        assert_eq!(f.fault(USER_VA, USER), not_present(USER), "supervisor only");
+        assert_eq!(f.fault(USER_VA, USER), reflect(USER), "supervisor only");
         let with_address = pte::zero_on_demand(pte::USER) | 0x5000;
         f.write(ROOT_A, USER_VA, Level::L1, with_address);
         assert_eq!(
             f.fault(USER_VA, USER),
-            not_present(USER),
+            reflect(USER),
             "the guest's own bits"
         );
         f.write(ROOT_A, USER_VA, Level::L1, 0);
         f.write(ROOT_A, USER_VA, Level::L2, pte::zero_on_demand(pte::USER));
-        assert_eq!(f.fault(USER_VA, USER), not_present(USER), "a level-2 mark");
+        assert_eq!(f.fault(USER_VA, USER), reflect(USER), "a level-2 mark");
         f.teardown();
     }
 
@@ -863,10 +867,6 @@ mod tests {
     #[test]
     fn forbidden_accesses_are_reflected_with_the_guests_error_code() {
         let mut f = fixture();
-        let reflect = |code| FaultDecision::Reflect {
-            address: GuestVirtAddr::try_new(USER_VA).unwrap(),
-            error_code: code,
-        };
         assert_eq!(f.fault(USER_VA, READ), reflect(0), "nothing mapped");
         f.map(ROOT_A, USER_VA, 0x5000, pte::NO_EXECUTE);
         assert_eq!(
