@@ -284,8 +284,9 @@ pub struct ShadowPaging {
     /// Which entries of each shadow table are in use, and the spare
     /// zeroed tables ([`tables`]).
     book: tables::TableBook,
-    /// The upper levels of the eager fill's last walk ([`update`]).
-    upper_walk: Option<update::UpperWalk>,
+    /// The upper levels of the eager fill's last full walk, which faults
+    /// under the same level-1 table use too ([`walk::UpperWalk`]).
+    upper_walk: Option<walk::UpperWalk>,
     /// The kernel-half stacks known to be pinned still ([`fault`]).
     pinned_stacks: fault::PinnedStacks,
     /// The host's own last kernel-half translation ([`fault`]).

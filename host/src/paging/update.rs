@@ -39,56 +39,13 @@
 //! free or make shadow tables. Every op is still read, decoded and checked
 //! on its own, and every report's value is compared with the guest's table.
 
-use super::entry::{GuestEntry, GuestEntryKind, Level, PteFlags, Rights, ShadowEntry, TableIndex};
+use super::entry::{GuestEntry, GuestEntryKind, Level, PteFlags, ShadowEntry, TableIndex};
 use super::error::PagingError;
 use super::hw::{GuestMemory, OutsideGuestMemory, ShadowFrames};
-use super::walk::{GuestWalk, WalkOutcome, walk_guest};
+use super::walk::{UpperWalk, WalkOutcome, walk_guest};
 use super::{MmuRing, ShadowPaging};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use guest_abi::pte::{MmuOp, ring};
-
-/// The upper three levels of the last full walk an eager fill made, down
-/// to a level-1 table: what lets the next report under the same table skip
-/// decoding them again (see [`ShadowPaging::eager_leaf`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct UpperWalk {
-    /// The address space walked.
-    root: GuestPhysAddr,
-    /// The 2 MiB region (virtual address shifted right by 21).
-    region: u64,
-    /// Where the level-4, -3 and -2 entries live and what they held.
-    entries: [(GuestPhysAddr, u64); 3],
-    /// The level-1 table they lead to.
-    table: GuestPhysAddr,
-    /// The rights of the three levels together.
-    rights: Rights,
-}
-
-impl UpperWalk {
-    /// The upper part of `walk`, if it went through four levels, every
-    /// one already accessed.
-    fn of(root: GuestPhysAddr, region: u64, walk: &GuestWalk) -> Option<Self> {
-        let [l4, l3, l2, l1] = walk.entries() else {
-            return None;
-        };
-        let accessed = |e: &super::entry::GuestEntry| e.flags().contains(PteFlags::ACCESSED);
-        if !(accessed(&l4.1) && accessed(&l3.1) && accessed(&l2.1)) {
-            return None;
-        }
-        let table = GuestPhysAddr::new(l1.0.as_u64() & !0xfff);
-        let rights = Rights::ALL
-            .narrowed_by(l4.1.flags())
-            .narrowed_by(l3.1.flags())
-            .narrowed_by(l2.1.flags());
-        Some(Self {
-            root,
-            region,
-            entries: [(l4.0, l4.1.raw()), (l3.0, l3.1.raw()), (l2.0, l2.1.raw())],
-            table,
-            rights,
-        })
-    }
-}
 
 /// What the ops of one flush of the MMU ring learn once and use again (see
 /// the module's introduction). A single report ([`ShadowPaging::set_entry`])
@@ -386,17 +343,9 @@ impl ShadowPaging {
         root: GuestPhysAddr,
         vaddr: GuestVirtAddr,
     ) -> Option<&UpperWalk> {
-        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
-        let upper = self
-            .upper_walk
-            .as_ref()
-            .filter(|u| u.root == root && u.region == region)?;
+        let upper = self.upper_walk.as_ref().filter(|u| u.covers(root, vaddr))?;
         if !(batch.frozen && batch.upper_read) {
-            let holds = upper
-                .entries
-                .iter()
-                .all(|&(gpa, raw)| mem.read_u64(gpa) == Ok(raw));
-            if !holds {
+            if !upper.holds(mem) {
                 return None;
             }
             batch.upper_read = true;
@@ -461,8 +410,7 @@ impl ShadowPaging {
         if walk.leaf_level != level || walk.leaf().raw() != value || !walk.all_accessed() {
             return Ok(None);
         }
-        let region = vaddr.as_u64() / Level::L2.bytes_mapped();
-        self.upper_walk = UpperWalk::of(root, region, &walk);
+        self.upper_walk = UpperWalk::of(root, vaddr, &walk);
         // Read just now, in this batch.
         batch.upper_read = true;
         let dirty = walk.leaf().flags().contains(PteFlags::DIRTY);

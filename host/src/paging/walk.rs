@@ -184,6 +184,109 @@ pub enum WalkOutcome {
     NotPresent(GuestWalk),
 }
 
+/// The upper three levels of a full walk, down to a level-1 table: what
+/// lets the next walk under the same table (a fault, or an eager fill's
+/// report, in the same 2 MiB) skip decoding them again, as a CPU's
+/// paging-structure cache does. Nothing in it is believed unless its three
+/// entries, read again, still hold the values it decoded
+/// ([`UpperWalk::holds`]); an eager fill's batch may read them once for all
+/// its reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct UpperWalk {
+    /// The address space walked.
+    pub(super) root: GuestPhysAddr,
+    /// The 2 MiB region (virtual address shifted right by 21).
+    region: u64,
+    /// Where the level-4, -3 and -2 entries live and what they held.
+    entries: [(GuestPhysAddr, u64); 3],
+    /// The level-1 table they lead to.
+    pub(super) table: GuestPhysAddr,
+    /// The rights of the three levels together.
+    pub(super) rights: Rights,
+}
+
+impl UpperWalk {
+    /// The upper part of `walk` (of `vaddr` in `root`), if it went through
+    /// four levels, every one of the upper three already accessed (so that
+    /// setting accessed bits does not change them at once).
+    pub(super) fn of(root: GuestPhysAddr, vaddr: GuestVirtAddr, walk: &GuestWalk) -> Option<Self> {
+        let [l4, l3, l2, l1] = walk.entries() else {
+            return None;
+        };
+        let accessed = |e: &GuestEntry| e.flags().contains(PteFlags::ACCESSED);
+        if !(accessed(&l4.1) && accessed(&l3.1) && accessed(&l2.1)) {
+            return None;
+        }
+        let table = GuestPhysAddr::new(l1.0.as_u64() & !0xfff);
+        let rights = Rights::ALL
+            .narrowed_by(l4.1.flags())
+            .narrowed_by(l3.1.flags())
+            .narrowed_by(l2.1.flags());
+        Some(Self {
+            root,
+            region: Self::region_of(vaddr),
+            entries: [(l4.0, l4.1.raw()), (l3.0, l3.1.raw()), (l2.0, l2.1.raw())],
+            table,
+            rights,
+        })
+    }
+
+    fn region_of(vaddr: GuestVirtAddr) -> u64 {
+        vaddr.as_u64() / Level::L2.bytes_mapped()
+    }
+
+    /// Whether this walk leads to the level-1 table of `vaddr` in `root`.
+    pub(super) fn covers(&self, root: GuestPhysAddr, vaddr: GuestVirtAddr) -> bool {
+        self.root == root && self.region == Self::region_of(vaddr)
+    }
+
+    /// Whether the three entries still hold what this walk decoded.
+    pub(super) fn holds<M: GuestMemory>(&self, mem: &M) -> bool {
+        self.entries
+            .iter()
+            .all(|&(gpa, raw)| mem.read_u64(gpa) == Ok(raw))
+    }
+
+    /// The walk of `vaddr` (which this walk covers, and whose entries
+    /// still hold): only its level-1 entry is read and decoded. The same
+    /// outcome as [`walk_guest`]'s.
+    pub(super) fn walk_leaf<M: GuestMemory>(
+        &self,
+        mem: &M,
+        vaddr: GuestVirtAddr,
+        limits: &GuestLimits,
+    ) -> Result<WalkOutcome, PagingError> {
+        let entry_gpa = GuestPhysAddr::new(self.table.as_u64() + vaddr.table_index(1) as u64 * 8);
+        let entry = GuestEntry::new(
+            mem.read_u64(entry_gpa)
+                .map_err(|_| PagingError::GuestMemory { gpa: entry_gpa })?,
+        );
+        let [(g4, e4), (g3, e3), (g2, e2)] = self.entries;
+        let entries = [
+            (g4, GuestEntry::new(e4)),
+            (g3, GuestEntry::new(e3)),
+            (g2, GuestEntry::new(e2)),
+            (entry_gpa, entry),
+        ];
+        let mut walk = GuestWalk {
+            entries,
+            depth: 4,
+            leaf_level: Level::L1,
+            page: GuestPhysAddr::new(0),
+            rights: self.rights,
+        };
+        Ok(match entry.decode(Level::L1, vaddr, limits)? {
+            GuestEntryKind::Page { base, .. } => {
+                walk.page = base;
+                walk.rights = self.rights.narrowed_by(entry.flags());
+                WalkOutcome::Mapped(walk)
+            }
+            // A level-1 entry is a page or absent.
+            GuestEntryKind::Absent | GuestEntryKind::Table(_) => WalkOutcome::NotPresent(walk),
+        })
+    }
+}
+
 /// Walks the guest's tables from `root` for `vaddr`; see the module docs.
 pub fn walk_guest<M: GuestMemory>(
     mem: &M,
