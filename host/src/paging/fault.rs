@@ -422,27 +422,38 @@ impl ShadowPaging {
         walk: &GuestWalk,
         write: bool,
     ) -> Result<Option<bool>, PagingError> {
-        let entries = walk.entries();
-        let mut dirty = false;
-        for (i, &(gpa, entry)) in entries.iter().enumerate() {
-            let is_leaf = i + 1 == entries.len();
-            let mut wanted = entry.with(PteFlags::ACCESSED);
-            if is_leaf && write {
-                wanted = wanted.with(PteFlags::DIRTY);
-            }
-            if is_leaf {
-                dirty = wanted.flags().contains(PteFlags::DIRTY);
-            }
-            if wanted != entry {
-                let swapped = mem
-                    .compare_exchange_u64(gpa, entry.raw(), wanted.raw())
-                    .map_err(|_| PagingError::GuestMemory { gpa })?;
-                if !swapped {
-                    return Ok(None);
-                }
+        let Some((&(leaf_gpa, leaf), upper)) = walk.entries().split_last() else {
+            return Ok(Some(false));
+        };
+        // Above the leaf, accessed is nearly always set already: one test
+        // each, and a write only when it is not.
+        for &(gpa, entry) in upper {
+            if !entry.flags().contains(PteFlags::ACCESSED)
+                && !Self::swap_entry(mem, gpa, entry, entry.with(PteFlags::ACCESSED))?
+            {
+                return Ok(None);
             }
         }
-        Ok(Some(dirty))
+        let mut wanted = leaf.with(PteFlags::ACCESSED);
+        if write {
+            wanted = wanted.with(PteFlags::DIRTY);
+        }
+        if wanted != leaf && !Self::swap_entry(mem, leaf_gpa, leaf, wanted)? {
+            return Ok(None);
+        }
+        Ok(Some(wanted.flags().contains(PteFlags::DIRTY)))
+    }
+
+    /// Replaces guest entry `current` at `gpa` with `wanted` if the guest
+    /// has not changed it meanwhile; says whether it did.
+    fn swap_entry<M: GuestMemory>(
+        mem: &mut M,
+        gpa: GuestPhysAddr,
+        current: GuestEntry,
+        wanted: GuestEntry,
+    ) -> Result<bool, PagingError> {
+        mem.compare_exchange_u64(gpa, current.raw(), wanted.raw())
+            .map_err(|_| PagingError::GuestMemory { gpa })
     }
 
     /// The shadow leaf for a walk: the host frame behind the guest page,
