@@ -313,7 +313,7 @@ impl Fuzzer {
     /// touch a mark already there, write an entry that is not a mark,
     /// take the pages back, or attack with a bad page or bad counts.
     pub fn zero_pool(&mut self) {
-        match self.rng.weighted(&[30, 35, 10, 10, 8, 6]) {
+        match self.rng.weighted(&[28, 35, 10, 10, 8, 9]) {
             0 => {
                 let count = if self.rng.one_in(5) {
                     ZERO_POOL_SLOTS
@@ -337,7 +337,11 @@ impl Fuzzer {
         let pool = &self.space.pool;
         let room = ZERO_POOL_SLOTS.saturating_sub(pool.waiting());
         let count = count.min(room).min(pool.free_count());
-        if count == 0 || !self.go(Fate::Safe, format_args!("lend {count} pages to the zero pool"))
+        if count == 0
+            || !self.go(
+                Fate::Safe,
+                format_args!("lend {count} pages to the zero pool"),
+            )
         {
             return;
         }
@@ -398,11 +402,16 @@ impl Fuzzer {
     }
 
     /// Writes a mark into an orderly level-1 entry, reported as the
-    /// orderly region's entries are; its address.
-    fn write_mark(&mut self) -> u64 {
+    /// orderly region's entries are, with rights that allow `access` if
+    /// given; its address.
+    fn write_mark(&mut self, access: Option<Access>) -> u64 {
         let j = self.rng.below(ORDERLY_TABLES);
         let i = self.rng.below(ORDERLY_PAGES);
-        let mark = self.random_mark();
+        let mark = match (self.random_mark(), access) {
+            (mark, Some(Access::Write)) => mark | WRITABLE,
+            (mark, Some(Access::Fetch)) => mark & !(NO_EXECUTE | USER),
+            (mark, _) => mark,
+        };
         let gpa = self.space.orderly_l1[j as usize] + 8 * i;
         let vaddr = orderly_vaddr(j, i);
         self.report_orderly(gpa, vaddr, 1, mark);
@@ -413,7 +422,7 @@ impl Fuzzer {
     /// fetched: the host fills it from the pool, or reflects the fault.
     fn mark_and_touch(&mut self) {
         self.maybe_lend_one();
-        let page = self.write_mark();
+        let page = self.write_mark(None);
         self.maybe_flush();
         let (vaddr, access) = self.random_access(page);
         self.touch_at(vaddr, access);
@@ -503,9 +512,15 @@ impl Fuzzer {
             1 => pool.given,
             _ => {
                 let random = self.rng.next();
-                self.rng.pick(&[0, u64::MAX - 1, u64::MAX, (1 << 63) - 2, random])
+                self.rng
+                    .pick(&[0, u64::MAX - 1, u64::MAX, (1 << 63) - 2, random])
             }
         };
+        self.reset_pool_to(count);
+    }
+
+    /// Sets both counts to `count`, taking back every page lent.
+    fn reset_pool_to(&mut self, count: u64) {
         if self.go(
             Fate::Safe,
             format_args!("take the zero pool's pages back: both counts {count}"),
@@ -525,11 +540,21 @@ impl Fuzzer {
         let sane = self.space.pool.waiting() < ZERO_POOL_SLOTS;
         let bad_page = sane && self.rng.percent(65);
         if bad_page && self.rng.percent(40) {
+            // Behind good pages: the touch below takes one of them.
             let count = 1 + self.rng.below(3);
             self.lend_pages(count);
+        } else if bad_page && self.space.pool.waiting() != 0 {
+            // Next: the touch below takes it.
+            self.reset_pool_to(self.space.pool.taken);
         }
-        let page = self.write_mark();
-        self.maybe_flush();
+        // Mostly a mark whose rights allow the touch; in a clean shadow
+        // (unless MMU ring ops wait), where it must fault.
+        let (offset, access) = self.random_access(0);
+        let allow = self.rng.percent(75).then_some(access);
+        let page = self.write_mark(allow);
+        if !self.space.is_clean() {
+            self.flush_user();
+        }
         let before = self.space.pool.given;
         let what = if bad_page && self.space.pool.waiting() < ZERO_POOL_SLOTS {
             let bad = self.bad_page();
@@ -554,7 +579,7 @@ impl Fuzzer {
             );
         }
         self.damping = LETHAL_DAMPING;
-        let (vaddr, access) = self.random_access(page);
+        let vaddr = page + offset;
         // Not carried out, or it did not reach the bad slot (a page waits
         // before it, or the mark's rights forbid the access): mostly put
         // back, so that the pool serves again; else left for a later fault
