@@ -603,7 +603,7 @@ impl Fuzzer {
             memory + PAGE_BYTES,
             1 << 40,
             (1 << 52) - PAGE_BYTES,
-            u64::MAX & !(PAGE_BYTES - 1),
+            !(PAGE_BYTES - 1),
             u64::MAX,
         ])
     }
