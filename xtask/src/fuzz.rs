@@ -253,7 +253,7 @@ fn announcement(line: &str) -> Announced {
 
 /// The host's kill reasons by class: fragments of its messages, in the
 /// order they are tried.
-const KILL_CLASSES: [&str; 26] = [
+const KILL_CLASSES: [&str; 28] = [
     "iretq to ring 0",
     "iretq with a bad frame",
     "hypercall from user mode",
@@ -280,6 +280,8 @@ const KILL_CLASSES: [&str; 26] = [
     "recurs although the shadow already allows",
     "bound of",
     "out of host frames",
+    "zero pool counts make no sense",
+    "not a page of guest memory",
 ];
 
 /// A kill reason without its numbers: the instruction of a privileged

@@ -15,6 +15,16 @@
 //!   levels 2 and 3, frames inside and outside guest memory, the shared
 //!   page, its own tables), reported or not, random MMU ring contents, and
 //!   address spaces of its own; then reads, writes and fetches there;
+//! - the zero pool ([`pool`]): pages lent to the host (free frames set
+//!   aside for it, now and then a page that is none: unaligned, past the
+//!   end of memory, huge; or counts more than a pool ahead of `taken`, or
+//!   behind it), zero-on-demand entries with random rights and software
+//!   bits written into the orderly region and read, written or fetched
+//!   (the host must fill them with a lent page of zeros, or reflect the
+//!   not-present fault when the pool is empty or the rights forbid the
+//!   access), marks that are none (at levels 2 and 3, or with address
+//!   bits), which must stay plain not-present entries, and the counts
+//!   reset to take the pages back;
 //! - privileged and segment instructions ([`cpu`]): segment loads with
 //!   random selectors, `lar`/`lsl`/`verr`/`verw`, `pushf`/`popf` with
 //!   random flags, far jumps, calls and returns, `int n`, `iretq` with
@@ -33,7 +43,11 @@
 //! changed behind the host's back since the last flush), every access is
 //! checked against the model: it faults with the error code the model
 //! says, or reads what the frame holds, and the host set the accessed and
-//! dirty bits.
+//! dirty bits. Every page the host takes from the zero pool is predicted:
+//! a fault that may take one is only made where the shadow must agree, and
+//! after each action the pool's `taken` count must be the model's; a
+//! lent page that makes no sense is lethal only at the fault that takes
+//! it, and announced there.
 //!
 //! Nothing the fuzzer does depends on time, so the same seed does the same
 //! thing on every run, and a seed and the step it reached are a complete
@@ -63,6 +77,9 @@ mod cpu;
 #[path = "fuzz/model.rs"]
 mod model;
 #[cfg(target_os = "none")]
+#[path = "fuzz/pool.rs"]
+mod pool;
+#[cfg(target_os = "none")]
 #[path = "fuzz/recover.rs"]
 mod recover;
 #[cfg(target_os = "none")]
@@ -87,14 +104,16 @@ pub const BAD_SETUP: u64 = 5;
 
 /// Of the actions meant to end the fuzzer (privileged instructions,
 /// `int n`, returns to ring 0, hypercalls from ring 3, writes to the
-/// switcher, halts nothing can end, shutdowns), one in this many is
+/// switcher, halts nothing can end, shutdowns, the touch that follows a
+/// bad page or bad counts put in the zero pool), one in this many is
 /// carried out; the others are skipped (the step does nothing).
 #[cfg(target_os = "none")]
 pub const LETHAL_DAMPING: u64 = 300;
 
 /// Of the other actions the model calls lethal (a report or an access
-/// that meets a malformed entry, a ring with garbage in it, a random
-/// hypercall's bad argument), one in this many is carried out. Once the
+/// that meets a malformed entry or a zero pool left in a bad state, a ring
+/// with garbage in it, a random hypercall's bad argument), one in this
+/// many is carried out. Once the
 /// chaos region holds malformed entries, a good part of the actions there
 /// are lethal: without this, no seed would get deep.
 #[cfg(target_os = "none")]
@@ -153,10 +172,11 @@ mod fuzzer {
         Privileged,
         Halt,
         Shutdown,
+        ZeroPool,
     }
 
     impl Kind {
-        const ALL: [(Kind, u32, &'static str); 21] = [
+        const ALL: [(Kind, u32, &'static str); 22] = [
             (Kind::Hypercall, 110, "hypercall"),
             (Kind::OrderlyEntry, 110, "orderly-entry"),
             (Kind::ChaosEntry, 80, "chaos-entry"),
@@ -178,6 +198,7 @@ mod fuzzer {
             (Kind::Privileged, 5, "privileged"),
             (Kind::Halt, 3, "halt"),
             (Kind::Shutdown, 2, "shutdown"),
+            (Kind::ZeroPool, 40, "zero-pool"),
         ];
 
         fn index(self) -> usize {
@@ -304,7 +325,9 @@ mod fuzzer {
                 Kind::Privileged => self.privileged(),
                 Kind::Halt => self.halt(),
                 Kind::Shutdown => self.shutdown(),
+                Kind::ZeroPool => self.zero_pool(),
             }
+            self.check_pool();
         }
 
         /// Whether to carry out an action of `fate` described by `what`:
@@ -388,6 +411,11 @@ mod fuzzer {
                 }
             }
             println!("fuzz: traps by vector (32: direct):{}", line.as_str());
+            let pool = &self.space.pool;
+            println!(
+                "fuzz: zero pool: {} pages lent, {} filled by the host, {} resets of the counts",
+                pool.lent, pool.fills, pool.resets
+            );
         }
     }
 

@@ -13,12 +13,19 @@
 //! tables or code.
 //!
 //! The kill reasons are fragments of the host's own messages
-//! (`PagingError`'s and `KillReason`'s `Display`), matched by `cargo xtask
-//! fuzz` against the `killed:` line.
+//! (`PagingError`'s, `ZeroPoolError`'s and `KillReason`'s `Display`),
+//! matched by `cargo xtask fuzz` against the `killed:` line.
+//!
+//! A walk that ends in a zero-on-demand entry (`guest_abi::pte`, "Pages the
+//! host fills with zeros") is judged with what the zero pool holds next
+//! ([`PoolNext`]): an access the entry's rights allow gets the next lent
+//! page, or a kill for a pool that makes no sense, or with the pool empty
+//! the not-present fault.
 
+use core::fmt;
 use guest_abi::pte::{
     ACCESSED, ADDRESS_MASK, HUGE_PAGE, LARGE_PAGE_PAT, MmuOp, MmuOpError, NO_EXECUTE, PRESENT,
-    SWITCHER_PML4_INDEX, USER, WRITABLE,
+    SWITCHER_PML4_INDEX, USER, WRITABLE, is_zero_on_demand,
 };
 use guest_rt::boot::kernel_virtual;
 use guest_rt::paging::{PAGE_BYTES, table_index};
@@ -89,6 +96,10 @@ pub mod reason {
     pub const BAD_HANDLER: &str = "trap handler outside the guest kernel";
     /// `KillReason::HaltedForever`.
     pub const HALTED_FOREVER: &str = "halted with nothing to wake it";
+    /// `ZeroPoolError::Counts`.
+    pub const POOL_COUNTS: &str = "zero pool counts make no sense";
+    /// `ZeroPoolError::Page`.
+    pub const POOL_PAGE: &str = "not a page of guest memory";
 }
 
 /// What the host judges the fuzzer's entries against.
@@ -113,7 +124,7 @@ impl Limits {
         }
     }
 
-    fn inside(&self, start: u64, len: u64) -> bool {
+    pub fn inside(&self, start: u64, len: u64) -> bool {
         start.checked_add(len).is_some_and(|end| end <= self.memory)
     }
 }
@@ -193,6 +204,20 @@ pub enum Walk {
     Kill(&'static str),
     /// An entry on the way is not present.
     Absent,
+    /// A zero-on-demand entry at level 1 (not present, no address): the
+    /// host may fill it from the zero pool.
+    ZeroOnDemand {
+        /// Every level, the entry included, allows writes.
+        write: bool,
+        /// Every level allows user access.
+        user: bool,
+        /// No level forbids fetches.
+        execute: bool,
+        /// Where the entry is (guest-physical).
+        leaf: u64,
+        /// What it holds.
+        mark: u64,
+    },
     /// A page is mapped.
     Page {
         /// The 4 KiB guest page the address lands in.
@@ -217,10 +242,22 @@ pub fn walk(root: u64, vaddr: u64, limits: &Limits) -> Walk {
         let slot = table + 8 * table_index(vaddr, level) as u64;
         let value = read_phys(slot);
         let decoded = decode(value, level, limits);
+        let zero_on_demand = level == 1 && is_zero_on_demand(value);
         if let Decoded::Table(_) | Decoded::Page(..) = decoded {
             write &= value & WRITABLE != 0;
             user &= value & USER != 0;
             execute &= value & NO_EXECUTE == 0;
+        }
+        if zero_on_demand {
+            // The host judges the access by the entry's rights as if it
+            // were present (`ShadowPaging::fill`).
+            return Walk::ZeroOnDemand {
+                write: write && value & WRITABLE != 0,
+                user: user && value & USER != 0,
+                execute: execute && value & NO_EXECUTE == 0,
+                leaf: slot,
+                mark: value,
+            };
         }
         match decoded {
             Decoded::Absent => return Walk::Absent,
@@ -265,6 +302,56 @@ pub enum Outcome {
         /// Where the leaf entry is.
         leaf: u64,
     },
+    /// The host takes the zero pool's next page, zeroes it, writes it
+    /// into the zero-on-demand entry at `leaf` (which held `mark`), and the
+    /// access goes through to it.
+    Filled {
+        /// The lent page.
+        page: u64,
+        /// Where the zero-on-demand entry is.
+        leaf: u64,
+        /// What it held.
+        mark: u64,
+    },
+}
+
+/// What the zero pool gives at the next fault on a zero-on-demand entry
+/// (`host::guest::zero_pool::take`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PoolNext {
+    /// Nothing is waiting: the fault is the guest's.
+    Empty,
+    /// This page.
+    Page(u64),
+    /// The host kills the guest: its counts or the page make no sense.
+    Kill(&'static str),
+}
+
+impl PoolNext {
+    /// What a pool whose counts are `given` and `taken`, with `next` in the
+    /// slot `taken` names, gives (the host's checks, in its order).
+    pub fn of(given: u64, taken: u64, next: u64, limits: &Limits) -> Self {
+        let waiting = given.wrapping_sub(taken);
+        if waiting == 0 {
+            PoolNext::Empty
+        } else if waiting > guest_abi::shared::ZERO_POOL_SLOTS {
+            PoolNext::Kill(reason::POOL_COUNTS)
+        } else if !next.is_multiple_of(PAGE_BYTES) || !limits.inside(next, PAGE_BYTES) {
+            PoolNext::Kill(reason::POOL_PAGE)
+        } else {
+            PoolNext::Page(next)
+        }
+    }
+}
+
+impl fmt::Display for PoolNext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolNext::Empty => f.write_str("the zero pool empty"),
+            PoolNext::Page(page) => write!(f, "the zero pool lending {page:#x} next"),
+            PoolNext::Kill(why) => write!(f, "the zero pool's next take killing ({why})"),
+        }
+    }
 }
 
 /// Page-fault error code bits, as the host reflects them.
@@ -272,9 +359,20 @@ const PF_PRESENT: u64 = 1;
 const PF_WRITE: u64 = 2;
 const PF_FETCH: u64 = 16;
 
-/// What `access` to `vaddr` does under `root` (from ring 1: supervisor,
-/// CR0.WP on, SMEP modelled as the host models it).
-pub fn outcome(root: u64, vaddr: u64, access: Access, limits: &Limits) -> Outcome {
+/// Whether rights (`write`, `user`, `execute` over the whole walk) allow
+/// `access` from ring 1 (supervisor, CR0.WP on, SMEP modelled as the host
+/// models it: `Access::allowed_by`).
+fn allowed(access: Access, write: bool, user: bool, execute: bool) -> bool {
+    match access {
+        Access::Read => true,
+        Access::Write => write,
+        Access::Fetch => execute && !user,
+    }
+}
+
+/// What `access` to `vaddr` does under `root` from ring 1, with `pool`
+/// what the zero pool gives next.
+pub fn outcome(root: u64, vaddr: u64, access: Access, limits: &Limits, pool: PoolNext) -> Outcome {
     let code = match access {
         Access::Read => 0,
         Access::Write => PF_WRITE,
@@ -283,6 +381,19 @@ pub fn outcome(root: u64, vaddr: u64, access: Access, limits: &Limits) -> Outcom
     match walk(root, vaddr, limits) {
         Walk::Kill(why) => Outcome::Kill(why),
         Walk::Absent => Outcome::Fault(code),
+        Walk::ZeroOnDemand {
+            write,
+            user,
+            execute,
+            leaf,
+            mark,
+        } => match pool {
+            // Not present, whatever the pool holds: it is not looked at.
+            _ if !allowed(access, write, user, execute) => Outcome::Fault(code),
+            PoolNext::Empty => Outcome::Fault(code),
+            PoolNext::Kill(why) => Outcome::Kill(why),
+            PoolNext::Page(page) => Outcome::Filled { page, leaf, mark },
+        },
         Walk::Page {
             page,
             write,
@@ -290,12 +401,7 @@ pub fn outcome(root: u64, vaddr: u64, access: Access, limits: &Limits) -> Outcom
             execute,
             leaf,
         } => {
-            let allowed = match access {
-                Access::Read => true,
-                Access::Write => write,
-                Access::Fetch => execute && !user,
-            };
-            if allowed {
+            if allowed(access, write, user, execute) {
                 Outcome::Done { page, leaf }
             } else {
                 Outcome::Fault(code | PF_PRESENT)

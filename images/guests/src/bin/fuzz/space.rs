@@ -32,7 +32,8 @@
 //! shadow entry into its own tables.
 
 use crate::fuzzer::Fuzzer;
-use crate::model::{self, Access, Fate, Outcome, read_phys, write_phys};
+use crate::model::{self, Access, Fate, Outcome, Walk, read_phys, write_phys};
+use crate::pool::ZeroPool;
 use crate::recover::{self, guarded};
 use guest_abi::boot::SHARED_PAGE_GPA;
 use guest_abi::pte::{
@@ -53,14 +54,14 @@ const CHAOS_TABLES: usize = 12;
 /// them.
 const DATA_FRAMES: usize = 16;
 /// Level-1 tables of the orderly region, and pages used in each.
-const ORDERLY_TABLES: u64 = 4;
-const ORDERLY_PAGES: u64 = 32;
+pub const ORDERLY_TABLES: u64 = 4;
+pub const ORDERLY_PAGES: u64 = 32;
 
 /// The top-level slot of the orderly region, and the chaos slots.
 const ORDERLY_SLOT: u64 = 1;
 const CHAOS_SLOTS: [u64; 4] = [2, 3, 4, 5];
 /// The orderly region's first address.
-const ORDERLY_BASE: u64 = ORDERLY_SLOT << 39;
+pub const ORDERLY_BASE: u64 = ORDERLY_SLOT << 39;
 /// The top-level slot of the spray region, its first address, and the
 /// level-3 entries that link its table of large pages.
 const SPRAY_SLOT: u64 = 6;
@@ -99,9 +100,9 @@ pub struct Space {
     pub current: usize,
     /// Bit `i`: address space `i` is clean.
     clean: u32,
-    orderly_l3: u64,
-    orderly_l2: u64,
-    orderly_l1: [u64; ORDERLY_TABLES as usize],
+    pub orderly_l3: u64,
+    pub orderly_l2: u64,
+    pub orderly_l1: [u64; ORDERLY_TABLES as usize],
     chaos: [u64; CHAOS_TABLES],
     pub data: [u64; DATA_FRAMES],
     /// Bit `i`: data frame `i` was linked as a table somewhere, so writes
@@ -114,6 +115,8 @@ pub struct Space {
     /// MMU ring ops queued and not yet applied, in order.
     pending: [[u64; 4]; ring::RING_SLOTS as usize],
     pending_count: usize,
+    /// The zero pool and the frames the fuzzer lends in it.
+    pub pool: ZeroPool,
 }
 
 impl Space {
@@ -175,6 +178,8 @@ impl Space {
             paging::map_page(root, stack_page, user_stack, stack_flags, &mut frames)
                 .map_err(|_| "mapping the user stack page failed")?;
         }
+        // Last, so that every other frame is where it was before the pool.
+        let pool = ZeroPool::new(&mut frames)?;
         let mut roots = [0; MAX_ROOTS];
         roots[0] = root;
         Ok(Self {
@@ -194,6 +199,7 @@ impl Space {
             spray_l3,
             pending: [[0; 4]; ring::RING_SLOTS as usize],
             pending_count: 0,
+            pool,
         })
     }
 
@@ -238,6 +244,13 @@ impl Space {
                 .is_some_and(|i| self.data_as_table & (1 << i) == 0)
     }
 
+    /// Whether the entry at `leaf` is in one of the orderly region's
+    /// level-1 tables, which are only ever read as level-1 tables: what it
+    /// maps is never a table.
+    pub fn in_orderly_l1(&self, leaf: u64) -> bool {
+        self.orderly_l1.contains(&(leaf & !(PAGE_BYTES - 1)))
+    }
+
     /// Every table frame (the orderly region's and the chaos pool).
     fn any_table(&self, pick: u64) -> u64 {
         let orderly = [self.orderly_l3, self.orderly_l2];
@@ -263,7 +276,7 @@ fn write_stub(page: u64, index: usize) {
 }
 
 /// An orderly address: level-1 table `j`, page `i`.
-fn orderly_vaddr(j: u64, i: u64) -> u64 {
+pub fn orderly_vaddr(j: u64, i: u64) -> u64 {
     ORDERLY_BASE | (j << 21) | (i << 12)
 }
 
@@ -415,6 +428,14 @@ impl Fuzzer {
             let table = self.space.orderly_l1[j as usize];
             (table + 8 * i, orderly_vaddr(j, i), 1, value)
         };
+        self.report_orderly(gpa, vaddr, level, value);
+    }
+
+    /// Writes `value` into the orderly region's entry at `gpa` (at `level`,
+    /// for `vaddr`), and reports it faithfully for every address space by
+    /// hypercall or through the ring (or, once in twenty, only for the
+    /// running one: the others are then dirty until a flush).
+    pub fn report_orderly(&mut self, gpa: u64, vaddr: u64, level: u8, value: u64) {
         // SAFETY: an entry of the orderly region's own tables.
         unsafe { write_phys(gpa, value) };
         let lie = self.rng.one_in(20);
@@ -845,7 +866,7 @@ impl Fuzzer {
     /// the model can say what must happen, it is checked.
     pub fn touch(&mut self) {
         let memory = self.limits.memory;
-        let mut access = match self.rng.weighted(&[55, 30, 15]) {
+        let access = match self.rng.weighted(&[55, 30, 15]) {
             0 => Access::Read,
             1 => Access::Write,
             _ => Access::Fetch,
@@ -889,10 +910,22 @@ impl Fuzzer {
             self.touch_switcher(vaddr, access);
             return;
         }
+        self.touch_at(vaddr, access);
+    }
+
+    /// A read, write or fetch of `vaddr` (canonical, outside the switcher's
+    /// slot) from ring 1, announced as the model says and checked where
+    /// the shadow must agree with the model; says whether it was made.
+    /// A write or fetch that could hurt the fuzzer, or that the model
+    /// cannot vouch for, is made a read; an access that may take a page
+    /// from the zero pool is made only where the model can say whether it
+    /// does (see [`crate::pool`]).
+    pub fn touch_at(&mut self, vaddr: u64, mut access: Access) -> bool {
+        let offset = vaddr & (PAGE_BYTES - 1);
         let kernel_half = vaddr >> 63 != 0;
         // The kernel half never changes, so its shadow is always clean.
         let clean = kernel_half || self.space.is_clean();
-        let mut expect = model::outcome(self.space.root(), vaddr, access, &self.limits);
+        let mut expect = self.expect(vaddr, access);
         // Writes and fetches only where they cannot hurt the fuzzer, and
         // only where the shadow is sure to agree with the model.
         let harmless = match expect {
@@ -901,11 +934,29 @@ impl Fuzzer {
                 Access::Fetch => self.space.data_index(page).is_some(),
                 Access::Read => true,
             },
+            // A lent page is ours: written, it changes nothing but itself
+            // if it is never read as a table. Its zeros are no code.
+            Outcome::Filled { leaf, .. } => match access {
+                Access::Write => self.space.in_orderly_l1(leaf),
+                Access::Fetch => false,
+                Access::Read => true,
+            },
             Outcome::Fault(_) | Outcome::Kill(_) => true,
         };
         if access != Access::Read && !(clean && harmless) {
             access = Access::Read;
-            expect = model::outcome(self.space.root(), vaddr, access, &self.limits);
+            expect = self.expect(vaddr, access);
+        }
+        if !clean && let Outcome::Filled { .. } = expect {
+            // A stale shadow entry may serve the read without a fault, and
+            // then the host takes nothing: the model could not say.
+            if self.verbose {
+                let step = self.step;
+                guest_rt::println!(
+                    "fuzz: step {step}: read {vaddr:#x} not made: it may take from the zero pool"
+                );
+            }
+            return false;
         }
         let fate = match expect {
             Outcome::Kill(why) if clean => Fate::Killed(why),
@@ -914,13 +965,19 @@ impl Fuzzer {
         };
         let value = self.rng.next();
         let name = access_name(access);
-        if !self.go(fate, format_args!("{name} {vaddr:#x}")) {
-            return;
+        let note = self.pool_note(vaddr);
+        if !self.go(fate, format_args!("{name} {vaddr:#x}{note}")) {
+            return false;
         }
+        let mark = match model::walk(self.space.root(), vaddr, &self.limits) {
+            Walk::ZeroOnDemand { leaf, mark, .. } => Some((leaf, mark)),
+            _ => None,
+        };
         let seen = match access {
             Access::Read => probe::read(vaddr).map_err(|f| (f.address, f.error_code)),
             // SAFETY: the model put the write in a data frame (above its
-            // stub) in a clean address space.
+            // stub), or in a lent page the host maps at an orderly level-1
+            // entry, in a clean address space.
             Access::Write => unsafe { probe::write(vaddr, value) }
                 .map(|()| value)
                 .map_err(|f| (f.address, f.error_code)),
@@ -930,6 +987,8 @@ impl Fuzzer {
         if clean {
             self.check_touch(vaddr, access, value, expect, seen);
         }
+        self.settle_pool(vaddr, access, value, expect, mark);
+        true
     }
 
     /// Checks an access against the model's outcome.
@@ -957,6 +1016,18 @@ impl Fuzzer {
             (Outcome::Done { page, .. }, Err((address, error))) => self.mismatch(format_args!(
                 "{name} {vaddr:#x}: expected to reach guest page {page:#x}, got a page fault at {address:#x} with code {error:#x}"
             )),
+            (Outcome::Filled { page, .. }, Err((address, error))) => self.mismatch(format_args!(
+                "{name} {vaddr:#x}: expected the host to fill the zero-on-demand entry with the lent page {page:#x}, got a page fault at {address:#x} with code {error:#x}"
+            )),
+            // The page's zeros, the entry and the count: `settle_pool`.
+            (Outcome::Filled { page, .. }, Ok(value)) => {
+                let expected = if access == Access::Write { written } else { 0 };
+                if value != expected {
+                    self.mismatch(format_args!(
+                        "{name} {vaddr:#x}: the lent page {page:#x} should give {expected:#x}, gave {value:#x}"
+                    ));
+                }
+            }
             (Outcome::Done { page, leaf }, Ok(value)) => {
                 let offset = vaddr & (PAGE_BYTES - 1);
                 let index = self.space.data_index(page);
@@ -1051,7 +1122,7 @@ impl Fuzzer {
             let page = (first + n * 7) % (SPRAY_GIBS * 512);
             let offset = 8 * self.rng.below(PAGE_BYTES / 8) + PAGE_BYTES * self.rng.below(512);
             let vaddr = SPRAY_BASE + (page << 21) + offset;
-            let expect = model::outcome(self.space.root(), vaddr, Access::Read, &self.limits);
+            let expect = self.expect(vaddr, Access::Read);
             let seen = probe::read(vaddr).map_err(|f| (f.address, f.error_code));
             // The region never changes, so the model holds whatever the
             // rest of the shadow is doing.
@@ -1132,7 +1203,7 @@ impl core::fmt::Display for TrapName {
     }
 }
 
-fn access_name(access: Access) -> &'static str {
+pub fn access_name(access: Access) -> &'static str {
     match access {
         Access::Read => "read",
         Access::Write => "write",
